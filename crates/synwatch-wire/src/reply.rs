@@ -1,0 +1,354 @@
+//! Parsing of replies to SYN probes.
+//!
+//! [`parse_reply`] takes the bytes of one network-layer packet (starting at the IPv4 or IPv6
+//! header, as an `AF_PACKET`/`SOCK_DGRAM` socket delivers them) and returns a [`ReplyRepr`]:
+//!
+//! * [`ReplyRepr::Tcp`]: any TCP segment, with the fields the engine needs to decide whether it
+//!   answers one of its probes (flags, sequence and acknowledgement numbers, the echoed TCP
+//!   timestamp).
+//! * [`ReplyRepr::Unreachable`]: an ICMPv4 type 3 or ICMPv6 type 1 message quoting a TCP segment,
+//!   with the quoted probe's addresses, ports and sequence number.
+//!
+//! Contract: this module never panics, whatever the input. Every error is a [`ParseError`] so
+//! the caller can count malformed packets instead of crashing.
+
+use std::net::IpAddr;
+
+use pnet_packet::ip::IpNextHeaderProtocols;
+use pnet_packet::ipv4::Ipv4Packet;
+use pnet_packet::ipv6::Ipv6Packet;
+use pnet_packet::tcp::{TcpFlags, TcpPacket};
+
+/// IANA protocol number of ICMPv4.
+const PROTOCOL_ICMP: u8 = 1;
+/// IANA protocol number of TCP.
+const PROTOCOL_TCP: u8 = 6;
+/// IANA protocol number of ICMPv6.
+const PROTOCOL_ICMPV6: u8 = 58;
+
+/// Why a packet could not be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// The packet ends before a header it announces.
+    #[error("packet truncated")]
+    Truncated,
+    /// The IP version nibble is neither 4 nor 6.
+    #[error("unknown IP version {0}")]
+    UnknownVersion(u8),
+    /// A header length field is inconsistent with the packet.
+    #[error("bad header length")]
+    BadHeaderLength,
+    /// A non-first fragment, which carries no transport header.
+    #[error("non-first fragment")]
+    Fragment,
+    /// Neither TCP nor an ICMP destination-unreachable message about TCP.
+    #[error("not a TCP segment or an ICMP unreachable about TCP")]
+    NotRelevant,
+}
+
+/// TCP flag bits as they appear in a [`TcpReply`].
+pub mod tcp_flags {
+    pub use pnet_packet::tcp::TcpFlags::{ACK, FIN, PSH, RST, SYN, URG};
+}
+
+/// A TCP segment, as far as the scanner cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpReply {
+    /// Sender of the segment (the scanned host).
+    pub source: IpAddr,
+    /// Receiver of the segment (us).
+    pub destination: IpAddr,
+    /// The scanned port.
+    pub source_port: u16,
+    /// Our probe's source port.
+    pub destination_port: u16,
+    /// Sequence number.
+    pub sequence: u32,
+    /// Acknowledgement number.
+    pub acknowledgement: u32,
+    /// Flags (see [`tcp_flags`]).
+    pub flags: u8,
+    /// The TSecr of a timestamp option, when present: our probe's send time echoed.
+    pub timestamp_echo: Option<u32>,
+}
+
+impl TcpReply {
+    /// SYN and ACK set, RST not set.
+    pub fn is_syn_ack(&self) -> bool {
+        self.flags & (TcpFlags::SYN | TcpFlags::ACK | TcpFlags::RST)
+            == (TcpFlags::SYN | TcpFlags::ACK)
+    }
+
+    /// RST set.
+    pub fn is_rst(&self) -> bool {
+        self.flags & TcpFlags::RST != 0
+    }
+}
+
+/// The probe quoted inside an ICMP error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotedProbe {
+    /// Source of the quoted segment (us).
+    pub source: IpAddr,
+    /// Destination of the quoted segment (the scanned host).
+    pub destination: IpAddr,
+    /// Quoted source port.
+    pub source_port: u16,
+    /// Quoted destination port (the scanned port).
+    pub destination_port: u16,
+    /// Quoted sequence number (the probe's cookie).
+    pub sequence: u32,
+}
+
+/// An ICMPv4 destination unreachable (type 3) or ICMPv6 destination unreachable (type 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnreachableReply {
+    /// The router or host that reported it.
+    pub reporter: IpAddr,
+    /// The ICMP code (for example 13, administratively prohibited, in ICMPv4).
+    pub code: u8,
+    /// Whether it is ICMPv6.
+    pub is_icmpv6: bool,
+    /// The probe it quotes.
+    pub probe: QuotedProbe,
+}
+
+/// A parsed reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyRepr {
+    /// A TCP segment.
+    Tcp(TcpReply),
+    /// An ICMP destination unreachable quoting a TCP segment.
+    Unreachable(UnreachableReply),
+}
+
+/// Parses one network-layer packet. Never panics.
+pub fn parse_reply(packet: &[u8]) -> Result<ReplyRepr, ParseError> {
+    let first = *packet.first().ok_or(ParseError::Truncated)?;
+    match first >> 4 {
+        4 => {
+            let ip = parse_ipv4_header(packet)?;
+            match ip.protocol {
+                PROTOCOL_TCP => parse_tcp(ip.source, ip.destination, ip.payload).map(ReplyRepr::Tcp),
+                PROTOCOL_ICMP => parse_icmpv4(ip.source, ip.payload),
+                _ => Err(ParseError::NotRelevant),
+            }
+        }
+        6 => {
+            let ip = parse_ipv6_header(packet)?;
+            match ip.protocol {
+                PROTOCOL_TCP => parse_tcp(ip.source, ip.destination, ip.payload).map(ReplyRepr::Tcp),
+                PROTOCOL_ICMPV6 => parse_icmpv6(ip.source, ip.payload),
+                _ => Err(ParseError::NotRelevant),
+            }
+        }
+        version => Err(ParseError::UnknownVersion(version)),
+    }
+}
+
+/// The parts of an IP header the parser uses.
+struct IpHeader<'a> {
+    source: IpAddr,
+    destination: IpAddr,
+    protocol: u8,
+    payload: &'a [u8],
+}
+
+/// Parses an IPv4 header. The payload is bounded by the total length field, which may be
+/// shorter than the buffer (Ethernet padding) but never longer.
+fn parse_ipv4_header(packet: &[u8]) -> Result<IpHeader<'_>, ParseError> {
+    let view = Ipv4Packet::new(packet).ok_or(ParseError::Truncated)?;
+    let header_len = usize::from(view.get_header_length()) * 4;
+    let total_len = usize::from(view.get_total_length());
+    if header_len < 20 || total_len < header_len {
+        return Err(ParseError::BadHeaderLength);
+    }
+    if total_len > packet.len() {
+        return Err(ParseError::Truncated);
+    }
+    if view.get_fragment_offset() != 0 {
+        return Err(ParseError::Fragment);
+    }
+    Ok(IpHeader {
+        source: IpAddr::V4(view.get_source()),
+        destination: IpAddr::V4(view.get_destination()),
+        protocol: view.get_next_level_protocol().0,
+        payload: &packet[header_len..total_len],
+    })
+}
+
+/// Parses an IPv6 header and walks the common extension headers (hop-by-hop, routing,
+/// destination options, fragment) to the upper-layer protocol.
+fn parse_ipv6_header(packet: &[u8]) -> Result<IpHeader<'_>, ParseError> {
+    let view = Ipv6Packet::new(packet).ok_or(ParseError::Truncated)?;
+    let payload_len = usize::from(view.get_payload_length());
+    let end = 40usize.checked_add(payload_len).ok_or(ParseError::BadHeaderLength)?;
+    if end > packet.len() {
+        return Err(ParseError::Truncated);
+    }
+    let source = IpAddr::V6(view.get_source());
+    let destination = IpAddr::V6(view.get_destination());
+    let (protocol, offset) = skip_ipv6_extensions(packet, view.get_next_header().0, 40, end)?;
+    Ok(IpHeader { source, destination, protocol, payload: &packet[offset..end] })
+}
+
+/// Skips IPv6 extension headers starting at `offset`; returns the upper-layer protocol and
+/// its offset. At most eight extension headers are walked.
+fn skip_ipv6_extensions(
+    packet: &[u8],
+    mut next_header: u8,
+    mut offset: usize,
+    end: usize,
+) -> Result<(u8, usize), ParseError> {
+    for _ in 0..8 {
+        match next_header {
+            0 | 43 | 60 => {
+                let header = packet.get(offset..offset + 2).ok_or(ParseError::Truncated)?;
+                let len = (usize::from(header[1]) + 1) * 8;
+                next_header = header[0];
+                offset += len;
+            }
+            44 => {
+                let header = packet.get(offset..offset + 8).ok_or(ParseError::Truncated)?;
+                let fragment_offset = u16::from_be_bytes([header[2], header[3]]) >> 3;
+                if fragment_offset != 0 {
+                    return Err(ParseError::Fragment);
+                }
+                next_header = header[0];
+                offset += 8;
+            }
+            _ => {
+                if offset > end {
+                    return Err(ParseError::Truncated);
+                }
+                return Ok((next_header, offset));
+            }
+        }
+        if offset > end {
+            return Err(ParseError::Truncated);
+        }
+    }
+    Err(ParseError::NotRelevant)
+}
+
+/// Parses a TCP header including its options.
+fn parse_tcp(source: IpAddr, destination: IpAddr, bytes: &[u8]) -> Result<TcpReply, ParseError> {
+    let view = TcpPacket::new(bytes).ok_or(ParseError::Truncated)?;
+    let header_len = usize::from(view.get_data_offset()) * 4;
+    if header_len < 20 {
+        return Err(ParseError::BadHeaderLength);
+    }
+    let options = bytes.get(20..header_len).ok_or(ParseError::Truncated)?;
+    Ok(TcpReply {
+        source,
+        destination,
+        source_port: view.get_source(),
+        destination_port: view.get_destination(),
+        sequence: view.get_sequence(),
+        acknowledgement: view.get_acknowledgement(),
+        flags: view.get_flags(),
+        timestamp_echo: find_timestamp_echo(options),
+    })
+}
+
+/// Walks TCP options by hand (pnet's option iterator trusts length bytes) and returns the
+/// TSecr of a well-formed timestamp option.
+fn find_timestamp_echo(mut options: &[u8]) -> Option<u32> {
+    while let Some(&kind) = options.first() {
+        match kind {
+            0 => return None,
+            1 => options = &options[1..],
+            _ => {
+                let len = usize::from(*options.get(1)?);
+                if len < 2 || len > options.len() {
+                    return None;
+                }
+                if kind == 8 && len == 10 {
+                    return Some(u32::from_be_bytes([
+                        options[6], options[7], options[8], options[9],
+                    ]));
+                }
+                options = &options[len..];
+            }
+        }
+    }
+    None
+}
+
+/// Reads the first eight bytes of a quoted TCP header: ports and sequence number. ICMPv4
+/// guarantees only these eight bytes are quoted.
+fn parse_quoted_tcp(bytes: &[u8]) -> Result<(u16, u16, u32), ParseError> {
+    let head = bytes.get(..8).ok_or(ParseError::Truncated)?;
+    Ok((
+        u16::from_be_bytes([head[0], head[1]]),
+        u16::from_be_bytes([head[2], head[3]]),
+        u32::from_be_bytes([head[4], head[5], head[6], head[7]]),
+    ))
+}
+
+/// Parses an ICMPv4 destination unreachable quoting TCP.
+fn parse_icmpv4(reporter: IpAddr, bytes: &[u8]) -> Result<ReplyRepr, ParseError> {
+    let header = bytes.get(..8).ok_or(ParseError::Truncated)?;
+    if header[0] != 3 {
+        return Err(ParseError::NotRelevant);
+    }
+    let code = header[1];
+    let quoted = &bytes[8..];
+    let view = Ipv4Packet::new(quoted).ok_or(ParseError::Truncated)?;
+    if view.get_version() != 4 {
+        return Err(ParseError::UnknownVersion(view.get_version()));
+    }
+    if view.get_next_level_protocol() != IpNextHeaderProtocols::Tcp {
+        return Err(ParseError::NotRelevant);
+    }
+    let header_len = usize::from(view.get_header_length()) * 4;
+    if header_len < 20 {
+        return Err(ParseError::BadHeaderLength);
+    }
+    let tcp = quoted.get(header_len..).ok_or(ParseError::Truncated)?;
+    let (source_port, destination_port, sequence) = parse_quoted_tcp(tcp)?;
+    Ok(ReplyRepr::Unreachable(UnreachableReply {
+        reporter,
+        code,
+        is_icmpv6: false,
+        probe: QuotedProbe {
+            source: IpAddr::V4(view.get_source()),
+            destination: IpAddr::V4(view.get_destination()),
+            source_port,
+            destination_port,
+            sequence,
+        },
+    }))
+}
+
+/// Parses an ICMPv6 destination unreachable quoting TCP.
+fn parse_icmpv6(reporter: IpAddr, bytes: &[u8]) -> Result<ReplyRepr, ParseError> {
+    let header = bytes.get(..8).ok_or(ParseError::Truncated)?;
+    if header[0] != 1 {
+        return Err(ParseError::NotRelevant);
+    }
+    let code = header[1];
+    let quoted = &bytes[8..];
+    let view = Ipv6Packet::new(quoted).ok_or(ParseError::Truncated)?;
+    if view.get_version() != 6 {
+        return Err(ParseError::UnknownVersion(view.get_version()));
+    }
+    let (protocol, offset) =
+        skip_ipv6_extensions(quoted, view.get_next_header().0, 40, quoted.len())?;
+    if protocol != PROTOCOL_TCP {
+        return Err(ParseError::NotRelevant);
+    }
+    let (source_port, destination_port, sequence) = parse_quoted_tcp(&quoted[offset..])?;
+    Ok(ReplyRepr::Unreachable(UnreachableReply {
+        reporter,
+        code,
+        is_icmpv6: true,
+        probe: QuotedProbe {
+            source: IpAddr::V6(view.get_source()),
+            destination: IpAddr::V6(view.get_destination()),
+            source_port,
+            destination_port,
+            sequence,
+        },
+    }))
+}
