@@ -19,6 +19,5 @@
 pub mod reply;
 pub mod syn;
 
-
 pub use reply::{ParseError, QuotedProbe, ReplyRepr, TcpReply, UnreachableReply, parse_reply};
 pub use syn::{LinkLayer, SynFields, SynTemplate};

@@ -129,7 +129,9 @@ pub fn parse_reply(packet: &[u8]) -> Result<ReplyRepr, ParseError> {
         4 => {
             let ip = parse_ipv4_header(packet)?;
             match ip.protocol {
-                PROTOCOL_TCP => parse_tcp(ip.source, ip.destination, ip.payload).map(ReplyRepr::Tcp),
+                PROTOCOL_TCP => {
+                    parse_tcp(ip.source, ip.destination, ip.payload).map(ReplyRepr::Tcp)
+                }
                 PROTOCOL_ICMP => parse_icmpv4(ip.source, ip.payload),
                 _ => Err(ParseError::NotRelevant),
             }
@@ -137,7 +139,9 @@ pub fn parse_reply(packet: &[u8]) -> Result<ReplyRepr, ParseError> {
         6 => {
             let ip = parse_ipv6_header(packet)?;
             match ip.protocol {
-                PROTOCOL_TCP => parse_tcp(ip.source, ip.destination, ip.payload).map(ReplyRepr::Tcp),
+                PROTOCOL_TCP => {
+                    parse_tcp(ip.source, ip.destination, ip.payload).map(ReplyRepr::Tcp)
+                }
                 PROTOCOL_ICMPV6 => parse_icmpv6(ip.source, ip.payload),
                 _ => Err(ParseError::NotRelevant),
             }
@@ -182,14 +186,21 @@ fn parse_ipv4_header(packet: &[u8]) -> Result<IpHeader<'_>, ParseError> {
 fn parse_ipv6_header(packet: &[u8]) -> Result<IpHeader<'_>, ParseError> {
     let view = Ipv6Packet::new(packet).ok_or(ParseError::Truncated)?;
     let payload_len = usize::from(view.get_payload_length());
-    let end = 40usize.checked_add(payload_len).ok_or(ParseError::BadHeaderLength)?;
+    let end = 40usize
+        .checked_add(payload_len)
+        .ok_or(ParseError::BadHeaderLength)?;
     if end > packet.len() {
         return Err(ParseError::Truncated);
     }
     let source = IpAddr::V6(view.get_source());
     let destination = IpAddr::V6(view.get_destination());
     let (protocol, offset) = skip_ipv6_extensions(packet, view.get_next_header().0, 40, end)?;
-    Ok(IpHeader { source, destination, protocol, payload: &packet[offset..end] })
+    Ok(IpHeader {
+        source,
+        destination,
+        protocol,
+        payload: &packet[offset..end],
+    })
 }
 
 /// Skips IPv6 extension headers starting at `offset`; returns the upper-layer protocol and
@@ -203,13 +214,17 @@ fn skip_ipv6_extensions(
     for _ in 0..8 {
         match next_header {
             0 | 43 | 60 => {
-                let header = packet.get(offset..offset + 2).ok_or(ParseError::Truncated)?;
+                let header = packet
+                    .get(offset..offset + 2)
+                    .ok_or(ParseError::Truncated)?;
                 let len = (usize::from(header[1]) + 1) * 8;
                 next_header = header[0];
                 offset += len;
             }
             44 => {
-                let header = packet.get(offset..offset + 8).ok_or(ParseError::Truncated)?;
+                let header = packet
+                    .get(offset..offset + 8)
+                    .ok_or(ParseError::Truncated)?;
                 let fragment_offset = u16::from_be_bytes([header[2], header[3]]) >> 3;
                 if fragment_offset != 0 {
                     return Err(ParseError::Fragment);

@@ -1,0 +1,33 @@
+//! The scan engine's core. It does no I/O and reads no clock.
+//!
+//! Everything that decides *what* to send and *what a reply means* lives here, driven by a
+//! small I/O layer (`synwatch-io`) that owns the sockets and the clock and passes the current
+//! time in as a [`std::time::Duration`] since its own epoch. That makes every decision
+//! testable deterministically against a simulated network (see `tests/simulated_network.rs`).
+//!
+//! * [`ports`] and [`targets`]: what to scan, and the index space `host × port`.
+//! * [`permutation`]: a keyed full-cycle permutation of that space, with shards.
+//! * [`cookie`]: the keyed SipHash that gives each probe its source port and sequence number,
+//!   so replies are validated without per-probe state.
+//! * [`pacing`]: the token bucket.
+//! * [`table`]: the lock-free per-job state table.
+//! * [`job`]: one scan job's schedule (rounds, retries, wait) and reply classification.
+
+pub mod cookie;
+pub mod job;
+pub mod pacing;
+pub mod permutation;
+pub mod ports;
+pub mod table;
+pub mod targets;
+
+pub use cookie::{CookieKey, ProbeCookie, SourcePortRange};
+pub use job::{
+    Classified, FinishReason, JobCore, JobSettings, NextStep, Probe, ReplyMatch, ReplyMatcher,
+    classify_reply,
+};
+pub use pacing::TokenBucket;
+pub use permutation::{Permutation, Shard};
+pub use ports::{PortError, PortSet};
+pub use table::{PortState, RecordOutcome, StateTable};
+pub use targets::{AddressRange, ExclusionPolicy, HostSet, TargetError, TargetSpace};

@@ -1,0 +1,160 @@
+//! The token bucket that paces probes.
+//!
+//! Time is passed in (a [`Duration`] since the driver's epoch); the bucket reads no clock.
+//! Tokens accrue at `rate` per second up to `burst`. Because the bucket never holds more than
+//! `burst` tokens, a sender that stalls (descheduled, blocked on a full socket buffer) resumes
+//! at the configured rate instead of flooding to catch up: the time it lost is lost.
+
+use std::time::Duration;
+
+/// A token bucket in packets per second.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate_per_second: f64,
+    burst: f64,
+    tokens: f64,
+    last: Duration,
+}
+
+impl TokenBucket {
+    /// A bucket of `rate_per_second` (at least 1) holding at most `burst` tokens (at least 1),
+    /// starting empty at `now`.
+    pub fn new(rate_per_second: u64, burst: u32, now: Duration) -> TokenBucket {
+        TokenBucket {
+            rate_per_second: rate_per_second.max(1) as f64,
+            burst: f64::from(burst.max(1)),
+            tokens: 0.0,
+            last: now,
+        }
+    }
+
+    /// The burst a sender of `rate_per_second` should use: about 200 µs of traffic, at least
+    /// 1 and at most `max_batch`, so a batch can fill without bursting far above the rate.
+    pub fn default_burst(rate_per_second: u64, max_batch: u32) -> u32 {
+        ((rate_per_second / 5000) as u32).clamp(1, max_batch.max(1))
+    }
+
+    /// The configured rate.
+    pub fn rate(&self) -> u64 {
+        self.rate_per_second as u64
+    }
+
+    /// Changes the rate from `now` on; tokens already earned are kept (up to the burst).
+    pub fn set_rate(&mut self, rate_per_second: u64, burst: u32, now: Duration) {
+        self.refill(now);
+        self.rate_per_second = rate_per_second.max(1) as f64;
+        self.burst = f64::from(burst.max(1));
+        self.tokens = self.tokens.min(self.burst);
+    }
+
+    fn refill(&mut self, now: Duration) {
+        if now > self.last {
+            let elapsed = (now - self.last).as_secs_f64();
+            self.tokens = (self.tokens + elapsed * self.rate_per_second).min(self.burst);
+            self.last = now;
+        }
+    }
+
+    /// Takes up to `want` whole tokens at `now` and returns how many it got.
+    pub fn take(&mut self, now: Duration, want: u32) -> u32 {
+        self.refill(now);
+        let granted = (self.tokens.floor() as u32).min(want);
+        self.tokens -= f64::from(granted);
+        granted
+    }
+
+    /// Gives back tokens that were taken but not used (for example when a job had nothing to
+    /// send after all); never beyond the burst.
+    pub fn give_back(&mut self, tokens: u32) {
+        self.tokens = (self.tokens + f64::from(tokens)).min(self.burst);
+    }
+
+    /// How long from `now` until at least one token is available.
+    pub fn time_until_token(&mut self, now: Duration) -> Duration {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((1.0 - self.tokens) / self.rate_per_second)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drives a bucket the way the sender does, polling every `step`, and returns the tokens
+    /// granted over `duration`.
+    fn granted_over(rate: u64, step: Duration, duration: Duration) -> u64 {
+        let burst = TokenBucket::default_burst(rate, 256);
+        let mut bucket = TokenBucket::new(rate, burst, Duration::ZERO);
+        let mut now = Duration::ZERO;
+        let mut total = 0u64;
+        while now < duration {
+            now += step;
+            total += u64::from(bucket.take(now, 256));
+        }
+        total
+    }
+
+    #[test]
+    fn rate_is_held_within_one_percent_over_simulated_time() {
+        for (rate, step_ns) in [
+            (1_000u64, 50_000u64),
+            (100_000, 3_000),
+            (1_000_000, 700),
+            (2_000_000, 37_000),
+        ] {
+            let total = granted_over(rate, Duration::from_nanos(step_ns), Duration::from_secs(2));
+            let achieved = total as f64 / 2.0;
+            let error = (achieved - rate as f64).abs() / rate as f64;
+            assert!(
+                error < 0.01,
+                "rate {rate}: achieved {achieved} ({:.2} % off)",
+                error * 100.0
+            );
+        }
+    }
+
+    #[test]
+    fn no_catch_up_burst_after_a_stall() {
+        let rate = 100_000;
+        let burst = TokenBucket::default_burst(rate, 256);
+        let mut bucket = TokenBucket::new(rate, burst, Duration::ZERO);
+        let mut now = Duration::ZERO;
+        for _ in 0..1000 {
+            now += Duration::from_micros(10);
+            bucket.take(now, 256);
+        }
+        // The sender stalls for a whole second: 100,000 tokens' worth.
+        now += Duration::from_secs(1);
+        let first = bucket.take(now, u32::MAX);
+        assert!(
+            first <= burst,
+            "{first} tokens after the stall, burst is {burst}"
+        );
+        // Over the following 10 ms it gets the rate, not the backlog.
+        let mut after = 0;
+        for _ in 0..1000 {
+            now += Duration::from_micros(10);
+            after += bucket.take(now, 256);
+        }
+        assert!(
+            (990..=1010).contains(&after),
+            "{after} tokens in the 10 ms after the stall"
+        );
+    }
+
+    #[test]
+    fn time_until_token_and_give_back() {
+        let mut bucket = TokenBucket::new(1000, 10, Duration::ZERO);
+        assert_eq!(
+            bucket.time_until_token(Duration::ZERO),
+            Duration::from_millis(1)
+        );
+        assert_eq!(bucket.take(Duration::from_millis(5), 100), 5);
+        bucket.give_back(100);
+        assert_eq!(bucket.take(Duration::from_millis(5), 100), 10);
+    }
+}

@@ -1,0 +1,594 @@
+//! The scan core driven against a simulated network, deterministically: no sockets, no clock.
+//!
+//! The simulation plays the I/O layer's part (a token bucket, the sender loop, a receiver that
+//! classifies and offers replies to every job) and the network's (per-(host, port) ground
+//! truth, latency with jitter that reorders replies, loss, duplicates, late replies, forged
+//! replies).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use synwatch_engine::targets::parse_target;
+use synwatch_engine::{
+    Classified, CookieKey, ExclusionPolicy, FinishReason, HostSet, JobCore, JobSettings, NextStep,
+    PortSet, PortState, Probe, ReplyMatch, Shard, SourcePortRange, TargetSpace, TokenBucket,
+    classify_reply,
+};
+use synwatch_wire::{QuotedProbe, ReplyRepr, TcpReply, UnreachableReply};
+
+const LOCAL_V4: &str = "198.18.255.1";
+const LOCAL_V6: &str = "2001:2:0:ffff::1";
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn chance(&mut self, probability: f64) -> bool {
+        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < probability
+    }
+}
+
+/// What a simulated (host, port) does with a SYN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Behaviour {
+    Listen,
+    Refuse,
+    Prohibit,
+    Blackhole,
+}
+
+impl Behaviour {
+    fn expected(self) -> PortState {
+        match self {
+            Behaviour::Listen => PortState::Open,
+            Behaviour::Refuse => PortState::Closed,
+            Behaviour::Prohibit | Behaviour::Blackhole => PortState::Filtered,
+        }
+    }
+}
+
+struct Network {
+    rng: Rng,
+    loss: f64,
+    duplicate: f64,
+    base_latency: Duration,
+    jitter: Duration,
+    /// Replies in flight, by arrival time (ties broken by a sequence number).
+    in_flight: BTreeMap<(Duration, u64), ReplyRepr>,
+    sequence: u64,
+}
+
+impl Network {
+    fn new(seed: u64, loss: f64, duplicate: f64) -> Network {
+        Network {
+            rng: Rng(seed | 1),
+            loss,
+            duplicate,
+            base_latency: Duration::from_micros(300),
+            jitter: Duration::from_millis(20),
+            in_flight: BTreeMap::new(),
+            sequence: 0,
+        }
+    }
+
+    fn behaviour(address: IpAddr, port: u16) -> Behaviour {
+        let last = match address {
+            IpAddr::V4(v4) => v4.octets()[3],
+            IpAddr::V6(v6) => v6.octets()[15],
+        };
+        match (last as u16 + port) % 11 {
+            0 | 1 => Behaviour::Listen,
+            2 => Behaviour::Prohibit,
+            3 => Behaviour::Blackhole,
+            _ => Behaviour::Refuse,
+        }
+    }
+
+    fn reply_to(probe: &Probe, timestamp: u32) -> Option<ReplyRepr> {
+        let tcp = |flags: u8, sequence: u32, echo: Option<u32>| {
+            ReplyRepr::Tcp(TcpReply {
+                source: probe.address,
+                destination: probe.source,
+                source_port: probe.port,
+                destination_port: probe.cookie.source_port,
+                sequence,
+                acknowledgement: probe.cookie.sequence.wrapping_add(1),
+                flags,
+                timestamp_echo: echo,
+            })
+        };
+        match Network::behaviour(probe.address, probe.port) {
+            Behaviour::Listen => Some(tcp(0x12, 12345, Some(timestamp))),
+            Behaviour::Refuse => Some(tcp(0x14, 0, None)),
+            Behaviour::Prohibit => Some(ReplyRepr::Unreachable(UnreachableReply {
+                reporter: probe.address,
+                code: 13,
+                is_icmpv6: probe.address.is_ipv6(),
+                probe: QuotedProbe {
+                    source: probe.source,
+                    destination: probe.address,
+                    source_port: probe.cookie.source_port,
+                    destination_port: probe.port,
+                    sequence: probe.cookie.sequence,
+                },
+            })),
+            Behaviour::Blackhole => None,
+        }
+    }
+
+    /// Sends a probe at `now`; returns whether its reply (if any) will arrive.
+    fn send(&mut self, probe: &Probe, now: Duration) -> bool {
+        if self.rng.chance(self.loss) {
+            return false;
+        }
+        let Some(reply) = Network::reply_to(probe, now.as_micros() as u32) else {
+            return false;
+        };
+        if self.rng.chance(self.loss) {
+            return false;
+        }
+        let copies = if self.rng.chance(self.duplicate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let jitter = Duration::from_nanos(self.rng.next() % self.jitter.as_nanos() as u64);
+            self.sequence += 1;
+            self.in_flight
+                .insert((now + self.base_latency + jitter, self.sequence), reply);
+        }
+        true
+    }
+
+    fn inject(&mut self, at: Duration, reply: ReplyRepr) {
+        self.sequence += 1;
+        self.in_flight.insert((at, self.sequence), reply);
+    }
+
+    fn arrivals_until(&mut self, now: Duration) -> Vec<ReplyRepr> {
+        let later = self.in_flight.split_off(&(now, u64::MAX));
+        let arrived = std::mem::replace(&mut self.in_flight, later);
+        arrived.into_values().collect()
+    }
+}
+
+fn space(targets: &[&str], ports: &str) -> Arc<TargetSpace> {
+    let hosts = HostSet::build(
+        targets.iter().map(|t| parse_target(t).unwrap()).collect(),
+        vec![],
+        ExclusionPolicy::Default,
+    )
+    .unwrap();
+    Arc::new(TargetSpace::new(hosts, PortSet::parse(ports).unwrap()).unwrap())
+}
+
+fn sources() -> [Option<IpAddr>; 2] {
+    [
+        Some(LOCAL_V4.parse().unwrap()),
+        Some(LOCAL_V6.parse().unwrap()),
+    ]
+}
+
+fn job(space: &Arc<TargetSpace>, settings: JobSettings, key: u8) -> JobCore {
+    JobCore::new(
+        Arc::clone(space),
+        settings,
+        CookieKey::new([key; 16], SourcePortRange::DEFAULT),
+        sources(),
+        None,
+    )
+}
+
+/// What one simulated run observed.
+#[derive(Default)]
+struct RunLog {
+    sends_per_index: Vec<HashMap<u64, u32>>,
+    delivered: Vec<HashMap<u64, bool>>,
+    finished_at: Vec<Duration>,
+    reasons: Vec<Option<FinishReason>>,
+    matches: Vec<ReplyMatch>,
+    last_send: Duration,
+}
+
+/// Runs jobs to completion under one token bucket, round robin, like the sender thread does.
+fn run(jobs: &mut [JobCore], network: &mut Network, rate: u64) -> RunLog {
+    let mut log = RunLog {
+        sends_per_index: vec![HashMap::new(); jobs.len()],
+        delivered: vec![HashMap::new(); jobs.len()],
+        finished_at: vec![Duration::ZERO; jobs.len()],
+        reasons: vec![None; jobs.len()],
+        ..RunLog::default()
+    };
+    let mut bucket = TokenBucket::new(rate, TokenBucket::default_burst(rate, 64), Duration::ZERO);
+    let step = Duration::from_micros(100);
+    let mut now = Duration::ZERO;
+    while log.reasons.iter().any(Option::is_none) {
+        now += step;
+        assert!(now < Duration::from_secs(60), "simulation did not converge");
+        let mut tokens = bucket.take(now, 64);
+        let mut progressed = true;
+        while tokens > 0 && progressed {
+            progressed = false;
+            for (number, job) in jobs.iter_mut().enumerate() {
+                if tokens == 0 || log.reasons[number].is_some() {
+                    continue;
+                }
+                if let NextStep::Send(probe) = job.next_step(now) {
+                    tokens -= 1;
+                    progressed = true;
+                    *log.sends_per_index[number].entry(probe.index).or_default() += 1;
+                    let arrives = network.send(&probe, now);
+                    *log.delivered[number].entry(probe.index).or_default() |= arrives;
+                    log.last_send = now;
+                }
+            }
+        }
+        bucket.give_back(tokens);
+        for reply in network.arrivals_until(now) {
+            let Some(classified) = classify_reply(&reply, SourcePortRange::DEFAULT) else {
+                continue;
+            };
+            let matched = jobs
+                .iter()
+                .map(|job| job.matcher().offer(&classified))
+                .find(|outcome| !matches!(outcome, ReplyMatch::NotInJob | ReplyMatch::BadCookie))
+                .unwrap_or(ReplyMatch::BadCookie);
+            log.matches.push(matched);
+        }
+        for (number, job) in jobs.iter_mut().enumerate() {
+            if log.reasons[number].is_none()
+                && let Some(reason) = job.check_finished(now)
+            {
+                log.reasons[number] = Some(reason);
+                log.finished_at[number] = now;
+            }
+        }
+    }
+    log
+}
+
+fn assert_matches_ground_truth(job: &JobCore, only_delivered: Option<&HashMap<u64, bool>>) {
+    let space = job.matcher().space();
+    let table = job.matcher().table();
+    for index in 0..space.len() {
+        let (address, port) = space.probe_at(index).unwrap();
+        if let Some(delivered) = only_delivered
+            && !delivered.get(&index).copied().unwrap_or(false)
+        {
+            continue;
+        }
+        let expected = Network::behaviour(address, port).expected();
+        assert_eq!(table.get(index).finalized(), expected, "{address}:{port}");
+    }
+}
+
+#[test]
+fn perfect_network_classifies_every_probe_exactly() {
+    let space = space(&["198.18.0.0/24", "2001:2::/120"], "22,80,443,8080");
+    let mut jobs = [job(
+        &space,
+        JobSettings {
+            retries: 2,
+            ..JobSettings::default()
+        },
+        1,
+    )];
+    let mut network = Network::new(1, 0.0, 0.0);
+    let log = run(&mut jobs, &mut network, 50_000);
+    assert_matches_ground_truth(&jobs[0], None);
+    assert_eq!(
+        log.reasons[0],
+        Some(FinishReason::WaitOver),
+        "blackholed probes keep it waiting"
+    );
+    // Only the blackholed probes were retried, each exactly `retries` more times.
+    for (&index, &sends) in &log.sends_per_index[0] {
+        let (address, port) = space.probe_at(index).unwrap();
+        let expected = if Network::behaviour(address, port) == Behaviour::Blackhole {
+            3
+        } else {
+            1
+        };
+        assert_eq!(sends, expected, "{address}:{port}");
+    }
+    assert_eq!(log.sends_per_index[0].len() as u64, space.len());
+}
+
+#[test]
+fn ends_as_soon_as_everything_answered() {
+    let space = space_without_blackholes();
+    let settings = JobSettings {
+        retries: 2,
+        retry_gap: Duration::from_secs(1),
+        wait: Duration::from_secs(5),
+        ..JobSettings::default()
+    };
+    let mut jobs = [job(&space, settings, 2)];
+    let mut network = Network::new(2, 0.0, 0.0);
+    let log = run(&mut jobs, &mut network, 100_000);
+    assert_eq!(log.reasons[0], Some(FinishReason::AllAnswered));
+    let tail = log.finished_at[0] - log.last_send;
+    assert!(
+        tail <= Duration::from_millis(25),
+        "finished {tail:?} after the last send"
+    );
+    assert!(log.sends_per_index[0].values().all(|&sends| sends == 1));
+}
+
+/// Hosts of the simulation that answer on each of the chosen ports (no blackholed
+/// combination), so a job over them can finish as soon as everything answered.
+fn space_without_blackholes() -> Arc<TargetSpace> {
+    let ports = [80u16, 81, 82];
+    let hosts: Vec<String> = (0..=255u16)
+        .filter(|last| ports.iter().all(|port| (last + port) % 11 != 3))
+        .map(|last| format!("198.18.2.{last}"))
+        .collect();
+    let refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    space(&refs, "80,81,82")
+}
+
+#[test]
+fn with_loss_duplicates_and_reordering_every_delivered_answer_is_right() {
+    let space = space(&["198.18.0.0/22"], "22,80,443");
+    let mut jobs = [job(
+        &space,
+        JobSettings {
+            retries: 2,
+            ..JobSettings::default()
+        },
+        3,
+    )];
+    let mut network = Network::new(3, 0.05, 0.1);
+    let log = run(&mut jobs, &mut network, 200_000);
+    assert_matches_ground_truth(&jobs[0], Some(&log.delivered[0]));
+    let open_truth = (0..space.len())
+        .filter(|&i| {
+            let (address, port) = space.probe_at(i).unwrap();
+            Network::behaviour(address, port) == Behaviour::Listen
+        })
+        .count() as u64;
+    let open_found = jobs[0].matcher().table().count(PortState::Open);
+    let open_lost_every_time = (0..space.len())
+        .filter(|&i| {
+            let (address, port) = space.probe_at(i).unwrap();
+            Network::behaviour(address, port) == Behaviour::Listen
+                && !log.delivered[0].get(&i).copied().unwrap_or(false)
+        })
+        .count() as u64;
+    assert_eq!(open_found + open_lost_every_time, open_truth);
+    assert!(
+        jobs[0].matcher().table().duplicates() > 0,
+        "duplicates were injected"
+    );
+    // With 5 % loss each way and three attempts, about one in a thousand is lost every time.
+    assert!(
+        open_lost_every_time * 100 < open_truth,
+        "{open_lost_every_time} of {open_truth} lost"
+    );
+}
+
+#[test]
+fn forged_stale_and_foreign_replies_are_rejected() {
+    let space = space(&["198.18.3.0/28"], "80");
+    let mut jobs = [job(
+        &space,
+        JobSettings {
+            retries: 0,
+            wait: Duration::from_millis(200),
+            ..JobSettings::default()
+        },
+        4,
+    )];
+    let mut network = Network::new(4, 1.0, 0.0); // every real probe is lost
+    // A reply from a previous run (another key), a forged guess, and one for an address
+    // outside the job.
+    let stale_key = CookieKey::new([99; 16], SourcePortRange::DEFAULT);
+    let local: IpAddr = LOCAL_V4.parse().unwrap();
+    let target: IpAddr = "198.18.3.5".parse().unwrap();
+    let stale = stale_key.cookie(local, target, 80);
+    let forged = |destination_port: u16, acknowledgement: u32, source: IpAddr| {
+        ReplyRepr::Tcp(TcpReply {
+            source,
+            destination: local,
+            source_port: 80,
+            destination_port,
+            sequence: 1,
+            acknowledgement,
+            flags: 0x12,
+            timestamp_echo: None,
+        })
+    };
+    network.inject(
+        Duration::from_millis(1),
+        forged(stale.source_port, stale.sequence.wrapping_add(1), target),
+    );
+    network.inject(Duration::from_millis(2), forged(40000, 1, target));
+    network.inject(
+        Duration::from_millis(3),
+        forged(40000, 1, "198.18.4.1".parse().unwrap()),
+    );
+    let log = run(&mut jobs, &mut network, 10_000);
+    assert_eq!(jobs[0].matcher().table().answered(), 0);
+    assert_eq!(log.matches, vec![ReplyMatch::BadCookie; 3]);
+}
+
+#[test]
+fn late_replies_within_the_wait_are_counted() {
+    let space = space(&["198.18.4.0/26"], "80,443");
+    let settings = JobSettings {
+        retries: 0,
+        wait: Duration::from_millis(500),
+        ..JobSettings::default()
+    };
+    let mut jobs = [job(&space, settings, 5)];
+    let mut network = Network::new(5, 0.0, 0.0);
+    network.base_latency = Duration::from_millis(300);
+    network.jitter = Duration::from_millis(150);
+    run(&mut jobs, &mut network, 100_000);
+    assert_matches_ground_truth(&jobs[0], None);
+}
+
+#[test]
+fn several_jobs_on_one_bucket_each_get_exactly_their_own_results() {
+    // Two jobs overlap on 198.18.5.0/26 port 80; a third is IPv6. Each has its own key.
+    let first = space(&["198.18.5.0/25"], "80");
+    let second = space(&["198.18.5.0/26"], "80,443");
+    let third = space(&["2001:2::/122"], "22,80");
+    let settings = JobSettings {
+        retries: 1,
+        wait: Duration::from_millis(300),
+        ..JobSettings::default()
+    };
+    let mut jobs = [
+        job(&first, settings, 6),
+        job(&second, settings, 7),
+        job(&third, settings, 8),
+    ];
+    let mut network = Network::new(6, 0.0, 0.0);
+    run(&mut jobs, &mut network, 100_000);
+    for job in &jobs {
+        assert_matches_ground_truth(job, None);
+        let table = job.matcher().table();
+        assert_eq!(
+            table.duplicates(),
+            0,
+            "a reply was recorded in the wrong job"
+        );
+    }
+}
+
+#[test]
+fn shards_together_probe_everything_once() {
+    let space = space(&["198.18.6.0/24"], "22,80");
+    let mut total = HashMap::new();
+    for index in 0..3 {
+        let settings = JobSettings {
+            retries: 0,
+            seed: 77,
+            shard: Shard { index, count: 3 },
+            wait: Duration::from_millis(50),
+            ..JobSettings::default()
+        };
+        let mut jobs = [job(&space, settings, 9)];
+        let mut network = Network::new(9, 0.0, 0.0);
+        let log = run(&mut jobs, &mut network, 100_000);
+        for (probe, sends) in &log.sends_per_index[0] {
+            *total.entry(*probe).or_insert(0) += sends;
+        }
+    }
+    assert_eq!(total.len() as u64, space.len());
+    assert!(total.values().all(|&sends| sends == 1));
+}
+
+#[test]
+fn cancel_and_deadline_end_a_job() {
+    let space = space(&["198.18.7.0/24"], "80");
+    let mut cancelled = job(&space, JobSettings::default(), 10);
+    assert!(matches!(
+        cancelled.next_step(Duration::ZERO),
+        NextStep::Send(_)
+    ));
+    cancelled.cancel();
+    assert_eq!(
+        cancelled.next_step(Duration::ZERO),
+        NextStep::Done(FinishReason::Cancelled)
+    );
+    let key = CookieKey::new([11; 16], SourcePortRange::DEFAULT);
+    let mut bounded = JobCore::new(
+        Arc::clone(&space),
+        JobSettings::default(),
+        key,
+        sources(),
+        Some(Duration::from_secs(2)),
+    );
+    while let NextStep::Send(_) = bounded.next_step(Duration::from_secs(1)) {}
+    assert_eq!(
+        bounded.next_step(Duration::from_secs(1)),
+        NextStep::WaitUntil(Duration::from_secs(2))
+    );
+    assert_eq!(
+        bounded.next_step(Duration::from_secs(2)),
+        NextStep::Done(FinishReason::DeadlineReached)
+    );
+}
+
+#[test]
+fn classification_of_each_reply_kind() {
+    let ports = SourcePortRange::DEFAULT;
+    let local: IpAddr = LOCAL_V4.parse().unwrap();
+    let remote: IpAddr = "198.18.0.9".parse().unwrap();
+    let tcp = |flags: u8, destination_port: u16| {
+        ReplyRepr::Tcp(TcpReply {
+            source: remote,
+            destination: local,
+            source_port: 80,
+            destination_port,
+            sequence: 5,
+            acknowledgement: 101,
+            flags,
+            timestamp_echo: Some(7),
+        })
+    };
+    let open = classify_reply(&tcp(0x12, 40000), ports).unwrap();
+    assert_eq!(
+        (open.state, open.probe_sequence, open.timestamp_echo),
+        (PortState::Open, 100, Some(7))
+    );
+    let closed = classify_reply(&tcp(0x14, 40000), ports).unwrap();
+    assert_eq!(
+        (closed.state, closed.timestamp_echo),
+        (PortState::Closed, None)
+    );
+    assert_eq!(
+        classify_reply(&tcp(0x04, 40000), ports),
+        None,
+        "RST without ACK cannot answer a SYN"
+    );
+    assert_eq!(
+        classify_reply(&tcp(0x02, 40000), ports),
+        None,
+        "a SYN is not a reply"
+    );
+    assert_eq!(
+        classify_reply(&tcp(0x10, 40000), ports),
+        None,
+        "a bare ACK is not a reply"
+    );
+    assert_eq!(
+        classify_reply(&tcp(0x12, 22), ports),
+        None,
+        "not our source port"
+    );
+    let icmp = ReplyRepr::Unreachable(UnreachableReply {
+        reporter: "198.18.255.2".parse().unwrap(),
+        code: 13,
+        is_icmpv6: false,
+        probe: QuotedProbe {
+            source: local,
+            destination: remote,
+            source_port: 40001,
+            destination_port: 443,
+            sequence: 9,
+        },
+    });
+    let filtered: Classified = classify_reply(&icmp, ports).unwrap();
+    assert_eq!(
+        (
+            filtered.state,
+            filtered.remote,
+            filtered.remote_port,
+            filtered.probe_sequence
+        ),
+        (PortState::Filtered, remote, 443, 9)
+    );
+}
