@@ -1,0 +1,1077 @@
+//! The long-lived engine: one sender thread and one receiver thread serving any number of scan
+//! jobs at once under one global rate cap.
+//!
+//! * [`Engine::start`] opens the sockets (this is the only step that needs `CAP_NET_RAW`) and
+//!   starts both threads.
+//! * [`Engine::submit`] resolves the path for each address family of a job, builds its
+//!   [`JobCore`] and hands it to the sender; it returns a [`JobHandle`] with the job's own state
+//!   table, progress, results stream and cancel.
+//! * The sender thread takes tokens from the global [`TokenBucket`], asks the jobs round-robin
+//!   for probes, writes them into its transmitters' batches and flushes them. It alone mutates
+//!   the job schedules.
+//! * The receiver thread reads filtered batches from the reply socket, parses, classifies and
+//!   offers each reply to the live jobs' [`ReplyMatcher`]s, which record it lock-free.
+//!
+//! Architecture invariant: after a job is reported finished, no result for it is produced any
+//! more. The sender removes a finished job from the receiver's list and only reports it
+//! finished once the receiver has completed two more batches (so any batch that could still
+//! see the job is over).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::{Condvar, Mutex, RwLock};
+use synwatch_engine::job::FinishReason;
+use synwatch_engine::{
+    CookieKey, JobCore, JobSettings, NextStep, Permutation, PortState, Probe, ReplyMatch,
+    ReplyMatcher, SourcePortRange, StateTable, TargetSpace, TokenBucket, classify_reply,
+};
+use synwatch_wire::{LinkLayer, ParseError, SynFields, SynTemplate, parse_reply};
+
+use crate::receive::ReplySocket;
+use crate::route::{self, Path, RouteError};
+use crate::transmit::{Flush, RawIpTransmitter, RingTransmitter, Transmit};
+
+/// Which transmitter the engine may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransmitChoice {
+    /// The TX ring where the link-layer destination is known, `sendmmsg` otherwise.
+    #[default]
+    Auto,
+    /// Always `sendmmsg` on raw IP sockets.
+    Sendmmsg,
+    /// The TX ring wherever possible (like `Auto`, but says so in the logs when it cannot).
+    Ring,
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Global cap in packets per second over all jobs.
+    pub rate: u64,
+    /// Frames per batch (per `sendmmsg` or ring flush).
+    pub batch: usize,
+    /// The source ports probes use.
+    pub source_ports: SourcePortRange,
+    /// Send through this interface instead of the routed one.
+    pub interface: Option<String>,
+    /// Use these source addresses (at most one per family) instead of the routed ones.
+    pub source_addresses: Vec<IpAddr>,
+    /// Transmitter choice.
+    pub transmit: TransmitChoice,
+    /// Receive buffer of the reply socket in bytes.
+    pub receive_buffer: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig {
+            rate: 10_000,
+            batch: 256,
+            source_ports: SourcePortRange::DEFAULT,
+            interface: None,
+            source_addresses: Vec::new(),
+            transmit: TransmitChoice::Auto,
+            receive_buffer: 8 << 20,
+        }
+    }
+}
+
+/// Errors of the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Raw sockets could not be opened for lack of privilege.
+    #[error(
+        "raw sockets need CAP_NET_RAW ({0}). Either grant it (`sudo setcap cap_net_raw+ep $(command -v synwatch)`, or run as root), or use the connect() mode (`--mode connect`), which needs no privilege"
+    )]
+    NoPermission(io::Error),
+    /// Any other socket error.
+    #[error("socket error: {0}")]
+    Io(#[from] io::Error),
+    /// No path to the targets.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// The engine has stopped.
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+fn socket_error(error: io::Error) -> EngineError {
+    if error.kind() == io::ErrorKind::PermissionDenied {
+        EngineError::NoPermission(error)
+    } else {
+        EngineError::Io(error)
+    }
+}
+
+/// Engine-wide counters, all monotonic.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Probes handed to the kernel.
+    pub packets_sent: AtomicU64,
+    /// Send calls that failed for another reason than backpressure.
+    pub send_errors: AtomicU64,
+    /// Times the kernel pushed back (ENOBUFS, EAGAIN, full ring); no probe is lost.
+    pub send_backpressure: AtomicU64,
+    /// First valid answers: open.
+    pub replies_open: AtomicU64,
+    /// First valid answers: closed.
+    pub replies_closed: AtomicU64,
+    /// First valid answers: filtered (ICMP).
+    pub replies_filtered: AtomicU64,
+    /// Valid answers for probes that already had one.
+    pub replies_duplicate: AtomicU64,
+    /// Packets that passed the kernel filter but failed to parse (counted and dropped).
+    pub replies_malformed: AtomicU64,
+    /// Replies to a job's target whose cookie did not match (forged, stale, another run).
+    pub replies_bad_cookie: AtomicU64,
+    /// Replies that belong to no live job (late after the job ended, or not ours).
+    pub replies_unmatched: AtomicU64,
+    /// Packets the kernel dropped on the reply socket for lack of buffer space.
+    pub receive_drops: AtomicU64,
+}
+
+/// A plain copy of [`Counters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct CounterSnapshot {
+    pub packets_sent: u64,
+    pub send_errors: u64,
+    pub send_backpressure: u64,
+    pub replies_open: u64,
+    pub replies_closed: u64,
+    pub replies_filtered: u64,
+    pub replies_duplicate: u64,
+    pub replies_malformed: u64,
+    pub replies_bad_cookie: u64,
+    pub replies_unmatched: u64,
+    pub receive_drops: u64,
+}
+
+impl Counters {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        CounterSnapshot {
+            packets_sent: read(&self.packets_sent),
+            send_errors: read(&self.send_errors),
+            send_backpressure: read(&self.send_backpressure),
+            replies_open: read(&self.replies_open),
+            replies_closed: read(&self.replies_closed),
+            replies_filtered: read(&self.replies_filtered),
+            replies_duplicate: read(&self.replies_duplicate),
+            replies_malformed: read(&self.replies_malformed),
+            replies_bad_cookie: read(&self.replies_bad_cookie),
+            replies_unmatched: read(&self.replies_unmatched),
+            receive_drops: read(&self.receive_drops),
+        }
+    }
+}
+
+/// One answer, as streamed to a job's owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeResult {
+    /// Probe index in the job's space.
+    pub index: u64,
+    /// Target address.
+    pub address: IpAddr,
+    /// Target port.
+    pub port: u16,
+    /// Open, closed or filtered.
+    pub state: PortState,
+    /// Round-trip time, when the reply echoed our timestamp (SYN-ACKs of most hosts).
+    pub rtt: Option<Duration>,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobSummary {
+    /// Why it ended.
+    pub reason: FinishReason,
+    /// Probes sent, retries included.
+    pub probes_sent: u64,
+    /// Time from submission to the end.
+    pub duration: Duration,
+}
+
+/// A job to run.
+#[derive(Debug, Clone)]
+pub struct JobRequest {
+    /// What to scan.
+    pub space: Arc<TargetSpace>,
+    /// Retries, waits, seed, shard.
+    pub settings: JobSettings,
+    /// Give up after this long, whatever is left.
+    pub timeout: Option<Duration>,
+    /// Stream each answer to [`JobHandle::results`].
+    pub stream_results: bool,
+}
+
+struct JobState {
+    id: u64,
+    settings: JobSettings,
+    matcher: Arc<ReplyMatcher>,
+    shard_size: u64,
+    results: Option<Sender<ProbeResult>>,
+    cancel: AtomicBool,
+    probes_sent: AtomicU64,
+    round: AtomicU32,
+    submitted: Instant,
+    summary: Mutex<Option<JobSummary>>,
+    finished: Condvar,
+}
+
+/// The owner's side of a job.
+pub struct JobHandle {
+    state: Arc<JobState>,
+    results: Option<Receiver<ProbeResult>>,
+    paths: Vec<(Path, &'static str)>,
+}
+
+impl std::fmt::Debug for JobHandle {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("JobHandle")
+            .field("id", &self.state.id)
+            .finish()
+    }
+}
+
+/// A job's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Probes sent, retries included.
+    pub sent: u64,
+    /// Probes answered.
+    pub answered: u64,
+    /// Probes in the job's shard.
+    pub total: u64,
+    /// Current round (0 = first pass).
+    pub round: u32,
+}
+
+impl JobHandle {
+    /// The job's engine-wide id.
+    pub fn id(&self) -> u64 {
+        self.state.id
+    }
+
+    /// The paths the job's probes take, with the transmitter used for each.
+    pub fn paths(&self) -> &[(Path, &'static str)] {
+        &self.paths
+    }
+
+    /// Asks the engine to stop the job; it ends with [`FinishReason::Cancelled`].
+    pub fn cancel(&self) {
+        self.state.cancel.store(true, Ordering::Release);
+    }
+
+    /// The job's summary once it has ended.
+    pub fn summary(&self) -> Option<JobSummary> {
+        *self.state.summary.lock()
+    }
+
+    /// Waits for the end of the job.
+    pub fn wait(&self) -> JobSummary {
+        let mut summary = self.state.summary.lock();
+        loop {
+            if let Some(summary) = *summary {
+                return summary;
+            }
+            self.state.finished.wait(&mut summary);
+        }
+    }
+
+    /// Waits at most `timeout` for the end of the job.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<JobSummary> {
+        let mut summary = self.state.summary.lock();
+        if summary.is_none() {
+            self.state.finished.wait_for(&mut summary, timeout);
+        }
+        *summary
+    }
+
+    /// Progress so far.
+    pub fn progress(&self) -> Progress {
+        Progress {
+            sent: self.state.probes_sent.load(Ordering::Relaxed),
+            answered: self.state.matcher.table().answered(),
+            total: self.state.shard_size,
+            round: self.state.round.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The stream of answers (when requested). It carries each probe's first answer once;
+    /// probes that never answered are not in it (they are unknown in the table, reported
+    /// filtered). Once [`JobHandle::wait`] returned, everything is in the channel.
+    pub fn results(&self) -> Option<&Receiver<ProbeResult>> {
+        self.results.as_ref()
+    }
+
+    /// The indices of the job's shard that have no answer (after the end: the filtered ones
+    /// that never replied), in index order for a whole scan and permutation order for a shard.
+    pub fn unanswered(&self) -> Box<dyn Iterator<Item = u64> + '_> {
+        let table = self.table();
+        let len = self.space().len();
+        let shard = self.state.settings.shard;
+        if shard.count == 1 {
+            return Box::new((0..len).filter(move |&index| table.get(index) == PortState::Unknown));
+        }
+        let permutation = Permutation::new(len, self.state.settings.seed);
+        Box::new(
+            (0..shard.size(len))
+                .map(move |k| permutation.at(shard.position(k)))
+                .filter(move |&index| table.get(index) == PortState::Unknown),
+        )
+    }
+
+    /// The job's state table.
+    pub fn table(&self) -> &StateTable {
+        self.state.matcher.table()
+    }
+
+    /// The job's target space.
+    pub fn space(&self) -> &TargetSpace {
+        self.state.matcher.space()
+    }
+}
+
+/// Per family: the probe template and the transmitter it goes through.
+#[derive(Debug, Clone)]
+struct Route {
+    template: SynTemplate,
+    transmitter: TransmitterKey,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum TransmitterKey {
+    Raw { ipv6: bool },
+    Ring { interface_index: u32 },
+}
+
+enum Control {
+    Add {
+        core: Box<JobCore>,
+        state: Arc<JobState>,
+        routes: [Option<Route>; 2],
+    },
+    SetRate(u64),
+}
+
+struct Shared {
+    epoch: Instant,
+    stop: AtomicBool,
+    jobs: RwLock<Arc<Vec<Arc<JobState>>>>,
+    receiver_batches: AtomicU64,
+    counters: Counters,
+    next_job_id: AtomicU64,
+}
+
+/// The running engine. Dropping it stops both threads and cancels all jobs.
+pub struct Engine {
+    shared: Arc<Shared>,
+    config: EngineConfig,
+    control: Sender<Control>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Engine")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Opens the sockets and starts the sender and receiver threads.
+    pub fn start(config: EngineConfig) -> Result<Engine, EngineError> {
+        let reply_socket = ReplySocket::open(
+            config.source_ports,
+            64,
+            config.receive_buffer,
+            Duration::from_millis(20),
+        )
+        .map_err(socket_error)?;
+        let raw_v4 = RawIpTransmitter::open(false, config.batch).map_err(socket_error)?;
+        // IPv6 may be disabled on the host; IPv6 jobs then fail at submission.
+        let raw_v6 = RawIpTransmitter::open(true, config.batch).ok();
+        let shared = Arc::new(Shared {
+            epoch: Instant::now(),
+            stop: AtomicBool::new(false),
+            jobs: RwLock::new(Arc::new(Vec::new())),
+            receiver_batches: AtomicU64::new(0),
+            counters: Counters::default(),
+            next_job_id: AtomicU64::new(1),
+        });
+        let (control, control_receiver) = crossbeam_channel::unbounded();
+        let mut transmitters: HashMap<TransmitterKey, Box<dyn Transmit>> = HashMap::new();
+        transmitters.insert(TransmitterKey::Raw { ipv6: false }, Box::new(raw_v4));
+        if let Some(raw_v6) = raw_v6 {
+            transmitters.insert(TransmitterKey::Raw { ipv6: true }, Box::new(raw_v6));
+        }
+        let sender = SenderLoop {
+            shared: Arc::clone(&shared),
+            control: control_receiver,
+            transmitters,
+            bucket: TokenBucket::new(
+                config.rate,
+                TokenBucket::default_burst(config.rate, config.batch as u32),
+                Duration::ZERO,
+            ),
+            batch: config.batch as u32,
+            jobs: Vec::new(),
+            finishing: Vec::new(),
+            next_job: 0,
+        };
+        let receiver = ReceiverLoop {
+            shared: Arc::clone(&shared),
+            socket: reply_socket,
+            ports: config.source_ports,
+        };
+        let threads = vec![
+            std::thread::Builder::new()
+                .name("synwatch-send".into())
+                .spawn(move || sender.run())?,
+            std::thread::Builder::new()
+                .name("synwatch-receive".into())
+                .spawn(move || receiver.run())?,
+        ];
+        Ok(Engine {
+            shared,
+            config,
+            control,
+            threads,
+        })
+    }
+
+    /// Engine-wide counters.
+    pub fn counters(&self) -> CounterSnapshot {
+        self.shared.counters.snapshot()
+    }
+
+    /// Changes the global rate cap.
+    pub fn set_rate(&self, rate: u64) {
+        let _ = self.control.send(Control::SetRate(rate));
+    }
+
+    /// Jobs currently running.
+    pub fn active_jobs(&self) -> usize {
+        self.shared.jobs.read().len()
+    }
+
+    /// Starts a job.
+    pub fn submit(&self, request: JobRequest) -> Result<JobHandle, EngineError> {
+        if self.shared.stop.load(Ordering::Acquire) {
+            return Err(EngineError::Stopped);
+        }
+        let mut key = [0u8; 16];
+        getrandom::fill(&mut key)
+            .map_err(|error| EngineError::Io(io::Error::other(error.to_string())))?;
+        let cookie_key = CookieKey::new(key, self.config.source_ports);
+        let (has_v4, has_v6) = request.space.hosts().families();
+        let mut sources = [None, None];
+        let mut routes = [None, None];
+        let mut paths = Vec::new();
+        for (ipv6, present) in [(false, has_v4), (true, has_v6)] {
+            if !present {
+                continue;
+            }
+            let first = first_address(&request.space, ipv6).expect("the family is present");
+            let source_override = self
+                .config
+                .source_addresses
+                .iter()
+                .copied()
+                .find(|address| address.is_ipv6() == ipv6);
+            let path =
+                route::resolve_path(first, self.config.interface.as_deref(), source_override)?;
+            let (route, kind) = self.choose_route(&path, first, ipv6, &cookie_key);
+            sources[usize::from(ipv6)] = Some(path.source);
+            routes[usize::from(ipv6)] = Some(route);
+            paths.push((path, kind));
+        }
+        let submitted = Instant::now();
+        let deadline = request
+            .timeout
+            .map(|timeout| self.shared.epoch.elapsed() + timeout);
+        let core = JobCore::new(
+            Arc::clone(&request.space),
+            request.settings,
+            cookie_key,
+            sources,
+            deadline,
+        );
+        let (results, results_receiver) = if request.stream_results {
+            let (sender, receiver) = crossbeam_channel::unbounded();
+            (Some(sender), Some(receiver))
+        } else {
+            (None, None)
+        };
+        let state = Arc::new(JobState {
+            id: self.shared.next_job_id.fetch_add(1, Ordering::Relaxed),
+            settings: request.settings,
+            matcher: Arc::clone(core.matcher()),
+            shard_size: core.shard_size(),
+            results,
+            cancel: AtomicBool::new(false),
+            probes_sent: AtomicU64::new(0),
+            round: AtomicU32::new(0),
+            submitted,
+            summary: Mutex::new(None),
+            finished: Condvar::new(),
+        });
+        {
+            let mut jobs = self.shared.jobs.write();
+            let mut list = Vec::clone(&jobs);
+            list.push(Arc::clone(&state));
+            *jobs = Arc::new(list);
+        }
+        self.control
+            .send(Control::Add {
+                core: Box::new(core),
+                state: Arc::clone(&state),
+                routes,
+            })
+            .map_err(|_| EngineError::Stopped)?;
+        Ok(JobHandle {
+            state,
+            results: results_receiver,
+            paths,
+        })
+    }
+
+    /// Picks the transmitter and template for a path. The TX ring needs the link-layer
+    /// destination, known here for routed IPv4 (the gateway's). When the gateway is not in
+    /// the neighbour table, one probe to the first target goes through the kernel (a raw IP
+    /// socket), which makes the kernel resolve the gateway, and the table is read again.
+    fn choose_route(
+        &self,
+        path: &Path,
+        first: IpAddr,
+        ipv6: bool,
+        cookie_key: &CookieKey,
+    ) -> (Route, &'static str) {
+        let raw = |ipv6: bool| {
+            (
+                Route {
+                    template: SynTemplate::for_address(first, LinkLayer::None),
+                    transmitter: TransmitterKey::Raw { ipv6 },
+                },
+                "sendmmsg",
+            )
+        };
+        if self.config.transmit == TransmitChoice::Sendmmsg {
+            return raw(ipv6);
+        }
+        // Loopback always goes through the kernel: an IPv4 packet injected on `lo` by AF_PACKET
+        // has no cached route and a loopback source, which the kernel drops as a martian unless
+        // route_localnet is set.
+        let destination_mac = if path.is_loopback {
+            None
+        } else {
+            match (path.gateway, ipv6) {
+                (Some(IpAddr::V4(gateway)), false) => {
+                    route::ipv4_neighbour(gateway, &path.interface).or_else(|| {
+                        warm_up_neighbour(path, first, cookie_key);
+                        (0..50).find_map(|_| {
+                            std::thread::sleep(Duration::from_millis(10));
+                            route::ipv4_neighbour(gateway, &path.interface)
+                        })
+                    })
+                }
+                _ => None,
+            }
+        };
+        match destination_mac {
+            Some(destination_mac) => (
+                Route {
+                    template: SynTemplate::for_address(
+                        first,
+                        LinkLayer::Ethernet {
+                            source_mac: path.source_mac,
+                            destination_mac,
+                        },
+                    ),
+                    transmitter: TransmitterKey::Ring {
+                        interface_index: path.interface_index,
+                    },
+                },
+                "tx-ring",
+            ),
+            None => {
+                if self.config.transmit == TransmitChoice::Ring {
+                    tracing::warn!(interface = %path.interface, "the TX ring needs a known next hop; using sendmmsg");
+                }
+                raw(ipv6)
+            }
+        }
+    }
+}
+
+/// Sends one SYN to `target` through the kernel so that it resolves the next hop. The probe is
+/// an ordinary probe of a target the user asked for; its answer is ignored (the real schedule
+/// probes the target again).
+fn warm_up_neighbour(path: &Path, target: IpAddr, cookie_key: &CookieKey) {
+    let Ok(mut transmitter) = RawIpTransmitter::open(target.is_ipv6(), 1) else {
+        return;
+    };
+    let template = SynTemplate::for_address(target, LinkLayer::None);
+    let cookie = cookie_key.cookie(path.source, target, 9);
+    let fields = SynFields {
+        source: path.source,
+        destination: target,
+        source_port: cookie.source_port,
+        destination_port: 9,
+        sequence: cookie.sequence,
+        timestamp_value: 0,
+    };
+    if let Some(slot) = transmitter.slot()
+        && let Ok(len) = template.write(slot, &fields)
+    {
+        transmitter.commit(len, target);
+        let _ = transmitter.flush();
+    }
+}
+
+fn first_address(space: &TargetSpace, ipv6: bool) -> Option<IpAddr> {
+    let range = space
+        .hosts()
+        .ranges()
+        .iter()
+        .find(|range| range.is_ipv6 == ipv6)?;
+    let hosts = space.hosts();
+    (0..hosts.len()).find_map(|index| {
+        hosts
+            .address_at(index)
+            .filter(|address| range.contains(*address))
+    })
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct ActiveJob {
+    core: Box<JobCore>,
+    state: Arc<JobState>,
+    routes: [Option<Route>; 2],
+    /// A probe taken from the schedule whose transmitter had no free slot; sent first next time.
+    carried: Option<Probe>,
+    wake_at: Duration,
+}
+
+struct SenderLoop {
+    shared: Arc<Shared>,
+    control: Receiver<Control>,
+    transmitters: HashMap<TransmitterKey, Box<dyn Transmit>>,
+    bucket: TokenBucket,
+    batch: u32,
+    jobs: Vec<ActiveJob>,
+    /// Finished jobs waiting for the receiver to move past them: (job, summary, batch count).
+    finishing: Vec<(Arc<JobState>, JobSummary, u64)>,
+    next_job: usize,
+}
+
+impl SenderLoop {
+    fn run(mut self) {
+        let mut backoff = Duration::from_micros(20);
+        while !self.shared.stop.load(Ordering::Acquire) {
+            self.take_control_messages();
+            let now = self.shared.epoch.elapsed();
+            self.retire_finished_jobs(now);
+            self.report_finished_jobs();
+            if self.jobs.is_empty() {
+                let wait = if self.finishing.is_empty() {
+                    Duration::from_millis(50)
+                } else {
+                    Duration::from_millis(2)
+                };
+                match self.control.recv_timeout(wait) {
+                    Ok(message) => self.handle(message),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+                continue;
+            }
+            let tokens = self.bucket.take(now, self.batch);
+            let used = if tokens > 0 {
+                self.fill(now, tokens)
+            } else {
+                0
+            };
+            self.bucket.give_back(tokens - used);
+            match self.flush_all() {
+                true => backoff = Duration::from_micros(20),
+                false => {
+                    // Backpressure: the kernel's queue is full. Pause and retry; the bucket keeps
+                    // at most one burst meanwhile, so this slows the scan instead of losing probes.
+                    self.shared
+                        .counters
+                        .send_backpressure
+                        .fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_millis(2));
+                    continue;
+                }
+            }
+            if used == 0 {
+                let now = self.shared.epoch.elapsed();
+                let until_token = self.bucket.time_until_token(now);
+                let earliest_job = self.jobs.iter().map(|job| job.wake_at).min().unwrap_or(now);
+                let pause = until_token
+                    .max(earliest_job.saturating_sub(now))
+                    .min(Duration::from_millis(5));
+                if tokens > 0 || pause > Duration::from_micros(60) {
+                    // Nothing to send yet (jobs between rounds or waiting): sleep, but wake for
+                    // new jobs at once.
+                    if let Ok(message) = self
+                        .control
+                        .recv_timeout(pause.max(Duration::from_micros(50)))
+                    {
+                        self.handle(message);
+                    }
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        }
+        for job in &mut self.jobs {
+            job.core.cancel();
+        }
+        let now = self.shared.epoch.elapsed();
+        self.retire_finished_jobs(now);
+        for (state, summary, _) in self.finishing.drain(..) {
+            finish(&state, summary);
+        }
+    }
+
+    fn take_control_messages(&mut self) {
+        while let Ok(message) = self.control.try_recv() {
+            self.handle(message);
+        }
+    }
+
+    fn handle(&mut self, message: Control) {
+        match message {
+            Control::Add {
+                core,
+                state,
+                mut routes,
+            } => {
+                for route in routes.iter_mut().flatten() {
+                    if let TransmitterKey::Ring { interface_index } = route.transmitter
+                        && !self.transmitters.contains_key(&route.transmitter)
+                    {
+                        match RingTransmitter::open(interface_index, 8192) {
+                            Ok(ring) => {
+                                self.transmitters.insert(route.transmitter, Box::new(ring));
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, interface_index, "cannot open a TX ring; using sendmmsg");
+                                let ipv6 = route.template.is_ipv6();
+                                route.transmitter = TransmitterKey::Raw { ipv6 };
+                                route.template = if ipv6 {
+                                    SynTemplate::ipv6(LinkLayer::None)
+                                } else {
+                                    SynTemplate::ipv4(LinkLayer::None)
+                                };
+                            }
+                        }
+                    }
+                }
+                self.jobs.push(ActiveJob {
+                    core,
+                    state,
+                    routes,
+                    carried: None,
+                    wake_at: Duration::ZERO,
+                });
+            }
+            Control::SetRate(rate) => {
+                let now = self.shared.epoch.elapsed();
+                self.bucket
+                    .set_rate(rate, TokenBucket::default_burst(rate, self.batch), now);
+            }
+        }
+    }
+
+    /// Fills transmitter batches with up to `tokens` probes, round-robin over jobs. Returns how
+    /// many probes were queued.
+    fn fill(&mut self, now: Duration, tokens: u32) -> u32 {
+        let timestamp = now.as_micros() as u32;
+        let mut used = 0;
+        let mut idle_passes = 0;
+        let job_count = self.jobs.len();
+        while used < tokens && idle_passes < job_count {
+            let position = self.next_job % job_count;
+            self.next_job = self.next_job.wrapping_add(1);
+            let job = &mut self.jobs[position];
+            if job.wake_at > now {
+                idle_passes += 1;
+                continue;
+            }
+            let probe = match job.carried.take() {
+                Some(probe) => probe,
+                None => match job.core.next_step(now) {
+                    NextStep::Send(probe) => probe,
+                    NextStep::WaitUntil(time) => {
+                        job.wake_at = time;
+                        idle_passes += 1;
+                        continue;
+                    }
+                    NextStep::Done(_) => {
+                        idle_passes += 1;
+                        continue;
+                    }
+                },
+            };
+            idle_passes = 0;
+            let Some(route) = &job.routes[usize::from(probe.address.is_ipv6())] else {
+                continue;
+            };
+            let Some(transmitter) = self.transmitters.get_mut(&route.transmitter) else {
+                self.shared
+                    .counters
+                    .send_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let Some(slot) = transmitter.slot() else {
+                // Batch or ring full: keep the probe and stop filling; the flush frees space.
+                job.carried = Some(probe);
+                break;
+            };
+            let fields = SynFields {
+                source: probe.source,
+                destination: probe.address,
+                source_port: probe.cookie.source_port,
+                destination_port: probe.port,
+                sequence: probe.cookie.sequence,
+                timestamp_value: timestamp,
+            };
+            match route.template.write(slot, &fields) {
+                Ok(len) => {
+                    transmitter.commit(len, probe.address);
+                    used += 1;
+                    job.state.probes_sent.fetch_add(1, Ordering::Relaxed);
+                    job.state.round.store(probe.round, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    self.shared
+                        .counters
+                        .send_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        used
+    }
+
+    /// Flushes every transmitter; false on backpressure (something is still queued).
+    fn flush_all(&mut self) -> bool {
+        let mut clear = true;
+        for transmitter in self.transmitters.values_mut() {
+            if transmitter.pending() == 0 {
+                continue;
+            }
+            match transmitter.flush() {
+                Ok(Flush::Done { sent }) => {
+                    self.shared
+                        .counters
+                        .packets_sent
+                        .fetch_add(sent as u64, Ordering::Relaxed);
+                }
+                Ok(Flush::Backpressure { sent }) => {
+                    self.shared
+                        .counters
+                        .packets_sent
+                        .fetch_add(sent as u64, Ordering::Relaxed);
+                    clear = false;
+                }
+                Err(error) => {
+                    self.shared
+                        .counters
+                        .send_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%error, kind = transmitter.kind(), "send failed");
+                }
+            }
+        }
+        clear
+    }
+
+    /// Moves jobs that are over (or cancelled) out of the schedule and the receiver's list.
+    fn retire_finished_jobs(&mut self, now: Duration) {
+        let mut index = 0;
+        let mut removed = false;
+        while index < self.jobs.len() {
+            let job = &mut self.jobs[index];
+            if job.state.cancel.load(Ordering::Acquire) {
+                job.core.cancel();
+            }
+            let reason = if job.carried.is_some() {
+                None
+            } else {
+                job.core.check_finished(now)
+            };
+            match reason {
+                Some(reason) => {
+                    let job = self.jobs.swap_remove(index);
+                    let summary = JobSummary {
+                        reason,
+                        probes_sent: job.core.probes_sent(),
+                        duration: job.state.submitted.elapsed(),
+                    };
+                    let batches = self.shared.receiver_batches.load(Ordering::Acquire);
+                    self.finishing.push((job.state, summary, batches));
+                    removed = true;
+                }
+                None => index += 1,
+            }
+        }
+        if removed {
+            let mut jobs = self.shared.jobs.write();
+            let list: Vec<Arc<JobState>> = jobs
+                .iter()
+                .filter(|state| {
+                    !self
+                        .finishing
+                        .iter()
+                        .any(|(finished, _, _)| Arc::ptr_eq(finished, state))
+                })
+                .cloned()
+                .collect();
+            *jobs = Arc::new(list);
+        }
+    }
+
+    /// Reports finished jobs once the receiver has completed two batches since their removal.
+    fn report_finished_jobs(&mut self) {
+        let batches = self.shared.receiver_batches.load(Ordering::Acquire);
+        self.finishing.retain(|(state, summary, removed_at)| {
+            if batches >= removed_at + 2 {
+                finish(state, *summary);
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+fn finish(state: &JobState, summary: JobSummary) {
+    *state.summary.lock() = Some(summary);
+    state.finished.notify_all();
+}
+
+struct ReceiverLoop {
+    shared: Arc<Shared>,
+    socket: ReplySocket,
+    ports: SourcePortRange,
+}
+
+impl ReceiverLoop {
+    fn run(mut self) {
+        let mut last_drop_read = Instant::now();
+        while !self.shared.stop.load(Ordering::Acquire) {
+            let counters = &self.shared.counters;
+            let received = self.socket.receive();
+            // The job list and the clock are read after the (blocking) receive: a job submitted
+            // while we waited must see its replies, and round-trip times must not be negative.
+            let jobs = Arc::clone(&self.shared.jobs.read());
+            let now_micros = self.shared.epoch.elapsed().as_micros() as u32;
+            match received {
+                Ok(_) => {
+                    for packet in self.socket.packets() {
+                        handle_packet(packet, &jobs, self.ports, counters, now_micros);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "receive failed");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            drop(jobs);
+            self.shared.receiver_batches.fetch_add(1, Ordering::AcqRel);
+            if last_drop_read.elapsed() >= Duration::from_millis(100) {
+                if let Ok(drops) = self.socket.take_drops() {
+                    counters.receive_drops.fetch_add(drops, Ordering::Relaxed);
+                }
+                last_drop_read = Instant::now();
+            }
+        }
+    }
+}
+
+/// Parses, classifies and records one packet.
+fn handle_packet(
+    packet: &[u8],
+    jobs: &[Arc<JobState>],
+    ports: SourcePortRange,
+    counters: &Counters,
+    now_micros: u32,
+) {
+    let reply = match parse_reply(packet) {
+        Ok(reply) => reply,
+        Err(ParseError::NotRelevant) => return,
+        Err(_) => {
+            counters.replies_malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let Some(classified) = classify_reply(&reply, ports) else {
+        return;
+    };
+    let mut bad_cookie = false;
+    for job in jobs {
+        match job.matcher.offer(&classified) {
+            ReplyMatch::NotInJob => {}
+            ReplyMatch::BadCookie => bad_cookie = true,
+            ReplyMatch::Matched { index, outcome } => {
+                if outcome == synwatch_engine::RecordOutcome::Duplicate {
+                    counters.replies_duplicate.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                let counter = match classified.state {
+                    PortState::Open => &counters.replies_open,
+                    PortState::Closed => &counters.replies_closed,
+                    _ => &counters.replies_filtered,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                if let Some(results) = &job.results {
+                    let rtt = classified
+                        .timestamp_echo
+                        .map(|echo| now_micros.wrapping_sub(echo))
+                        .filter(|&micros| micros < 60_000_000);
+                    let _ = results.send(ProbeResult {
+                        index,
+                        address: classified.remote,
+                        port: classified.remote_port,
+                        state: classified.state,
+                        rtt: rtt.map(|micros| Duration::from_micros(u64::from(micros))),
+                    });
+                }
+                return;
+            }
+        }
+    }
+    let counter = if bad_cookie {
+        &counters.replies_bad_cookie
+    } else {
+        &counters.replies_unmatched
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}

@@ -1,0 +1,57 @@
+//! The `synwatch` command: a thin front over the engine crates.
+//!
+//! * `synwatch scan`: a one-shot scan with results on stdout (see [`scan`]).
+//!
+//! Exit codes: 0 success, 1 runtime error (for example no permission for raw sockets),
+//! 2 bad usage (clap's own errors and our validation of its values).
+
+mod output;
+mod scan;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Raw-socket TCP SYN scanner with a Prometheus exporter front-end.
+#[derive(Debug, Parser)]
+#[command(name = "synwatch", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Scan targets once and print open / closed / filtered ports.
+    Scan(Box<scan::ScanArgs>),
+}
+
+/// An error in the user's input (exit 2) rather than at run time (exit 1).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Scan(args) => scan::run(*args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.is::<UsageError>() => {
+            eprintln!("synwatch: {error}");
+            ExitCode::from(2)
+        }
+        Err(error) => {
+            eprintln!("synwatch: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! `synwatch scan`: parse the command line into a job, run it on a fresh engine, stream the
+//! results, print a summary.
+
+use std::fs;
+use std::io::{self, BufWriter, IsTerminal, Write};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use synwatch_engine::targets::{AddressRange, parse_target, parse_target_list};
+use synwatch_engine::{
+    ExclusionPolicy, HostSet, JobSettings, PortSet, PortState, Shard, TargetSpace,
+};
+use synwatch_io::{Engine, EngineConfig, JobRequest, TransmitChoice};
+
+use crate::UsageError;
+use crate::output::{Format, Writer};
+
+/// Options of `synwatch scan`.
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// Targets: addresses, CIDRs, ranges (a.b.c.d-e.f.g.h), or @FILE with one per line.
+    #[arg(required = true, value_name = "TARGET")]
+    targets: Vec<String>,
+    /// Ports, for example 22,80,443,8000-8100.
+    #[arg(short, long)]
+    ports: String,
+    /// Packets per second, all probes and retries included.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// How many times an unanswered probe is sent again.
+    #[arg(long, default_value_t = 2)]
+    retries: u32,
+    /// Pause between the end of one round and the retries of the next.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    retry_gap: Duration,
+    /// How long to wait for late replies after the last probe.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    wait: Duration,
+    /// Give up after this long whatever is left (unanswered probes count as filtered).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Addresses, CIDRs or ranges to leave out (comma-separated, repeatable).
+    #[arg(long, value_delimiter = ',')]
+    exclude: Vec<String>,
+    /// A file of addresses to leave out, in the @FILE format.
+    #[arg(long)]
+    exclude_file: Vec<String>,
+    /// Also scan the ranges excluded by default (0.0.0.0/8, multicast, 240.0.0.0/4, ff00::/8).
+    #[arg(long)]
+    allow_reserved: bool,
+    /// Permutation seed (random when not given). Shards of one scan must use the same seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Scan only shard i of n (1-based); needs --seed.
+    #[arg(long)]
+    shard: Option<String>,
+    /// Send through this interface.
+    #[arg(long)]
+    interface: Option<String>,
+    /// Source address (once per family).
+    #[arg(long)]
+    source_ip: Vec<IpAddr>,
+    /// Which states to print: open, closed, filtered, or all (comma-separated).
+    #[arg(long, default_value = "open", value_delimiter = ',')]
+    states: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// Write results to this file instead of stdout.
+    #[arg(short, long)]
+    output: Option<String>,
+    /// Transmit path: auto (TX ring when possible), sendmmsg, or ring.
+    #[arg(long, default_value = "auto", value_parser = parse_transmit)]
+    transmit: TransmitChoice,
+    /// Probes per batch (per sendmmsg call or ring flush).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    batch: u32,
+    /// Say which interface, source address and transmitter were picked.
+    #[arg(short, long)]
+    verbose: bool,
+    /// Do not show the progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+fn parse_transmit(text: &str) -> Result<TransmitChoice, String> {
+    match text {
+        "auto" => Ok(TransmitChoice::Auto),
+        "sendmmsg" => Ok(TransmitChoice::Sendmmsg),
+        "ring" => Ok(TransmitChoice::Ring),
+        other => Err(format!("{other:?} is not one of auto, sendmmsg, ring")),
+    }
+}
+
+fn usage(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(message.into()))
+}
+
+/// Reads TARGET arguments (`@file` included) into ranges.
+fn read_targets(items: &[String], what: &str) -> Result<Vec<AddressRange>> {
+    let mut ranges = Vec::new();
+    for item in items {
+        if let Some(path) = item.strip_prefix('@') {
+            ranges.extend(read_target_file(path, what)?);
+        } else {
+            for part in item.split(',').filter(|part| !part.trim().is_empty()) {
+                ranges.push(parse_target(part).map_err(|error| usage(format!("{what}: {error}")))?);
+            }
+        }
+    }
+    Ok(ranges)
+}
+
+fn read_target_file(path: &str, what: &str) -> Result<Vec<AddressRange>> {
+    let text =
+        fs::read_to_string(path).map_err(|error| usage(format!("{what} file {path}: {error}")))?;
+    parse_target_list(&text).map_err(|(line, error)| usage(format!("{path}:{line}: {error}")))
+}
+
+/// Which states to print.
+#[derive(Debug, Clone, Copy)]
+struct StateFilter {
+    open: bool,
+    closed: bool,
+    filtered: bool,
+}
+
+impl StateFilter {
+    fn parse(items: &[String]) -> Result<StateFilter> {
+        let mut filter = StateFilter {
+            open: false,
+            closed: false,
+            filtered: false,
+        };
+        for item in items {
+            match item.trim() {
+                "open" => filter.open = true,
+                "closed" => filter.closed = true,
+                "filtered" => filter.filtered = true,
+                "all" => {
+                    filter = StateFilter {
+                        open: true,
+                        closed: true,
+                        filtered: true,
+                    }
+                }
+                other => {
+                    return Err(usage(format!(
+                        "--states: {other:?} is not one of open, closed, filtered, all"
+                    )));
+                }
+            }
+        }
+        Ok(filter)
+    }
+
+    fn wants(&self, state: PortState) -> bool {
+        match state.finalized() {
+            PortState::Open => self.open,
+            PortState::Closed => self.closed,
+            _ => self.filtered,
+        }
+    }
+}
+
+/// Builds the job from the arguments (every check that is the user's fault happens here).
+fn build_job(args: &ScanArgs) -> Result<(Arc<TargetSpace>, JobSettings)> {
+    let ports = PortSet::parse(&args.ports)
+        .map_err(|error| usage(format!("--ports {:?}: {error}", args.ports)))?;
+    let includes = read_targets(&args.targets, "target")?;
+    let mut exclusions = read_targets(&args.exclude, "--exclude")?;
+    for path in &args.exclude_file {
+        exclusions.extend(read_target_file(path, "--exclude-file")?);
+    }
+    let policy = if args.allow_reserved {
+        ExclusionPolicy::AllowReserved
+    } else {
+        ExclusionPolicy::Default
+    };
+    let hosts =
+        HostSet::build(includes, exclusions, policy).map_err(|error| usage(error.to_string()))?;
+    if hosts.excluded_by_default() > 0 {
+        tracing::warn!(
+            addresses = %hosts.excluded_by_default(),
+            "left out reserved or multicast addresses (use --allow-reserved to scan them)"
+        );
+    }
+    let space = TargetSpace::new(hosts, ports).map_err(|error| usage(error.to_string()))?;
+    let shard = match &args.shard {
+        Some(text) => {
+            if args.seed.is_none() {
+                return Err(usage(
+                    "--shard needs --seed: every shard must use the same permutation",
+                ));
+            }
+            Shard::parse(text).map_err(|error| usage(format!("--shard: {error}")))?
+        }
+        None => Shard::WHOLE,
+    };
+    if args.rate == 0 {
+        return Err(usage("--rate must be at least 1"));
+    }
+    let seed = match args.seed {
+        Some(seed) => seed,
+        None => {
+            let mut bytes = [0u8; 8];
+            getrandom_seed(&mut bytes);
+            u64::from_le_bytes(bytes)
+        }
+    };
+    let settings = JobSettings {
+        retries: args.retries,
+        retry_gap: args.retry_gap,
+        wait: args.wait,
+        seed,
+        shard,
+    };
+    Ok((Arc::new(space), settings))
+}
+
+/// A random seed from the standard library's per-process random hasher keys (no extra
+/// dependency; the seed only orders probes, it protects nothing).
+fn getrandom_seed(bytes: &mut [u8; 8]) {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(Instant::now().elapsed().as_nanos());
+    *bytes = hasher.finish().to_le_bytes();
+}
+
+/// Runs `synwatch scan`.
+pub fn run(args: ScanArgs) -> Result<()> {
+    init_logging(args.verbose);
+    let filter = StateFilter::parse(&args.states)?;
+    let (space, settings) = build_job(&args)?;
+    let out: Box<dyn Write> = match &args.output {
+        Some(path) => {
+            Box::new(fs::File::create(path).with_context(|| format!("cannot create {path}"))?)
+        }
+        None => Box::new(io::stdout().lock()),
+    };
+    let mut writer = Writer::new(args.format, BufWriter::new(out))?;
+    let config = EngineConfig {
+        rate: args.rate,
+        batch: args.batch as usize,
+        interface: args.interface.clone(),
+        source_addresses: args.source_ip.clone(),
+        transmit: args.transmit,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(config)?;
+    let started = Instant::now();
+    let job = engine.submit(JobRequest {
+        space: Arc::clone(&space),
+        settings,
+        timeout: args.timeout,
+        stream_results: true,
+    })?;
+    for (path, transmitter) in job.paths() {
+        tracing::info!("{} via {transmitter}", path.describe());
+    }
+    let progress = progress_bar(&args, job.progress().total);
+    let results = job.results().expect("results were requested");
+    loop {
+        match results.recv_timeout(Duration::from_millis(100)) {
+            Ok(result) => {
+                if filter.wants(result.state) {
+                    writer.write(result.address, result.port, result.state.name(), result.rtt)?;
+                }
+            }
+            Err(_) => {
+                if job.summary().is_some() {
+                    break;
+                }
+            }
+        }
+        if let Some(bar) = &progress {
+            let now = job.progress();
+            bar.set_position(now.answered);
+            bar.set_message(format!("sent {} round {}", now.sent, now.round + 1));
+        }
+    }
+    let summary = job.wait();
+    while let Ok(result) = results.try_recv() {
+        if filter.wants(result.state) {
+            writer.write(result.address, result.port, result.state.name(), result.rtt)?;
+        }
+    }
+    if filter.filtered {
+        for index in job.unanswered() {
+            if let Some((address, port)) = space.probe_at(index) {
+                writer.write(address, port, "filtered", None)?;
+            }
+        }
+    }
+    writer.flush()?;
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    let elapsed = started.elapsed();
+    let counters = engine.counters();
+    let table = job.table();
+    let filtered_total =
+        job.progress().total - table.count(PortState::Open) - table.count(PortState::Closed);
+    eprintln!(
+        "synwatch: {} probes sent, {} replies; {} open, {} closed, {} filtered; {:.2}s, {:.0} packets/s; {} receive drops, {} send errors ({:?})",
+        summary.probes_sent,
+        counters.replies_open
+            + counters.replies_closed
+            + counters.replies_filtered
+            + counters.replies_duplicate,
+        table.count(PortState::Open),
+        table.count(PortState::Closed),
+        filtered_total,
+        elapsed.as_secs_f64(),
+        counters.packets_sent as f64 / elapsed.as_secs_f64().max(1e-9),
+        counters.receive_drops,
+        counters.send_errors,
+        summary.reason,
+    );
+    Ok(())
+}
+
+fn progress_bar(args: &ScanArgs, total: u64) -> Option<indicatif::ProgressBar> {
+    if args.no_progress || !io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} answered, {msg}, eta {eta}",
+        )
+        .expect("valid template"),
+    );
+    Some(bar)
+}
+
+fn init_logging(verbose: bool) {
+    let default = if verbose { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SYNWATCH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .without_time()
+        .try_init();
+}
