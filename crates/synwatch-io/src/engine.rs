@@ -355,12 +355,14 @@ enum TransmitterKey {
     Ring { interface_index: u32 },
 }
 
+struct NewJob {
+    core: JobCore,
+    state: Arc<JobState>,
+    routes: [Option<Route>; 2],
+}
+
 enum Control {
-    Add {
-        core: Box<JobCore>,
-        state: Arc<JobState>,
-        routes: [Option<Route>; 2],
-    },
+    Add(Box<NewJob>),
     SetRate(u64),
 }
 
@@ -535,11 +537,11 @@ impl Engine {
             *jobs = Arc::new(list);
         }
         self.control
-            .send(Control::Add {
-                core: Box::new(core),
+            .send(Control::Add(Box::new(NewJob {
+                core,
                 state: Arc::clone(&state),
                 routes,
-            })
+            })))
             .map_err(|_| EngineError::Stopped)?;
         Ok(JobHandle {
             state,
@@ -766,11 +768,13 @@ impl SenderLoop {
 
     fn handle(&mut self, message: Control) {
         match message {
-            Control::Add {
-                core,
-                state,
-                mut routes,
-            } => {
+            Control::Add(new_job) => {
+                let NewJob {
+                    core,
+                    state,
+                    mut routes,
+                } = *new_job;
+                let core = Box::new(core);
                 for route in routes.iter_mut().flatten() {
                     if let TransmitterKey::Ring { interface_index } = route.transmitter
                         && !self.transmitters.contains_key(&route.transmitter)

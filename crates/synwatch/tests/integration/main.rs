@@ -1,1 +1,6 @@
-//! placeholder
+//! The one integration-test binary of synwatch (ripgrep style): shared helpers in
+//! [`helpers`], one module per area.
+
+mod cli;
+mod helpers;
+mod lab_scan;

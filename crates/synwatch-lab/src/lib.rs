@@ -1,0 +1,523 @@
+//! The synwatch test lab: two network namespaces joined by a veth pair, with a target side that
+//! answers for whole address ranges and known ground truth.
+//!
+//! ```text
+//!   scanner namespace                         target namespace
+//!   veth 198.19.255.1/30, 2001:2:0:ffff::1/64 ── veth 198.19.255.2/30, 2001:2:0:ffff::2/64
+//!   routes 198.18.0.0/15, 2001:2::/48 via the  local (AnyIP) routes for the target ranges on lo,
+//!   target side                                listeners on chosen (address, port)s, nftables
+//!                                              rules: blackholed ranges (drop), prohibited
+//!                                              ranges (ICMP admin-prohibited), random loss
+//! ```
+//!
+//! Only the benchmarking ranges 198.18.0.0/15 and 2001:2::/48 are used, and neither namespace
+//! has any link to the host's own namespace, so nothing a test sends can leave the lab.
+//!
+//! A [`Lab`] tears itself down when dropped, including while a failing test unwinds; labs left
+//! by a killed process are removed by the next [`Lab::build`] (their owner pid is in the name).
+//!
+//! Tests call [`lab_or_skip`]: without root, `ip` or `nft` the test prints why and returns,
+//! unless `SYNWATCH_REQUIRE_LAB=1`, in which case the missing lab is a failure.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use ipnetwork::IpNetwork;
+use nix::sched::{CloneFlags, setns};
+use socket2::{Domain, Socket, Type};
+
+/// The scanner's address on the lab link.
+pub const SCANNER_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 1);
+/// The target side's address on the lab link (the scanner's gateway).
+pub const TARGET_LINK_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 2);
+/// The scanner's IPv6 address on the lab link.
+pub const SCANNER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0xffff, 0, 0, 0, 1);
+/// The target side's IPv6 address on the lab link.
+pub const TARGET_LINK_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0xffff, 0, 0, 0, 2);
+
+const NAME_PREFIX: &str = "swlab";
+
+/// Why a lab could not be built.
+#[derive(Debug)]
+pub struct LabError(pub String);
+
+impl std::fmt::Display for LabError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for LabError {}
+
+/// What to build.
+#[derive(Debug, Clone, Default)]
+pub struct LabConfig {
+    /// Target ranges the target namespace answers for (AnyIP local routes). Must lie in
+    /// 198.18.0.0/16 or 2001:2::/64.
+    pub target_ranges: Vec<IpNetwork>,
+    /// Listening sockets in the target namespace.
+    pub listeners: Vec<SocketAddr>,
+    /// Ranges whose packets the target silently drops (filtered by timeout).
+    pub blackholed: Vec<IpNetwork>,
+    /// Ranges the target answers with ICMP administratively prohibited.
+    pub prohibited: Vec<IpNetwork>,
+    /// Share of incoming TCP packets the target drops at random, in percent.
+    pub loss_percent: u8,
+    /// Install the gateway's link-layer address statically in the scanner namespace (otherwise
+    /// the scanner must resolve it).
+    pub static_neighbour: bool,
+    /// Take the target side's link down after set-up, so nothing answers (send-only
+    /// measurements). Implies `static_neighbour`.
+    pub target_link_down: bool,
+}
+
+/// What the lab says a probe should find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Expected {
+    /// A listener answers.
+    Open,
+    /// The target's kernel answers RST.
+    Closed,
+    /// Dropped or prohibited.
+    Filtered,
+}
+
+impl Expected {
+    /// The state's name as synwatch prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Expected::Open => "open",
+            Expected::Closed => "closed",
+            Expected::Filtered => "filtered",
+        }
+    }
+}
+
+/// A running lab.
+#[derive(Debug)]
+pub struct Lab {
+    config: LabConfig,
+    scanner: String,
+    target: String,
+    listeners: Vec<(SocketAddr, Socket)>,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn run(command: &mut Command) -> Result<Output, LabError> {
+    let output = command
+        .output()
+        .map_err(|error| LabError(format!("{command:?}: {error}")))?;
+    if !output.status.success() {
+        return Err(LabError(format!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(output)
+}
+
+fn ip(arguments: &[&str]) -> Result<Output, LabError> {
+    run(Command::new("ip").args(arguments))
+}
+
+fn in_namespace(namespace: &str, program: &str, arguments: &[&str]) -> Result<Output, LabError> {
+    run(Command::new("ip")
+        .args(["netns", "exec", namespace, program])
+        .args(arguments))
+}
+
+/// Whether a lab can be built here, and if not, why.
+pub fn lab_available() -> Result<(), String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("not root".into());
+    }
+    for program in ["ip", "nft"] {
+        let found = Command::new(program)
+            .arg("-V")
+            .output()
+            .is_ok_and(|output| output.status.success());
+        if !found {
+            return Err(format!(
+                "`{program}` is not installed (Debian: iproute2, nftables)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Builds a lab, or returns `None` after printing why a lab test is skipped. Panics instead when
+/// `SYNWATCH_REQUIRE_LAB=1`, so CI cannot pass by skipping.
+pub fn lab_or_skip(test: &str, config: LabConfig) -> Option<Lab> {
+    let required = std::env::var("SYNWATCH_REQUIRE_LAB").is_ok_and(|value| value == "1");
+    if let Err(reason) = lab_available() {
+        if required {
+            panic!("{test}: SYNWATCH_REQUIRE_LAB=1 but no lab can be built here: {reason}");
+        }
+        eprintln!(
+            "skipping {test}: no network lab ({reason}); run as root with iproute2 and nftables, or set SYNWATCH_REQUIRE_LAB=1 to make this a failure"
+        );
+        return None;
+    }
+    match Lab::build(config) {
+        Ok(lab) => Some(lab),
+        Err(error) => panic!("{test}: building the lab failed: {error}"),
+    }
+}
+
+impl Lab {
+    /// Builds the lab.
+    pub fn build(config: LabConfig) -> Result<Lab, LabError> {
+        remove_stale_labs();
+        let number = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let scanner = format!("{NAME_PREFIX}-{pid}-{number}-s");
+        let target = format!("{NAME_PREFIX}-{pid}-{number}-t");
+        // Interface names are limited to 15 characters.
+        let scanner_link = format!("sw{:x}{number}s", pid % 0xfffff);
+        let target_link = format!("sw{:x}{number}t", pid % 0xfffff);
+        let mut lab = Lab {
+            config,
+            scanner,
+            target,
+            listeners: Vec::new(),
+        };
+        ip(&["netns", "add", &lab.scanner])?;
+        ip(&["netns", "add", &lab.target])?;
+        lab.set_up(&scanner_link, &target_link)?;
+        Ok(lab)
+    }
+
+    fn set_up(&mut self, scanner_link: &str, target_link: &str) -> Result<(), LabError> {
+        let (s, t) = (self.scanner.clone(), self.target.clone());
+        ip(&[
+            "link",
+            "add",
+            scanner_link,
+            "netns",
+            &s,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            target_link,
+            "netns",
+            &t,
+        ])?;
+        for (namespace, link, address, address6) in [
+            (&s, scanner_link, SCANNER_V4, SCANNER_V6),
+            (&t, target_link, TARGET_LINK_V4, TARGET_LINK_V6),
+        ] {
+            for sysctl in [
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+                "net.ipv4.icmp_ratelimit=0",
+                "net.ipv4.icmp_msgs_per_sec=1000000",
+                "net.ipv6.icmp.ratelimit=0",
+                "net.ipv4.tcp_syncookies=0",
+                "net.core.somaxconn=65535",
+                "net.ipv4.tcp_max_syn_backlog=65535",
+            ] {
+                in_namespace(namespace, "sysctl", &["-qw", sysctl])?;
+            }
+            in_namespace(namespace, "ip", &["link", "set", "lo", "up"])?;
+            in_namespace(
+                namespace,
+                "ip",
+                &["addr", "add", &format!("{address}/30"), "dev", link],
+            )?;
+            in_namespace(
+                namespace,
+                "ip",
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{address6}/64"),
+                    "dev",
+                    link,
+                    "nodad",
+                ],
+            )?;
+            in_namespace(namespace, "ip", &["link", "set", link, "up"])?;
+        }
+        in_namespace(
+            &s,
+            "ip",
+            &[
+                "route",
+                "add",
+                "198.18.0.0/15",
+                "via",
+                &TARGET_LINK_V4.to_string(),
+            ],
+        )?;
+        in_namespace(
+            &s,
+            "ip",
+            &[
+                "-6",
+                "route",
+                "add",
+                "2001:2::/48",
+                "via",
+                &TARGET_LINK_V6.to_string(),
+            ],
+        )?;
+        for range in &self.config.target_ranges {
+            let family = if range.is_ipv6() { "-6" } else { "-4" };
+            in_namespace(
+                &t,
+                "ip",
+                &[
+                    family,
+                    "route",
+                    "add",
+                    "local",
+                    &range.to_string(),
+                    "dev",
+                    "lo",
+                ],
+            )?;
+        }
+        self.install_rules()?;
+        for address in self.config.listeners.clone() {
+            self.listen(address)?;
+        }
+        if self.config.static_neighbour || self.config.target_link_down {
+            let output = in_namespace(
+                &t,
+                "cat",
+                &[&format!("/sys/class/net/{target_link}/address")],
+            )?;
+            let mac = String::from_utf8_lossy(&output.stdout).trim().to_string();
+            in_namespace(
+                &s,
+                "ip",
+                &[
+                    "neigh",
+                    "replace",
+                    &TARGET_LINK_V4.to_string(),
+                    "lladdr",
+                    &mac,
+                    "dev",
+                    scanner_link,
+                    "nud",
+                    "permanent",
+                ],
+            )?;
+            in_namespace(
+                &s,
+                "ip",
+                &[
+                    "-6",
+                    "neigh",
+                    "replace",
+                    &TARGET_LINK_V6.to_string(),
+                    "lladdr",
+                    &mac,
+                    "dev",
+                    scanner_link,
+                    "nud",
+                    "permanent",
+                ],
+            )?;
+        }
+        if self.config.target_link_down {
+            in_namespace(&t, "ip", &["link", "set", target_link, "down"])?;
+        }
+        Ok(())
+    }
+
+    fn install_rules(&self) -> Result<(), LabError> {
+        let mut rules = String::from(
+            "table inet lab {\n chain input {\n  type filter hook input priority 0; policy accept;\n",
+        );
+        if self.config.loss_percent > 0 {
+            rules += &format!(
+                "  meta l4proto tcp numgen random mod 100 < {} drop\n",
+                self.config.loss_percent
+            );
+        }
+        for range in &self.config.blackholed {
+            let family = if range.is_ipv6() { "ip6" } else { "ip" };
+            rules += &format!("  {family} daddr {range} drop\n");
+        }
+        for range in &self.config.prohibited {
+            rules += &if range.is_ipv6() {
+                format!("  ip6 daddr {range} reject with icmpv6 type admin-prohibited\n")
+            } else {
+                format!("  ip daddr {range} reject with icmp type admin-prohibited\n")
+            };
+        }
+        rules += " }\n}\n";
+        let path = std::env::temp_dir().join(format!("{}.nft", self.target));
+        std::fs::write(&path, rules)
+            .map_err(|error| LabError(format!("writing {path:?}: {error}")))?;
+        let result = in_namespace(&self.target, "nft", &["-f", &path.to_string_lossy()]);
+        let _ = std::fs::remove_file(&path);
+        result.map(|_| ())
+    }
+
+    /// The scanner namespace's name (for `ip netns exec`).
+    pub fn scanner_namespace(&self) -> &str {
+        &self.scanner
+    }
+
+    /// The target namespace's name.
+    pub fn target_namespace(&self) -> &str {
+        &self.target
+    }
+
+    /// A command that runs `program` inside the scanner namespace.
+    pub fn scanner_command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.scanner]).arg(program);
+        command
+    }
+
+    /// Runs `work` on a thread inside the scanner namespace (threads it starts inherit it).
+    pub fn in_scanner<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
+        run_in_namespace(&self.scanner, work).expect("entering the scanner namespace")
+    }
+
+    /// Opens a listener in the target namespace.
+    pub fn listen(&mut self, address: SocketAddr) -> Result<(), LabError> {
+        let socket = run_in_namespace(&self.target, || -> io::Result<Socket> {
+            let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+            socket.set_reuse_address(true)?;
+            if address.is_ipv6() {
+                socket.set_only_v6(true)?;
+                socket.set_freebind_v6(true)?;
+            } else {
+                socket.set_freebind_v4(true)?;
+            }
+            socket.bind(&address.into())?;
+            socket.listen(4096)?;
+            Ok(socket)
+        })
+        .and_then(|socket| socket)
+        .map_err(|error| LabError(format!("listening on {address}: {error}")))?;
+        self.listeners.push((address, socket));
+        Ok(())
+    }
+
+    /// Closes the listener on `address`; returns whether there was one.
+    pub fn close_listener(&mut self, address: SocketAddr) -> bool {
+        let before = self.listeners.len();
+        self.listeners
+            .retain(|(listening, _)| *listening != address);
+        before != self.listeners.len()
+    }
+
+    /// What a probe to `address:port` should find.
+    pub fn expected(&self, address: IpAddr, port: u16) -> Expected {
+        let inside = |ranges: &[IpNetwork]| ranges.iter().any(|range| range.contains(address));
+        if inside(&self.config.blackholed) || inside(&self.config.prohibited) {
+            return Expected::Filtered;
+        }
+        if !inside(&self.config.target_ranges) {
+            return Expected::Filtered;
+        }
+        if self
+            .listeners
+            .iter()
+            .any(|(listening, _)| listening.ip() == address && listening.port() == port)
+        {
+            Expected::Open
+        } else {
+            Expected::Closed
+        }
+    }
+
+    /// Ground truth for every address of `ranges` × `ports`: the set of (address, port, state).
+    pub fn ground_truth(
+        &self,
+        ranges: &[IpNetwork],
+        ports: &[u16],
+    ) -> BTreeSet<(IpAddr, u16, Expected)> {
+        let mut truth = BTreeSet::new();
+        for range in ranges {
+            for address in range.iter() {
+                for &port in ports {
+                    truth.insert((address, port, self.expected(address, port)));
+                }
+            }
+        }
+        truth
+    }
+
+    /// Packets counted by the target side's nftables input chain is not tracked; this returns
+    /// the target link's received-packet counter instead (from the target namespace).
+    pub fn target_received_packets(&self) -> Result<u64, LabError> {
+        let output = in_namespace(&self.target, "cat", &["/proc/net/dev"])?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let line = text
+            .lines()
+            .find(|line| line.trim_start().starts_with("sw"))
+            .ok_or_else(|| LabError("no lab link in /proc/net/dev".into()))?;
+        let fields: Vec<&str> = line
+            .split(':')
+            .nth(1)
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        fields
+            .get(1)
+            .and_then(|packets| packets.parse().ok())
+            .ok_or_else(|| LabError("bad /proc/net/dev line".into()))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.listeners.clear();
+        // Deleting a namespace deletes its end of the veth pair, which deletes the other end.
+        let _ = ip(&["netns", "del", &self.scanner]);
+        let _ = ip(&["netns", "del", &self.target]);
+    }
+}
+
+/// Runs `work` on a new thread that has entered the named network namespace.
+pub fn run_in_namespace<R: Send>(
+    namespace: &str,
+    work: impl FnOnce() -> R + Send,
+) -> io::Result<R> {
+    let file = File::open(format!("/run/netns/{namespace}"))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                setns(&file, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+                Ok(work())
+            })
+            .join()
+            .map_err(|_| io::Error::other("the namespace thread panicked"))?
+    })
+}
+
+/// Removes labs whose owning process is gone (left behind by a killed test run).
+fn remove_stale_labs() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(rest) = name.strip_prefix(&format!("{NAME_PREFIX}-")) else {
+            continue;
+        };
+        let Some(pid) = rest
+            .split('-')
+            .next()
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = ip(&["netns", "del", &name]);
+        }
+    }
+}
