@@ -23,10 +23,7 @@ pub struct SourcePortRange {
 impl SourcePortRange {
     /// The default range, 40000-59999: above the registered ports, mostly below Linux's
     /// default ephemeral range's busiest end.
-    pub const DEFAULT: SourcePortRange = SourcePortRange {
-        first: 40000,
-        last: 59999,
-    };
+    pub const DEFAULT: SourcePortRange = SourcePortRange { first: 40000, last: 59999 };
 
     /// Number of ports in the range.
     pub fn span(&self) -> u32 {
@@ -116,18 +113,11 @@ mod tests {
 
     #[test]
     fn source_ports_cover_the_range() {
-        let ports = SourcePortRange {
-            first: 50000,
-            last: 50007,
-        };
+        let ports = SourcePortRange { first: 50000, last: 50007 };
         let key = CookieKey::new([9; 16], ports);
         let local: IpAddr = "192.0.2.100".parse().unwrap();
-        let seen: std::collections::BTreeSet<u16> = (1..2000)
-            .map(|port| key.cookie(local, local, port).source_port)
-            .collect();
-        assert_eq!(
-            seen.into_iter().collect::<Vec<_>>(),
-            (50000..=50007).collect::<Vec<_>>()
-        );
+        let seen: std::collections::BTreeSet<u16> =
+            (1..2000).map(|port| key.cookie(local, local, port).source_port).collect();
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), (50000..=50007).collect::<Vec<_>>());
     }
 }

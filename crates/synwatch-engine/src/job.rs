@@ -136,11 +136,7 @@ pub fn classify_reply(reply: &ReplyRepr, ports: SourcePortRange) -> Option<Class
                 remote_port: tcp.source_port,
                 probe_sequence: tcp.acknowledgement.wrapping_sub(1),
                 state,
-                timestamp_echo: if state == PortState::Open {
-                    tcp.timestamp_echo
-                } else {
-                    None
-                },
+                timestamp_echo: if state == PortState::Open { tcp.timestamp_echo } else { None },
             })
         }
         ReplyRepr::Unreachable(icmp) => {
@@ -215,16 +211,11 @@ impl ReplyMatcher {
         let Some(index) = self.space.index_of(reply.remote, reply.remote_port) else {
             return ReplyMatch::NotInJob;
         };
-        let expected = self
-            .cookie_key
-            .cookie(reply.local, reply.remote, reply.remote_port);
+        let expected = self.cookie_key.cookie(reply.local, reply.remote, reply.remote_port);
         if expected.source_port != reply.local_port || expected.sequence != reply.probe_sequence {
             return ReplyMatch::BadCookie;
         }
-        ReplyMatch::Matched {
-            index,
-            outcome: self.table.record(index, reply.state),
-        }
+        ReplyMatch::Matched { index, outcome: self.table.record(index, reply.state) }
     }
 }
 
@@ -264,12 +255,7 @@ impl JobCore {
         let permutation = Permutation::new(len, settings.seed);
         let shard_size = settings.shard.size(len);
         let table = StateTable::new(len);
-        let matcher = Arc::new(ReplyMatcher {
-            space,
-            cookie_key,
-            sources,
-            table,
-        });
+        let matcher = Arc::new(ReplyMatcher { space, cookie_key, sources, table });
         JobCore {
             matcher,
             permutation,
@@ -305,8 +291,7 @@ impl JobCore {
 
     /// Probes of the shard still without an answer.
     pub fn outstanding(&self) -> u64 {
-        self.shard_size
-            .saturating_sub(self.matcher.table.answered())
+        self.shard_size.saturating_sub(self.matcher.table.answered())
     }
 
     /// Why the job ended, if it has.
@@ -358,13 +343,9 @@ impl JobCore {
                         return NextStep::Send(probe);
                     }
                     self.phase = if self.round < self.settings.retries {
-                        Phase::BetweenRounds {
-                            next_round_at: now + self.settings.retry_gap,
-                        }
+                        Phase::BetweenRounds { next_round_at: now + self.settings.retry_gap }
                     } else {
-                        Phase::Waiting {
-                            until: now + self.settings.wait,
-                        }
+                        Phase::Waiting { until: now + self.settings.wait }
                     };
                 }
                 Phase::BetweenRounds { next_round_at } => {
@@ -403,14 +384,7 @@ impl JobCore {
             let (address, port) = self.matcher.space.probe_at(index)?;
             let source = self.matcher.source_for(address.is_ipv6())?;
             let cookie = self.matcher.cookie_key.cookie(source, address, port);
-            return Some(Probe {
-                index,
-                address,
-                port,
-                source,
-                cookie,
-                round: self.round,
-            });
+            return Some(Probe { index, address, port, source, cookie, round: self.round });
         }
         None
     }

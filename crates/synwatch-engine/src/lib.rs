@@ -23,8 +23,7 @@ pub mod targets;
 
 pub use cookie::{CookieKey, ProbeCookie, SourcePortRange};
 pub use job::{
-    Classified, FinishReason, JobCore, JobSettings, NextStep, Probe, ReplyMatch, ReplyMatcher,
-    classify_reply,
+    Classified, FinishReason, JobCore, JobSettings, NextStep, Probe, ReplyMatch, ReplyMatcher, classify_reply,
 };
 pub use pacing::TokenBucket;
 pub use permutation::{Permutation, Shard};

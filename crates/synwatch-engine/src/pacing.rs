@@ -100,20 +100,11 @@ mod tests {
 
     #[test]
     fn rate_is_held_within_one_percent_over_simulated_time() {
-        for (rate, step_ns) in [
-            (1_000u64, 50_000u64),
-            (100_000, 3_000),
-            (1_000_000, 700),
-            (2_000_000, 37_000),
-        ] {
+        for (rate, step_ns) in [(1_000u64, 50_000u64), (100_000, 3_000), (1_000_000, 700), (2_000_000, 37_000)] {
             let total = granted_over(rate, Duration::from_nanos(step_ns), Duration::from_secs(2));
             let achieved = total as f64 / 2.0;
             let error = (achieved - rate as f64).abs() / rate as f64;
-            assert!(
-                error < 0.01,
-                "rate {rate}: achieved {achieved} ({:.2} % off)",
-                error * 100.0
-            );
+            assert!(error < 0.01, "rate {rate}: achieved {achieved} ({:.2} % off)", error * 100.0);
         }
     }
 
@@ -130,29 +121,20 @@ mod tests {
         // The sender stalls for a whole second: 100,000 tokens' worth.
         now += Duration::from_secs(1);
         let first = bucket.take(now, u32::MAX);
-        assert!(
-            first <= burst,
-            "{first} tokens after the stall, burst is {burst}"
-        );
+        assert!(first <= burst, "{first} tokens after the stall, burst is {burst}");
         // Over the following 10 ms it gets the rate, not the backlog.
         let mut after = 0;
         for _ in 0..1000 {
             now += Duration::from_micros(10);
             after += bucket.take(now, 256);
         }
-        assert!(
-            (990..=1010).contains(&after),
-            "{after} tokens in the 10 ms after the stall"
-        );
+        assert!((990..=1010).contains(&after), "{after} tokens in the 10 ms after the stall");
     }
 
     #[test]
     fn time_until_token_and_give_back() {
         let mut bucket = TokenBucket::new(1000, 10, Duration::ZERO);
-        assert_eq!(
-            bucket.time_until_token(Duration::ZERO),
-            Duration::from_millis(1)
-        );
+        assert_eq!(bucket.time_until_token(Duration::ZERO), Duration::from_millis(1));
         assert_eq!(bucket.take(Duration::from_millis(5), 100), 5);
         bucket.give_back(100);
         assert_eq!(bucket.take(Duration::from_millis(5), 100), 10);

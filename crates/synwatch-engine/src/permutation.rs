@@ -38,12 +38,7 @@ impl Permutation {
             hasher.write_u64(round as u64);
             *key = hasher.finish();
         }
-        Permutation {
-            len,
-            half_bits,
-            half_mask,
-            round_keys,
-        }
+        Permutation { len, half_bits, half_mask, round_keys }
     }
 
     /// Size of the domain.
@@ -105,33 +100,18 @@ impl Shard {
 
     /// Parses `i/n` with `1 ≤ i ≤ n` (one-based, as users count).
     pub fn parse(text: &str) -> Result<Shard, String> {
-        let (index, count) = text
-            .split_once('/')
-            .ok_or_else(|| format!("{text:?} is not of the form i/n"))?;
-        let index: u64 = index
-            .trim()
-            .parse()
-            .map_err(|_| format!("{index:?} is not a shard number"))?;
-        let count: u64 = count
-            .trim()
-            .parse()
-            .map_err(|_| format!("{count:?} is not a shard count"))?;
+        let (index, count) = text.split_once('/').ok_or_else(|| format!("{text:?} is not of the form i/n"))?;
+        let index: u64 = index.trim().parse().map_err(|_| format!("{index:?} is not a shard number"))?;
+        let count: u64 = count.trim().parse().map_err(|_| format!("{count:?} is not a shard count"))?;
         if count == 0 || index == 0 || index > count {
             return Err(format!("shard {index}/{count}: need 1 <= i <= n"));
         }
-        Ok(Shard {
-            index: index - 1,
-            count,
-        })
+        Ok(Shard { index: index - 1, count })
     }
 
     /// How many of `total` positions belong to this shard.
     pub fn size(&self, total: u64) -> u64 {
-        if self.index >= total {
-            0
-        } else {
-            (total - self.index).div_ceil(self.count)
-        }
+        if self.index >= total { 0 } else { (total - self.index).div_ceil(self.count) }
     }
 
     /// The `k`-th position of this shard (positions are `index, index + count, ...`).
@@ -150,19 +130,14 @@ mod tests {
         for position in 0..len {
             let value = permutation.at(position);
             assert!(value < len, "value {value} out of [0, {len})");
-            assert!(
-                !seen[value as usize],
-                "value {value} produced twice for len {len}"
-            );
+            assert!(!seen[value as usize], "value {value} produced twice for len {len}");
             seen[value as usize] = true;
         }
     }
 
     #[test]
     fn is_a_bijection_for_many_sizes() {
-        for len in [
-            1, 2, 3, 4, 5, 7, 8, 13, 16, 31, 64, 97, 127, 128, 1000, 1021, 4096, 65_521, 65_536,
-        ] {
+        for len in [1, 2, 3, 4, 5, 7, 8, 13, 16, 31, 64, 97, 127, 128, 1000, 1021, 4096, 65_521, 65_536] {
             for seed in [0, 1, 0xdead_beef] {
                 assert_bijection(len, seed);
             }
@@ -183,20 +158,10 @@ mod tests {
         // 256 hosts × 4 ports: the first 256 probes should touch many distinct hosts, not
         // hammer one host's four ports back to back.
         let permutation = Permutation::new(1024, 7);
-        let hosts: std::collections::HashSet<u64> =
-            (0..256).map(|p| permutation.at(p) / 4).collect();
-        assert!(
-            hosts.len() > 120,
-            "only {} hosts in the first 256 probes",
-            hosts.len()
-        );
-        let adjacent_same_host = (1..1024)
-            .filter(|&p| permutation.at(p) / 4 == permutation.at(p - 1) / 4)
-            .count();
-        assert!(
-            adjacent_same_host < 30,
-            "{adjacent_same_host} back-to-back probes to one host"
-        );
+        let hosts: std::collections::HashSet<u64> = (0..256).map(|p| permutation.at(p) / 4).collect();
+        assert!(hosts.len() > 120, "only {} hosts in the first 256 probes", hosts.len());
+        let adjacent_same_host = (1..1024).filter(|&p| permutation.at(p) / 4 == permutation.at(p - 1) / 4).count();
+        assert!(adjacent_same_host < 30, "{adjacent_same_host} back-to-back probes to one host");
     }
 
     #[test]
@@ -212,10 +177,7 @@ mod tests {
                     owner[value] = index;
                 }
             }
-            assert!(
-                owner.iter().all(|&o| o != u64::MAX),
-                "some value in no shard for len {len}"
-            );
+            assert!(owner.iter().all(|&o| o != u64::MAX), "some value in no shard for len {len}");
         }
     }
 

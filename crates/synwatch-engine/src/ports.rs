@@ -29,26 +29,17 @@ impl PortSet {
             position += item.len() + 1;
             let item = item.trim();
             if item.is_empty() {
-                return Err(PortError {
-                    position: item_position,
-                    reason: "empty item".into(),
-                });
+                return Err(PortError { position: item_position, reason: "empty item".into() });
             }
             let (low, high) = match item.split_once('-') {
-                Some((low, high)) => (
-                    parse_port(low, item_position)?,
-                    parse_port(high, item_position)?,
-                ),
+                Some((low, high)) => (parse_port(low, item_position)?, parse_port(high, item_position)?),
                 None => {
                     let port = parse_port(item, item_position)?;
                     (port, port)
                 }
             };
             if low > high {
-                return Err(PortError {
-                    position: item_position,
-                    reason: format!("range {low}-{high} is reversed"),
-                });
+                return Err(PortError { position: item_position, reason: format!("range {low}-{high} is reversed") });
             }
             ports.extend(low..=high);
         }
@@ -91,15 +82,10 @@ impl PortSet {
 
 fn parse_port(text: &str, position: usize) -> Result<u16, PortError> {
     let text = text.trim();
-    let value: u32 = text.parse().map_err(|_| PortError {
-        position,
-        reason: format!("{text:?} is not a port number"),
-    })?;
+    let value: u32 =
+        text.parse().map_err(|_| PortError { position, reason: format!("{text:?} is not a port number") })?;
     if value == 0 || value > 65535 {
-        return Err(PortError {
-            position,
-            reason: format!("port {value} is outside 1-65535"),
-        });
+        return Err(PortError { position, reason: format!("port {value} is outside 1-65535") });
     }
     Ok(value as u16)
 }
@@ -150,12 +136,7 @@ mod tests {
         assert_eq!(PortSet::parse("22,70000").unwrap_err().position, 3);
         assert_eq!(PortSet::parse("0").unwrap_err().position, 0);
         assert_eq!(PortSet::parse("22,,80").unwrap_err().position, 3);
-        assert!(
-            PortSet::parse("90-80")
-                .unwrap_err()
-                .reason
-                .contains("reversed")
-        );
+        assert!(PortSet::parse("90-80").unwrap_err().reason.contains("reversed"));
         assert!(PortSet::parse("http").is_err());
         assert!(PortSet::parse("").is_err());
         assert!(PortSet::parse("1-2-3").is_err());

@@ -44,11 +44,7 @@ impl PortState {
 
     /// The state as finally reported: unknown becomes filtered.
     pub fn finalized(self) -> PortState {
-        if self == PortState::Unknown {
-            PortState::Filtered
-        } else {
-            self
-        }
+        if self == PortState::Unknown { PortState::Filtered } else { self }
     }
 }
 
@@ -74,12 +70,7 @@ impl StateTable {
     /// A table of `len` probes, all unknown.
     pub fn new(len: u64) -> StateTable {
         let words = (0..len.div_ceil(32)).map(|_| AtomicU64::new(0)).collect();
-        StateTable {
-            words,
-            len,
-            counts: Default::default(),
-            duplicates: AtomicU64::new(0),
-        }
+        StateTable { words, len, counts: Default::default(), duplicates: AtomicU64::new(0) }
     }
 
     /// Number of probes.
@@ -138,10 +129,7 @@ impl StateTable {
 
     /// How many probes have an answer.
     pub fn answered(&self) -> u64 {
-        self.counts[1..]
-            .iter()
-            .map(|count| count.load(Ordering::Relaxed))
-            .sum()
+        self.counts[1..].iter().map(|count| count.load(Ordering::Relaxed)).sum()
     }
 
     /// How many duplicate answers were ignored.
@@ -160,10 +148,7 @@ mod tests {
         let table = StateTable::new(100);
         assert_eq!(table.get(37), PortState::Unknown);
         assert_eq!(table.record(37, PortState::Open), RecordOutcome::First);
-        assert_eq!(
-            table.record(37, PortState::Closed),
-            RecordOutcome::Duplicate
-        );
+        assert_eq!(table.record(37, PortState::Closed), RecordOutcome::Duplicate);
         assert_eq!(table.record(38, PortState::Filtered), RecordOutcome::First);
         assert_eq!(table.get(37), PortState::Open);
         assert_eq!(table.get(38), PortState::Filtered);
@@ -181,15 +166,8 @@ mod tests {
             .map(|thread| {
                 let table = Arc::clone(&table);
                 std::thread::spawn(move || {
-                    let state = [
-                        PortState::Open,
-                        PortState::Closed,
-                        PortState::Filtered,
-                        PortState::Open,
-                    ][thread];
-                    (0..10_000)
-                        .filter(|&index| table.record(index, state) == RecordOutcome::First)
-                        .count()
+                    let state = [PortState::Open, PortState::Closed, PortState::Filtered, PortState::Open][thread];
+                    (0..10_000).filter(|&index| table.record(index, state) == RecordOutcome::First).count()
                 })
             })
             .collect();

@@ -72,11 +72,7 @@ impl AddressRange {
     /// A range of one address.
     pub fn single(address: IpAddr) -> AddressRange {
         let (is_ipv6, value) = address_to_integer(address);
-        AddressRange {
-            is_ipv6,
-            first: value,
-            last: value,
-        }
+        AddressRange { is_ipv6, first: value, last: value }
     }
 
     /// The range covered by a CIDR.
@@ -87,11 +83,7 @@ impl AddressRange {
     fn between(first: IpAddr, last: IpAddr) -> AddressRange {
         let (is_ipv6, first) = address_to_integer(first);
         let (_, last) = address_to_integer(last);
-        AddressRange {
-            is_ipv6,
-            first,
-            last,
-        }
+        AddressRange { is_ipv6, first, last }
     }
 
     /// Number of addresses.
@@ -121,11 +113,7 @@ impl LastAddress for IpNetwork {
             IpNetwork::V4(network) => IpAddr::V4(network.broadcast()),
             IpNetwork::V6(network) => {
                 let host_bits = 128 - u32::from(network.prefix());
-                let mask = if host_bits == 128 {
-                    u128::MAX
-                } else {
-                    (1u128 << host_bits) - 1
-                };
+                let mask = if host_bits == 128 { u128::MAX } else { (1u128 << host_bits) - 1 };
                 IpAddr::V6(Ipv6Addr::from(u128::from(network.network()) | mask))
             }
         }
@@ -140,30 +128,17 @@ fn address_to_integer(address: IpAddr) -> (bool, u128) {
 }
 
 fn integer_to_address(is_ipv6: bool, value: u128) -> IpAddr {
-    if is_ipv6 {
-        IpAddr::V6(Ipv6Addr::from(value))
-    } else {
-        IpAddr::V4(Ipv4Addr::from(value as u32))
-    }
+    if is_ipv6 { IpAddr::V6(Ipv6Addr::from(value)) } else { IpAddr::V4(Ipv4Addr::from(value as u32)) }
 }
 
 /// Parses one target item: an address, a CIDR (`192.0.2.0/24`), or a range
 /// (`192.0.2.10-192.0.2.20`). A CIDR with host bits set is accepted and means its network.
 pub fn parse_target(item: &str) -> Result<AddressRange, TargetError> {
     let item = item.trim();
-    let invalid = |reason: &str| TargetError::Invalid {
-        input: item.to_string(),
-        reason: reason.to_string(),
-    };
+    let invalid = |reason: &str| TargetError::Invalid { input: item.to_string(), reason: reason.to_string() };
     if let Some((first, last)) = item.split_once('-') {
-        let first: IpAddr = first
-            .trim()
-            .parse()
-            .map_err(|_| invalid("the range start is not an address"))?;
-        let last: IpAddr = last
-            .trim()
-            .parse()
-            .map_err(|_| invalid("the range end is not an address"))?;
+        let first: IpAddr = first.trim().parse().map_err(|_| invalid("the range start is not an address"))?;
+        let last: IpAddr = last.trim().parse().map_err(|_| invalid("the range end is not an address"))?;
         if first.is_ipv6() != last.is_ipv6() {
             return Err(invalid("the range mixes IPv4 and IPv6"));
         }
@@ -175,13 +150,11 @@ pub fn parse_target(item: &str) -> Result<AddressRange, TargetError> {
     }
     if item.contains('/') {
         let network: IpNetwork = item.parse().map_err(|error| invalid(&format!("{error}")))?;
-        let network = IpNetwork::new(network.network(), network.prefix())
-            .map_err(|error| invalid(&format!("{error}")))?;
+        let network =
+            IpNetwork::new(network.network(), network.prefix()).map_err(|error| invalid(&format!("{error}")))?;
         return Ok(AddressRange::from_network(network));
     }
-    let address: IpAddr = item
-        .parse()
-        .map_err(|_| invalid("expected an address, a CIDR or first-last"))?;
+    let address: IpAddr = item.parse().map_err(|_| invalid("expected an address, a CIDR or first-last"))?;
     Ok(AddressRange::single(address))
 }
 
@@ -191,10 +164,7 @@ pub fn parse_target_list(text: &str) -> Result<Vec<AddressRange>, (usize, Target
     let mut ranges = Vec::new();
     for (line_index, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("");
-        for item in line
-            .split(|c: char| c == ',' || c.is_whitespace())
-            .filter(|item| !item.is_empty())
-        {
+        for item in line.split(|c: char| c == ',' || c.is_whitespace()).filter(|item| !item.is_empty()) {
             ranges.push(parse_target(item).map_err(|error| (line_index + 1, error))?);
         }
     }
@@ -207,9 +177,7 @@ fn normalize(mut ranges: Vec<AddressRange>) -> Vec<AddressRange> {
     let mut merged: Vec<AddressRange> = Vec::with_capacity(ranges.len());
     for range in ranges {
         match merged.last_mut() {
-            Some(last)
-                if last.is_ipv6 == range.is_ipv6 && range.first <= last.last.saturating_add(1) =>
-            {
+            Some(last) if last.is_ipv6 == range.is_ipv6 && range.first <= last.last.saturating_add(1) => {
                 last.last = last.last.max(range.last);
             }
             _ => merged.push(range),
@@ -231,16 +199,10 @@ fn subtract(ranges: Vec<AddressRange>, exclusions: &[AddressRange]) -> Vec<Addre
                     continue;
                 }
                 if exclusion.first > piece.first {
-                    next.push(AddressRange {
-                        last: exclusion.first - 1,
-                        ..piece
-                    });
+                    next.push(AddressRange { last: exclusion.first - 1, ..piece });
                 }
                 if exclusion.last < piece.last {
-                    next.push(AddressRange {
-                        first: exclusion.last + 1,
-                        ..piece
-                    });
+                    next.push(AddressRange { first: exclusion.last + 1, ..piece });
                 }
             }
             pieces = next;
@@ -251,10 +213,7 @@ fn subtract(ranges: Vec<AddressRange>, exclusions: &[AddressRange]) -> Vec<Addre
 }
 
 fn total(ranges: &[AddressRange]) -> u128 {
-    ranges
-        .iter()
-        .map(AddressRange::len)
-        .fold(0u128, u128::saturating_add)
+    ranges.iter().map(AddressRange::len).fold(0u128, u128::saturating_add)
 }
 
 /// A set of hosts: disjoint sorted ranges with a prefix sum of their sizes.
@@ -290,15 +249,10 @@ impl HostSet {
         let size = total(&ranges);
         let excluded_by_default = before_default - size;
         if size == 0 {
-            return Err(TargetError::Empty {
-                excluded_by_default,
-            });
+            return Err(TargetError::Empty { excluded_by_default });
         }
         if size > u128::from(MAX_PROBES) {
-            return Err(TargetError::TooLarge {
-                probes: size,
-                limit: MAX_PROBES,
-            });
+            return Err(TargetError::TooLarge { probes: size, limit: MAX_PROBES });
         }
         let mut starts = Vec::with_capacity(ranges.len());
         let mut next = 0u64;
@@ -306,12 +260,7 @@ impl HostSet {
             starts.push(next);
             next += range.len() as u64;
         }
-        Ok(HostSet {
-            ranges,
-            starts,
-            len: next,
-            excluded_by_default,
-        })
+        Ok(HostSet { ranges, starts, len: next, excluded_by_default })
     }
 
     /// Number of hosts.
@@ -341,18 +290,13 @@ impl HostSet {
         }
         let position = self.starts.partition_point(|&start| start <= index) - 1;
         let range = &self.ranges[position];
-        Some(integer_to_address(
-            range.is_ipv6,
-            range.first + u128::from(index - self.starts[position]),
-        ))
+        Some(integer_to_address(range.is_ipv6, range.first + u128::from(index - self.starts[position])))
     }
 
     /// The index of `address`, in O(log ranges).
     pub fn index_of(&self, address: IpAddr) -> Option<u64> {
         let (is_ipv6, value) = address_to_integer(address);
-        let position = self
-            .ranges
-            .partition_point(|range| (range.is_ipv6, range.first) <= (is_ipv6, value));
+        let position = self.ranges.partition_point(|range| (range.is_ipv6, range.first) <= (is_ipv6, value));
         let range = self.ranges.get(position.checked_sub(1)?)?;
         if range.is_ipv6 != is_ipv6 || value > range.last {
             return None;
@@ -362,10 +306,7 @@ impl HostSet {
 
     /// Whether any host is IPv4 / IPv6.
     pub fn families(&self) -> (bool, bool) {
-        (
-            self.ranges.iter().any(|r| !r.is_ipv6),
-            self.ranges.iter().any(|r| r.is_ipv6),
-        )
+        (self.ranges.iter().any(|r| !r.is_ipv6), self.ranges.iter().any(|r| r.is_ipv6))
     }
 }
 
@@ -381,15 +322,10 @@ impl TargetSpace {
     pub fn new(hosts: HostSet, ports: PortSet) -> Result<TargetSpace, TargetError> {
         let probes = u128::from(hosts.len()) * ports.len() as u128;
         if probes == 0 {
-            return Err(TargetError::Empty {
-                excluded_by_default: 0,
-            });
+            return Err(TargetError::Empty { excluded_by_default: 0 });
         }
         if probes > u128::from(MAX_PROBES) {
-            return Err(TargetError::TooLarge {
-                probes,
-                limit: MAX_PROBES,
-            });
+            return Err(TargetError::TooLarge { probes, limit: MAX_PROBES });
         }
         Ok(TargetSpace { hosts, ports })
     }
@@ -436,14 +372,8 @@ mod tests {
 
     fn set(items: &[&str], exclusions: &[&str]) -> Result<HostSet, TargetError> {
         HostSet::build(
-            items
-                .iter()
-                .map(|item| parse_target(item).unwrap())
-                .collect(),
-            exclusions
-                .iter()
-                .map(|item| parse_target(item).unwrap())
-                .collect(),
+            items.iter().map(|item| parse_target(item).unwrap()).collect(),
+            exclusions.iter().map(|item| parse_target(item).unwrap()).collect(),
             ExclusionPolicy::Default,
         )
     }
@@ -451,10 +381,7 @@ mod tests {
     #[test]
     fn parses_addresses_cidrs_and_ranges() {
         assert_eq!(parse_target("192.0.2.0/30").unwrap().len(), 4);
-        assert_eq!(
-            parse_target("192.0.2.7/30").unwrap().first,
-            u128::from(u32::from(Ipv4Addr::new(192, 0, 2, 4)))
-        );
+        assert_eq!(parse_target("192.0.2.7/30").unwrap().first, u128::from(u32::from(Ipv4Addr::new(192, 0, 2, 4))));
         assert_eq!(parse_target("192.0.2.10-192.0.2.19").unwrap().len(), 10);
         assert_eq!(parse_target("2001:db8::/120").unwrap().len(), 256);
         assert_eq!(parse_target(" 2001:db8::1 ").unwrap().len(), 1);
@@ -466,11 +393,7 @@ mod tests {
 
     #[test]
     fn merges_excludes_and_indexes_both_ways() {
-        let hosts = set(
-            &["192.0.2.0/28", "192.0.2.8/29", "2001:db8::/126"],
-            &["192.0.2.4-192.0.2.5"],
-        )
-        .unwrap();
+        let hosts = set(&["192.0.2.0/28", "192.0.2.8/29", "2001:db8::/126"], &["192.0.2.4-192.0.2.5"]).unwrap();
         assert_eq!(hosts.len(), 14 + 4);
         for index in 0..hosts.len() {
             let address = hosts.address_at(index).unwrap();
@@ -489,38 +412,23 @@ mod tests {
         assert_eq!(hosts.excluded_by_default(), 2);
         assert!(matches!(
             set(&["255.255.255.255", "ff02::1"], &[]),
-            Err(TargetError::Empty {
-                excluded_by_default: 2
-            })
+            Err(TargetError::Empty { excluded_by_default: 2 })
         ));
-        assert!(matches!(
-            set(&["0.0.0.0/8"], &[]),
-            Err(TargetError::Empty { .. })
-        ));
-        let allowed = HostSet::build(
-            vec![parse_target("224.0.0.1").unwrap()],
-            vec![],
-            ExclusionPolicy::AllowReserved,
-        );
+        assert!(matches!(set(&["0.0.0.0/8"], &[]), Err(TargetError::Empty { .. })));
+        let allowed = HostSet::build(vec![parse_target("224.0.0.1").unwrap()], vec![], ExclusionPolicy::AllowReserved);
         assert_eq!(allowed.unwrap().len(), 1);
     }
 
     #[test]
     fn target_space_round_trips_and_rejects_huge_scans() {
-        let space = TargetSpace::new(
-            set(&["192.0.2.0/30"], &[]).unwrap(),
-            PortSet::parse("22,80,443").unwrap(),
-        )
-        .unwrap();
+        let space =
+            TargetSpace::new(set(&["192.0.2.0/30"], &[]).unwrap(), PortSet::parse("22,80,443").unwrap()).unwrap();
         assert_eq!(space.len(), 12);
         for index in 0..space.len() {
             let (address, port) = space.probe_at(index).unwrap();
             assert_eq!(space.index_of(address, port), Some(index));
         }
-        assert!(matches!(
-            set(&["2001:db8::/64"], &[]),
-            Err(TargetError::TooLarge { .. })
-        ));
+        assert!(matches!(set(&["2001:db8::/64"], &[]), Err(TargetError::TooLarge { .. })));
         let big = set(&["2001:db8::/90"], &[]).unwrap();
         assert!(TargetSpace::new(big, PortSet::parse("1-65535").unwrap()).is_err());
     }

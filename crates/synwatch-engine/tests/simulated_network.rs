@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use synwatch_engine::targets::parse_target;
 use synwatch_engine::{
-    Classified, CookieKey, ExclusionPolicy, FinishReason, HostSet, JobCore, JobSettings, NextStep,
-    PortSet, PortState, Probe, ReplyMatch, Shard, SourcePortRange, TargetSpace, TokenBucket,
-    classify_reply,
+    Classified, CookieKey, ExclusionPolicy, FinishReason, HostSet, JobCore, JobSettings, NextStep, PortSet, PortState,
+    Probe, ReplyMatch, Shard, SourcePortRange, TargetSpace, TokenBucket, classify_reply,
 };
 use synwatch_wire::{QuotedProbe, ReplyRepr, TcpReply, UnreachableReply};
 
@@ -136,16 +135,11 @@ impl Network {
         if self.rng.chance(self.loss) {
             return false;
         }
-        let copies = if self.rng.chance(self.duplicate) {
-            2
-        } else {
-            1
-        };
+        let copies = if self.rng.chance(self.duplicate) { 2 } else { 1 };
         for _ in 0..copies {
             let jitter = Duration::from_nanos(self.rng.next() % self.jitter.as_nanos() as u64);
             self.sequence += 1;
-            self.in_flight
-                .insert((now + self.base_latency + jitter, self.sequence), reply);
+            self.in_flight.insert((now + self.base_latency + jitter, self.sequence), reply);
         }
         true
     }
@@ -163,30 +157,18 @@ impl Network {
 }
 
 fn space(targets: &[&str], ports: &str) -> Arc<TargetSpace> {
-    let hosts = HostSet::build(
-        targets.iter().map(|t| parse_target(t).unwrap()).collect(),
-        vec![],
-        ExclusionPolicy::Default,
-    )
-    .unwrap();
+    let hosts =
+        HostSet::build(targets.iter().map(|t| parse_target(t).unwrap()).collect(), vec![], ExclusionPolicy::Default)
+            .unwrap();
     Arc::new(TargetSpace::new(hosts, PortSet::parse(ports).unwrap()).unwrap())
 }
 
 fn sources() -> [Option<IpAddr>; 2] {
-    [
-        Some(LOCAL_V4.parse().unwrap()),
-        Some(LOCAL_V6.parse().unwrap()),
-    ]
+    [Some(LOCAL_V4.parse().unwrap()), Some(LOCAL_V6.parse().unwrap())]
 }
 
 fn job(space: &Arc<TargetSpace>, settings: JobSettings, key: u8) -> JobCore {
-    JobCore::new(
-        Arc::clone(space),
-        settings,
-        CookieKey::new([key; 16], SourcePortRange::DEFAULT),
-        sources(),
-        None,
-    )
+    JobCore::new(Arc::clone(space), settings, CookieKey::new([key; 16], SourcePortRange::DEFAULT), sources(), None)
 }
 
 /// What one simulated run observed.
@@ -275,30 +257,15 @@ fn assert_matches_ground_truth(job: &JobCore, only_delivered: Option<&HashMap<u6
 #[test]
 fn perfect_network_classifies_every_probe_exactly() {
     let space = space(&["198.18.0.0/24", "2001:2::/120"], "22,80,443,8080");
-    let mut jobs = [job(
-        &space,
-        JobSettings {
-            retries: 2,
-            ..JobSettings::default()
-        },
-        1,
-    )];
+    let mut jobs = [job(&space, JobSettings { retries: 2, ..JobSettings::default() }, 1)];
     let mut network = Network::new(1, 0.0, 0.0);
     let log = run(&mut jobs, &mut network, 50_000);
     assert_matches_ground_truth(&jobs[0], None);
-    assert_eq!(
-        log.reasons[0],
-        Some(FinishReason::WaitOver),
-        "blackholed probes keep it waiting"
-    );
+    assert_eq!(log.reasons[0], Some(FinishReason::WaitOver), "blackholed probes keep it waiting");
     // Only the blackholed probes were retried, each exactly `retries` more times.
     for (&index, &sends) in &log.sends_per_index[0] {
         let (address, port) = space.probe_at(index).unwrap();
-        let expected = if Network::behaviour(address, port) == Behaviour::Blackhole {
-            3
-        } else {
-            1
-        };
+        let expected = if Network::behaviour(address, port) == Behaviour::Blackhole { 3 } else { 1 };
         assert_eq!(sends, expected, "{address}:{port}");
     }
     assert_eq!(log.sends_per_index[0].len() as u64, space.len());
@@ -318,10 +285,7 @@ fn ends_as_soon_as_everything_answered() {
     let log = run(&mut jobs, &mut network, 100_000);
     assert_eq!(log.reasons[0], Some(FinishReason::AllAnswered));
     let tail = log.finished_at[0] - log.last_send;
-    assert!(
-        tail <= Duration::from_millis(25),
-        "finished {tail:?} after the last send"
-    );
+    assert!(tail <= Duration::from_millis(25), "finished {tail:?} after the last send");
     assert!(log.sends_per_index[0].values().all(|&sends| sends == 1));
 }
 
@@ -340,14 +304,7 @@ fn space_without_blackholes() -> Arc<TargetSpace> {
 #[test]
 fn with_loss_duplicates_and_reordering_every_delivered_answer_is_right() {
     let space = space(&["198.18.0.0/22"], "22,80,443");
-    let mut jobs = [job(
-        &space,
-        JobSettings {
-            retries: 2,
-            ..JobSettings::default()
-        },
-        3,
-    )];
+    let mut jobs = [job(&space, JobSettings { retries: 2, ..JobSettings::default() }, 3)];
     let mut network = Network::new(3, 0.05, 0.1);
     let log = run(&mut jobs, &mut network, 200_000);
     assert_matches_ground_truth(&jobs[0], Some(&log.delivered[0]));
@@ -366,29 +323,16 @@ fn with_loss_duplicates_and_reordering_every_delivered_answer_is_right() {
         })
         .count() as u64;
     assert_eq!(open_found + open_lost_every_time, open_truth);
-    assert!(
-        jobs[0].matcher().table().duplicates() > 0,
-        "duplicates were injected"
-    );
+    assert!(jobs[0].matcher().table().duplicates() > 0, "duplicates were injected");
     // With 5 % loss each way and three attempts, about one in a thousand is lost every time.
-    assert!(
-        open_lost_every_time * 100 < open_truth,
-        "{open_lost_every_time} of {open_truth} lost"
-    );
+    assert!(open_lost_every_time * 100 < open_truth, "{open_lost_every_time} of {open_truth} lost");
 }
 
 #[test]
 fn forged_stale_and_foreign_replies_are_rejected() {
     let space = space(&["198.18.3.0/28"], "80");
-    let mut jobs = [job(
-        &space,
-        JobSettings {
-            retries: 0,
-            wait: Duration::from_millis(200),
-            ..JobSettings::default()
-        },
-        4,
-    )];
+    let mut jobs =
+        [job(&space, JobSettings { retries: 0, wait: Duration::from_millis(200), ..JobSettings::default() }, 4)];
     let mut network = Network::new(4, 1.0, 0.0); // every real probe is lost
     // A reply from a previous run (another key), a forged guess, and one for an address
     // outside the job.
@@ -408,15 +352,9 @@ fn forged_stale_and_foreign_replies_are_rejected() {
             timestamp_echo: None,
         })
     };
-    network.inject(
-        Duration::from_millis(1),
-        forged(stale.source_port, stale.sequence.wrapping_add(1), target),
-    );
+    network.inject(Duration::from_millis(1), forged(stale.source_port, stale.sequence.wrapping_add(1), target));
     network.inject(Duration::from_millis(2), forged(40000, 1, target));
-    network.inject(
-        Duration::from_millis(3),
-        forged(40000, 1, "198.18.4.1".parse().unwrap()),
-    );
+    network.inject(Duration::from_millis(3), forged(40000, 1, "198.18.4.1".parse().unwrap()));
     let log = run(&mut jobs, &mut network, 10_000);
     assert_eq!(jobs[0].matcher().table().answered(), 0);
     assert_eq!(log.matches, vec![ReplyMatch::BadCookie; 3]);
@@ -425,11 +363,7 @@ fn forged_stale_and_foreign_replies_are_rejected() {
 #[test]
 fn late_replies_within_the_wait_are_counted() {
     let space = space(&["198.18.4.0/26"], "80,443");
-    let settings = JobSettings {
-        retries: 0,
-        wait: Duration::from_millis(500),
-        ..JobSettings::default()
-    };
+    let settings = JobSettings { retries: 0, wait: Duration::from_millis(500), ..JobSettings::default() };
     let mut jobs = [job(&space, settings, 5)];
     let mut network = Network::new(5, 0.0, 0.0);
     network.base_latency = Duration::from_millis(300);
@@ -444,26 +378,14 @@ fn several_jobs_on_one_bucket_each_get_exactly_their_own_results() {
     let first = space(&["198.18.5.0/25"], "80");
     let second = space(&["198.18.5.0/26"], "80,443");
     let third = space(&["2001:2::/122"], "22,80");
-    let settings = JobSettings {
-        retries: 1,
-        wait: Duration::from_millis(300),
-        ..JobSettings::default()
-    };
-    let mut jobs = [
-        job(&first, settings, 6),
-        job(&second, settings, 7),
-        job(&third, settings, 8),
-    ];
+    let settings = JobSettings { retries: 1, wait: Duration::from_millis(300), ..JobSettings::default() };
+    let mut jobs = [job(&first, settings, 6), job(&second, settings, 7), job(&third, settings, 8)];
     let mut network = Network::new(6, 0.0, 0.0);
     run(&mut jobs, &mut network, 100_000);
     for job in &jobs {
         assert_matches_ground_truth(job, None);
         let table = job.matcher().table();
-        assert_eq!(
-            table.duplicates(),
-            0,
-            "a reply was recorded in the wrong job"
-        );
+        assert_eq!(table.duplicates(), 0, "a reply was recorded in the wrong job");
     }
 }
 
@@ -494,32 +416,15 @@ fn shards_together_probe_everything_once() {
 fn cancel_and_deadline_end_a_job() {
     let space = space(&["198.18.7.0/24"], "80");
     let mut cancelled = job(&space, JobSettings::default(), 10);
-    assert!(matches!(
-        cancelled.next_step(Duration::ZERO),
-        NextStep::Send(_)
-    ));
+    assert!(matches!(cancelled.next_step(Duration::ZERO), NextStep::Send(_)));
     cancelled.cancel();
-    assert_eq!(
-        cancelled.next_step(Duration::ZERO),
-        NextStep::Done(FinishReason::Cancelled)
-    );
+    assert_eq!(cancelled.next_step(Duration::ZERO), NextStep::Done(FinishReason::Cancelled));
     let key = CookieKey::new([11; 16], SourcePortRange::DEFAULT);
-    let mut bounded = JobCore::new(
-        Arc::clone(&space),
-        JobSettings::default(),
-        key,
-        sources(),
-        Some(Duration::from_secs(2)),
-    );
+    let mut bounded =
+        JobCore::new(Arc::clone(&space), JobSettings::default(), key, sources(), Some(Duration::from_secs(2)));
     while let NextStep::Send(_) = bounded.next_step(Duration::from_secs(1)) {}
-    assert_eq!(
-        bounded.next_step(Duration::from_secs(1)),
-        NextStep::WaitUntil(Duration::from_secs(2))
-    );
-    assert_eq!(
-        bounded.next_step(Duration::from_secs(2)),
-        NextStep::Done(FinishReason::DeadlineReached)
-    );
+    assert_eq!(bounded.next_step(Duration::from_secs(1)), NextStep::WaitUntil(Duration::from_secs(2)));
+    assert_eq!(bounded.next_step(Duration::from_secs(2)), NextStep::Done(FinishReason::DeadlineReached));
 }
 
 #[test]
@@ -540,35 +445,13 @@ fn classification_of_each_reply_kind() {
         })
     };
     let open = classify_reply(&tcp(0x12, 40000), ports).unwrap();
-    assert_eq!(
-        (open.state, open.probe_sequence, open.timestamp_echo),
-        (PortState::Open, 100, Some(7))
-    );
+    assert_eq!((open.state, open.probe_sequence, open.timestamp_echo), (PortState::Open, 100, Some(7)));
     let closed = classify_reply(&tcp(0x14, 40000), ports).unwrap();
-    assert_eq!(
-        (closed.state, closed.timestamp_echo),
-        (PortState::Closed, None)
-    );
-    assert_eq!(
-        classify_reply(&tcp(0x04, 40000), ports),
-        None,
-        "RST without ACK cannot answer a SYN"
-    );
-    assert_eq!(
-        classify_reply(&tcp(0x02, 40000), ports),
-        None,
-        "a SYN is not a reply"
-    );
-    assert_eq!(
-        classify_reply(&tcp(0x10, 40000), ports),
-        None,
-        "a bare ACK is not a reply"
-    );
-    assert_eq!(
-        classify_reply(&tcp(0x12, 22), ports),
-        None,
-        "not our source port"
-    );
+    assert_eq!((closed.state, closed.timestamp_echo), (PortState::Closed, None));
+    assert_eq!(classify_reply(&tcp(0x04, 40000), ports), None, "RST without ACK cannot answer a SYN");
+    assert_eq!(classify_reply(&tcp(0x02, 40000), ports), None, "a SYN is not a reply");
+    assert_eq!(classify_reply(&tcp(0x10, 40000), ports), None, "a bare ACK is not a reply");
+    assert_eq!(classify_reply(&tcp(0x12, 22), ports), None, "not our source port");
     let icmp = ReplyRepr::Unreachable(UnreachableReply {
         reporter: "198.18.255.2".parse().unwrap(),
         code: 13,
@@ -583,12 +466,7 @@ fn classification_of_each_reply_kind() {
     });
     let filtered: Classified = classify_reply(&icmp, ports).unwrap();
     assert_eq!(
-        (
-            filtered.state,
-            filtered.remote,
-            filtered.remote_port,
-            filtered.probe_sequence
-        ),
+        (filtered.state, filtered.remote, filtered.remote_port, filtered.probe_sequence),
         (PortState::Filtered, remote, 443, 9)
     );
 }

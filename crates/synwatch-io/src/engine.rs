@@ -17,7 +17,6 @@
 //! finished once the receiver has completed two more batches (so any batch that could still
 //! see the job is over).
 
-use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -29,8 +28,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::{Condvar, Mutex, RwLock};
 use synwatch_engine::job::FinishReason;
 use synwatch_engine::{
-    CookieKey, JobCore, JobSettings, NextStep, Permutation, PortState, Probe, ReplyMatch,
-    ReplyMatcher, SourcePortRange, StateTable, TargetSpace, TokenBucket, classify_reply,
+    CookieKey, JobCore, JobSettings, NextStep, Permutation, PortState, Probe, ReplyMatch, ReplyMatcher,
+    SourcePortRange, StateTable, TargetSpace, TokenBucket, classify_reply,
 };
 use synwatch_wire::{LinkLayer, ParseError, SynFields, SynTemplate, parse_reply};
 
@@ -236,10 +235,7 @@ pub struct JobHandle {
 
 impl std::fmt::Debug for JobHandle {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("JobHandle")
-            .field("id", &self.state.id)
-            .finish()
+        formatter.debug_struct("JobHandle").field("id", &self.state.id).finish()
     }
 }
 
@@ -385,23 +381,15 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("Engine")
-            .field("config", &self.config)
-            .finish()
+        formatter.debug_struct("Engine").field("config", &self.config).finish()
     }
 }
 
 impl Engine {
     /// Opens the sockets and starts the sender and receiver threads.
     pub fn start(config: EngineConfig) -> Result<Engine, EngineError> {
-        let reply_socket = ReplySocket::open(
-            config.source_ports,
-            64,
-            config.receive_buffer,
-            Duration::from_millis(20),
-        )
-        .map_err(socket_error)?;
+        let reply_socket = ReplySocket::open(config.source_ports, 64, config.receive_buffer, Duration::from_millis(20))
+            .map_err(socket_error)?;
         let raw_v4 = RawIpTransmitter::open(false, config.batch).map_err(socket_error)?;
         // IPv6 may be disabled on the host; IPv6 jobs then fail at submission.
         let raw_v6 = RawIpTransmitter::open(true, config.batch).ok();
@@ -414,7 +402,7 @@ impl Engine {
             next_job_id: AtomicU64::new(1),
         });
         let (control, control_receiver) = crossbeam_channel::unbounded();
-        let mut transmitters: HashMap<TransmitterKey, Box<dyn Transmit>> = HashMap::new();
+        let mut transmitters = Transmitters::default();
         transmitters.insert(TransmitterKey::Raw { ipv6: false }, Box::new(raw_v4));
         if let Some(raw_v6) = raw_v6 {
             transmitters.insert(TransmitterKey::Raw { ipv6: true }, Box::new(raw_v6));
@@ -433,25 +421,12 @@ impl Engine {
             finishing: Vec::new(),
             next_job: 0,
         };
-        let receiver = ReceiverLoop {
-            shared: Arc::clone(&shared),
-            socket: reply_socket,
-            ports: config.source_ports,
-        };
+        let receiver = ReceiverLoop { shared: Arc::clone(&shared), socket: reply_socket, ports: config.source_ports };
         let threads = vec![
-            std::thread::Builder::new()
-                .name("synwatch-send".into())
-                .spawn(move || sender.run())?,
-            std::thread::Builder::new()
-                .name("synwatch-receive".into())
-                .spawn(move || receiver.run())?,
+            std::thread::Builder::new().name("synwatch-send".into()).spawn(move || sender.run())?,
+            std::thread::Builder::new().name("synwatch-receive".into()).spawn(move || receiver.run())?,
         ];
-        Ok(Engine {
-            shared,
-            config,
-            control,
-            threads,
-        })
+        Ok(Engine { shared, config, control, threads })
     }
 
     /// Engine-wide counters.
@@ -475,8 +450,7 @@ impl Engine {
             return Err(EngineError::Stopped);
         }
         let mut key = [0u8; 16];
-        getrandom::fill(&mut key)
-            .map_err(|error| EngineError::Io(io::Error::other(error.to_string())))?;
+        getrandom::fill(&mut key).map_err(|error| EngineError::Io(io::Error::other(error.to_string())))?;
         let cookie_key = CookieKey::new(key, self.config.source_ports);
         let (has_v4, has_v6) = request.space.hosts().families();
         let mut sources = [None, None];
@@ -487,30 +461,17 @@ impl Engine {
                 continue;
             }
             let first = first_address(&request.space, ipv6).expect("the family is present");
-            let source_override = self
-                .config
-                .source_addresses
-                .iter()
-                .copied()
-                .find(|address| address.is_ipv6() == ipv6);
-            let path =
-                route::resolve_path(first, self.config.interface.as_deref(), source_override)?;
+            let source_override =
+                self.config.source_addresses.iter().copied().find(|address| address.is_ipv6() == ipv6);
+            let path = route::resolve_path(first, self.config.interface.as_deref(), source_override)?;
             let (route, kind) = self.choose_route(&path, first, ipv6, &cookie_key);
             sources[usize::from(ipv6)] = Some(path.source);
             routes[usize::from(ipv6)] = Some(route);
             paths.push((path, kind));
         }
         let submitted = Instant::now();
-        let deadline = request
-            .timeout
-            .map(|timeout| self.shared.epoch.elapsed() + timeout);
-        let core = JobCore::new(
-            Arc::clone(&request.space),
-            request.settings,
-            cookie_key,
-            sources,
-            deadline,
-        );
+        let deadline = request.timeout.map(|timeout| self.shared.epoch.elapsed() + timeout);
+        let core = JobCore::new(Arc::clone(&request.space), request.settings, cookie_key, sources, deadline);
         let (results, results_receiver) = if request.stream_results {
             let (sender, receiver) = crossbeam_channel::unbounded();
             (Some(sender), Some(receiver))
@@ -537,30 +498,16 @@ impl Engine {
             *jobs = Arc::new(list);
         }
         self.control
-            .send(Control::Add(Box::new(NewJob {
-                core,
-                state: Arc::clone(&state),
-                routes,
-            })))
+            .send(Control::Add(Box::new(NewJob { core, state: Arc::clone(&state), routes })))
             .map_err(|_| EngineError::Stopped)?;
-        Ok(JobHandle {
-            state,
-            results: results_receiver,
-            paths,
-        })
+        Ok(JobHandle { state, results: results_receiver, paths })
     }
 
     /// Picks the transmitter and template for a path. The TX ring needs the link-layer
     /// destination, known here for routed IPv4 (the gateway's). When the gateway is not in
     /// the neighbour table, one probe to the first target goes through the kernel (a raw IP
     /// socket), which makes the kernel resolve the gateway, and the table is read again.
-    fn choose_route(
-        &self,
-        path: &Path,
-        first: IpAddr,
-        ipv6: bool,
-        cookie_key: &CookieKey,
-    ) -> (Route, &'static str) {
+    fn choose_route(&self, path: &Path, first: IpAddr, ipv6: bool, cookie_key: &CookieKey) -> (Route, &'static str) {
         let raw = |ipv6: bool| {
             (
                 Route {
@@ -580,15 +527,13 @@ impl Engine {
             None
         } else {
             match (path.gateway, ipv6) {
-                (Some(IpAddr::V4(gateway)), false) => {
-                    route::ipv4_neighbour(gateway, &path.interface).or_else(|| {
-                        warm_up_neighbour(path, first, cookie_key);
-                        (0..50).find_map(|_| {
-                            std::thread::sleep(Duration::from_millis(10));
-                            route::ipv4_neighbour(gateway, &path.interface)
-                        })
+                (Some(IpAddr::V4(gateway)), false) => route::ipv4_neighbour(gateway, &path.interface).or_else(|| {
+                    warm_up_neighbour(path, first, cookie_key);
+                    (0..50).find_map(|_| {
+                        std::thread::sleep(Duration::from_millis(10));
+                        route::ipv4_neighbour(gateway, &path.interface)
                     })
-                }
+                }),
                 _ => None,
             }
         };
@@ -597,14 +542,9 @@ impl Engine {
                 Route {
                     template: SynTemplate::for_address(
                         first,
-                        LinkLayer::Ethernet {
-                            source_mac: path.source_mac,
-                            destination_mac,
-                        },
+                        LinkLayer::Ethernet { source_mac: path.source_mac, destination_mac },
                     ),
-                    transmitter: TransmitterKey::Ring {
-                        interface_index: path.interface_index,
-                    },
+                    transmitter: TransmitterKey::Ring { interface_index: path.interface_index },
                 },
                 "tx-ring",
             ),
@@ -644,17 +584,9 @@ fn warm_up_neighbour(path: &Path, target: IpAddr, cookie_key: &CookieKey) {
 }
 
 fn first_address(space: &TargetSpace, ipv6: bool) -> Option<IpAddr> {
-    let range = space
-        .hosts()
-        .ranges()
-        .iter()
-        .find(|range| range.is_ipv6 == ipv6)?;
+    let range = space.hosts().ranges().iter().find(|range| range.is_ipv6 == ipv6)?;
     let hosts = space.hosts();
-    (0..hosts.len()).find_map(|index| {
-        hosts
-            .address_at(index)
-            .filter(|address| range.contains(*address))
-    })
+    (0..hosts.len()).find_map(|index| hosts.address_at(index).filter(|address| range.contains(*address)))
 }
 
 impl Drop for Engine {
@@ -663,6 +595,31 @@ impl Drop for Engine {
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
+    }
+}
+
+/// The sender's transmitters: a handful at most (raw IPv4, raw IPv6, one ring per interface),
+/// so a vector searched linearly is cheaper per probe than hashing the key.
+#[derive(Default)]
+struct Transmitters(Vec<(TransmitterKey, Box<dyn Transmit>)>);
+
+impl Transmitters {
+    fn insert(&mut self, key: TransmitterKey, transmitter: Box<dyn Transmit>) {
+        self.0.retain(|(existing, _)| *existing != key);
+        self.0.push((key, transmitter));
+    }
+
+    fn contains_key(&self, key: &TransmitterKey) -> bool {
+        self.0.iter().any(|(existing, _)| existing == key)
+    }
+
+    #[inline]
+    fn get_mut(&mut self, key: &TransmitterKey) -> Option<&mut Box<dyn Transmit>> {
+        self.0.iter_mut().find(|(existing, _)| existing == key).map(|(_, transmitter)| transmitter)
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Box<dyn Transmit>> {
+        self.0.iter_mut().map(|(_, transmitter)| transmitter)
     }
 }
 
@@ -678,7 +635,7 @@ struct ActiveJob {
 struct SenderLoop {
     shared: Arc<Shared>,
     control: Receiver<Control>,
-    transmitters: HashMap<TransmitterKey, Box<dyn Transmit>>,
+    transmitters: Transmitters,
     bucket: TokenBucket,
     batch: u32,
     jobs: Vec<ActiveJob>,
@@ -696,11 +653,7 @@ impl SenderLoop {
             self.retire_finished_jobs(now);
             self.report_finished_jobs();
             if self.jobs.is_empty() {
-                let wait = if self.finishing.is_empty() {
-                    Duration::from_millis(50)
-                } else {
-                    Duration::from_millis(2)
-                };
+                let wait = if self.finishing.is_empty() { Duration::from_millis(50) } else { Duration::from_millis(2) };
                 match self.control.recv_timeout(wait) {
                     Ok(message) => self.handle(message),
                     Err(RecvTimeoutError::Timeout) => {}
@@ -709,21 +662,14 @@ impl SenderLoop {
                 continue;
             }
             let tokens = self.bucket.take(now, self.batch);
-            let used = if tokens > 0 {
-                self.fill(now, tokens)
-            } else {
-                0
-            };
+            let used = if tokens > 0 { self.fill(now, tokens) } else { 0 };
             self.bucket.give_back(tokens - used);
             match self.flush_all() {
                 true => backoff = Duration::from_micros(20),
                 false => {
                     // Backpressure: the kernel's queue is full. Pause and retry; the bucket keeps
                     // at most one burst meanwhile, so this slows the scan instead of losing probes.
-                    self.shared
-                        .counters
-                        .send_backpressure
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.shared.counters.send_backpressure.fetch_add(1, Ordering::Relaxed);
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_millis(2));
                     continue;
@@ -733,16 +679,11 @@ impl SenderLoop {
                 let now = self.shared.epoch.elapsed();
                 let until_token = self.bucket.time_until_token(now);
                 let earliest_job = self.jobs.iter().map(|job| job.wake_at).min().unwrap_or(now);
-                let pause = until_token
-                    .max(earliest_job.saturating_sub(now))
-                    .min(Duration::from_millis(5));
+                let pause = until_token.max(earliest_job.saturating_sub(now)).min(Duration::from_millis(5));
                 if tokens > 0 || pause > Duration::from_micros(60) {
                     // Nothing to send yet (jobs between rounds or waiting): sleep, but wake for
                     // new jobs at once.
-                    if let Ok(message) = self
-                        .control
-                        .recv_timeout(pause.max(Duration::from_micros(50)))
-                    {
+                    if let Ok(message) = self.control.recv_timeout(pause.max(Duration::from_micros(50))) {
                         self.handle(message);
                     }
                 } else {
@@ -769,11 +710,7 @@ impl SenderLoop {
     fn handle(&mut self, message: Control) {
         match message {
             Control::Add(new_job) => {
-                let NewJob {
-                    core,
-                    state,
-                    mut routes,
-                } = *new_job;
+                let NewJob { core, state, mut routes } = *new_job;
                 let core = Box::new(core);
                 for route in routes.iter_mut().flatten() {
                     if let TransmitterKey::Ring { interface_index } = route.transmitter
@@ -796,18 +733,11 @@ impl SenderLoop {
                         }
                     }
                 }
-                self.jobs.push(ActiveJob {
-                    core,
-                    state,
-                    routes,
-                    carried: None,
-                    wake_at: Duration::ZERO,
-                });
+                self.jobs.push(ActiveJob { core, state, routes, carried: None, wake_at: Duration::ZERO });
             }
             Control::SetRate(rate) => {
                 let now = self.shared.epoch.elapsed();
-                self.bucket
-                    .set_rate(rate, TokenBucket::default_burst(rate, self.batch), now);
+                self.bucket.set_rate(rate, TokenBucket::default_burst(rate, self.batch), now);
             }
         }
     }
@@ -847,10 +777,7 @@ impl SenderLoop {
                 continue;
             };
             let Some(transmitter) = self.transmitters.get_mut(&route.transmitter) else {
-                self.shared
-                    .counters
-                    .send_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                self.shared.counters.send_errors.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
             let Some(slot) = transmitter.slot() else {
@@ -874,10 +801,7 @@ impl SenderLoop {
                     job.state.round.store(probe.round, Ordering::Relaxed);
                 }
                 Err(_) => {
-                    self.shared
-                        .counters
-                        .send_errors
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.shared.counters.send_errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -893,23 +817,14 @@ impl SenderLoop {
             }
             match transmitter.flush() {
                 Ok(Flush::Done { sent }) => {
-                    self.shared
-                        .counters
-                        .packets_sent
-                        .fetch_add(sent as u64, Ordering::Relaxed);
+                    self.shared.counters.packets_sent.fetch_add(sent as u64, Ordering::Relaxed);
                 }
                 Ok(Flush::Backpressure { sent }) => {
-                    self.shared
-                        .counters
-                        .packets_sent
-                        .fetch_add(sent as u64, Ordering::Relaxed);
+                    self.shared.counters.packets_sent.fetch_add(sent as u64, Ordering::Relaxed);
                     clear = false;
                 }
                 Err(error) => {
-                    self.shared
-                        .counters
-                        .send_errors
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.shared.counters.send_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%error, kind = transmitter.kind(), "send failed");
                 }
             }
@@ -926,11 +841,10 @@ impl SenderLoop {
             if job.state.cancel.load(Ordering::Acquire) {
                 job.core.cancel();
             }
-            let reason = if job.carried.is_some() {
-                None
-            } else {
-                job.core.check_finished(now)
-            };
+            // A job with a probe still waiting for a transmitter slot is not done, unless it was
+            // cancelled: a stuck transmitter must not make a job uncancellable.
+            let cancelled = job.core.finished() == Some(FinishReason::Cancelled);
+            let reason = if job.carried.is_some() && !cancelled { None } else { job.core.check_finished(now) };
             match reason {
                 Some(reason) => {
                     let job = self.jobs.swap_remove(index);
@@ -950,12 +864,7 @@ impl SenderLoop {
             let mut jobs = self.shared.jobs.write();
             let list: Vec<Arc<JobState>> = jobs
                 .iter()
-                .filter(|state| {
-                    !self
-                        .finishing
-                        .iter()
-                        .any(|(finished, _, _)| Arc::ptr_eq(finished, state))
-                })
+                .filter(|state| !self.finishing.iter().any(|(finished, _, _)| Arc::ptr_eq(finished, state)))
                 .cloned()
                 .collect();
             *jobs = Arc::new(list);
@@ -1021,13 +930,7 @@ impl ReceiverLoop {
 }
 
 /// Parses, classifies and records one packet.
-fn handle_packet(
-    packet: &[u8],
-    jobs: &[Arc<JobState>],
-    ports: SourcePortRange,
-    counters: &Counters,
-    now_micros: u32,
-) {
+fn handle_packet(packet: &[u8], jobs: &[Arc<JobState>], ports: SourcePortRange, counters: &Counters, now_micros: u32) {
     let reply = match parse_reply(packet) {
         Ok(reply) => reply,
         Err(ParseError::NotRelevant) => return,
@@ -1072,10 +975,6 @@ fn handle_packet(
             }
         }
     }
-    let counter = if bad_cookie {
-        &counters.replies_bad_cookie
-    } else {
-        &counters.replies_unmatched
-    };
+    let counter = if bad_cookie { &counters.replies_bad_cookie } else { &counters.replies_unmatched };
     counter.fetch_add(1, Ordering::Relaxed);
 }

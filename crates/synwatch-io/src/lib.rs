@@ -16,7 +16,7 @@ pub mod sys;
 pub mod transmit;
 
 pub use engine::{
-    CounterSnapshot, Engine, EngineConfig, EngineError, JobHandle, JobRequest, JobSummary,
-    ProbeResult, Progress, TransmitChoice,
+    CounterSnapshot, Engine, EngineConfig, EngineError, JobHandle, JobRequest, JobSummary, ProbeResult, Progress,
+    TransmitChoice,
 };
 pub use route::Path;

@@ -29,6 +29,8 @@ const JEQ_K: u16 = 0x15;
 const JGE_K: u16 = 0x35;
 const JGT_K: u16 = 0x25;
 const RET_K: u16 = 0x06;
+/// `PACKET_IGNORE_OUTGOING` from linux/if_packet.h.
+const PACKET_IGNORE_OUTGOING: libc::c_int = libc::PACKET_IGNORE_OUTGOING;
 /// Ancillary load offset of the packet type (SKF_AD_OFF + SKF_AD_PKTTYPE).
 const SKF_AD_PKTTYPE: u32 = 0xffff_f000 + 4;
 
@@ -81,37 +83,27 @@ impl ReplySocket {
     ) -> io::Result<ReplySocket> {
         // SAFETY: plain socket(2) call; the result is checked and owned below.
         let raw = sys::check(unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                libc::c_int::from(sys::ETH_P_ALL_BE),
-            )
+            libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::c_int::from(sys::ETH_P_ALL_BE))
         })?;
         // SAFETY: `raw` is a fresh descriptor owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         sys::attach_filter(fd.as_raw_fd(), &reply_filter(ports))?;
+        // Without this, every probe we transmit is also delivered to this socket (it taps all
+        // traffic) only to be rejected by the filter: a clone and a filter run per sent packet.
+        // Linux 4.20+; on older kernels the filter's PACKET_OUTGOING check still drops them.
+        let _ = sys::set_int_option(fd.as_raw_fd(), libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, 1);
         let size = receive_buffer.min(i32::MAX as usize) as libc::c_int;
-        if sys::set_int_option(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size)
-            .is_err()
-        {
+        if sys::set_int_option(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size).is_err() {
             sys::set_int_option(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, size)?;
         }
         let timeout = libc::timeval {
             tv_sec: timeout.as_secs() as libc::time_t,
             tv_usec: timeout.subsec_micros() as libc::suseconds_t,
         };
-        sys::set_option(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &timeout,
-        )?;
+        sys::set_option(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, &timeout)?;
         // Reading the statistics resets them, so drops counted later are this engine's own.
         let _ = sys::packet_statistics(fd.as_raw_fd());
-        Ok(ReplySocket {
-            fd,
-            batch: ReceiveBatch::new(batch.max(1)),
-        })
+        Ok(ReplySocket { fd, batch: ReceiveBatch::new(batch.max(1)) })
     }
 
     /// Reads one batch (waiting up to the timeout for the first packet); returns its size.
@@ -121,10 +113,7 @@ impl ReplySocket {
 
     /// The packets of the last batch, less any we sent ourselves.
     pub fn packets(&self) -> impl Iterator<Item = &[u8]> {
-        self.batch
-            .packets()
-            .filter(|(_, packet_type)| *packet_type != libc::PACKET_OUTGOING)
-            .map(|(packet, _)| packet)
+        self.batch.packets().filter(|(_, packet_type)| *packet_type != libc::PACKET_OUTGOING).map(|(packet, _)| packet)
     }
 
     /// Packets the kernel dropped for lack of buffer space since the last call.
@@ -146,13 +135,7 @@ mod tests {
             let instruction = program[pc];
             let k = instruction.k;
             pc += 1;
-            let jump = |taken: bool| {
-                usize::from(if taken {
-                    instruction.jt
-                } else {
-                    instruction.jf
-                })
-            };
+            let jump = |taken: bool| usize::from(if taken { instruction.jt } else { instruction.jf });
             match instruction.code {
                 LD_B_ABS if k == SKF_AD_PKTTYPE => accumulator = u32::from(packet_type),
                 LD_B_ABS => accumulator = byte(k as usize),
@@ -187,10 +170,7 @@ mod tests {
 
     #[test]
     fn filter_accepts_only_candidate_replies() {
-        let ports = SourcePortRange {
-            first: 40000,
-            last: 40099,
-        };
+        let ports = SourcePortRange { first: 40000, last: 40099 };
         let program = reply_filter(ports);
         let host = libc::PACKET_HOST;
         assert_ne!(run(&program, &ipv4_tcp(40000), host), 0);

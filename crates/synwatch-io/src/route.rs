@@ -44,10 +44,7 @@ impl Path {
             None if self.is_loopback => "on loopback".to_string(),
             None => "on-link".to_string(),
         };
-        format!(
-            "interface {} (index {}), source {}, {via}",
-            self.interface, self.interface_index, self.source
-        )
+        format!("interface {} (index {}), source {}, {via}", self.interface, self.interface_index, self.source)
     }
 }
 
@@ -68,25 +65,15 @@ pub enum RouteError {
 }
 
 /// Finds the path to `target`, honouring `--interface` and `--source-ip` overrides.
-pub fn resolve_path(
-    target: IpAddr,
-    interface: Option<&str>,
-    source: Option<IpAddr>,
-) -> Result<Path, RouteError> {
+pub fn resolve_path(target: IpAddr, interface: Option<&str>, source: Option<IpAddr>) -> Result<Path, RouteError> {
     let source = match source {
         Some(source) => source,
-        None => kernel_source_for(target).map_err(|error| RouteError::NoRoute {
-            target,
-            source: error,
-        })?,
+        None => kernel_source_for(target).map_err(|error| RouteError::NoRoute { target, source: error })?,
     };
-    let interfaces =
-        list_interfaces().map_err(|error| RouteError::NoInterface(error.to_string()))?;
+    let interfaces = list_interfaces().map_err(|error| RouteError::NoInterface(error.to_string()))?;
     let chosen = match interface {
         Some(name) => interfaces.iter().find(|candidate| candidate.name == name),
-        None => interfaces
-            .iter()
-            .find(|candidate| candidate.addresses.contains(&source)),
+        None => interfaces.iter().find(|candidate| candidate.addresses.contains(&source)),
     };
     let chosen = match chosen {
         Some(chosen) => chosen.clone(),
@@ -97,15 +84,11 @@ pub fn resolve_path(
             .cloned()
             .ok_or_else(|| RouteError::NoInterface("lo".into()))?,
         None => {
-            return Err(RouteError::NoInterface(
-                interface.map_or_else(|| format!("holding {source}"), str::to_string),
-            ));
+            return Err(RouteError::NoInterface(interface.map_or_else(|| format!("holding {source}"), str::to_string)));
         }
     };
     let gateway = match target {
-        IpAddr::V4(target) if !chosen.is_loopback => {
-            ipv4_gateway(target, &chosen.name).map(IpAddr::V4)
-        }
+        IpAddr::V4(target) if !chosen.is_loopback => ipv4_gateway(target, &chosen.name).map(IpAddr::V4),
         _ => None,
     };
     Ok(Path {
@@ -120,11 +103,8 @@ pub fn resolve_path(
 
 /// The address the kernel would use as source towards `target`.
 pub fn kernel_source_for(target: IpAddr) -> io::Result<IpAddr> {
-    let bind: SocketAddr = if target.is_ipv6() {
-        "[::]:0".parse().expect("valid")
-    } else {
-        "0.0.0.0:0".parse().expect("valid")
-    };
+    let bind: SocketAddr =
+        if target.is_ipv6() { "[::]:0".parse().expect("valid") } else { "0.0.0.0:0".parse().expect("valid") };
     let socket = UdpSocket::bind(bind)?;
     // connect() on UDP only selects a route and a source; no packet is sent.
     socket.connect(SocketAddr::new(target, 9))?;
@@ -143,22 +123,16 @@ struct Interface {
 fn list_interfaces() -> io::Result<Vec<Interface>> {
     let mut interfaces: Vec<Interface> = Vec::new();
     for entry in getifaddrs().map_err(io::Error::from)? {
-        let position = match interfaces
-            .iter()
-            .position(|known| known.name == entry.interface_name)
-        {
+        let position = match interfaces.iter().position(|known| known.name == entry.interface_name) {
             Some(position) => position,
             None => {
-                let index =
-                    nix::net::if_::if_nametoindex(entry.interface_name.as_str()).unwrap_or(0);
+                let index = nix::net::if_::if_nametoindex(entry.interface_name.as_str()).unwrap_or(0);
                 interfaces.push(Interface {
                     name: entry.interface_name.clone(),
                     index,
                     mac: [0; 6],
                     addresses: Vec::new(),
-                    is_loopback: entry
-                        .flags
-                        .contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK),
+                    is_loopback: entry.flags.contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK),
                 });
                 interfaces.len() - 1
             }
@@ -196,8 +170,7 @@ fn parse_ipv4_gateway(table: &str, target: Ipv4Addr, interface: &str) -> Option<
             continue;
         }
         let parse = |text: &str| u32::from_str_radix(text, 16).ok().map(u32::from_be);
-        let (Some(destination), Some(gateway), Some(mask)) =
-            (parse(fields[1]), parse(fields[2]), parse(fields[7]))
+        let (Some(destination), Some(gateway), Some(mask)) = (parse(fields[1]), parse(fields[2]), parse(fields[7]))
         else {
             continue;
         };
@@ -219,10 +192,7 @@ pub fn ipv4_neighbour(address: Ipv4Addr, interface: &str) -> Option<[u8; 6]> {
 fn parse_arp(table: &str, address: Ipv4Addr, interface: &str) -> Option<[u8; 6]> {
     for line in table.lines().skip(1) {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 6
-            || fields[5] != interface
-            || fields[0].parse::<Ipv4Addr>().ok()? != address
-        {
+        if fields.len() < 6 || fields[5] != interface || fields[0].parse::<Ipv4Addr>().ok()? != address {
             continue;
         }
         let flags = u32::from_str_radix(fields[2].trim_start_matches("0x"), 16).ok()?;
@@ -251,10 +221,7 @@ mod tests {
     #[test]
     fn longest_prefix_route_wins() {
         // 198.51.100.0/24 is on-link; the default route goes via 192.0.2.1.
-        assert_eq!(
-            parse_ipv4_gateway(ROUTES, "198.51.100.5".parse().unwrap(), "eth0"),
-            None
-        );
+        assert_eq!(parse_ipv4_gateway(ROUTES, "198.51.100.5".parse().unwrap(), "eth0"), None);
         assert_eq!(
             parse_ipv4_gateway(ROUTES, "203.0.113.1".parse().unwrap(), "eth0"),
             Some("192.0.2.1".parse().unwrap())
@@ -270,18 +237,9 @@ mod tests {
         let table = "IP address       HW type     Flags       HW address            Mask     Device\n\
             198.19.255.2     0x1         0x2         02:aa:bb:cc:dd:ee     *        veth0\n\
             198.19.255.3     0x1         0x0         00:00:00:00:00:00     *        veth0\n";
-        assert_eq!(
-            parse_arp(table, "198.19.255.2".parse().unwrap(), "veth0"),
-            Some([2, 0xaa, 0xbb, 0xcc, 0xdd, 0xee])
-        );
-        assert_eq!(
-            parse_arp(table, "198.19.255.3".parse().unwrap(), "veth0"),
-            None
-        );
-        assert_eq!(
-            parse_arp(table, "198.19.255.2".parse().unwrap(), "eth0"),
-            None
-        );
+        assert_eq!(parse_arp(table, "198.19.255.2".parse().unwrap(), "veth0"), Some([2, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]));
+        assert_eq!(parse_arp(table, "198.19.255.3".parse().unwrap(), "veth0"), None);
+        assert_eq!(parse_arp(table, "198.19.255.2".parse().unwrap(), "eth0"), None);
     }
 
     #[test]

@@ -15,40 +15,19 @@ pub const ETH_P_ALL_BE: u16 = (libc::ETH_P_ALL as u16).to_be();
 
 /// Converts a libc return value into an `io::Result`.
 pub fn check(result: libc::c_int) -> io::Result<libc::c_int> {
-    if result < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(result)
-    }
+    if result < 0 { Err(io::Error::last_os_error()) } else { Ok(result) }
 }
 
 /// Sets an integer socket option.
-pub fn set_int_option(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
+pub fn set_int_option(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
     set_option(fd, level, name, &value)
 }
 
 /// Sets a socket option from a plain-old-data value.
-pub fn set_option<T>(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: &T,
-) -> io::Result<()> {
+pub fn set_option<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
     // SAFETY: `value` points to `size_of::<T>()` readable bytes for the duration of the call.
-    let result = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (value as *const T).cast(),
-            size_of::<T>() as libc::socklen_t,
-        )
-    };
+    let result =
+        unsafe { libc::setsockopt(fd, level, name, (value as *const T).cast(), size_of::<T>() as libc::socklen_t) };
     check(result).map(|_| ())
 }
 
@@ -78,10 +57,7 @@ pub fn bpf(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
 
 /// Attaches a classic BPF program to a socket.
 pub fn attach_filter(fd: RawFd, program: &[libc::sock_filter]) -> io::Result<()> {
-    let fprog = libc::sock_fprog {
-        len: program.len() as u16,
-        filter: program.as_ptr() as *mut libc::sock_filter,
-    };
+    let fprog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut libc::sock_filter };
     set_option(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
 }
 
@@ -94,10 +70,7 @@ pub struct RawSocketAddress {
 
 impl std::fmt::Debug for RawSocketAddress {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("RawSocketAddress")
-            .field("len", &self.len)
-            .finish()
+        formatter.debug_struct("RawSocketAddress").field("len", &self.len).finish()
     }
 }
 
@@ -122,21 +95,14 @@ impl RawSocketAddress {
 
 /// Sends `count` datagrams with one `sendmmsg` call. `frames[i]` is sent to `addresses[i]`.
 /// Returns how many were sent; the caller re-sends the rest (after EAGAIN/ENOBUFS too).
-pub fn send_batch(
-    fd: &impl AsRawFd,
-    frames: &[&[u8]],
-    addresses: &mut [RawSocketAddress],
-) -> io::Result<usize> {
+pub fn send_batch(fd: &impl AsRawFd, frames: &[&[u8]], addresses: &mut [RawSocketAddress]) -> io::Result<usize> {
     let count = frames.len().min(addresses.len());
     if count == 0 {
         return Ok(0);
     }
     let mut iovecs: Vec<libc::iovec> = frames[..count]
         .iter()
-        .map(|frame| libc::iovec {
-            iov_base: frame.as_ptr() as *mut libc::c_void,
-            iov_len: frame.len(),
-        })
+        .map(|frame| libc::iovec { iov_base: frame.as_ptr() as *mut libc::c_void, iov_len: frame.len() })
         .collect();
     let mut headers: Vec<libc::mmsghdr> = (0..count)
         .map(|index| {
@@ -146,22 +112,13 @@ pub fn send_batch(
             header.msg_namelen = addresses[index].len;
             header.msg_iov = &mut iovecs[index];
             header.msg_iovlen = 1;
-            libc::mmsghdr {
-                msg_hdr: header,
-                msg_len: 0,
-            }
+            libc::mmsghdr { msg_hdr: header, msg_len: 0 }
         })
         .collect();
     // SAFETY: every header points at an iovec and an address that outlive the call, and the
     // iovecs point at frames the caller keeps alive.
-    let sent = unsafe {
-        libc::sendmmsg(
-            fd.as_raw_fd(),
-            headers.as_mut_ptr(),
-            count as libc::c_uint,
-            libc::MSG_DONTWAIT,
-        )
-    };
+    let sent =
+        unsafe { libc::sendmmsg(fd.as_raw_fd(), headers.as_mut_ptr(), count as libc::c_uint, libc::MSG_DONTWAIT) };
     check(sent).map(|sent| sent as usize)
 }
 
@@ -204,10 +161,7 @@ impl ReceiveBatch {
         let mut iovecs: Vec<libc::iovec> = self
             .buffers
             .iter_mut()
-            .map(|buffer| libc::iovec {
-                iov_base: buffer.as_mut_ptr().cast(),
-                iov_len: buffer.len(),
-            })
+            .map(|buffer| libc::iovec { iov_base: buffer.as_mut_ptr().cast(), iov_len: buffer.len() })
             .collect();
         let mut headers: Vec<libc::mmsghdr> = (0..capacity)
             .map(|index| {
@@ -217,10 +171,7 @@ impl ReceiveBatch {
                 header.msg_namelen = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
                 header.msg_iov = &mut iovecs[index];
                 header.msg_iovlen = 1;
-                libc::mmsghdr {
-                    msg_hdr: header,
-                    msg_len: 0,
-                }
+                libc::mmsghdr { msg_hdr: header, msg_len: 0 }
             })
             .collect();
         // SAFETY: headers point at buffers and addresses owned by `self`, alive for the call.
@@ -245,22 +196,13 @@ impl ReceiveBatch {
                 self.received = count;
                 Ok(count)
             }
-            Err(error)
-                if matches!(error.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) =>
-            {
-                Ok(0)
-            }
+            Err(error) if matches!(error.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) => Ok(0),
             Err(error) => Err(error),
         }
     }
 
     /// The packets of the last [`ReceiveBatch::receive`], with their `sll_pkttype`.
     pub fn packets(&self) -> impl Iterator<Item = (&[u8], u8)> {
-        (0..self.received).map(|index| {
-            (
-                &self.buffers[index][..self.lengths[index]],
-                self.packet_types[index],
-            )
-        })
+        (0..self.received).map(|index| (&self.buffers[index][..self.lengths[index]], self.packet_types[index]))
     }
 }

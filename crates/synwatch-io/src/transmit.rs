@@ -57,10 +57,7 @@ pub trait Transmit: Send {
 }
 
 fn is_backpressure(error: &io::Error) -> bool {
-    matches!(
-        error.raw_os_error(),
-        Some(libc::ENOBUFS) | Some(libc::EAGAIN) | Some(libc::EINTR)
-    )
+    matches!(error.raw_os_error(), Some(libc::ENOBUFS) | Some(libc::EAGAIN) | Some(libc::EINTR))
 }
 
 /// Raw IP socket plus `sendmmsg`.
@@ -121,14 +118,9 @@ impl Transmit for RawIpTransmitter {
     fn flush(&mut self) -> io::Result<Flush> {
         let mut sent_now = 0;
         while self.sent < self.queued {
-            let frames: Vec<&[u8]> = (self.sent..self.queued)
-                .map(|index| &self.slots[index][..self.lengths[index]])
-                .collect();
-            match sys::send_batch(
-                &self.socket,
-                &frames,
-                &mut self.addresses[self.sent..self.queued],
-            ) {
+            let frames: Vec<&[u8]> =
+                (self.sent..self.queued).map(|index| &self.slots[index][..self.lengths[index]]).collect();
+            match sys::send_batch(&self.socket, &frames, &mut self.addresses[self.sent..self.queued]) {
                 Ok(0) => return Ok(Flush::Backpressure { sent: sent_now }),
                 Ok(count) => {
                     self.sent += count;
@@ -189,9 +181,7 @@ impl RingTransmitter {
     pub fn open(interface_index: u32, frame_count: usize) -> io::Result<RingTransmitter> {
         // Protocol 0: this socket transmits only and receives nothing.
         // SAFETY: plain socket(2) call; the result is checked and owned below.
-        let raw = sys::check(unsafe {
-            libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0)
-        })?;
+        let raw = sys::check(unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) })?;
         // SAFETY: `raw` is a fresh descriptor owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         sys::set_int_option(
@@ -200,6 +190,8 @@ impl RingTransmitter {
             libc::PACKET_VERSION,
             libc::tpacket_versions::TPACKET_V2 as libc::c_int,
         )?;
+        // PACKET_QDISC_BYPASS is deliberately not set: with it, frames for a device whose link is
+        // down stay in the ring forever instead of being dropped by the stack.
         let frame_size = SLOT_LEN + TPACKET2_DATA_OFFSET; // 160, a multiple of TPACKET_ALIGNMENT (16)
         let block_size = 1usize << 16;
         let frames_per_block = block_size / frame_size;
@@ -210,12 +202,7 @@ impl RingTransmitter {
             tp_frame_size: frame_size as u32,
             tp_frame_nr: (block_count * frames_per_block) as u32,
         };
-        sys::set_option(
-            fd.as_raw_fd(),
-            libc::SOL_PACKET,
-            libc::PACKET_TX_RING,
-            &request,
-        )?;
+        sys::set_option(fd.as_raw_fd(), libc::SOL_PACKET, libc::PACKET_TX_RING, &request)?;
         let ring_len = block_size * block_count;
         // SAFETY: maps the ring the kernel just allocated for this socket; checked for failure.
         let ring = unsafe {
@@ -260,8 +247,7 @@ impl RingTransmitter {
         // Frames never straddle blocks: a block holds a whole number of frames and its tail is
         // unused, so the offset is the block's start plus the frame's place inside it.
         let frames_per_block = (1usize << 16) / self.frame_size;
-        let offset =
-            (index / frames_per_block) * (1 << 16) + (index % frames_per_block) * self.frame_size;
+        let offset = (index / frames_per_block) * (1 << 16) + (index % frames_per_block) * self.frame_size;
         debug_assert!(offset + self.frame_size <= self.ring_len);
         // SAFETY: offset is inside the mapping (checked above in debug builds, by construction).
         unsafe { self.ring.as_ptr().add(offset) }
@@ -319,8 +305,7 @@ impl Transmit for RingTransmitter {
             return Ok(Flush::Done { sent: 0 });
         }
         // SAFETY: send(2) with a null buffer of length 0 asks the kernel to transmit the ring.
-        let result =
-            unsafe { libc::send(self.fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT) };
+        let result = unsafe { libc::send(self.fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT) };
         match sys::check(result as libc::c_int) {
             Ok(_) => {
                 let sent = self.queued;

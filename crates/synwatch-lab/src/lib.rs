@@ -103,20 +103,17 @@ pub struct Lab {
     config: LabConfig,
     scanner: String,
     target: String,
+    scanner_link: String,
+    target_link: String,
     listeners: Vec<(SocketAddr, Socket)>,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 fn run(command: &mut Command) -> Result<Output, LabError> {
-    let output = command
-        .output()
-        .map_err(|error| LabError(format!("{command:?}: {error}")))?;
+    let output = command.output().map_err(|error| LabError(format!("{command:?}: {error}")))?;
     if !output.status.success() {
-        return Err(LabError(format!(
-            "{command:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
+        return Err(LabError(format!("{command:?} failed: {}", String::from_utf8_lossy(&output.stderr).trim())));
     }
     Ok(output)
 }
@@ -126,9 +123,7 @@ fn ip(arguments: &[&str]) -> Result<Output, LabError> {
 }
 
 fn in_namespace(namespace: &str, program: &str, arguments: &[&str]) -> Result<Output, LabError> {
-    run(Command::new("ip")
-        .args(["netns", "exec", namespace, program])
-        .args(arguments))
+    run(Command::new("ip").args(["netns", "exec", namespace, program]).args(arguments))
 }
 
 /// Whether a lab can be built here, and if not, why.
@@ -137,14 +132,9 @@ pub fn lab_available() -> Result<(), String> {
         return Err("not root".into());
     }
     for program in ["ip", "nft"] {
-        let found = Command::new(program)
-            .arg("-V")
-            .output()
-            .is_ok_and(|output| output.status.success());
+        let found = Command::new(program).arg("-V").output().is_ok_and(|output| output.status.success());
         if !found {
-            return Err(format!(
-                "`{program}` is not installed (Debian: iproute2, nftables)"
-            ));
+            return Err(format!("`{program}` is not installed (Debian: iproute2, nftables)"));
         }
     }
     Ok(())
@@ -180,120 +170,49 @@ impl Lab {
         // Interface names are limited to 15 characters.
         let scanner_link = format!("sw{:x}{number}s", pid % 0xfffff);
         let target_link = format!("sw{:x}{number}t", pid % 0xfffff);
-        let mut lab = Lab {
-            config,
-            scanner,
-            target,
-            listeners: Vec::new(),
-        };
+        let mut lab = Lab { config, scanner, target, scanner_link, target_link, listeners: Vec::new() };
         ip(&["netns", "add", &lab.scanner])?;
         ip(&["netns", "add", &lab.target])?;
-        lab.set_up(&scanner_link, &target_link)?;
+        lab.set_up()?;
         Ok(lab)
     }
 
-    fn set_up(&mut self, scanner_link: &str, target_link: &str) -> Result<(), LabError> {
+    fn set_up(&mut self) -> Result<(), LabError> {
         let (s, t) = (self.scanner.clone(), self.target.clone());
-        ip(&[
-            "link",
-            "add",
-            scanner_link,
-            "netns",
-            &s,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            target_link,
-            "netns",
-            &t,
-        ])?;
-        for (namespace, link, address, address6) in [
-            (&s, scanner_link, SCANNER_V4, SCANNER_V6),
-            (&t, target_link, TARGET_LINK_V4, TARGET_LINK_V6),
-        ] {
+        let (scanner_link, target_link) = (self.scanner_link.clone(), self.target_link.clone());
+        let (scanner_link, target_link) = (scanner_link.as_str(), target_link.as_str());
+        ip(&["link", "add", scanner_link, "netns", &s, "type", "veth", "peer", "name", target_link, "netns", &t])?;
+        for (namespace, link, address, address6) in
+            [(&s, scanner_link, SCANNER_V4, SCANNER_V6), (&t, target_link, TARGET_LINK_V4, TARGET_LINK_V6)]
+        {
             for sysctl in [
                 "net.ipv4.conf.all.rp_filter=0",
                 "net.ipv4.conf.default.rp_filter=0",
                 "net.ipv4.icmp_ratelimit=0",
                 "net.ipv4.icmp_msgs_per_sec=1000000",
                 "net.ipv6.icmp.ratelimit=0",
-                "net.ipv4.tcp_syncookies=0",
                 "net.core.somaxconn=65535",
                 "net.ipv4.tcp_max_syn_backlog=65535",
             ] {
                 in_namespace(namespace, "sysctl", &["-qw", sysctl])?;
             }
             in_namespace(namespace, "ip", &["link", "set", "lo", "up"])?;
-            in_namespace(
-                namespace,
-                "ip",
-                &["addr", "add", &format!("{address}/30"), "dev", link],
-            )?;
-            in_namespace(
-                namespace,
-                "ip",
-                &[
-                    "-6",
-                    "addr",
-                    "add",
-                    &format!("{address6}/64"),
-                    "dev",
-                    link,
-                    "nodad",
-                ],
-            )?;
+            in_namespace(namespace, "ip", &["addr", "add", &format!("{address}/30"), "dev", link])?;
+            in_namespace(namespace, "ip", &["-6", "addr", "add", &format!("{address6}/64"), "dev", link, "nodad"])?;
             in_namespace(namespace, "ip", &["link", "set", link, "up"])?;
         }
-        in_namespace(
-            &s,
-            "ip",
-            &[
-                "route",
-                "add",
-                "198.18.0.0/15",
-                "via",
-                &TARGET_LINK_V4.to_string(),
-            ],
-        )?;
-        in_namespace(
-            &s,
-            "ip",
-            &[
-                "-6",
-                "route",
-                "add",
-                "2001:2::/48",
-                "via",
-                &TARGET_LINK_V6.to_string(),
-            ],
-        )?;
+        in_namespace(&s, "ip", &["route", "add", "198.18.0.0/15", "via", &TARGET_LINK_V4.to_string()])?;
+        in_namespace(&s, "ip", &["-6", "route", "add", "2001:2::/48", "via", &TARGET_LINK_V6.to_string()])?;
         for range in &self.config.target_ranges {
             let family = if range.is_ipv6() { "-6" } else { "-4" };
-            in_namespace(
-                &t,
-                "ip",
-                &[
-                    family,
-                    "route",
-                    "add",
-                    "local",
-                    &range.to_string(),
-                    "dev",
-                    "lo",
-                ],
-            )?;
+            in_namespace(&t, "ip", &[family, "route", "add", "local", &range.to_string(), "dev", "lo"])?;
         }
         self.install_rules()?;
         for address in self.config.listeners.clone() {
             self.listen(address)?;
         }
         if self.config.static_neighbour || self.config.target_link_down {
-            let output = in_namespace(
-                &t,
-                "cat",
-                &[&format!("/sys/class/net/{target_link}/address")],
-            )?;
+            let output = in_namespace(&t, "cat", &[&format!("/sys/class/net/{target_link}/address")])?;
             let mac = String::from_utf8_lossy(&output.stdout).trim().to_string();
             in_namespace(
                 &s,
@@ -334,14 +253,10 @@ impl Lab {
     }
 
     fn install_rules(&self) -> Result<(), LabError> {
-        let mut rules = String::from(
-            "table inet lab {\n chain input {\n  type filter hook input priority 0; policy accept;\n",
-        );
+        let mut rules =
+            String::from("table inet lab {\n chain input {\n  type filter hook input priority 0; policy accept;\n");
         if self.config.loss_percent > 0 {
-            rules += &format!(
-                "  meta l4proto tcp numgen random mod 100 < {} drop\n",
-                self.config.loss_percent
-            );
+            rules += &format!("  meta l4proto tcp numgen random mod 100 < {} drop\n", self.config.loss_percent);
         }
         for range in &self.config.blackholed {
             let family = if range.is_ipv6() { "ip6" } else { "ip" };
@@ -356,11 +271,36 @@ impl Lab {
         }
         rules += " }\n}\n";
         let path = std::env::temp_dir().join(format!("{}.nft", self.target));
-        std::fs::write(&path, rules)
-            .map_err(|error| LabError(format!("writing {path:?}: {error}")))?;
+        std::fs::write(&path, rules).map_err(|error| LabError(format!("writing {path:?}: {error}")))?;
         let result = in_namespace(&self.target, "nft", &["-f", &path.to_string_lossy()]);
         let _ = std::fs::remove_file(&path);
         result.map(|_| ())
+    }
+
+    /// The gateway's (the target side's) hardware address, as `aa:bb:cc:dd:ee:ff`.
+    pub fn gateway_mac(&self) -> Result<String, LabError> {
+        let output = in_namespace(&self.target, "cat", &[&format!("/sys/class/net/{}/address", self.target_link)])?;
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    }
+
+    /// The scanner side's interface name.
+    pub fn scanner_link(&self) -> &str {
+        &self.scanner_link
+    }
+
+    /// Transmitted plus transmit-dropped packets of the scanner's link, read in its namespace.
+    pub fn scanner_link_transmitted(&self) -> Result<u64, LabError> {
+        let link = self.scanner_link.clone();
+        let text = run_in_namespace(&self.scanner, || std::fs::read_to_string("/proc/thread-self/net/dev"))
+            .and_then(|text| text)
+            .map_err(|error| LabError(format!("reading /proc/net/dev: {error}")))?;
+        let line = text
+            .lines()
+            .find(|line| line.trim_start().starts_with(&format!("{link}:")))
+            .ok_or_else(|| LabError(format!("{link} not in /proc/net/dev")))?;
+        let fields: Vec<u64> =
+            line.split(':').nth(1).unwrap_or("").split_whitespace().filter_map(|field| field.parse().ok()).collect();
+        Ok(fields.get(9).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0))
     }
 
     /// The scanner namespace's name (for `ip netns exec`).
@@ -397,7 +337,7 @@ impl Lab {
                 socket.set_freebind_v4(true)?;
             }
             socket.bind(&address.into())?;
-            socket.listen(4096)?;
+            socket.listen(65535)?;
             Ok(socket)
         })
         .and_then(|socket| socket)
@@ -409,8 +349,7 @@ impl Lab {
     /// Closes the listener on `address`; returns whether there was one.
     pub fn close_listener(&mut self, address: SocketAddr) -> bool {
         let before = self.listeners.len();
-        self.listeners
-            .retain(|(listening, _)| *listening != address);
+        self.listeners.retain(|(listening, _)| *listening != address);
         before != self.listeners.len()
     }
 
@@ -423,11 +362,7 @@ impl Lab {
         if !inside(&self.config.target_ranges) {
             return Expected::Filtered;
         }
-        if self
-            .listeners
-            .iter()
-            .any(|(listening, _)| listening.ip() == address && listening.port() == port)
-        {
+        if self.listeners.iter().any(|(listening, _)| listening.ip() == address && listening.port() == port) {
             Expected::Open
         } else {
             Expected::Closed
@@ -435,11 +370,7 @@ impl Lab {
     }
 
     /// Ground truth for every address of `ranges` × `ports`: the set of (address, port, state).
-    pub fn ground_truth(
-        &self,
-        ranges: &[IpNetwork],
-        ports: &[u16],
-    ) -> BTreeSet<(IpAddr, u16, Expected)> {
+    pub fn ground_truth(&self, ranges: &[IpNetwork], ports: &[u16]) -> BTreeSet<(IpAddr, u16, Expected)> {
         let mut truth = BTreeSet::new();
         for range in ranges {
             for address in range.iter() {
@@ -449,27 +380,6 @@ impl Lab {
             }
         }
         truth
-    }
-
-    /// Packets counted by the target side's nftables input chain is not tracked; this returns
-    /// the target link's received-packet counter instead (from the target namespace).
-    pub fn target_received_packets(&self) -> Result<u64, LabError> {
-        let output = in_namespace(&self.target, "cat", &["/proc/net/dev"])?;
-        let text = String::from_utf8_lossy(&output.stdout);
-        let line = text
-            .lines()
-            .find(|line| line.trim_start().starts_with("sw"))
-            .ok_or_else(|| LabError("no lab link in /proc/net/dev".into()))?;
-        let fields: Vec<&str> = line
-            .split(':')
-            .nth(1)
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        fields
-            .get(1)
-            .and_then(|packets| packets.parse().ok())
-            .ok_or_else(|| LabError("bad /proc/net/dev line".into()))
     }
 }
 
@@ -483,10 +393,7 @@ impl Drop for Lab {
 }
 
 /// Runs `work` on a new thread that has entered the named network namespace.
-pub fn run_in_namespace<R: Send>(
-    namespace: &str,
-    work: impl FnOnce() -> R + Send,
-) -> io::Result<R> {
+pub fn run_in_namespace<R: Send>(namespace: &str, work: impl FnOnce() -> R + Send) -> io::Result<R> {
     let file = File::open(format!("/run/netns/{namespace}"))?;
     std::thread::scope(|scope| {
         scope
@@ -509,11 +416,7 @@ fn remove_stale_labs() {
         let Some(rest) = name.strip_prefix(&format!("{NAME_PREFIX}-")) else {
             continue;
         };
-        let Some(pid) = rest
-            .split('-')
-            .next()
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
+        let Some(pid) = rest.split('-').next().and_then(|pid| pid.parse::<u32>().ok()) else {
             continue;
         };
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {

@@ -75,8 +75,7 @@ pub struct TcpReply {
 impl TcpReply {
     /// SYN and ACK set, RST not set.
     pub fn is_syn_ack(&self) -> bool {
-        self.flags & (TcpFlags::SYN | TcpFlags::ACK | TcpFlags::RST)
-            == (TcpFlags::SYN | TcpFlags::ACK)
+        self.flags & (TcpFlags::SYN | TcpFlags::ACK | TcpFlags::RST) == (TcpFlags::SYN | TcpFlags::ACK)
     }
 
     /// RST set.
@@ -129,9 +128,7 @@ pub fn parse_reply(packet: &[u8]) -> Result<ReplyRepr, ParseError> {
         4 => {
             let ip = parse_ipv4_header(packet)?;
             match ip.protocol {
-                PROTOCOL_TCP => {
-                    parse_tcp(ip.source, ip.destination, ip.payload).map(ReplyRepr::Tcp)
-                }
+                PROTOCOL_TCP => parse_tcp(ip.source, ip.destination, ip.payload).map(ReplyRepr::Tcp),
                 PROTOCOL_ICMP => parse_icmpv4(ip.source, ip.payload),
                 _ => Err(ParseError::NotRelevant),
             }
@@ -139,9 +136,7 @@ pub fn parse_reply(packet: &[u8]) -> Result<ReplyRepr, ParseError> {
         6 => {
             let ip = parse_ipv6_header(packet)?;
             match ip.protocol {
-                PROTOCOL_TCP => {
-                    parse_tcp(ip.source, ip.destination, ip.payload).map(ReplyRepr::Tcp)
-                }
+                PROTOCOL_TCP => parse_tcp(ip.source, ip.destination, ip.payload).map(ReplyRepr::Tcp),
                 PROTOCOL_ICMPV6 => parse_icmpv6(ip.source, ip.payload),
                 _ => Err(ParseError::NotRelevant),
             }
@@ -186,21 +181,14 @@ fn parse_ipv4_header(packet: &[u8]) -> Result<IpHeader<'_>, ParseError> {
 fn parse_ipv6_header(packet: &[u8]) -> Result<IpHeader<'_>, ParseError> {
     let view = Ipv6Packet::new(packet).ok_or(ParseError::Truncated)?;
     let payload_len = usize::from(view.get_payload_length());
-    let end = 40usize
-        .checked_add(payload_len)
-        .ok_or(ParseError::BadHeaderLength)?;
+    let end = 40usize.checked_add(payload_len).ok_or(ParseError::BadHeaderLength)?;
     if end > packet.len() {
         return Err(ParseError::Truncated);
     }
     let source = IpAddr::V6(view.get_source());
     let destination = IpAddr::V6(view.get_destination());
     let (protocol, offset) = skip_ipv6_extensions(packet, view.get_next_header().0, 40, end)?;
-    Ok(IpHeader {
-        source,
-        destination,
-        protocol,
-        payload: &packet[offset..end],
-    })
+    Ok(IpHeader { source, destination, protocol, payload: &packet[offset..end] })
 }
 
 /// Skips IPv6 extension headers starting at `offset`; returns the upper-layer protocol and
@@ -214,17 +202,13 @@ fn skip_ipv6_extensions(
     for _ in 0..8 {
         match next_header {
             0 | 43 | 60 => {
-                let header = packet
-                    .get(offset..offset + 2)
-                    .ok_or(ParseError::Truncated)?;
+                let header = packet.get(offset..offset + 2).ok_or(ParseError::Truncated)?;
                 let len = (usize::from(header[1]) + 1) * 8;
                 next_header = header[0];
                 offset += len;
             }
             44 => {
-                let header = packet
-                    .get(offset..offset + 8)
-                    .ok_or(ParseError::Truncated)?;
+                let header = packet.get(offset..offset + 8).ok_or(ParseError::Truncated)?;
                 let fragment_offset = u16::from_be_bytes([header[2], header[3]]) >> 3;
                 if fragment_offset != 0 {
                     return Err(ParseError::Fragment);
@@ -279,9 +263,7 @@ fn find_timestamp_echo(mut options: &[u8]) -> Option<u32> {
                     return None;
                 }
                 if kind == 8 && len == 10 {
-                    return Some(u32::from_be_bytes([
-                        options[6], options[7], options[8], options[9],
-                    ]));
+                    return Some(u32::from_be_bytes([options[6], options[7], options[8], options[9]]));
                 }
                 options = &options[len..];
             }
@@ -348,8 +330,7 @@ fn parse_icmpv6(reporter: IpAddr, bytes: &[u8]) -> Result<ReplyRepr, ParseError>
     if view.get_version() != 6 {
         return Err(ParseError::UnknownVersion(view.get_version()));
     }
-    let (protocol, offset) =
-        skip_ipv6_extensions(quoted, view.get_next_header().0, 40, quoted.len())?;
+    let (protocol, offset) = skip_ipv6_extensions(quoted, view.get_next_header().0, 40, quoted.len())?;
     if protocol != PROTOCOL_TCP {
         return Err(ParseError::NotRelevant);
     }

@@ -108,20 +108,12 @@ impl SynTemplate {
         };
         let ip_header_len = if is_ipv6 { 40 } else { 20 };
         let frame_len = ip_offset + ip_header_len + TCP_PROBE_LEN;
-        if let LinkLayer::Ethernet {
-            source_mac,
-            destination_mac,
-        } = link
-        {
+        if let LinkLayer::Ethernet { source_mac, destination_mac } = link {
             let mut ethernet = MutableEthernetPacket::new(&mut frame[..ETHERNET_HEADER_LEN + 1])
                 .expect("static buffer is large enough for an Ethernet header");
             ethernet.set_source(source_mac.into());
             ethernet.set_destination(destination_mac.into());
-            ethernet.set_ethertype(if is_ipv6 {
-                EtherTypes::Ipv6
-            } else {
-                EtherTypes::Ipv4
-            });
+            ethernet.set_ethertype(if is_ipv6 { EtherTypes::Ipv6 } else { EtherTypes::Ipv4 });
         }
         let ip = &mut frame[ip_offset..frame_len];
         if is_ipv6 {
@@ -151,12 +143,7 @@ impl SynTemplate {
             TcpOption::nop(),
             TcpOption::wscale(7),
         ]);
-        SynTemplate {
-            frame,
-            frame_len,
-            ip_offset,
-            is_ipv6,
-        }
+        SynTemplate { frame, frame_len, ip_offset, is_ipv6 }
     }
 
     /// Length in bytes of every frame this template writes.
@@ -173,17 +160,13 @@ impl SynTemplate {
     pub fn write(&self, buffer: &mut [u8], fields: &SynFields) -> Result<usize, WriteError> {
         let need = self.frame_len;
         if buffer.len() < need {
-            return Err(WriteError::BufferTooShort {
-                have: buffer.len(),
-                need,
-            });
+            return Err(WriteError::BufferTooShort { have: buffer.len(), need });
         }
         let frame = &mut buffer[..need];
         frame.copy_from_slice(&self.frame[..need]);
         let ip_header_len = if self.is_ipv6 { 40 } else { 20 };
         let (ip_header, tcp_bytes) = frame[self.ip_offset..].split_at_mut(ip_header_len);
-        tcp_bytes[TSVAL_OFFSET_IN_TCP..TSVAL_OFFSET_IN_TCP + 4]
-            .copy_from_slice(&fields.timestamp_value.to_be_bytes());
+        tcp_bytes[TSVAL_OFFSET_IN_TCP..TSVAL_OFFSET_IN_TCP + 4].copy_from_slice(&fields.timestamp_value.to_be_bytes());
         let mut segment = MutableTcpPacket::new(tcp_bytes).expect("length checked above");
         segment.set_source(fields.source_port);
         segment.set_destination(fields.destination_port);

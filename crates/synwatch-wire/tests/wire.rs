@@ -28,9 +28,7 @@ fn fields(source: &str, destination: &str, destination_port: u16) -> SynFields {
 fn ipv4_syn_matches_fixture_byte_for_byte() {
     let template = SynTemplate::ipv4(LinkLayer::None);
     let mut buffer = [0u8; 128];
-    let len = template
-        .write(&mut buffer, &fields("192.0.2.100", "192.0.2.1", 80))
-        .unwrap();
+    let len = template.write(&mut buffer, &fields("192.0.2.100", "192.0.2.1", 80)).unwrap();
     assert_eq!(&buffer[..len], &fixtures::SYN_V4[..]);
 }
 
@@ -38,23 +36,16 @@ fn ipv4_syn_matches_fixture_byte_for_byte() {
 fn ipv6_syn_matches_fixture_byte_for_byte() {
     let template = SynTemplate::ipv6(LinkLayer::None);
     let mut buffer = [0u8; 128];
-    let len = template
-        .write(&mut buffer, &fields("2001:db8::100", "2001:db8::1", 443))
-        .unwrap();
+    let len = template.write(&mut buffer, &fields("2001:db8::100", "2001:db8::1", 443)).unwrap();
     assert_eq!(&buffer[..len], &fixtures::SYN_V6[..]);
 }
 
 #[test]
 fn ethernet_template_prefixes_the_link_header() {
-    let link = LinkLayer::Ethernet {
-        source_mac: [2, 0, 0, 0, 0, 1],
-        destination_mac: [2, 0, 0, 0, 0, 2],
-    };
+    let link = LinkLayer::Ethernet { source_mac: [2, 0, 0, 0, 0, 1], destination_mac: [2, 0, 0, 0, 0, 2] };
     let template = SynTemplate::ipv4(link);
     let mut buffer = [0u8; 128];
-    let len = template
-        .write(&mut buffer, &fields("192.0.2.100", "192.0.2.1", 80))
-        .unwrap();
+    let len = template.write(&mut buffer, &fields("192.0.2.100", "192.0.2.1", 80)).unwrap();
     assert_eq!(len, 74);
     assert_eq!(&buffer[..6], &[2, 0, 0, 0, 0, 2]);
     assert_eq!(&buffer[6..12], &[2, 0, 0, 0, 0, 1]);
@@ -66,25 +57,15 @@ fn ethernet_template_prefixes_the_link_header() {
 fn write_rejects_short_buffers_and_mixed_families() {
     let template = SynTemplate::ipv4(LinkLayer::None);
     let mut short = [0u8; 59];
-    assert!(
-        template
-            .write(&mut short, &fields("192.0.2.100", "192.0.2.1", 80))
-            .is_err()
-    );
+    assert!(template.write(&mut short, &fields("192.0.2.100", "192.0.2.1", 80)).is_err());
     let mut buffer = [0u8; 128];
-    assert!(
-        template
-            .write(&mut buffer, &fields("2001:db8::1", "192.0.2.1", 80))
-            .is_err()
-    );
+    assert!(template.write(&mut buffer, &fields("2001:db8::1", "192.0.2.1", 80)).is_err());
 }
 
 #[test]
 fn our_own_syn_parses_back() {
     let reply = parse_reply(&fixtures::SYN_V4).unwrap();
-    let ReplyRepr::Tcp(tcp) = reply else {
-        panic!("expected TCP, got {reply:?}")
-    };
+    let ReplyRepr::Tcp(tcp) = reply else { panic!("expected TCP, got {reply:?}") };
     assert_eq!(tcp.flags, tcp_flags::SYN);
     assert!(!tcp.is_syn_ack());
     assert_eq!(tcp.sequence, 0x1122_3344);
@@ -92,9 +73,7 @@ fn our_own_syn_parses_back() {
 
 #[test]
 fn ipv4_syn_ack_parses_with_timestamp_echo() {
-    let ReplyRepr::Tcp(tcp) = parse_reply(&fixtures::SYN_ACK_V4).unwrap() else {
-        panic!()
-    };
+    let ReplyRepr::Tcp(tcp) = parse_reply(&fixtures::SYN_ACK_V4).unwrap() else { panic!() };
     assert!(tcp.is_syn_ack());
     assert!(!tcp.is_rst());
     assert_eq!(tcp.source, ip("192.0.2.1"));
@@ -106,9 +85,7 @@ fn ipv4_syn_ack_parses_with_timestamp_echo() {
 
 #[test]
 fn ipv4_rst_parses() {
-    let ReplyRepr::Tcp(tcp) = parse_reply(&fixtures::RST_V4).unwrap() else {
-        panic!()
-    };
+    let ReplyRepr::Tcp(tcp) = parse_reply(&fixtures::RST_V4).unwrap() else { panic!() };
     assert!(tcp.is_rst());
     assert!(!tcp.is_syn_ack());
     assert_eq!(tcp.source_port, 81);
@@ -118,41 +95,30 @@ fn ipv4_rst_parses() {
 
 #[test]
 fn ipv6_syn_ack_and_rst_parse() {
-    let ReplyRepr::Tcp(syn_ack) = parse_reply(&fixtures::SYN_ACK_V6).unwrap() else {
-        panic!()
-    };
+    let ReplyRepr::Tcp(syn_ack) = parse_reply(&fixtures::SYN_ACK_V6).unwrap() else { panic!() };
     assert!(syn_ack.is_syn_ack());
     assert_eq!(syn_ack.source, ip("2001:db8::1"));
     assert_eq!(syn_ack.timestamp_echo, Some(0x0102_0304));
-    let ReplyRepr::Tcp(rst) = parse_reply(&fixtures::RST_V6).unwrap() else {
-        panic!()
-    };
+    let ReplyRepr::Tcp(rst) = parse_reply(&fixtures::RST_V6).unwrap() else { panic!() };
     assert!(rst.is_rst());
     assert_eq!(rst.source_port, 444);
 }
 
 #[test]
 fn icmpv4_unreachable_quotes_the_probe() {
-    let ReplyRepr::Unreachable(icmp) = parse_reply(&fixtures::ICMP_UNREACHABLE_V4).unwrap() else {
-        panic!()
-    };
+    let ReplyRepr::Unreachable(icmp) = parse_reply(&fixtures::ICMP_UNREACHABLE_V4).unwrap() else { panic!() };
     assert_eq!(icmp.reporter, ip("192.0.2.254"));
     assert_eq!(icmp.code, 13);
     assert!(!icmp.is_icmpv6);
     assert_eq!(icmp.probe.source, ip("192.0.2.100"));
     assert_eq!(icmp.probe.destination, ip("192.0.2.9"));
-    assert_eq!(
-        (icmp.probe.source_port, icmp.probe.destination_port),
-        (40001, 22)
-    );
+    assert_eq!((icmp.probe.source_port, icmp.probe.destination_port), (40001, 22));
     assert_eq!(icmp.probe.sequence, 0xdead_beef);
 }
 
 #[test]
 fn icmpv6_unreachable_quotes_the_probe() {
-    let ReplyRepr::Unreachable(icmp) = parse_reply(&fixtures::ICMP_UNREACHABLE_V6).unwrap() else {
-        panic!()
-    };
+    let ReplyRepr::Unreachable(icmp) = parse_reply(&fixtures::ICMP_UNREACHABLE_V6).unwrap() else { panic!() };
     assert!(icmp.is_icmpv6);
     assert_eq!(icmp.code, 1);
     assert_eq!(icmp.probe.destination, ip("2001:db8::9"));
@@ -175,10 +141,7 @@ fn every_truncation_of_every_fixture_is_an_error_not_a_panic() {
     for packet in all {
         assert!(parse_reply(packet).is_ok());
         for len in 0..packet.len() {
-            assert!(
-                parse_reply(&packet[..len]).is_err(),
-                "prefix of {len} bytes parsed"
-            );
+            assert!(parse_reply(&packet[..len]).is_err(), "prefix of {len} bytes parsed");
         }
     }
 }
@@ -212,11 +175,7 @@ fn pseudo_random_garbage_never_panics() {
         state ^= state << 17;
         state
     };
-    let seeds: [&[u8]; 3] = [
-        &fixtures::SYN_ACK_V4,
-        &fixtures::ICMP_UNREACHABLE_V4,
-        &fixtures::ICMP_UNREACHABLE_V6,
-    ];
+    let seeds: [&[u8]; 3] = [&fixtures::SYN_ACK_V4, &fixtures::ICMP_UNREACHABLE_V4, &fixtures::ICMP_UNREACHABLE_V6];
     for seed in seeds {
         for _ in 0..20_000 {
             let mut packet = seed.to_vec();

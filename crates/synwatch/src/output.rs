@@ -48,35 +48,16 @@ impl<W: Write> Writer<W> {
     }
 
     /// Writes one result.
-    pub fn write(
-        &mut self,
-        ip: IpAddr,
-        port: u16,
-        state: &'static str,
-        rtt: Option<Duration>,
-    ) -> io::Result<()> {
-        let line = Line {
-            ip,
-            port,
-            proto: "tcp",
-            state,
-            rtt_us: rtt.map(|rtt| rtt.as_micros() as u64),
-        };
+    pub fn write(&mut self, ip: IpAddr, port: u16, state: &'static str, rtt: Option<Duration>) -> io::Result<()> {
+        let line = Line { ip, port, proto: "tcp", state, rtt_us: rtt.map(|rtt| rtt.as_micros() as u64) };
         match self.format {
             Format::Jsonl => {
                 serde_json::to_writer(&mut self.out, &line)?;
                 self.out.write_all(b"\n")
             }
             Format::Csv => {
-                let rtt = line
-                    .rtt_us
-                    .map(|micros| micros.to_string())
-                    .unwrap_or_default();
-                writeln!(
-                    self.out,
-                    "{},{},tcp,{},{}",
-                    line.ip, line.port, line.state, rtt
-                )
+                let rtt = line.rtt_us.map(|micros| micros.to_string()).unwrap_or_default();
+                writeln!(self.out, "{},{},tcp,{},{}", line.ip, line.port, line.state, rtt)
             }
             Format::Text => {
                 let address = match ip {
@@ -84,11 +65,7 @@ impl<W: Write> Writer<W> {
                     IpAddr::V6(v6) => format!("[{v6}]:{port}"),
                 };
                 match rtt {
-                    Some(rtt) => writeln!(
-                        self.out,
-                        "{address}/tcp {state} {:.2}ms",
-                        rtt.as_secs_f64() * 1000.0
-                    ),
+                    Some(rtt) => writeln!(self.out, "{address}/tcp {state} {:.2}ms", rtt.as_secs_f64() * 1000.0),
                     None => writeln!(self.out, "{address}/tcp {state}"),
                 }
             }

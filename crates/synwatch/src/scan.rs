@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Args;
 use synwatch_engine::targets::{AddressRange, parse_target, parse_target_list};
-use synwatch_engine::{
-    ExclusionPolicy, HostSet, JobSettings, PortSet, PortState, Shard, TargetSpace,
-};
+use synwatch_engine::{ExclusionPolicy, HostSet, JobSettings, PortSet, PortState, Shard, TargetSpace};
 use synwatch_io::{Engine, EngineConfig, JobRequest, TransmitChoice};
 
 use crate::UsageError;
@@ -115,8 +113,7 @@ fn read_targets(items: &[String], what: &str) -> Result<Vec<AddressRange>> {
 }
 
 fn read_target_file(path: &str, what: &str) -> Result<Vec<AddressRange>> {
-    let text =
-        fs::read_to_string(path).map_err(|error| usage(format!("{what} file {path}: {error}")))?;
+    let text = fs::read_to_string(path).map_err(|error| usage(format!("{what} file {path}: {error}")))?;
     parse_target_list(&text).map_err(|(line, error)| usage(format!("{path}:{line}: {error}")))
 }
 
@@ -130,27 +127,15 @@ struct StateFilter {
 
 impl StateFilter {
     fn parse(items: &[String]) -> Result<StateFilter> {
-        let mut filter = StateFilter {
-            open: false,
-            closed: false,
-            filtered: false,
-        };
+        let mut filter = StateFilter { open: false, closed: false, filtered: false };
         for item in items {
             match item.trim() {
                 "open" => filter.open = true,
                 "closed" => filter.closed = true,
                 "filtered" => filter.filtered = true,
-                "all" => {
-                    filter = StateFilter {
-                        open: true,
-                        closed: true,
-                        filtered: true,
-                    }
-                }
+                "all" => filter = StateFilter { open: true, closed: true, filtered: true },
                 other => {
-                    return Err(usage(format!(
-                        "--states: {other:?} is not one of open, closed, filtered, all"
-                    )));
+                    return Err(usage(format!("--states: {other:?} is not one of open, closed, filtered, all")));
                 }
             }
         }
@@ -168,20 +153,14 @@ impl StateFilter {
 
 /// Builds the job from the arguments (every check that is the user's fault happens here).
 fn build_job(args: &ScanArgs) -> Result<(Arc<TargetSpace>, JobSettings)> {
-    let ports = PortSet::parse(&args.ports)
-        .map_err(|error| usage(format!("--ports {:?}: {error}", args.ports)))?;
+    let ports = PortSet::parse(&args.ports).map_err(|error| usage(format!("--ports {:?}: {error}", args.ports)))?;
     let includes = read_targets(&args.targets, "target")?;
     let mut exclusions = read_targets(&args.exclude, "--exclude")?;
     for path in &args.exclude_file {
         exclusions.extend(read_target_file(path, "--exclude-file")?);
     }
-    let policy = if args.allow_reserved {
-        ExclusionPolicy::AllowReserved
-    } else {
-        ExclusionPolicy::Default
-    };
-    let hosts =
-        HostSet::build(includes, exclusions, policy).map_err(|error| usage(error.to_string()))?;
+    let policy = if args.allow_reserved { ExclusionPolicy::AllowReserved } else { ExclusionPolicy::Default };
+    let hosts = HostSet::build(includes, exclusions, policy).map_err(|error| usage(error.to_string()))?;
     if hosts.excluded_by_default() > 0 {
         tracing::warn!(
             addresses = %hosts.excluded_by_default(),
@@ -192,9 +171,7 @@ fn build_job(args: &ScanArgs) -> Result<(Arc<TargetSpace>, JobSettings)> {
     let shard = match &args.shard {
         Some(text) => {
             if args.seed.is_none() {
-                return Err(usage(
-                    "--shard needs --seed: every shard must use the same permutation",
-                ));
+                return Err(usage("--shard needs --seed: every shard must use the same permutation"));
             }
             Shard::parse(text).map_err(|error| usage(format!("--shard: {error}")))?
         }
@@ -211,13 +188,7 @@ fn build_job(args: &ScanArgs) -> Result<(Arc<TargetSpace>, JobSettings)> {
             u64::from_le_bytes(bytes)
         }
     };
-    let settings = JobSettings {
-        retries: args.retries,
-        retry_gap: args.retry_gap,
-        wait: args.wait,
-        seed,
-        shard,
-    };
+    let settings = JobSettings { retries: args.retries, retry_gap: args.retry_gap, wait: args.wait, seed, shard };
     Ok((Arc::new(space), settings))
 }
 
@@ -236,9 +207,7 @@ pub fn run(args: ScanArgs) -> Result<()> {
     let filter = StateFilter::parse(&args.states)?;
     let (space, settings) = build_job(&args)?;
     let out: Box<dyn Write> = match &args.output {
-        Some(path) => {
-            Box::new(fs::File::create(path).with_context(|| format!("cannot create {path}"))?)
-        }
+        Some(path) => Box::new(fs::File::create(path).with_context(|| format!("cannot create {path}"))?),
         None => Box::new(io::stdout().lock()),
     };
     let mut writer = Writer::new(args.format, BufWriter::new(out))?;
@@ -302,15 +271,11 @@ pub fn run(args: ScanArgs) -> Result<()> {
     let elapsed = started.elapsed();
     let counters = engine.counters();
     let table = job.table();
-    let filtered_total =
-        job.progress().total - table.count(PortState::Open) - table.count(PortState::Closed);
+    let filtered_total = job.progress().total - table.count(PortState::Open) - table.count(PortState::Closed);
     eprintln!(
         "synwatch: {} probes sent, {} replies; {} open, {} closed, {} filtered; {:.2}s, {:.0} packets/s; {} receive drops, {} send errors ({:?})",
         summary.probes_sent,
-        counters.replies_open
-            + counters.replies_closed
-            + counters.replies_filtered
-            + counters.replies_duplicate,
+        counters.replies_open + counters.replies_closed + counters.replies_filtered + counters.replies_duplicate,
         table.count(PortState::Open),
         table.count(PortState::Closed),
         filtered_total,
@@ -341,9 +306,5 @@ fn init_logging(verbose: bool) {
     let default = if verbose { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SYNWATCH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr)
-        .without_time()
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).without_time().try_init();
 }

@@ -7,21 +7,14 @@ use std::process::{Command, Output};
 use crate::helpers::synwatch;
 
 fn scan(arguments: &[&str]) -> Output {
-    Command::new(synwatch())
-        .arg("scan")
-        .args(arguments)
-        .output()
-        .expect("running synwatch")
+    Command::new(synwatch()).arg("scan").args(arguments).output().expect("running synwatch")
 }
 
 fn assert_usage_error(arguments: &[&str], needle: &str) {
     let output = scan(arguments);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{arguments:?}: {stderr}");
-    assert!(
-        stderr.contains(needle),
-        "{arguments:?}: {stderr:?} does not mention {needle:?}"
-    );
+    assert!(stderr.contains(needle), "{arguments:?}: {stderr:?} does not mention {needle:?}");
     assert!(output.stdout.is_empty());
 }
 
@@ -31,28 +24,18 @@ fn bad_usage_exits_2_and_says_what_is_wrong() {
     assert_usage_error(&["127.0.0.1", "-p", "22,,80"], "empty item");
     assert_usage_error(&["127.0.0.300", "-p", "22"], "127.0.0.300");
     assert_usage_error(&["127.0.0.1", "-p", "22", "--shard", "1/2"], "--seed");
-    assert_usage_error(
-        &["127.0.0.1", "-p", "22", "--seed", "1", "--shard", "3/2"],
-        "shard",
-    );
+    assert_usage_error(&["127.0.0.1", "-p", "22", "--seed", "1", "--shard", "3/2"], "shard");
     assert_usage_error(&["224.0.0.1", "-p", "22"], "built-in exclusions");
     assert_usage_error(&["127.0.0.1", "-p", "22", "--states", "opened"], "opened");
     assert_usage_error(&["127.0.0.1", "-p", "22", "--retry-gap", "soon"], "soon");
-    assert_usage_error(
-        &["@/nonexistent/targets.txt", "-p", "22"],
-        "/nonexistent/targets.txt",
-    );
+    assert_usage_error(&["@/nonexistent/targets.txt", "-p", "22"], "/nonexistent/targets.txt");
     assert_usage_error(&["127.0.0.1"], "--ports");
 }
 
 #[test]
 fn target_files_report_the_bad_line() {
     let path = std::env::temp_dir().join(format!("synwatch-targets-{}.txt", std::process::id()));
-    std::fs::write(
-        &path,
-        "# loopback only\n127.0.0.1\n127.0.0.2/31\nnot-an-address\n",
-    )
-    .unwrap();
+    std::fs::write(&path, "# loopback only\n127.0.0.1\n127.0.0.2/31\nnot-an-address\n").unwrap();
     let argument = format!("@{}", path.display());
     assert_usage_error(&[&argument, "-p", "22"], &format!("{}:4", path.display()));
     let _ = std::fs::remove_file(&path);
@@ -63,14 +46,7 @@ fn without_cap_net_raw_scan_exits_1_and_names_the_ways_out() {
     let output = if nix_is_root() {
         // Drop to nobody with no capabilities at all.
         let Ok(output) = Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--inh-caps=-all",
-                "--bounding-set=-all",
-                "--",
-            ])
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--"])
             .arg(synwatch())
             .args(["scan", "127.0.0.1", "-p", "9"])
             .output()
@@ -92,10 +68,7 @@ fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
-            status
-                .lines()
-                .find(|line| line.starts_with("Uid:"))
-                .map(|line| line.split_whitespace().nth(2) == Some("0"))
+            status.lines().find(|line| line.starts_with("Uid:")).map(|line| line.split_whitespace().nth(2) == Some("0"))
         })
         .unwrap_or(false)
 }

@@ -25,8 +25,8 @@ pub fn parse_jsonl(output: &Output) -> BTreeSet<(IpAddr, u16, Expected)> {
     let mut seen = BTreeSet::new();
     let mut results = BTreeSet::new();
     for line in stdout.lines() {
-        let value: serde_json::Value = serde_json::from_str(line)
-            .unwrap_or_else(|error| panic!("bad JSON line {line:?}: {error}"));
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|error| panic!("bad JSON line {line:?}: {error}"));
         let ip: IpAddr = value["ip"].as_str().unwrap().parse().unwrap();
         let port = value["port"].as_u64().unwrap() as u16;
         assert_eq!(value["proto"], "tcp");

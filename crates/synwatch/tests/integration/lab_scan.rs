@@ -5,9 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use synwatch_engine::targets::parse_target;
-use synwatch_engine::{
-    ExclusionPolicy, HostSet, JobSettings, PortSet, PortState, Shard, TargetSpace,
-};
+use synwatch_engine::{ExclusionPolicy, HostSet, JobSettings, PortSet, PortState, Shard, TargetSpace};
 use synwatch_io::{Engine, EngineConfig, JobRequest};
 use synwatch_lab::Expected;
 
@@ -30,34 +28,15 @@ fn ipv4_slash_20_matches_ground_truth_exactly() {
     };
     let output = scan_in_lab(
         &lab,
-        &[
-            "198.18.0.0/20",
-            "-p",
-            "22,80,443",
-            "--rate",
-            "50000",
-            "--retry-gap",
-            "500ms",
-            "--wait",
-            "1s",
-        ],
+        &["198.18.0.0/20", "-p", "22,80,443", "--rate", "50000", "--retry-gap", "500ms", "--wait", "1s"],
     );
     assert_success(&output);
     let found = parse_jsonl(&output);
     let truth = lab.ground_truth(&[net("198.18.0.0/20")], &PORTS);
     assert_eq!(found.len(), 4096 * 3);
     let wrong: Vec<_> = found.symmetric_difference(&truth).take(10).collect();
-    assert!(
-        wrong.is_empty(),
-        "differences from the ground truth (first 10): {wrong:?}"
-    );
-    assert_eq!(
-        truth
-            .iter()
-            .filter(|(_, _, state)| *state == Expected::Open)
-            .count(),
-        150
-    );
+    assert!(wrong.is_empty(), "differences from the ground truth (first 10): {wrong:?}");
+    assert_eq!(truth.iter().filter(|(_, _, state)| *state == Expected::Open).count(), 150);
 }
 
 #[test]
@@ -75,26 +54,13 @@ fn ipv6_range_matches_ground_truth_exactly() {
     };
     let output = scan_in_lab(
         &lab,
-        &[
-            "2001:2::/116",
-            "-p",
-            "22,80,443",
-            "--rate",
-            "50000",
-            "--retry-gap",
-            "500ms",
-            "--wait",
-            "1s",
-        ],
+        &["2001:2::/116", "-p", "22,80,443", "--rate", "50000", "--retry-gap", "500ms", "--wait", "1s"],
     );
     assert_success(&output);
     let found = parse_jsonl(&output);
     let truth = lab.ground_truth(&[net("2001:2::/116")], &PORTS);
     let wrong: Vec<_> = found.symmetric_difference(&truth).take(10).collect();
-    assert!(
-        wrong.is_empty(),
-        "differences from the ground truth (first 10): {wrong:?}"
-    );
+    assert!(wrong.is_empty(), "differences from the ground truth (first 10): {wrong:?}");
 }
 
 #[test]
@@ -130,10 +96,7 @@ fn five_percent_loss_with_two_retries_still_finds_every_open_port() {
     let found = parse_jsonl(&output);
     let truth = lab.ground_truth(&[net("198.18.0.0/22")], &PORTS);
     let open = |set: &BTreeSet<_>| -> BTreeSet<_> {
-        set.iter()
-            .filter(|(_, _, state)| *state == Expected::Open)
-            .copied()
-            .collect()
+        set.iter().filter(|(_, _, state)| *state == Expected::Open).copied().collect()
     };
     assert_eq!(open(&found), open(&truth));
     // Closed ports may turn filtered only if all three probes were lost; never anything else.
@@ -148,15 +111,7 @@ fn five_percent_loss_with_two_retries_still_finds_every_open_port() {
 
 #[test]
 fn shards_split_the_scan_without_overlap() {
-    let Some(lab) = lab_with(
-        "shards_split_the_scan_without_overlap",
-        "198.18.4.0/24",
-        &PORTS,
-        20,
-        &[],
-        &[],
-        0,
-    ) else {
+    let Some(lab) = lab_with("shards_split_the_scan_without_overlap", "198.18.4.0/24", &PORTS, 20, &[], &[], 0) else {
         return;
     };
     let mut union = BTreeSet::new();
@@ -188,12 +143,9 @@ fn shards_split_the_scan_without_overlap() {
 }
 
 fn space(targets: &[&str], ports: &str) -> Arc<TargetSpace> {
-    let hosts = HostSet::build(
-        targets.iter().map(|t| parse_target(t).unwrap()).collect(),
-        vec![],
-        ExclusionPolicy::Default,
-    )
-    .unwrap();
+    let hosts =
+        HostSet::build(targets.iter().map(|t| parse_target(t).unwrap()).collect(), vec![], ExclusionPolicy::Default)
+            .unwrap();
     Arc::new(TargetSpace::new(hosts, PortSet::parse(ports).unwrap()).unwrap())
 }
 
@@ -225,21 +177,12 @@ fn several_jobs_at_once_each_get_exactly_their_own_results() {
         shard: Shard::WHOLE,
     };
     let tables: Vec<Vec<PortState>> = lab.in_scanner(|| {
-        let engine = Engine::start(EngineConfig {
-            rate: 30_000,
-            ..EngineConfig::default()
-        })
-        .expect("engine starts");
+        let engine = Engine::start(EngineConfig { rate: 30_000, ..EngineConfig::default() }).expect("engine starts");
         let jobs: Vec<_> = spaces
             .iter()
             .map(|space| {
                 engine
-                    .submit(JobRequest {
-                        space: Arc::clone(space),
-                        settings,
-                        timeout: None,
-                        stream_results: false,
-                    })
+                    .submit(JobRequest { space: Arc::clone(space), settings, timeout: None, stream_results: false })
                     .expect("submit")
             })
             .collect();
@@ -251,9 +194,7 @@ fn several_jobs_at_once_each_get_exactly_their_own_results() {
         jobs.iter()
             .map(|job| {
                 job.wait();
-                (0..job.space().len())
-                    .map(|index| job.table().get(index).finalized())
-                    .collect()
+                (0..job.space().len()).map(|index| job.table().get(index).finalized()).collect()
             })
             .collect()
     });

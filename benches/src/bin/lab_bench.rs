@@ -1,0 +1,410 @@
+//! `lab-bench`: the lab measurements behind `docs/BENCHMARKS.md`, side by side with masscan and
+//! zmap (Debian packages) when they are installed. Needs root (it builds a namespace lab).
+//!
+//! * `send-only`: the sender's own cost. The target side's link is down, so nothing answers;
+//!   the rate is read from the scanner link's transmit counters (sent + dropped), between 10 %
+//!   and 90 % of each run, so start-up and tear-down do not count.
+//! * `round-trip`: a /16 × port 80 scan where every address listens (a wildcard listener behind
+//!   an AnyIP route): wall time, open ports found, CPU per probe.
+//! * `memory`: peak resident memory of `synwatch scan` over 65,536 hosts × 100 ports.
+//!
+//! Every figure is the median of `--runs` runs (default 3).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use synwatch_lab::{Lab, LabConfig};
+
+#[derive(Debug, Parser)]
+struct Arguments {
+    /// The synwatch binary to measure (build it with `cargo build --release`).
+    #[arg(long, default_value = "target/release/synwatch")]
+    synwatch: PathBuf,
+    /// Runs per measurement; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Tools to run: synwatch-ring, synwatch-sendmmsg, masscan, zmap (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "synwatch-ring,synwatch-sendmmsg,masscan,zmap")]
+    tools: Vec<String>,
+    #[command(subcommand)]
+    command: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Sender throughput with nothing answering.
+    SendOnly {
+        /// Ports per address of 198.18.0.0/15 (131,072 addresses each).
+        #[arg(long, default_value_t = 16)]
+        ports: u16,
+    },
+    /// A /16 × 1 port scan where every probe is answered.
+    RoundTrip {
+        /// Requested rate for every tool.
+        #[arg(long, default_value_t = 100_000)]
+        rate: u64,
+        /// Wait for late replies, in seconds, for every tool.
+        #[arg(long, default_value_t = 1)]
+        wait: u64,
+        /// Re-sends of unanswered probes for synwatch (its default); masscan and zmap run with
+        /// their defaults (no re-sends), as users run them.
+        #[arg(long, default_value_t = 2)]
+        retries: u32,
+    },
+    /// Peak RSS of synwatch for 65,536 hosts × 100 ports.
+    Memory,
+}
+
+/// One run's figures.
+#[derive(Debug, Clone, Copy, Default)]
+struct Run {
+    wall: Duration,
+    packets: u64,
+    rate: f64,
+    cpu: Duration,
+    max_rss_kib: u64,
+    found: u64,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    values[values.len() / 2]
+}
+
+/// Runs a command to completion, returning wall time, its stdout, and the child's CPU time and
+/// peak RSS from `wait4`.
+fn measure(mut command: Command, may_be_killed: bool) -> Result<(Duration, String, Duration, u64)> {
+    // stderr goes to a file: tools that print progress there must never block on a full pipe.
+    let stderr_path = std::env::temp_dir().join(format!("lab-bench-stderr-{}", std::process::id()));
+    command.stdout(Stdio::piped()).stderr(std::fs::File::create(&stderr_path)?);
+    let started = Instant::now();
+    let mut child = command.spawn().with_context(|| format!("starting {command:?}"))?;
+    let pid = child.id() as libc::pid_t;
+    let mut stdout = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        use std::io::Read;
+        let _ = out.read_to_string(&mut stdout);
+    }
+    let (status, cpu, max_rss) = wait_with_usage(pid)?;
+    let wall = started.elapsed();
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&stderr_path);
+    if status != 0 && !(may_be_killed && status == 137) {
+        bail!("{command:?} exited with status {status}: {stderr}");
+    }
+    Ok((wall, stdout, cpu, max_rss))
+}
+
+/// `wait4` for the child's exit status and resource usage (CPU time, peak RSS).
+fn wait_with_usage(pid: libc::pid_t) -> Result<(i32, Duration, u64)> {
+    let mut raw_status = 0i32;
+    // SAFETY: rusage is plain old data; all-zero is valid.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 writes the status and the rusage of our own child process.
+    let waited = unsafe { libc::wait4(pid, &mut raw_status, 0, &mut usage) };
+    if waited != pid {
+        bail!("wait4 failed: {}", std::io::Error::last_os_error());
+    }
+    let micros = |time: libc::timeval| time.tv_sec as u64 * 1_000_000 + time.tv_usec as u64;
+    let cpu = Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime));
+    let exit =
+        if libc::WIFEXITED(raw_status) { libc::WEXITSTATUS(raw_status) } else { 128 + libc::WTERMSIG(raw_status) };
+    Ok((exit, cpu, usage.ru_maxrss as u64))
+}
+
+/// Samples the scanner link's transmit counter while `work` runs; returns the rate between the
+/// 10 % and 90 % marks of the packets sent.
+fn sampled_rate(lab: &Lab, work: impl FnOnce() -> Result<Run> + Send) -> Result<Run> {
+    let running = Arc::new(AtomicBool::new(true));
+    let samples = std::thread::scope(|scope| -> Result<(Vec<(Instant, u64)>, Run)> {
+        let sampler = {
+            let running = Arc::clone(&running);
+            scope.spawn(move || {
+                let mut samples = Vec::new();
+                while running.load(Ordering::Acquire) {
+                    if let Ok(count) = lab.scanner_link_transmitted() {
+                        samples.push((Instant::now(), count));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                samples
+            })
+        };
+        let result = work();
+        running.store(false, Ordering::Release);
+        let samples = sampler.join().expect("sampler");
+        Ok((samples, result?))
+    })?;
+    let (samples, mut run) = samples;
+    let (first, last) = (samples.first().map_or(0, |s| s.1), samples.last().map_or(0, |s| s.1));
+    let total = last - first;
+    let at = |share: f64| samples.iter().find(|(_, count)| (count - first) as f64 >= share * total as f64).copied();
+    if let (Some(low), Some(high)) = (at(0.1), at(0.9))
+        && high.0 > low.0
+    {
+        run.rate = (high.1 - low.1) as f64 / (high.0 - low.0).as_secs_f64();
+    }
+    run.packets = total;
+    Ok(run)
+}
+
+fn in_scanner(lab: &Lab, program: &str, arguments: &[String]) -> Command {
+    let mut command = lab.scanner_command(program);
+    command.args(arguments);
+    command
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|item| item.to_string()).collect()
+}
+
+/// How one tool is to scan.
+struct Scan<'a> {
+    targets: &'a str,
+    ports: &'a str,
+    rate: u64,
+    /// Seconds to wait for late replies after the last probe.
+    wait: u64,
+    /// Re-sends of unanswered probes.
+    retries: u32,
+    output: &'a str,
+}
+
+/// The command line of one tool for `scan`, inside the lab's scanner namespace.
+fn tool_command(arguments: &Arguments, lab: &Lab, tool: &str, scan: &Scan) -> Result<Command> {
+    let mac = lab.gateway_mac()?;
+    let link = lab.scanner_link().to_string();
+    let synwatch = arguments.synwatch.to_string_lossy().to_string();
+    let (rate, wait, retries) = (scan.rate.to_string(), scan.wait.to_string(), scan.retries.to_string());
+    let command = match tool {
+        "synwatch-ring" | "synwatch-sendmmsg" => {
+            let transmit = if tool == "synwatch-ring" { "ring" } else { "sendmmsg" };
+            let wait = format!("{wait}s");
+            in_scanner(
+                lab,
+                &synwatch,
+                &strings(&[
+                    "scan",
+                    scan.targets,
+                    "-p",
+                    scan.ports,
+                    "--rate",
+                    &rate,
+                    "--wait",
+                    &wait,
+                    "--retries",
+                    &retries,
+                    "--transmit",
+                    transmit,
+                    "--no-progress",
+                    "--format",
+                    "jsonl",
+                    "-o",
+                    scan.output,
+                ]),
+            )
+        }
+        "masscan" => in_scanner(
+            lab,
+            "masscan",
+            &strings(&[
+                scan.targets,
+                "-p",
+                scan.ports,
+                "--rate",
+                &rate,
+                "--wait",
+                &wait,
+                "--retries",
+                &retries,
+                "--adapter",
+                &link,
+                "--adapter-ip",
+                "198.19.255.1",
+                "--router-mac",
+                &mac,
+                "-oL",
+                scan.output,
+            ]),
+        ),
+        "zmap" => {
+            // zmap scans one port per run; a port range becomes that many probes per address
+            // (same packet count). It blocks 198.18.0.0/15 by default: an empty block list lifts
+            // that, inside the lab only.
+            let bounds: Vec<u64> = scan.ports.split('-').filter_map(|port| port.parse().ok()).collect();
+            let per_target = if bounds.len() == 2 { bounds[1] - bounds[0] + 1 } else { 1 };
+            let port = bounds.first().copied().unwrap_or(80).to_string();
+            let probes = (per_target * (u64::from(scan.retries) + 1)).to_string();
+            in_scanner(
+                lab,
+                "zmap",
+                &strings(&[
+                    "-p",
+                    &port,
+                    "-P",
+                    &probes,
+                    "-r",
+                    &rate,
+                    "-c",
+                    &wait,
+                    "-i",
+                    &link,
+                    "-S",
+                    "198.19.255.1",
+                    "-G",
+                    &mac,
+                    "-b",
+                    "/dev/null",
+                    "-o",
+                    scan.output,
+                    "-q",
+                    scan.targets,
+                ]),
+            )
+        }
+        other => bail!("unknown tool {other}"),
+    };
+    Ok(command)
+}
+
+fn installed(tool: &str) -> bool {
+    if tool.starts_with("synwatch") {
+        return true;
+    }
+    let program = tool;
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+fn count_lines(path: &str, pattern: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .map(|text| text.lines().filter(|line| line.contains(pattern)).count() as u64)
+        .unwrap_or(0)
+}
+
+fn main() -> Result<()> {
+    let arguments = Arguments::parse();
+    if let Err(reason) = synwatch_lab::lab_available() {
+        bail!("the lab needs root, iproute2 and nftables: {reason}");
+    }
+    match arguments.command {
+        Bench::SendOnly { ports } => send_only(&arguments, ports),
+        Bench::RoundTrip { rate, wait, retries } => round_trip(&arguments, rate, wait, retries),
+        Bench::Memory => memory(&arguments),
+    }
+}
+
+fn send_only(arguments: &Arguments, ports: u16) -> Result<()> {
+    let lab = Lab::build(LabConfig { target_link_down: true, ..LabConfig::default() })?;
+    let port_spec = format!("1-{ports}");
+    let output = std::env::temp_dir().join("lab-bench-send-only.out").to_string_lossy().to_string();
+    println!("| tool | packets/s (median of {}) | packets | CPU s | CPU ns/packet |", arguments.runs);
+    println!("|---|---|---|---|---|");
+    for tool in &arguments.tools {
+        if !installed(tool) {
+            println!("| {tool} | not installed | | | |");
+            continue;
+        }
+        let mut runs = Vec::new();
+        for _ in 0..arguments.runs {
+            let scan = Scan {
+                targets: "198.18.0.0/15",
+                ports: &port_spec,
+                rate: 100_000_000,
+                wait: 0,
+                retries: 0,
+                output: &output,
+            };
+            let mut command = tool_command(arguments, &lab, tool, &scan)?;
+            if tool == "masscan" {
+                // masscan never exits when nothing answers (it keeps "waiting"); it is killed
+                // once its packets are out. Its rate comes from the link counters either way.
+                let seconds = (u64::from(ports) * 131_072 / 250_000 + 5).to_string();
+                let mut killer = Command::new("timeout");
+                killer.args(["-s", "KILL", &seconds]).arg(command.get_program()).args(command.get_args());
+                command = killer;
+            }
+            let run = sampled_rate(&lab, || {
+                let (wall, _, cpu, max_rss_kib) = measure(command, tool == "masscan")?;
+                Ok(Run { wall, cpu, max_rss_kib, ..Run::default() })
+            })?;
+            runs.push(run);
+        }
+        let rate = median(runs.iter().map(|run| run.rate).collect());
+        let cpu = median(runs.iter().map(|run| run.cpu.as_secs_f64()).collect());
+        let packets = median(runs.iter().map(|run| run.packets as f64).collect());
+        println!("| {tool} | {:.0} | {packets:.0} | {cpu:.2} | {:.0} |", rate, cpu * 1e9 / packets.max(1.0));
+    }
+    Ok(())
+}
+
+fn round_trip(arguments: &Arguments, rate: u64, wait: u64, retries: u32) -> Result<()> {
+    let listener: SocketAddr = "0.0.0.0:80".parse().expect("valid");
+    let lab = Lab::build(LabConfig {
+        target_ranges: vec!["198.18.0.0/16".parse().expect("valid")],
+        listeners: vec![listener],
+        ..LabConfig::default()
+    })?;
+    let output = std::env::temp_dir().join("lab-bench-round-trip.out").to_string_lossy().to_string();
+    println!(
+        "| tool | wall s (median of {}) | open found of 65,536 | CPU s | CPU µs per probe | peak RSS MiB |",
+        arguments.runs
+    );
+    println!("|---|---|---|---|---|---|");
+    for tool in &arguments.tools {
+        if !installed(tool) {
+            println!("| {tool} | not installed | | | | |");
+            continue;
+        }
+        let mut runs = Vec::new();
+        for _ in 0..arguments.runs {
+            let _ = std::fs::remove_file(&output);
+            let retries = if tool.starts_with("synwatch") { retries } else { 0 };
+            let scan = Scan { targets: "198.18.0.0/16", ports: "80", rate, wait, retries, output: &output };
+            let command = tool_command(arguments, &lab, tool, &scan)?;
+            let mut run = sampled_rate(&lab, || {
+                let (wall, _, cpu, max_rss_kib) = measure(command, false)?;
+                Ok(Run { wall, cpu, max_rss_kib, ..Run::default() })
+            })?;
+            run.found = match tool.as_str() {
+                "masscan" => count_lines(&output, "open tcp 80"),
+                "zmap" => count_lines(&output, "198.18."),
+                _ => count_lines(&output, "\"open\""),
+            };
+            runs.push(run);
+        }
+        let wall = median(runs.iter().map(|run| run.wall.as_secs_f64()).collect());
+        let found = median(runs.iter().map(|run| run.found as f64).collect());
+        let cpu = median(runs.iter().map(|run| run.cpu.as_secs_f64()).collect());
+        let rss = median(runs.iter().map(|run| run.max_rss_kib as f64 / 1024.0).collect());
+        println!("| {tool} | {wall:.2} | {found:.0} | {cpu:.2} | {:.2} | {rss:.1} |", cpu * 1e6 / 65_536.0);
+    }
+    Ok(())
+}
+
+fn memory(arguments: &Arguments) -> Result<()> {
+    let lab = Lab::build(LabConfig { target_link_down: true, ..LabConfig::default() })?;
+    let output = std::env::temp_dir().join("lab-bench-memory.out").to_string_lossy().to_string();
+    println!("| scan | peak RSS MiB (median of {}) | wall s |", arguments.runs);
+    println!("|---|---|---|");
+    let mut runs = Vec::new();
+    for _ in 0..arguments.runs {
+        let scan =
+            Scan { targets: "198.18.0.0/16", ports: "1-100", rate: 2_000_000, wait: 0, retries: 0, output: &output };
+        let command = tool_command(arguments, &lab, "synwatch-ring", &scan)?;
+        let (wall, _, _, max_rss_kib) = measure(command, false)?;
+        runs.push((max_rss_kib as f64 / 1024.0, wall.as_secs_f64()));
+    }
+    let rss = median(runs.iter().map(|run| run.0).collect());
+    let wall = median(runs.iter().map(|run| run.1).collect());
+    println!("| 65,536 hosts × 100 ports (6,553,600 probes) | {rss:.1} | {wall:.2} |");
+    Ok(())
+}
