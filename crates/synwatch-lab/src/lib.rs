@@ -212,39 +212,13 @@ impl Lab {
             self.listen(address)?;
         }
         if self.config.static_neighbour || self.config.target_link_down {
-            let output = in_namespace(&t, "cat", &[&format!("/sys/class/net/{target_link}/address")])?;
-            let mac = String::from_utf8_lossy(&output.stdout).trim().to_string();
-            in_namespace(
-                &s,
-                "ip",
-                &[
-                    "neigh",
-                    "replace",
-                    &TARGET_LINK_V4.to_string(),
-                    "lladdr",
-                    &mac,
-                    "dev",
-                    scanner_link,
-                    "nud",
-                    "permanent",
-                ],
-            )?;
-            in_namespace(
-                &s,
-                "ip",
-                &[
-                    "-6",
-                    "neigh",
-                    "replace",
-                    &TARGET_LINK_V6.to_string(),
-                    "lladdr",
-                    &mac,
-                    "dev",
-                    scanner_link,
-                    "nud",
-                    "permanent",
-                ],
-            )?;
+            let mac = self.gateway_mac()?;
+            for (family, gateway) in [("-4", IpAddr::V4(TARGET_LINK_V4)), ("-6", IpAddr::V6(TARGET_LINK_V6))] {
+                let gateway = gateway.to_string();
+                let arguments =
+                    [family, "neigh", "replace", &gateway, "lladdr", &mac, "dev", scanner_link, "nud", "permanent"];
+                in_namespace(&s, "ip", &arguments)?;
+            }
         }
         if self.config.target_link_down {
             in_namespace(&t, "ip", &["link", "set", target_link, "down"])?;
@@ -362,11 +336,13 @@ impl Lab {
         if !inside(&self.config.target_ranges) {
             return Expected::Filtered;
         }
-        if self.listeners.iter().any(|(listening, _)| listening.ip() == address && listening.port() == port) {
-            Expected::Open
-        } else {
-            Expected::Closed
-        }
+        // A wildcard listener (0.0.0.0 or ::) answers on every address of its family.
+        let listens = |listening: &SocketAddr| {
+            listening.port() == port
+                && (listening.ip() == address
+                    || (listening.ip().is_unspecified() && listening.is_ipv6() == address.is_ipv6()))
+        };
+        if self.listeners.iter().any(|(listening, _)| listens(listening)) { Expected::Open } else { Expected::Closed }
     }
 
     /// Ground truth for every address of `ranges` × `ports`: the set of (address, port, state).
