@@ -1,4 +1,4 @@
-//! `lab-bench`: the lab measurements behind `docs/BENCHMARKS.md`, side by side with masscan and
+//! `lab_bench`: the lab measurements behind `docs/BENCHMARKS.md`, side by side with masscan and
 //! zmap (Debian packages) when they are installed. Needs root (it builds a namespace lab).
 //!
 //! * `send-only`: the sender's own cost. The target side's link is down, so nothing answers;
