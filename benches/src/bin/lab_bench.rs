@@ -77,28 +77,23 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// Runs a command to completion, returning wall time, its stdout, and the child's CPU time and
-/// peak RSS from `wait4`.
-fn measure(mut command: Command, may_be_killed: bool) -> Result<(Duration, String, Duration, u64)> {
-    // stderr goes to a file: tools that print progress there must never block on a full pipe.
+/// Runs a command to completion, returning its wall time and the child's CPU time and peak RSS
+/// (KiB) from `wait4`.
+fn measure(mut command: Command, may_be_killed: bool) -> Result<(Duration, Duration, u64)> {
+    // Results go to each tool's output file; stderr goes to a file too, so tools that print
+    // progress there never block on a full pipe.
     let stderr_path = std::env::temp_dir().join(format!("lab-bench-stderr-{}", std::process::id()));
-    command.stdout(Stdio::piped()).stderr(std::fs::File::create(&stderr_path)?);
+    command.stdout(Stdio::null()).stderr(std::fs::File::create(&stderr_path)?);
     let started = Instant::now();
-    let mut child = command.spawn().with_context(|| format!("starting {command:?}"))?;
-    let pid = child.id() as libc::pid_t;
-    let mut stdout = String::new();
-    if let Some(mut out) = child.stdout.take() {
-        use std::io::Read;
-        let _ = out.read_to_string(&mut stdout);
-    }
-    let (status, cpu, max_rss) = wait_with_usage(pid)?;
+    let child = command.spawn().with_context(|| format!("starting {command:?}"))?;
+    let (status, cpu, max_rss) = wait_with_usage(child.id() as libc::pid_t)?;
     let wall = started.elapsed();
     let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
     let _ = std::fs::remove_file(&stderr_path);
     if status != 0 && !(may_be_killed && status == 137) {
         bail!("{command:?} exited with status {status}: {stderr}");
     }
-    Ok((wall, stdout, cpu, max_rss))
+    Ok((wall, cpu, max_rss))
 }
 
 /// `wait4` for the child's exit status and resource usage (CPU time, peak RSS).
@@ -333,7 +328,7 @@ fn send_only(arguments: &Arguments, ports: u16) -> Result<()> {
                 command = killer;
             }
             let run = sampled_rate(&lab, || {
-                let (wall, _, cpu, max_rss_kib) = measure(command, tool == "masscan")?;
+                let (wall, cpu, max_rss_kib) = measure(command, tool == "masscan")?;
                 Ok(Run { wall, cpu, max_rss_kib, ..Run::default() })
             })?;
             runs.push(run);
@@ -370,10 +365,8 @@ fn round_trip(arguments: &Arguments, rate: u64, wait: u64, retries: u32) -> Resu
             let retries = if tool.starts_with("synwatch") { retries } else { 0 };
             let scan = Scan { targets: "198.18.0.0/16", ports: "80", rate, wait, retries, output: &output };
             let command = tool_command(arguments, &lab, tool, &scan)?;
-            let mut run = sampled_rate(&lab, || {
-                let (wall, _, cpu, max_rss_kib) = measure(command, false)?;
-                Ok(Run { wall, cpu, max_rss_kib, ..Run::default() })
-            })?;
+            let (wall, cpu, max_rss_kib) = measure(command, false)?;
+            let mut run = Run { wall, cpu, max_rss_kib, ..Run::default() };
             run.found = match tool.as_str() {
                 "masscan" => count_lines(&output, "open tcp 80"),
                 "zmap" => count_lines(&output, "198.18."),
@@ -400,7 +393,7 @@ fn memory(arguments: &Arguments) -> Result<()> {
         let scan =
             Scan { targets: "198.18.0.0/16", ports: "1-100", rate: 2_000_000, wait: 0, retries: 0, output: &output };
         let command = tool_command(arguments, &lab, "synwatch-ring", &scan)?;
-        let (wall, _, _, max_rss_kib) = measure(command, false)?;
+        let (wall, _, max_rss_kib) = measure(command, false)?;
         runs.push((max_rss_kib as f64 / 1024.0, wall.as_secs_f64()));
     }
     let rss = median(runs.iter().map(|run| run.0).collect());

@@ -86,6 +86,11 @@ impl AddressRange {
         AddressRange { is_ipv6, first, last }
     }
 
+    /// The first address of the range.
+    pub fn first_address(&self) -> IpAddr {
+        integer_to_address(self.is_ipv6, self.first)
+    }
+
     /// Number of addresses.
     pub fn len(&self) -> u128 {
         self.last - self.first + 1

@@ -460,11 +460,11 @@ impl Engine {
             if !present {
                 continue;
             }
-            let first = first_address(&request.space, ipv6).expect("the family is present");
+            let (first, first_port) = first_probe(&request.space, ipv6).expect("the family is present");
             let source_override =
                 self.config.source_addresses.iter().copied().find(|address| address.is_ipv6() == ipv6);
             let path = route::resolve_path(first, self.config.interface.as_deref(), source_override)?;
-            let (route, kind) = self.choose_route(&path, first, ipv6, &cookie_key);
+            let (route, kind) = self.choose_route(&path, (first, first_port), &cookie_key);
             sources[usize::from(ipv6)] = Some(path.source);
             routes[usize::from(ipv6)] = Some(route);
             paths.push((path, kind));
@@ -505,9 +505,11 @@ impl Engine {
 
     /// Picks the transmitter and template for a path. The TX ring needs the link-layer
     /// destination, known here for routed IPv4 (the gateway's). When the gateway is not in
-    /// the neighbour table, one probe to the first target goes through the kernel (a raw IP
+    /// the neighbour table, the job's first probe also goes once through the kernel (a raw IP
     /// socket), which makes the kernel resolve the gateway, and the table is read again.
-    fn choose_route(&self, path: &Path, first: IpAddr, ipv6: bool, cookie_key: &CookieKey) -> (Route, &'static str) {
+    fn choose_route(&self, path: &Path, first_probe: (IpAddr, u16), cookie_key: &CookieKey) -> (Route, &'static str) {
+        let (first, _) = first_probe;
+        let ipv6 = first.is_ipv6();
         let raw = |ipv6: bool| {
             (
                 Route {
@@ -528,7 +530,7 @@ impl Engine {
         } else {
             match (path.gateway, ipv6) {
                 (Some(IpAddr::V4(gateway)), false) => route::ipv4_neighbour(gateway, &path.interface).or_else(|| {
-                    warm_up_neighbour(path, first, cookie_key);
+                    warm_up_neighbour(path, first_probe, cookie_key);
                     (0..50).find_map(|_| {
                         std::thread::sleep(Duration::from_millis(10));
                         route::ipv4_neighbour(gateway, &path.interface)
@@ -558,20 +560,20 @@ impl Engine {
     }
 }
 
-/// Sends one SYN to `target` through the kernel so that it resolves the next hop. The probe is
-/// an ordinary probe of a target the user asked for; its answer is ignored (the real schedule
-/// probes the target again).
-fn warm_up_neighbour(path: &Path, target: IpAddr, cookie_key: &CookieKey) {
+/// Sends the job's first probe through the kernel so that it resolves the next hop. It is the
+/// same (address, port, cookie) the schedule will send, so it probes nothing the user did not
+/// ask for; its reply validates like any other once the job is registered.
+fn warm_up_neighbour(path: &Path, (target, port): (IpAddr, u16), cookie_key: &CookieKey) {
     let Ok(mut transmitter) = RawIpTransmitter::open(target.is_ipv6(), 1) else {
         return;
     };
     let template = SynTemplate::for_address(target, LinkLayer::None);
-    let cookie = cookie_key.cookie(path.source, target, 9);
+    let cookie = cookie_key.cookie(path.source, target, port);
     let fields = SynFields {
         source: path.source,
         destination: target,
         source_port: cookie.source_port,
-        destination_port: 9,
+        destination_port: port,
         sequence: cookie.sequence,
         timestamp_value: 0,
     };
@@ -583,10 +585,11 @@ fn warm_up_neighbour(path: &Path, target: IpAddr, cookie_key: &CookieKey) {
     }
 }
 
-fn first_address(space: &TargetSpace, ipv6: bool) -> Option<IpAddr> {
+/// The first probe of a family: the family's lowest address and the lowest port. Ranges are
+/// sorted, so this is the first range of the family, not a walk over hosts.
+fn first_probe(space: &TargetSpace, ipv6: bool) -> Option<(IpAddr, u16)> {
     let range = space.hosts().ranges().iter().find(|range| range.is_ipv6 == ipv6)?;
-    let hosts = space.hosts();
-    (0..hosts.len()).find_map(|index| hosts.address_at(index).filter(|address| range.contains(*address)))
+    Some((range.first_address(), space.ports().port_at(0)?))
 }
 
 impl Drop for Engine {

@@ -182,23 +182,11 @@ fn build_job(args: &ScanArgs) -> Result<(Arc<TargetSpace>, JobSettings)> {
     }
     let seed = match args.seed {
         Some(seed) => seed,
-        None => {
-            let mut bytes = [0u8; 8];
-            getrandom_seed(&mut bytes);
-            u64::from_le_bytes(bytes)
-        }
+        // The seed only orders probes; it protects nothing (the cookies have their own keys).
+        None => getrandom::u64().map_err(|error| anyhow::anyhow!("no randomness from the OS: {error}"))?,
     };
     let settings = JobSettings { retries: args.retries, retry_gap: args.retry_gap, wait: args.wait, seed, shard };
     Ok((Arc::new(space), settings))
-}
-
-/// A random seed from the standard library's per-process random hasher keys (no extra
-/// dependency; the seed only orders probes, it protects nothing).
-fn getrandom_seed(bytes: &mut [u8; 8]) {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(Instant::now().elapsed().as_nanos());
-    *bytes = hasher.finish().to_le_bytes();
 }
 
 /// Runs `synwatch scan`.
