@@ -29,8 +29,13 @@ struct Arguments {
     /// Runs per measurement; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Tools to run: synwatch-ring, synwatch-sendmmsg, masscan, zmap (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "synwatch-ring,synwatch-sendmmsg,masscan,zmap")]
+    /// Tools to run: synwatch-ring, synwatch-sendmmsg, masscan, zmap (comma-separated); a `-2t`
+    /// suffix on synwatch-ring, synwatch-sendmmsg or zmap runs it with two sender threads.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "synwatch-ring,synwatch-ring-2t,synwatch-sendmmsg,masscan,zmap,zmap-2t"
+    )]
     tools: Vec<String>,
     #[command(subcommand)]
     command: Bench,
@@ -177,6 +182,11 @@ fn tool_command(arguments: &Arguments, lab: &Lab, tool: &str, scan: &Scan) -> Re
     let link = lab.scanner_link().to_string();
     let synwatch = arguments.synwatch.to_string_lossy().to_string();
     let (rate, wait, retries) = (scan.rate.to_string(), scan.wait.to_string(), scan.retries.to_string());
+    // A "-2t" suffix runs the tool with two sender threads (synwatch and zmap both have them).
+    let (tool, threads) = match tool.strip_suffix("-2t") {
+        Some(base) => (base, "2"),
+        None => (tool, "1"),
+    };
     let command = match tool {
         "synwatch-ring" | "synwatch-sendmmsg" => {
             let transmit = if tool == "synwatch-ring" { "ring" } else { "sendmmsg" };
@@ -197,6 +207,8 @@ fn tool_command(arguments: &Arguments, lab: &Lab, tool: &str, scan: &Scan) -> Re
                     &retries,
                     "--transmit",
                     transmit,
+                    "--sender-threads",
+                    threads,
                     "--no-progress",
                     "--format",
                     "jsonl",
@@ -254,6 +266,8 @@ fn tool_command(arguments: &Arguments, lab: &Lab, tool: &str, scan: &Scan) -> Re
                     "198.19.255.1",
                     "-G",
                     &mac,
+                    "-T",
+                    threads,
                     "-b",
                     "/dev/null",
                     "-o",
@@ -272,7 +286,7 @@ fn installed(tool: &str) -> bool {
     if tool.starts_with("synwatch") {
         return true;
     }
-    let program = tool;
+    let program = tool.strip_suffix("-2t").unwrap_or(tool);
     Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
         .output()
@@ -367,7 +381,7 @@ fn round_trip(arguments: &Arguments, rate: u64, wait: u64, retries: u32) -> Resu
             let command = tool_command(arguments, &lab, tool, &scan)?;
             let (wall, cpu, max_rss_kib) = measure(command, false)?;
             let mut run = Run { wall, cpu, max_rss_kib, ..Run::default() };
-            run.found = match tool.as_str() {
+            run.found = match tool.strip_suffix("-2t").unwrap_or(tool) {
                 "masscan" => count_lines(&output, "open tcp 80"),
                 "zmap" => count_lines(&output, "198.18."),
                 _ => count_lines(&output, "\"open\""),

@@ -233,7 +233,12 @@ pub struct JobCore {
     matcher: Arc<ReplyMatcher>,
     permutation: Permutation,
     settings: JobSettings,
+    /// Probes in the job's whole shard: "everything answered" is measured against this.
     shard_size: u64,
+    /// The part of the shard this core walks: the shard itself, or one lane of it.
+    lane: Shard,
+    /// Probes in `lane`.
+    lane_size: u64,
     round: u32,
     next_in_round: u64,
     phase: Phase,
@@ -261,12 +266,43 @@ impl JobCore {
             permutation,
             settings,
             shard_size,
+            lane: settings.shard,
+            lane_size: shard_size,
             round: 0,
             next_in_round: 0,
             phase: Phase::Sending,
             deadline,
             probes_sent: 0,
         }
+    }
+
+    /// Splits this (not yet started) job into `count` lanes for `count` sender threads. Lane `t`
+    /// walks shard positions `t, t + count, t + 2·count, ...` of the job's shard, so the lanes
+    /// are disjoint and together send exactly the job's shard. They share the matcher and its
+    /// table: each lane's retry rounds skip probes answered to any lane, and every lane ends
+    /// with `AllAnswered` as soon as the whole shard is answered. Each lane keeps its own round
+    /// timing, so a slow lane does not hold back the retries of a fast one.
+    pub fn into_lanes(self, count: u64) -> Vec<JobCore> {
+        let count = count.max(1);
+        let shard = self.settings.shard;
+        let total = self.permutation.len();
+        (0..count)
+            .map(|lane_index| {
+                let lane = Shard { index: shard.index + shard.count * lane_index, count: shard.count * count };
+                JobCore {
+                    matcher: Arc::clone(&self.matcher),
+                    permutation: self.permutation.clone(),
+                    lane,
+                    lane_size: lane.size(total),
+                    ..self
+                }
+            })
+            .collect()
+    }
+
+    /// Probes this core itself walks per round (the shard, or its lane of it).
+    pub fn lane_size(&self) -> u64 {
+        self.lane_size
     }
 
     /// The shared half, for the receiver.
@@ -374,8 +410,8 @@ impl JobCore {
     /// The next probe of the current round, skipping (in retry rounds) answered ones.
     fn next_probe_of_round(&mut self) -> Option<Probe> {
         let table = &self.matcher.table;
-        while self.next_in_round < self.shard_size {
-            let position = self.settings.shard.position(self.next_in_round);
+        while self.next_in_round < self.lane_size {
+            let position = self.lane.position(self.next_in_round);
             self.next_in_round += 1;
             let index = self.permutation.at(position);
             if self.round > 0 && table.get(index) != PortState::Unknown {

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use synwatch_engine::targets::parse_target;
 use synwatch_engine::{
-    Classified, CookieKey, ExclusionPolicy, FinishReason, HostSet, JobCore, JobSettings, NextStep, PortSet, PortState,
-    Probe, ReplyMatch, Shard, SourcePortRange, TargetSpace, TokenBucket, classify_reply,
+    Classified, CookieKey, ExclusionPolicy, FinishReason, HostSet, JobCore, JobSettings, NextStep, Permutation,
+    PortSet, PortState, Probe, ReplyMatch, Shard, SourcePortRange, TargetSpace, TokenBucket, classify_reply,
 };
 use synwatch_wire::{QuotedProbe, ReplyRepr, TcpReply, UnreachableReply};
 
@@ -469,4 +469,86 @@ fn classification_of_each_reply_kind() {
         (filtered.state, filtered.remote, filtered.remote_port, filtered.probe_sequence),
         (PortState::Filtered, remote, 443, 9)
     );
+}
+
+/// The shard's probe indices, in permutation order.
+fn shard_indices(space: &TargetSpace, seed: u64, shard: Shard) -> Vec<u64> {
+    let permutation = Permutation::new(space.len(), seed);
+    (0..shard.size(space.len())).map(|k| permutation.at(shard.position(k))).collect()
+}
+
+#[test]
+fn lanes_split_a_shard_into_disjoint_parts_that_share_one_table() {
+    let space = space(&["198.18.8.0/23", "2001:2::8:0/120"], "22,80,443");
+    let shard = Shard { index: 1, count: 3 };
+    let settings = JobSettings { retries: 2, seed: 5, shard, ..JobSettings::default() };
+    let mut lanes = job(&space, settings, 12).into_lanes(3);
+    assert_eq!(lanes.len(), 3);
+    let mut network = Network::new(12, 0.0, 0.0);
+    let log = run(&mut lanes, &mut network, 100_000);
+    // Every probe of the shard went out exactly once, from exactly one lane, and nothing else.
+    let mut sent_by = HashMap::new();
+    for (lane, sends) in log.sends_per_index.iter().enumerate() {
+        assert_eq!(sends.len() as u64, lanes[lane].lane_size());
+        for (&index, &count) in sends {
+            // On a loss-free network only the blackholed probes stay unanswered and are retried.
+            let (address, port) = space.probe_at(index).unwrap();
+            let rounds = if Network::behaviour(address, port) == Behaviour::Blackhole { 3 } else { 1 };
+            assert_eq!(count, rounds, "probe {index} sent {count} times");
+            assert!(sent_by.insert(index, lane).is_none(), "probe {index} sent by two lanes");
+        }
+    }
+    let mut expected = shard_indices(&space, 5, shard);
+    let mut sent: Vec<u64> = sent_by.keys().copied().collect();
+    expected.sort_unstable();
+    sent.sort_unstable();
+    assert_eq!(sent, expected);
+    // One table: it holds the answers to every lane's probes.
+    assert!(log.reasons.iter().all(|reason| *reason == Some(FinishReason::WaitOver)), "{:?}", log.reasons);
+    let table = lanes[0].matcher().table();
+    let blackholed = expected
+        .iter()
+        .filter(|&&index| {
+            let (address, port) = space.probe_at(index).unwrap();
+            Network::behaviour(address, port) == Behaviour::Blackhole
+        })
+        .count() as u64;
+    assert!(blackholed > 0);
+    assert_eq!(table.answered(), expected.len() as u64 - blackholed);
+    for &index in &expected {
+        let (address, port) = space.probe_at(index).unwrap();
+        assert_eq!(table.get(index).finalized(), Network::behaviour(address, port).expected());
+    }
+}
+
+#[test]
+fn lanes_retry_only_their_own_unanswered_probes() {
+    let space = space(&["198.18.10.0/22"], "80,443");
+    let settings = JobSettings { retries: 2, seed: 6, ..JobSettings::default() };
+    let mut lanes = job(&space, settings, 13).into_lanes(2);
+    let mut network = Network::new(13, 0.2, 0.0);
+    let log = run(&mut lanes, &mut network, 200_000);
+    for lane in 0..2 {
+        for (&index, &count) in &log.sends_per_index[lane] {
+            assert!(!log.sends_per_index[1 - lane].contains_key(&index), "probe {index} sent by both lanes");
+            assert!(count <= 3, "probe {index} sent {count} times with 2 retries");
+        }
+    }
+    let retried = log.sends_per_index.iter().flat_map(|sends| sends.values()).filter(|&&count| count > 1).count();
+    assert!(retried > 0, "20 % loss must cause retries");
+    for (lane, delivered) in log.delivered.iter().enumerate() {
+        assert_matches_ground_truth(&lanes[lane], Some(delivered));
+    }
+}
+
+#[test]
+fn lanes_of_a_fully_answering_job_all_end_when_the_last_answer_arrives() {
+    let space = space_without_blackholes();
+    let settings = JobSettings { retries: 2, seed: 7, ..JobSettings::default() };
+    let mut lanes = job(&space, settings, 14).into_lanes(2);
+    let mut network = Network::new(14, 0.0, 0.0);
+    let log = run(&mut lanes, &mut network, 100_000);
+    assert!(log.reasons.iter().all(|reason| *reason == Some(FinishReason::AllAnswered)), "{:?}", log.reasons);
+    assert_eq!(log.finished_at[0], log.finished_at[1]);
+    assert!(log.finished_at[0] < log.last_send + Duration::from_millis(100), "no waiting once all answered");
 }

@@ -1,14 +1,16 @@
-//! The long-lived engine: one sender thread and one receiver thread serving any number of scan
-//! jobs at once under one global rate cap.
+//! The long-lived engine: one or more sender threads and one receiver thread serving any number
+//! of scan jobs at once under one global rate cap.
 //!
 //! * [`Engine::start`] opens the sockets (this is the only step that needs `CAP_NET_RAW`) and
-//!   starts both threads.
+//!   starts the threads.
 //! * [`Engine::submit`] resolves the path for each address family of a job, builds its
-//!   [`JobCore`] and hands it to the sender; it returns a [`JobHandle`] with the job's own state
-//!   table, progress, results stream and cancel.
-//! * The sender thread takes tokens from the global [`TokenBucket`], asks the jobs round-robin
-//!   for probes, writes them into its transmitters' batches and flushes them. It alone mutates
-//!   the job schedules.
+//!   [`JobCore`], splits it into lanes (one per sender thread for large jobs, see
+//!   [`JobCore::into_lanes`]) and hands each lane to a sender; it returns a [`JobHandle`] with
+//!   the job's own state table, progress, results stream and cancel.
+//! * Each sender thread owns its transmitters (its own raw sockets and TX rings, so the threads
+//!   share no socket) and its lanes. It takes tokens from the one global [`TokenBucket`] (a
+//!   mutex taken once per batch), asks its lanes round-robin for probes, writes them into its
+//!   transmitters' batches and flushes them. Only the owning thread mutates a lane's schedule.
 //! * The receiver thread reads filtered batches from the reply socket, parses, classifies and
 //!   offers each reply to the live jobs' [`ReplyMatcher`]s, which record it lock-free.
 //!
@@ -20,7 +22,7 @@
 use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -54,6 +56,9 @@ pub enum TransmitChoice {
 pub struct EngineConfig {
     /// Global cap in packets per second over all jobs.
     pub rate: u64,
+    /// Sender threads, each with its own sockets (default 1). A second thread pays off only
+    /// above what one core can send (about a million packets per second).
+    pub sender_threads: usize,
     /// Frames per batch (per `sendmmsg` or ring flush).
     pub batch: usize,
     /// The source ports probes use.
@@ -72,6 +77,7 @@ impl Default for EngineConfig {
     fn default() -> EngineConfig {
         EngineConfig {
             rate: 10_000,
+            sender_threads: 1,
             batch: 256,
             source_ports: SourcePortRange::DEFAULT,
             interface: None,
@@ -221,6 +227,10 @@ struct JobState {
     cancel: AtomicBool,
     probes_sent: AtomicU64,
     round: AtomicU32,
+    /// Lanes not yet finished; the sender that finishes the last one retires the job.
+    lanes_left: AtomicUsize,
+    /// The job's end reason so far, combined over its finished lanes.
+    reason: Mutex<Option<FinishReason>>,
     submitted: Instant,
     summary: Mutex<Option<JobSummary>>,
     finished: Condvar,
@@ -359,11 +369,15 @@ struct NewJob {
 
 enum Control {
     Add(Box<NewJob>),
-    SetRate(u64),
 }
+
+/// A job is split into at most one lane per this many probes (and at most one per sender).
+const MIN_PROBES_PER_LANE: u64 = 4096;
 
 struct Shared {
     epoch: Instant,
+    /// The global rate cap, shared by the sender threads.
+    bucket: Mutex<TokenBucket>,
     stop: AtomicBool,
     jobs: RwLock<Arc<Vec<Arc<JobState>>>>,
     receiver_batches: AtomicU64,
@@ -375,7 +389,8 @@ struct Shared {
 pub struct Engine {
     shared: Arc<Shared>,
     config: EngineConfig,
-    control: Sender<Control>,
+    /// One control channel per sender thread.
+    controls: Vec<Sender<Control>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -387,46 +402,54 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     /// Opens the sockets and starts the sender and receiver threads.
-    pub fn start(config: EngineConfig) -> Result<Engine, EngineError> {
+    pub fn start(mut config: EngineConfig) -> Result<Engine, EngineError> {
+        config.sender_threads = config.sender_threads.max(1);
         let reply_socket = ReplySocket::open(config.source_ports, 64, config.receive_buffer, Duration::from_millis(20))
             .map_err(socket_error)?;
-        let raw_v4 = RawIpTransmitter::open(false, config.batch).map_err(socket_error)?;
-        // IPv6 may be disabled on the host; IPv6 jobs then fail at submission.
-        let raw_v6 = RawIpTransmitter::open(true, config.batch).ok();
+        let mut all_transmitters = Vec::with_capacity(config.sender_threads);
+        for _ in 0..config.sender_threads {
+            let mut transmitters = Transmitters::default();
+            let raw_v4 = RawIpTransmitter::open(false, config.batch).map_err(socket_error)?;
+            transmitters.insert(TransmitterKey::Raw { ipv6: false }, Box::new(raw_v4));
+            // IPv6 may be disabled on the host; IPv6 jobs then fail at submission.
+            if let Ok(raw_v6) = RawIpTransmitter::open(true, config.batch) {
+                transmitters.insert(TransmitterKey::Raw { ipv6: true }, Box::new(raw_v6));
+            }
+            all_transmitters.push(transmitters);
+        }
         let shared = Arc::new(Shared {
             epoch: Instant::now(),
+            bucket: Mutex::new(TokenBucket::new(
+                config.rate,
+                TokenBucket::default_burst(config.rate, config.batch as u32),
+                Duration::ZERO,
+            )),
             stop: AtomicBool::new(false),
             jobs: RwLock::new(Arc::new(Vec::new())),
             receiver_batches: AtomicU64::new(0),
             counters: Counters::default(),
             next_job_id: AtomicU64::new(1),
         });
-        let (control, control_receiver) = crossbeam_channel::unbounded();
-        let mut transmitters = Transmitters::default();
-        transmitters.insert(TransmitterKey::Raw { ipv6: false }, Box::new(raw_v4));
-        if let Some(raw_v6) = raw_v6 {
-            transmitters.insert(TransmitterKey::Raw { ipv6: true }, Box::new(raw_v6));
+        let mut controls = Vec::new();
+        let mut threads = Vec::new();
+        for (number, transmitters) in all_transmitters.into_iter().enumerate() {
+            let (control, control_receiver) = crossbeam_channel::unbounded();
+            let sender = SenderLoop {
+                shared: Arc::clone(&shared),
+                control: control_receiver,
+                transmitters,
+                batch: config.batch as u32,
+                jobs: Vec::new(),
+                finishing: Vec::new(),
+                next_job: 0,
+            };
+            controls.push(control);
+            threads
+                .push(std::thread::Builder::new().name(format!("synwatch-send-{number}")).spawn(move || sender.run())?);
         }
-        let sender = SenderLoop {
-            shared: Arc::clone(&shared),
-            control: control_receiver,
-            transmitters,
-            bucket: TokenBucket::new(
-                config.rate,
-                TokenBucket::default_burst(config.rate, config.batch as u32),
-                Duration::ZERO,
-            ),
-            batch: config.batch as u32,
-            jobs: Vec::new(),
-            finishing: Vec::new(),
-            next_job: 0,
-        };
         let receiver = ReceiverLoop { shared: Arc::clone(&shared), socket: reply_socket, ports: config.source_ports };
-        let threads = vec![
-            std::thread::Builder::new().name("synwatch-send".into()).spawn(move || sender.run())?,
-            std::thread::Builder::new().name("synwatch-receive".into()).spawn(move || receiver.run())?,
-        ];
-        Ok(Engine { shared, config, control, threads })
+        threads.push(std::thread::Builder::new().name("synwatch-receive".into()).spawn(move || receiver.run())?);
+        Ok(Engine { shared, config, controls, threads })
     }
 
     /// Engine-wide counters.
@@ -436,7 +459,8 @@ impl Engine {
 
     /// Changes the global rate cap.
     pub fn set_rate(&self, rate: u64) {
-        let _ = self.control.send(Control::SetRate(rate));
+        let now = self.shared.epoch.elapsed();
+        self.shared.bucket.lock().set_rate(rate, TokenBucket::default_burst(rate, self.config.batch as u32), now);
     }
 
     /// Jobs currently running.
@@ -472,6 +496,8 @@ impl Engine {
         let submitted = Instant::now();
         let deadline = request.timeout.map(|timeout| self.shared.epoch.elapsed() + timeout);
         let core = JobCore::new(Arc::clone(&request.space), request.settings, cookie_key, sources, deadline);
+        let threads = self.controls.len() as u64;
+        let lane_count = core.shard_size().div_ceil(MIN_PROBES_PER_LANE).clamp(1, threads);
         let (results, results_receiver) = if request.stream_results {
             let (sender, receiver) = crossbeam_channel::unbounded();
             (Some(sender), Some(receiver))
@@ -487,6 +513,8 @@ impl Engine {
             cancel: AtomicBool::new(false),
             probes_sent: AtomicU64::new(0),
             round: AtomicU32::new(0),
+            lanes_left: AtomicUsize::new(lane_count as usize),
+            reason: Mutex::new(None),
             submitted,
             summary: Mutex::new(None),
             finished: Condvar::new(),
@@ -497,9 +525,15 @@ impl Engine {
             list.push(Arc::clone(&state));
             *jobs = Arc::new(list);
         }
-        self.control
-            .send(Control::Add(Box::new(NewJob { core, state: Arc::clone(&state), routes })))
-            .map_err(|_| EngineError::Stopped)?;
+        // Lanes go to consecutive threads, starting from one that depends on the job, so that
+        // many small jobs spread over the threads too.
+        let first_thread = state.id % threads;
+        tracing::info!(job = state.id, probes = state.shard_size, "split over {lane_count} sender thread(s)");
+        for (lane_number, lane) in core.into_lanes(lane_count).into_iter().enumerate() {
+            let thread = ((first_thread + lane_number as u64) % threads) as usize;
+            let new_job = NewJob { core: lane, state: Arc::clone(&state), routes: routes.clone() };
+            self.controls[thread].send(Control::Add(Box::new(new_job))).map_err(|_| EngineError::Stopped)?;
+        }
         Ok(JobHandle { state, results: results_receiver, paths })
     }
 
@@ -633,13 +667,15 @@ struct ActiveJob {
     /// A probe taken from the schedule whose transmitter had no free slot; sent first next time.
     carried: Option<Probe>,
     wake_at: Duration,
+    /// Probes sent since the last publication to the shared job state (done once per batch,
+    /// so that sender threads do not contend for the counter's cache line per probe).
+    unpublished_sent: u64,
 }
 
 struct SenderLoop {
     shared: Arc<Shared>,
     control: Receiver<Control>,
     transmitters: Transmitters,
-    bucket: TokenBucket,
     batch: u32,
     jobs: Vec<ActiveJob>,
     /// Finished jobs waiting for the receiver to move past them: (job, summary, batch count).
@@ -664,9 +700,12 @@ impl SenderLoop {
                 }
                 continue;
             }
-            let tokens = self.bucket.take(now, self.batch);
+            let tokens = self.shared.bucket.lock().take(now, self.batch);
             let used = if tokens > 0 { self.fill(now, tokens) } else { 0 };
-            self.bucket.give_back(tokens - used);
+            if tokens > used {
+                self.shared.bucket.lock().give_back(tokens - used);
+            }
+            self.publish_progress();
             match self.flush_all() {
                 true => backoff = Duration::from_micros(20),
                 false => {
@@ -680,7 +719,7 @@ impl SenderLoop {
             }
             if used == 0 {
                 let now = self.shared.epoch.elapsed();
-                let until_token = self.bucket.time_until_token(now);
+                let until_token = self.shared.bucket.lock().time_until_token(now);
                 let earliest_job = self.jobs.iter().map(|job| job.wake_at).min().unwrap_or(now);
                 let pause = until_token.max(earliest_job.saturating_sub(now)).min(Duration::from_millis(5));
                 if tokens > 0 || pause > Duration::from_micros(60) {
@@ -736,11 +775,25 @@ impl SenderLoop {
                         }
                     }
                 }
-                self.jobs.push(ActiveJob { core, state, routes, carried: None, wake_at: Duration::ZERO });
+                self.jobs.push(ActiveJob {
+                    core,
+                    state,
+                    routes,
+                    carried: None,
+                    wake_at: Duration::ZERO,
+                    unpublished_sent: 0,
+                });
             }
-            Control::SetRate(rate) => {
-                let now = self.shared.epoch.elapsed();
-                self.bucket.set_rate(rate, TokenBucket::default_burst(rate, self.batch), now);
+        }
+    }
+
+    /// Adds the probes sent since the last call to each job's shared counters.
+    fn publish_progress(&mut self) {
+        for job in &mut self.jobs {
+            if job.unpublished_sent > 0 {
+                job.state.probes_sent.fetch_add(job.unpublished_sent, Ordering::Relaxed);
+                job.state.round.fetch_max(job.core.round(), Ordering::Relaxed);
+                job.unpublished_sent = 0;
             }
         }
     }
@@ -800,8 +853,7 @@ impl SenderLoop {
                 Ok(len) => {
                     transmitter.commit(len, probe.address);
                     used += 1;
-                    job.state.probes_sent.fetch_add(1, Ordering::Relaxed);
-                    job.state.round.store(probe.round, Ordering::Relaxed);
+                    job.unpublished_sent += 1;
                 }
                 Err(_) => {
                     self.shared.counters.send_errors.fetch_add(1, Ordering::Relaxed);
@@ -851,14 +903,26 @@ impl SenderLoop {
             match reason {
                 Some(reason) => {
                     let job = self.jobs.swap_remove(index);
-                    let summary = JobSummary {
-                        reason,
-                        probes_sent: job.core.probes_sent(),
-                        duration: job.state.submitted.elapsed(),
+                    if job.unpublished_sent > 0 {
+                        job.state.probes_sent.fetch_add(job.unpublished_sent, Ordering::Relaxed);
+                    }
+                    let reason = {
+                        let mut combined = job.state.reason.lock();
+                        let reason = combine_reasons(*combined, reason);
+                        *combined = Some(reason);
+                        reason
                     };
-                    let batches = self.shared.receiver_batches.load(Ordering::Acquire);
-                    self.finishing.push((job.state, summary, batches));
-                    removed = true;
+                    // Only the sender that ends a job's last lane retires the job.
+                    if job.state.lanes_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        let summary = JobSummary {
+                            reason,
+                            probes_sent: job.state.probes_sent.load(Ordering::Relaxed),
+                            duration: job.state.submitted.elapsed(),
+                        };
+                        let batches = self.shared.receiver_batches.load(Ordering::Acquire);
+                        self.finishing.push((job.state, summary, batches));
+                        removed = true;
+                    }
                 }
                 None => index += 1,
             }
@@ -885,6 +949,21 @@ impl SenderLoop {
                 true
             }
         });
+    }
+}
+
+/// A job's end reason from its lanes' reasons: the most telling one wins (cancelled, then
+/// deadline, then a wait that ran out; "all answered" only if every lane says so).
+fn combine_reasons(so_far: Option<FinishReason>, lane: FinishReason) -> FinishReason {
+    let rank = |reason: FinishReason| match reason {
+        FinishReason::AllAnswered => 0,
+        FinishReason::WaitOver => 1,
+        FinishReason::DeadlineReached => 2,
+        FinishReason::Cancelled => 3,
+    };
+    match so_far {
+        Some(previous) if rank(previous) >= rank(lane) => previous,
+        _ => lane,
     }
 }
 

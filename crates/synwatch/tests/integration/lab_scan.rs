@@ -39,6 +39,48 @@ fn ipv4_slash_20_matches_ground_truth_exactly() {
     assert_eq!(truth.iter().filter(|(_, _, state)| *state == Expected::Open).count(), 150);
 }
 
+/// Issue 2: a job split over two sender threads (two lanes, each with its own TX ring) must
+/// still report every probe exactly once and equal the ground truth.
+#[test]
+fn issue_2_two_sender_threads_match_ground_truth_exactly() {
+    let Some(lab) = lab_with(
+        "issue_2_two_sender_threads_match_ground_truth_exactly",
+        "198.18.16.0/21",
+        &PORTS,
+        100,
+        &["198.18.22.0/24"],
+        &["198.18.23.0/24"],
+        0,
+    ) else {
+        return;
+    };
+    let output = scan_in_lab(
+        &lab,
+        &[
+            "198.18.16.0/21",
+            "-p",
+            "22,80,443",
+            "--rate",
+            "50000",
+            "--sender-threads",
+            "2",
+            "--retry-gap",
+            "500ms",
+            "--wait",
+            "1s",
+            "-v",
+        ],
+    );
+    assert_success(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("split over 2 sender thread(s)"), "the job was not split:\n{stderr}");
+    let found = parse_jsonl(&output);
+    let truth = lab.ground_truth(&[net("198.18.16.0/21")], &PORTS);
+    assert_eq!(found.len(), 2048 * 3);
+    let wrong: Vec<_> = found.symmetric_difference(&truth).take(10).collect();
+    assert!(wrong.is_empty(), "differences from the ground truth (first 10): {wrong:?}");
+}
+
 #[test]
 fn ipv6_range_matches_ground_truth_exactly() {
     let Some(lab) = lab_with(
