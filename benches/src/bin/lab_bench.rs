@@ -29,8 +29,9 @@ struct Arguments {
     /// Runs per measurement; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Tools to run: synwatch-ring, synwatch-sendmmsg, masscan, zmap (comma-separated); a `-2t`
-    /// suffix on synwatch-ring, synwatch-sendmmsg or zmap runs it with two sender threads.
+    /// Tools to run: synwatch-ring, synwatch-sendmmsg, synwatch-connect (connect() mode),
+    /// masscan, zmap, nmap-st (`nmap -sT`), comma-separated; a `-2t` suffix on synwatch-ring,
+    /// synwatch-sendmmsg or zmap runs it with two sender threads.
     #[arg(
         long,
         value_delimiter = ',',
@@ -217,6 +218,36 @@ fn tool_command(arguments: &Arguments, lab: &Lab, tool: &str, scan: &Scan) -> Re
                 ]),
             )
         }
+        "synwatch-connect" => in_scanner(
+            lab,
+            &synwatch,
+            &strings(&[
+                "scan",
+                scan.targets,
+                "-p",
+                scan.ports,
+                "--rate",
+                &rate,
+                "--wait",
+                &format!("{wait}s"),
+                "--retries",
+                &retries,
+                "--mode",
+                "connect",
+                "--sender-threads",
+                threads,
+                "--no-progress",
+                "--format",
+                "jsonl",
+                "-o",
+                scan.output,
+            ]),
+        ),
+        "nmap-st" => in_scanner(
+            lab,
+            "nmap",
+            &strings(&["-sT", "-n", "-Pn", "-p", scan.ports, "--min-rate", &rate, "-oG", scan.output, scan.targets]),
+        ),
         "masscan" => in_scanner(
             lab,
             "masscan",
@@ -286,7 +317,10 @@ fn installed(tool: &str) -> bool {
     if tool.starts_with("synwatch") {
         return true;
     }
-    let program = tool.strip_suffix("-2t").unwrap_or(tool);
+    let program = match tool.strip_suffix("-2t").unwrap_or(tool) {
+        "nmap-st" => "nmap",
+        other => other,
+    };
     Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
         .output()
@@ -383,6 +417,7 @@ fn round_trip(arguments: &Arguments, rate: u64, wait: u64, retries: u32) -> Resu
             let mut run = Run { wall, cpu, max_rss_kib, ..Run::default() };
             run.found = match tool.strip_suffix("-2t").unwrap_or(tool) {
                 "masscan" => count_lines(&output, "open tcp 80"),
+                "nmap-st" => count_lines(&output, "80/open"),
                 "zmap" => count_lines(&output, "198.18."),
                 _ => count_lines(&output, "\"open\""),
             };

@@ -21,6 +21,7 @@
 
 use std::io;
 use std::net::IpAddr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -35,6 +36,8 @@ use synwatch_engine::{
 };
 use synwatch_wire::{LinkLayer, ParseError, SynFields, SynTemplate, parse_reply};
 
+use crate::connect::{self, ConnectLoop};
+use crate::privileges;
 use crate::receive::ReplySocket;
 use crate::route::{self, Path, RouteError};
 use crate::transmit::{Flush, RawIpTransmitter, RingTransmitter, Transmit};
@@ -59,6 +62,13 @@ pub struct EngineConfig {
     /// Sender threads, each with its own sockets (default 1). A second thread pays off only
     /// above what one core can send (about a million packets per second).
     pub sender_threads: usize,
+    /// SYN, connect(), or decide by trying (default).
+    pub mode: Mode,
+    /// connect() mode: attempts in flight at most (default: from `RLIMIT_NOFILE`).
+    pub max_inflight: Option<usize>,
+    /// Drop every capability once the sockets are open (default true). Capabilities are per
+    /// thread: this drops them on the calling thread and the engine's threads.
+    pub drop_privileges: bool,
     /// Frames per batch (per `sendmmsg` or ring flush).
     pub batch: usize,
     /// The source ports probes use.
@@ -78,6 +88,9 @@ impl Default for EngineConfig {
         EngineConfig {
             rate: 10_000,
             sender_threads: 1,
+            mode: Mode::Auto,
+            max_inflight: None,
+            drop_privileges: true,
             batch: 256,
             source_ports: SourcePortRange::DEFAULT,
             interface: None,
@@ -93,7 +106,7 @@ impl Default for EngineConfig {
 pub enum EngineError {
     /// Raw sockets could not be opened for lack of privilege.
     #[error(
-        "raw sockets need CAP_NET_RAW ({0}). Either grant it (`sudo setcap cap_net_raw+ep $(command -v synwatch)`, or run as root), or use the connect() mode (`--mode connect`), which needs no privilege"
+        "raw sockets need CAP_NET_RAW ({0}). Either grant it (`sudo setcap cap_net_raw+ep $(command -v synwatch)`, or `AmbientCapabilities=CAP_NET_RAW` in the systemd unit, or run as root), or use the connect() mode (`--mode connect`), which needs no privilege"
     )]
     NoPermission(io::Error),
     /// Any other socket error.
@@ -218,22 +231,24 @@ pub struct JobRequest {
     pub stream_results: bool,
 }
 
-struct JobState {
-    id: u64,
-    settings: JobSettings,
-    matcher: Arc<ReplyMatcher>,
-    shard_size: u64,
-    results: Option<Sender<ProbeResult>>,
-    cancel: AtomicBool,
-    probes_sent: AtomicU64,
-    round: AtomicU32,
-    /// Lanes not yet finished; the sender that finishes the last one retires the job.
-    lanes_left: AtomicUsize,
+/// A job's shared state: what the owner's handle, the sender (or connect) thread and the
+/// receiver thread all see.
+pub(crate) struct JobState {
+    pub(crate) id: u64,
+    pub(crate) settings: JobSettings,
+    pub(crate) matcher: Arc<ReplyMatcher>,
+    pub(crate) shard_size: u64,
+    pub(crate) results: Option<Sender<ProbeResult>>,
+    pub(crate) cancel: AtomicBool,
+    pub(crate) probes_sent: AtomicU64,
+    pub(crate) round: AtomicU32,
+    /// Lanes not yet finished; the thread that finishes the last one retires the job.
+    pub(crate) lanes_left: AtomicUsize,
     /// The job's end reason so far, combined over its finished lanes.
-    reason: Mutex<Option<FinishReason>>,
-    submitted: Instant,
-    summary: Mutex<Option<JobSummary>>,
-    finished: Condvar,
+    pub(crate) reason: Mutex<Option<FinishReason>>,
+    pub(crate) submitted: Instant,
+    pub(crate) summary: Mutex<Option<JobSummary>>,
+    pub(crate) finished: Condvar,
 }
 
 /// The owner's side of a job.
@@ -350,7 +365,7 @@ impl JobHandle {
 
 /// Per family: the probe template and the transmitter it goes through.
 #[derive(Debug, Clone)]
-struct Route {
+pub(crate) struct Route {
     template: SynTemplate,
     transmitter: TransmitterKey,
 }
@@ -361,37 +376,108 @@ enum TransmitterKey {
     Ring { interface_index: u32 },
 }
 
-struct NewJob {
-    core: JobCore,
-    state: Arc<JobState>,
-    routes: [Option<Route>; 2],
+pub(crate) struct NewJob {
+    pub(crate) core: JobCore,
+    pub(crate) state: Arc<JobState>,
+    pub(crate) routes: [Option<Route>; 2],
 }
 
-enum Control {
+pub(crate) enum Control {
     Add(Box<NewJob>),
 }
 
 /// A job is split into at most one lane per this many probes (and at most one per sender).
 const MIN_PROBES_PER_LANE: u64 = 4096;
 
-struct Shared {
-    epoch: Instant,
+pub(crate) struct Shared {
+    pub(crate) epoch: Instant,
     /// The global rate cap, shared by the sender threads.
-    bucket: Mutex<TokenBucket>,
-    stop: AtomicBool,
-    jobs: RwLock<Arc<Vec<Arc<JobState>>>>,
-    receiver_batches: AtomicU64,
-    counters: Counters,
-    next_job_id: AtomicU64,
+    pub(crate) bucket: Mutex<TokenBucket>,
+    pub(crate) stop: AtomicBool,
+    pub(crate) jobs: RwLock<Arc<Vec<Arc<JobState>>>>,
+    pub(crate) receiver_batches: AtomicU64,
+    pub(crate) counters: Counters,
+    pub(crate) next_job_id: AtomicU64,
 }
 
 /// The running engine. Dropping it stops both threads and cancels all jobs.
 pub struct Engine {
     shared: Arc<Shared>,
     config: EngineConfig,
-    /// One control channel per sender thread.
+    mode: RunningMode,
+    max_inflight: usize,
+    /// One control channel per sender thread (or the one connect() thread).
     controls: Vec<Sender<Control>>,
+    /// Raw sockets kept for sending a job's first probe through the kernel, which makes it
+    /// resolve the next hop (opened at start, before privileges are dropped).
+    warm_up: Mutex<[Option<RawIpTransmitter>; 2]>,
     threads: Vec<JoinHandle<()>>,
+}
+
+/// The privileged sockets of the SYN mode, all opened before the privilege drop.
+struct RawSockets {
+    reply_socket: ReplySocket,
+    /// Per sender thread: its raw IP transmitters, and one packet socket per interface a TX
+    /// ring may be set up on later.
+    per_thread: Vec<(Transmitters, Vec<(u32, OwnedFd)>)>,
+    warm_up: [Option<RawIpTransmitter>; 2],
+}
+
+impl RawSockets {
+    fn open(config: &EngineConfig) -> Result<RawSockets, EngineError> {
+        let reply_socket = ReplySocket::open(config.source_ports, 64, config.receive_buffer, Duration::from_millis(20))
+            .map_err(socket_error)?;
+        let ring_interfaces =
+            if config.transmit == TransmitChoice::Sendmmsg { Vec::new() } else { route::ring_capable_interfaces() };
+        let mut per_thread = Vec::with_capacity(config.sender_threads);
+        for _ in 0..config.sender_threads {
+            let mut transmitters = Transmitters::default();
+            let raw_v4 = RawIpTransmitter::open(false, config.batch).map_err(socket_error)?;
+            transmitters.insert(TransmitterKey::Raw { ipv6: false }, Box::new(raw_v4));
+            // IPv6 may be disabled on the host; IPv6 jobs then fail at submission.
+            if let Ok(raw_v6) = RawIpTransmitter::open(true, config.batch) {
+                transmitters.insert(TransmitterKey::Raw { ipv6: true }, Box::new(raw_v6));
+            }
+            let mut packet_sockets = Vec::new();
+            for &interface_index in &ring_interfaces {
+                packet_sockets.push((interface_index, RingTransmitter::open_socket().map_err(socket_error)?));
+            }
+            per_thread.push((transmitters, packet_sockets));
+        }
+        let warm_up = [RawIpTransmitter::open(false, 1).ok(), RawIpTransmitter::open(true, 1).ok()];
+        Ok(RawSockets { reply_socket, per_thread, warm_up })
+    }
+}
+
+/// How the engine scans, as asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// SYN scans when the raw sockets can be opened, connect() scans otherwise.
+    #[default]
+    Auto,
+    /// SYN scans only; without `CAP_NET_RAW` the engine does not start.
+    Syn,
+    /// connect() scans, which need no privilege.
+    Connect,
+}
+
+/// How the engine actually scans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunningMode {
+    /// Raw SYN probes.
+    Syn,
+    /// Non-blocking connect() calls.
+    Connect,
+}
+
+impl RunningMode {
+    /// "syn" or "connect".
+    pub fn name(self) -> &'static str {
+        match self {
+            RunningMode::Syn => "syn",
+            RunningMode::Connect => "connect",
+        }
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -401,21 +487,37 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Opens the sockets and starts the sender and receiver threads.
+    /// Opens the sockets, drops every privilege (when `config.drop_privileges`), and starts the
+    /// threads. In [`Mode::Auto`] the mode is decided by trying to open the raw sockets.
     pub fn start(mut config: EngineConfig) -> Result<Engine, EngineError> {
         config.sender_threads = config.sender_threads.max(1);
-        let reply_socket = ReplySocket::open(config.source_ports, 64, config.receive_buffer, Duration::from_millis(20))
-            .map_err(socket_error)?;
-        let mut all_transmitters = Vec::with_capacity(config.sender_threads);
-        for _ in 0..config.sender_threads {
-            let mut transmitters = Transmitters::default();
-            let raw_v4 = RawIpTransmitter::open(false, config.batch).map_err(socket_error)?;
-            transmitters.insert(TransmitterKey::Raw { ipv6: false }, Box::new(raw_v4));
-            // IPv6 may be disabled on the host; IPv6 jobs then fail at submission.
-            if let Ok(raw_v6) = RawIpTransmitter::open(true, config.batch) {
-                transmitters.insert(TransmitterKey::Raw { ipv6: true }, Box::new(raw_v6));
+        let raw_sockets = match config.mode {
+            Mode::Connect => None,
+            Mode::Syn => Some(RawSockets::open(&config)?),
+            Mode::Auto => match RawSockets::open(&config) {
+                Ok(sockets) => Some(sockets),
+                Err(EngineError::NoPermission(error)) => {
+                    tracing::warn!(
+                        "no CAP_NET_RAW ({error}): using connect() scans, slower and visible in the targets' logs"
+                    );
+                    None
+                }
+                Err(other) => return Err(other),
+            },
+        };
+        let mode = if raw_sockets.is_some() { RunningMode::Syn } else { RunningMode::Connect };
+        // The connect() mode opens one descriptor per attempt in flight.
+        let max_inflight = match config.max_inflight {
+            Some(limit) => limit.max(1),
+            None if mode == RunningMode::Connect => connect::default_max_inflight(connect::raise_descriptor_limit()),
+            None => 0,
+        };
+        if config.drop_privileges {
+            // Every privileged socket is open; the threads started below begin with nothing.
+            let others = privileges::drop_all().map_err(|error| EngineError::Io(io::Error::other(error)))?;
+            if others > 0 {
+                tracing::debug!(others, "threads started before the engine keep their capabilities");
             }
-            all_transmitters.push(transmitters);
         }
         let shared = Arc::new(Shared {
             epoch: Instant::now(),
@@ -432,24 +534,62 @@ impl Engine {
         });
         let mut controls = Vec::new();
         let mut threads = Vec::new();
-        for (number, transmitters) in all_transmitters.into_iter().enumerate() {
-            let (control, control_receiver) = crossbeam_channel::unbounded();
-            let sender = SenderLoop {
-                shared: Arc::clone(&shared),
-                control: control_receiver,
-                transmitters,
-                batch: config.batch as u32,
-                jobs: Vec::new(),
-                finishing: Vec::new(),
-                next_job: 0,
-            };
-            controls.push(control);
-            threads
-                .push(std::thread::Builder::new().name(format!("synwatch-send-{number}")).spawn(move || sender.run())?);
-        }
-        let receiver = ReceiverLoop { shared: Arc::clone(&shared), socket: reply_socket, ports: config.source_ports };
-        threads.push(std::thread::Builder::new().name("synwatch-receive".into()).spawn(move || receiver.run())?);
-        Ok(Engine { shared, config, controls, threads })
+        let warm_up = match raw_sockets {
+            Some(RawSockets { reply_socket, per_thread, warm_up }) => {
+                for (number, (transmitters, packet_sockets)) in per_thread.into_iter().enumerate() {
+                    let (control, control_receiver) = crossbeam_channel::unbounded();
+                    let sender = SenderLoop {
+                        shared: Arc::clone(&shared),
+                        control: control_receiver,
+                        transmitters,
+                        packet_sockets,
+                        batch: config.batch as u32,
+                        jobs: Vec::new(),
+                        finishing: Vec::new(),
+                        next_job: 0,
+                    };
+                    controls.push(control);
+                    threads.push(
+                        std::thread::Builder::new()
+                            .name(format!("synwatch-send-{number}"))
+                            .spawn(move || sender.run())?,
+                    );
+                }
+                let receiver =
+                    ReceiverLoop { shared: Arc::clone(&shared), socket: reply_socket, ports: config.source_ports };
+                threads
+                    .push(std::thread::Builder::new().name("synwatch-receive".into()).spawn(move || receiver.run())?);
+                warm_up
+            }
+            None => {
+                // One connect() thread per sender thread asked for, sharing the in-flight limit.
+                let per_thread = max_inflight.div_ceil(config.sender_threads).max(1);
+                for number in 0..config.sender_threads {
+                    let (control, control_receiver) = crossbeam_channel::unbounded();
+                    let connect_loop =
+                        ConnectLoop::new(Arc::clone(&shared), control_receiver, per_thread, config.batch as u32)?;
+                    controls.push(control);
+                    threads.push(
+                        std::thread::Builder::new()
+                            .name(format!("synwatch-connect-{number}"))
+                            .spawn(move || connect_loop.run())?,
+                    );
+                }
+                Default::default()
+            }
+        };
+        tracing::info!(mode = mode.name(), max_inflight, "engine started");
+        Ok(Engine { shared, config, mode, max_inflight, controls, warm_up: Mutex::new(warm_up), threads })
+    }
+
+    /// The mode the engine runs in.
+    pub fn mode(&self) -> RunningMode {
+        self.mode
+    }
+
+    /// The connect() mode's limit of attempts in flight (0 in SYN mode).
+    pub fn max_inflight(&self) -> usize {
+        self.max_inflight
     }
 
     /// Engine-wide counters.
@@ -488,8 +628,13 @@ impl Engine {
             let source_override =
                 self.config.source_addresses.iter().copied().find(|address| address.is_ipv6() == ipv6);
             let path = route::resolve_path(first, self.config.interface.as_deref(), source_override)?;
-            let (route, kind) = self.choose_route(&path, (first, first_port), &cookie_key);
             sources[usize::from(ipv6)] = Some(path.source);
+            if self.mode == RunningMode::Connect {
+                // The kernel routes connect() calls itself; the path is only reported.
+                paths.push((path, "connect"));
+                continue;
+            }
+            let (route, kind) = self.choose_route(&path, (first, first_port), &cookie_key);
             routes[usize::from(ipv6)] = Some(route);
             paths.push((path, kind));
         }
@@ -564,7 +709,7 @@ impl Engine {
         } else {
             match (path.gateway, ipv6) {
                 (Some(IpAddr::V4(gateway)), false) => route::ipv4_neighbour(gateway, &path.interface).or_else(|| {
-                    warm_up_neighbour(path, first_probe, cookie_key);
+                    warm_up_neighbour(self.warm_up.lock()[0].as_mut(), path, first_probe, cookie_key);
                     (0..50).find_map(|_| {
                         std::thread::sleep(Duration::from_millis(10));
                         route::ipv4_neighbour(gateway, &path.interface)
@@ -597,8 +742,13 @@ impl Engine {
 /// Sends the job's first probe through the kernel so that it resolves the next hop. It is the
 /// same (address, port, cookie) the schedule will send, so it probes nothing the user did not
 /// ask for; its reply validates like any other once the job is registered.
-fn warm_up_neighbour(path: &Path, (target, port): (IpAddr, u16), cookie_key: &CookieKey) {
-    let Ok(mut transmitter) = RawIpTransmitter::open(target.is_ipv6(), 1) else {
+fn warm_up_neighbour(
+    transmitter: Option<&mut RawIpTransmitter>,
+    path: &Path,
+    (target, port): (IpAddr, u16),
+    cookie_key: &CookieKey,
+) {
+    let Some(transmitter) = transmitter else {
         return;
     };
     let template = SynTemplate::for_address(target, LinkLayer::None);
@@ -676,6 +826,8 @@ struct SenderLoop {
     shared: Arc<Shared>,
     control: Receiver<Control>,
     transmitters: Transmitters,
+    /// Packet sockets opened at start, one per interface, waiting to carry a TX ring.
+    packet_sockets: Vec<(u32, OwnedFd)>,
     batch: u32,
     jobs: Vec<ActiveJob>,
     /// Finished jobs waiting for the receiver to move past them: (job, summary, batch count).
@@ -758,7 +910,14 @@ impl SenderLoop {
                     if let TransmitterKey::Ring { interface_index } = route.transmitter
                         && !self.transmitters.contains_key(&route.transmitter)
                     {
-                        match RingTransmitter::open(interface_index, 8192) {
+                        let opened = match self.packet_sockets.iter().position(|(index, _)| *index == interface_index) {
+                            Some(position) => {
+                                let (_, socket) = self.packet_sockets.swap_remove(position);
+                                RingTransmitter::on_socket(socket, interface_index, 8192)
+                            }
+                            None => Err(io::Error::other("the interface appeared after the engine started")),
+                        };
+                        match opened {
                             Ok(ring) => {
                                 self.transmitters.insert(route.transmitter, Box::new(ring));
                             }
@@ -890,7 +1049,6 @@ impl SenderLoop {
     /// Moves jobs that are over (or cancelled) out of the schedule and the receiver's list.
     fn retire_finished_jobs(&mut self, now: Duration) {
         let mut index = 0;
-        let mut removed = false;
         while index < self.jobs.len() {
             let job = &mut self.jobs[index];
             if job.state.cancel.load(Ordering::Acquire) {
@@ -906,35 +1064,15 @@ impl SenderLoop {
                     if job.unpublished_sent > 0 {
                         job.state.probes_sent.fetch_add(job.unpublished_sent, Ordering::Relaxed);
                     }
-                    let reason = {
-                        let mut combined = job.state.reason.lock();
-                        let reason = combine_reasons(*combined, reason);
-                        *combined = Some(reason);
-                        reason
-                    };
-                    // Only the sender that ends a job's last lane retires the job.
-                    if job.state.lanes_left.fetch_sub(1, Ordering::AcqRel) == 1 {
-                        let summary = JobSummary {
-                            reason,
-                            probes_sent: job.state.probes_sent.load(Ordering::Relaxed),
-                            duration: job.state.submitted.elapsed(),
-                        };
+                    // Only the sender that ends a job's last lane retires the job; it is reported
+                    // finished once the receiver is past it.
+                    if let Some(summary) = lane_finished(&self.shared, &job.state, reason) {
                         let batches = self.shared.receiver_batches.load(Ordering::Acquire);
                         self.finishing.push((job.state, summary, batches));
-                        removed = true;
                     }
                 }
                 None => index += 1,
             }
-        }
-        if removed {
-            let mut jobs = self.shared.jobs.write();
-            let list: Vec<Arc<JobState>> = jobs
-                .iter()
-                .filter(|state| !self.finishing.iter().any(|(finished, _, _)| Arc::ptr_eq(finished, state)))
-                .cloned()
-                .collect();
-            *jobs = Arc::new(list);
         }
     }
 
@@ -952,6 +1090,30 @@ impl SenderLoop {
     }
 }
 
+/// Records that one lane of a job ended for `reason`. When it was the job's last lane, removes
+/// the job from the receiver's list and returns the job's summary (the caller reports it).
+pub(crate) fn lane_finished(shared: &Shared, state: &Arc<JobState>, reason: FinishReason) -> Option<JobSummary> {
+    let reason = {
+        let mut combined = state.reason.lock();
+        let reason = combine_reasons(*combined, reason);
+        *combined = Some(reason);
+        reason
+    };
+    if state.lanes_left.fetch_sub(1, Ordering::AcqRel) != 1 {
+        return None;
+    }
+    {
+        let mut jobs = shared.jobs.write();
+        let list: Vec<Arc<JobState>> = jobs.iter().filter(|job| !Arc::ptr_eq(job, state)).cloned().collect();
+        *jobs = Arc::new(list);
+    }
+    Some(JobSummary {
+        reason,
+        probes_sent: state.probes_sent.load(Ordering::Relaxed),
+        duration: state.submitted.elapsed(),
+    })
+}
+
 /// A job's end reason from its lanes' reasons: the most telling one wins (cancelled, then
 /// deadline, then a wait that ran out; "all answered" only if every lane says so).
 fn combine_reasons(so_far: Option<FinishReason>, lane: FinishReason) -> FinishReason {
@@ -967,7 +1129,7 @@ fn combine_reasons(so_far: Option<FinishReason>, lane: FinishReason) -> FinishRe
     }
 }
 
-fn finish(state: &JobState, summary: JobSummary) {
+pub(crate) fn finish(state: &JobState, summary: JobSummary) {
     *state.summary.lock() = Some(summary);
     state.finished.notify_all();
 }

@@ -7,16 +7,20 @@
 //! * [`sys`]: the few raw Linux calls (sendmmsg, recvmmsg, TX ring, BPF, packet statistics).
 //! * [`transmit`]: batched transmitters (raw IP + sendmmsg, AF_PACKET TX ring).
 //! * [`receive`]: the kernel-filtered reply socket.
-//! * [`engine`]: the long-lived sender/receiver pair that runs many jobs at once.
+//! * [`engine`]: the long-lived sender/receiver threads that run many jobs at once.
+//! * [`connect`]: the connect() scanner the engine falls back to without `CAP_NET_RAW`.
+//! * [`privileges`]: capability sets, and dropping them once the sockets are open.
 
+pub mod connect;
 pub mod engine;
+pub mod privileges;
 pub mod receive;
 pub mod route;
 pub mod sys;
 pub mod transmit;
 
 pub use engine::{
-    CounterSnapshot, Engine, EngineConfig, EngineError, JobHandle, JobRequest, JobSummary, ProbeResult, Progress,
-    TransmitChoice,
+    CounterSnapshot, Engine, EngineConfig, EngineError, JobHandle, JobRequest, JobSummary, Mode, ProbeResult, Progress,
+    RunningMode, TransmitChoice,
 };
 pub use route::Path;

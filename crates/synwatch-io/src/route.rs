@@ -111,6 +111,26 @@ pub fn kernel_source_for(target: IpAddr) -> io::Result<IpAddr> {
     Ok(socket.local_addr()?.ip())
 }
 
+/// The indices of the interfaces a TX ring may be needed on: every non-loopback interface with
+/// a hardware address and an IPv4 address. The engine opens one packet socket per such
+/// interface at start, while it still holds `CAP_NET_RAW`.
+pub fn ring_capable_interfaces() -> Vec<u32> {
+    let mut indices: Vec<u32> = list_interfaces()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|interface| {
+            !interface.is_loopback
+                && interface.index != 0
+                && interface.mac != [0; 6]
+                && interface.addresses.iter().any(IpAddr::is_ipv4)
+        })
+        .map(|interface| interface.index)
+        .collect();
+    indices.sort_unstable();
+    indices.dedup();
+    indices
+}
+
 #[derive(Debug, Clone)]
 struct Interface {
     name: String,

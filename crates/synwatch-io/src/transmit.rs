@@ -179,11 +179,24 @@ unsafe impl Send for RingTransmitter {}
 impl RingTransmitter {
     /// Opens a TX ring of about `frame_count` frames on interface `interface_index`.
     pub fn open(interface_index: u32, frame_count: usize) -> io::Result<RingTransmitter> {
+        RingTransmitter::on_socket(RingTransmitter::open_socket()?, interface_index, frame_count)
+    }
+
+    /// Opens the packet socket a ring is later set up on. This is the only step that needs
+    /// `CAP_NET_RAW`: the engine opens these sockets at start, before it drops its privileges,
+    /// and [`RingTransmitter::on_socket`] configures one when a job first needs it.
+    pub fn open_socket() -> io::Result<OwnedFd> {
         // Protocol 0: this socket transmits only and receives nothing.
         // SAFETY: plain socket(2) call; the result is checked and owned below.
         let raw = sys::check(unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) })?;
         // SAFETY: `raw` is a fresh descriptor owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    }
+
+    /// Sets up a TX ring of about `frame_count` frames on a socket from
+    /// [`RingTransmitter::open_socket`] and binds it to interface `interface_index`. Needs no
+    /// privilege.
+    pub fn on_socket(fd: OwnedFd, interface_index: u32, frame_count: usize) -> io::Result<RingTransmitter> {
         sys::set_int_option(
             fd.as_raw_fd(),
             libc::SOL_PACKET,

@@ -10,6 +10,9 @@
 //!                                              ranges (ICMP admin-prohibited), random loss
 //! ```
 //!
+//! The listeners accept and close every connection at once (one thread polls them all), so a
+//! connect() scan never fills their accept queues.
+//!
 //! Only the benchmarking ranges 198.18.0.0/15 and 2001:2::/48 are used, and neither namespace
 //! has any link to the host's own namespace, so nothing a test sends can leave the lab.
 //!
@@ -24,7 +27,9 @@ use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use ipnetwork::IpNetwork;
 use nix::sched::{CloneFlags, setns};
@@ -105,7 +110,43 @@ pub struct Lab {
     target: String,
     scanner_link: String,
     target_link: String,
-    listeners: Vec<(SocketAddr, Socket)>,
+    /// Listening sockets, shared with the thread that drains their accept queues.
+    listeners: Arc<Mutex<Vec<(SocketAddr, Socket)>>>,
+    /// The accept-queue drainer: its stop flag and thread.
+    drainer: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+}
+
+/// Accepts and closes at once every connection on the listeners, until `stop`. Without it a
+/// connect() scan fills the accept queues (a completed handshake waits there even after the
+/// scanner's RST), and later handshakes to the same listener fail.
+fn drain_accept_queues(listeners: Arc<Mutex<Vec<(SocketAddr, Socket)>>>, stop: Arc<AtomicBool>) {
+    use std::os::fd::AsFd;
+
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    while !stop.load(Ordering::Acquire) {
+        let guard = listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if guard.is_empty() {
+            drop(guard);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            continue;
+        }
+        let mut descriptors: Vec<PollFd<'_>> =
+            guard.iter().map(|(_, socket)| PollFd::new(socket.as_fd(), PollFlags::POLLIN)).collect();
+        let ready = poll(&mut descriptors, PollTimeout::from(20u8)).unwrap_or(0);
+        if ready > 0 {
+            let readable: Vec<bool> = descriptors
+                .iter()
+                .map(|descriptor| descriptor.revents().is_some_and(|events| events.contains(PollFlags::POLLIN)))
+                .collect();
+            for ((_, socket), readable) in guard.iter().zip(readable) {
+                // Non-blocking: accept until the queue is empty; dropping closes each connection.
+                while readable && socket.accept().is_ok() {}
+            }
+        }
+        drop(guard);
+        // Let `listen` and `close_listener` take the lock between rounds.
+        std::thread::yield_now();
+    }
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -170,7 +211,17 @@ impl Lab {
         // Interface names are limited to 15 characters.
         let scanner_link = format!("sw{:x}{number}s", pid % 0xfffff);
         let target_link = format!("sw{:x}{number}t", pid % 0xfffff);
-        let mut lab = Lab { config, scanner, target, scanner_link, target_link, listeners: Vec::new() };
+        let listeners = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let drainer = {
+            let (listeners, stop) = (Arc::clone(&listeners), Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name("lab-accept".into())
+                .spawn(move || drain_accept_queues(listeners, stop))
+                .map_err(|error| LabError(format!("starting the accept thread: {error}")))?
+        };
+        let mut lab =
+            Lab { config, scanner, target, scanner_link, target_link, listeners, drainer: Some((stop, drainer)) };
         ip(&["netns", "add", &lab.scanner])?;
         ip(&["netns", "add", &lab.target])?;
         lab.set_up()?;
@@ -312,19 +363,21 @@ impl Lab {
             }
             socket.bind(&address.into())?;
             socket.listen(65535)?;
+            socket.set_nonblocking(true)?;
             Ok(socket)
         })
         .and_then(|socket| socket)
         .map_err(|error| LabError(format!("listening on {address}: {error}")))?;
-        self.listeners.push((address, socket));
+        self.listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((address, socket));
         Ok(())
     }
 
     /// Closes the listener on `address`; returns whether there was one.
     pub fn close_listener(&mut self, address: SocketAddr) -> bool {
-        let before = self.listeners.len();
-        self.listeners.retain(|(listening, _)| *listening != address);
-        before != self.listeners.len()
+        let mut listeners = self.listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = listeners.len();
+        listeners.retain(|(listening, _)| *listening != address);
+        before != listeners.len()
     }
 
     /// What a probe to `address:port` should find.
@@ -342,7 +395,8 @@ impl Lab {
                 && (listening.ip() == address
                     || (listening.ip().is_unspecified() && listening.is_ipv6() == address.is_ipv6()))
         };
-        if self.listeners.iter().any(|(listening, _)| listens(listening)) { Expected::Open } else { Expected::Closed }
+        let listeners = self.listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if listeners.iter().any(|(listening, _)| listens(listening)) { Expected::Open } else { Expected::Closed }
     }
 
     /// Ground truth for every address of `ranges` × `ports`: the set of (address, port, state).
@@ -361,7 +415,11 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        self.listeners.clear();
+        if let Some((stop, drainer)) = self.drainer.take() {
+            stop.store(true, Ordering::Release);
+            let _ = drainer.join();
+        }
+        self.listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
         // Deleting a namespace deletes its end of the veth pair, which deletes the other end.
         let _ = ip(&["netns", "del", &self.scanner]);
         let _ = ip(&["netns", "del", &self.target]);

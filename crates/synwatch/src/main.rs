@@ -1,10 +1,12 @@
 //! The `synwatch` command: a thin front over the engine crates.
 //!
 //! * `synwatch scan`: a one-shot scan with results on stdout (see [`scan`]).
+//! * `synwatch doctor`: what the host allows and which mode a scan would use (see [`doctor`]).
 //!
 //! Exit codes: 0 success, 1 runtime error (for example no permission for raw sockets),
 //! 2 bad usage (clap's own errors and our validation of its values).
 
+mod doctor;
 mod output;
 mod scan;
 
@@ -24,6 +26,8 @@ struct Cli {
 enum Command {
     /// Scan targets once and print open / closed / filtered ports.
     Scan(Box<scan::ScanArgs>),
+    /// Show capabilities, sockets, paths and limits, the mode a scan would run in, and what to change.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// An error in the user's input (exit 2) rather than at run time (exit 1).
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Scan(args) => scan::run(*args),
+        Command::Doctor(args) => doctor::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,5 @@
 //! Command-line behaviour: usage errors exit 2 with a reason, missing privileges exit 1 and name
-//! the ways out. Only loopback and the documentation ranges appear as targets here, and the
+//! the ways out (or, in auto mode, fall back to connect()), `doctor` says what to change. Only loopback and the documentation ranges appear as targets here, and the
 //! usage errors are caught before any socket is opened.
 
 use std::process::{Command, Output};
@@ -43,27 +43,70 @@ fn target_files_report_the_bad_line() {
     let _ = std::fs::remove_file(&path);
 }
 
-#[test]
-fn without_cap_net_raw_scan_exits_1_and_names_the_ways_out() {
-    let output = if nix_is_root() {
-        // Drop to nobody with no capabilities at all.
-        let Ok(output) = Command::new("setpriv")
+/// Runs synwatch without CAP_NET_RAW: as nobody with no capabilities when we are root, as
+/// ourselves otherwise.
+fn unprivileged(arguments: &[&str]) -> Output {
+    if nix_is_root() {
+        Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--"])
             .arg(synwatch())
-            .args(["scan", "127.0.0.1", "-p", "9"])
+            .args(arguments)
             .output()
-        else {
-            panic!("setpriv (util-linux) is needed to run this test as root");
-        };
-        output
+            .expect("setpriv (util-linux) is needed to run this test as root")
     } else {
-        scan(&["127.0.0.1", "-p", "9"])
-    };
+        Command::new(synwatch()).args(arguments).output().expect("running synwatch")
+    }
+}
+
+#[test]
+fn issue_3_mode_syn_without_cap_net_raw_exits_1_and_names_the_ways_out() {
+    let output = unprivileged(&["scan", "127.0.0.1", "-p", "9", "--mode", "syn"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("CAP_NET_RAW"), "{stderr}");
-    assert!(stderr.contains("setcap cap_net_raw+ep"), "{stderr}");
-    assert!(stderr.contains("--mode connect"), "{stderr}");
+    for needle in ["CAP_NET_RAW", "setcap cap_net_raw+ep", "AmbientCapabilities=CAP_NET_RAW", "--mode connect"] {
+        assert!(stderr.contains(needle), "{stderr:?} does not mention {needle:?}");
+    }
+}
+
+#[test]
+fn issue_3_auto_mode_without_cap_net_raw_falls_back_to_connect_on_loopback() {
+    let listener_v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener_v6 = std::net::TcpListener::bind("[::1]:0").unwrap();
+    let open_v4 = listener_v4.local_addr().unwrap().port();
+    let open_v6 = listener_v6.local_addr().unwrap().port();
+    // A port that was free a moment ago: closed unless something grabs it meanwhile.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let ports = format!("{open_v4},{open_v6},{closed}");
+    let output = unprivileged(&["scan", "127.0.0.1", "::1", "-p", &ports, "--states", "all", "--format", "jsonl"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("no CAP_NET_RAW"), "the fallback is not announced: {stderr}");
+    assert!(stderr.contains("using connect() scans"), "{stderr}");
+    assert!(stderr.contains("(connect mode)"), "{stderr}");
+    let found = crate::helpers::parse_jsonl(&output);
+    let v4: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let v6: std::net::IpAddr = "::1".parse().unwrap();
+    assert_eq!(found.len(), 6, "{found:?}");
+    assert!(found.contains(&(v4, open_v4, synwatch_lab::Expected::Open)), "{found:?}");
+    assert!(found.contains(&(v6, open_v6, synwatch_lab::Expected::Open)), "{found:?}");
+    assert!(found.contains(&(v4, closed, synwatch_lab::Expected::Closed)), "{found:?}");
+    drop((listener_v4, listener_v6));
+}
+
+#[test]
+fn issue_3_doctor_reports_the_mode_and_what_to_change() {
+    let output = unprivileged(&["doctor"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    for needle in ["raw IP socket:   no", "mode (auto):     connect", "setcap cap_net_raw+ep", "RLIMIT_NOFILE:", "lo"] {
+        assert!(stdout.contains(needle), "{stdout:?} does not mention {needle:?}");
+    }
+    if nix_is_root() {
+        let output = Command::new(synwatch()).arg("doctor").output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains("mode (auto):     syn"), "{stdout}");
+        assert!(stdout.contains("nothing to change") || !stdout.contains("setcap"), "{stdout}");
+    }
 }
 
 fn nix_is_root() -> bool {

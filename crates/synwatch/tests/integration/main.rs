@@ -2,5 +2,6 @@
 //! [`helpers`], one module per area.
 
 mod cli;
+mod connect_mode;
 mod helpers;
 mod lab_scan;

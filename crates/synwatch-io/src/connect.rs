@@ -1,0 +1,481 @@
+//! The connect() scanner: the engine's fallback when raw sockets are not allowed.
+//!
+//! One thread runs non-blocking `connect()` calls (socket2) and waits for their outcome with
+//! epoll (nix). It is driven by the same [`JobCore`] schedules as the SYN sender (permutation,
+//! shards, rounds, retries, wait, deadline, cancel), takes its tokens from the same global
+//! bucket and records into the same lock-free state table, so a job's results do not depend on
+//! the mode that ran it.
+//!
+//! * An attempt that connects means open; the socket is closed at once with `SO_LINGER` 0, so
+//!   the kernel answers with a RST and no connection lingers in TIME_WAIT on either side.
+//! * `ECONNREFUSED` means closed; `EHOSTUNREACH`, `ENETUNREACH` (an ICMP error, or no route) and
+//!   `EACCES`/`EPERM` (a local firewall) mean filtered, the reason logged at debug level.
+//! * An attempt with no outcome after the job's attempt timeout (the smaller of `retry_gap` and
+//!   `wait`, so every attempt of a round is over before the next round re-sends) is abandoned:
+//!   the probe stays unknown, is retried in the next round, and is filtered in the end.
+//! * At most `max_inflight` attempts are open at once. `EMFILE`, `ENFILE`, `ENOBUFS` and
+//!   `EADDRNOTAVAIL` (no free descriptor, buffer or local port) keep the probe and pause opening
+//!   until an attempt completes: they slow the scan down and never lose a probe.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use synwatch_engine::job::FinishReason;
+use synwatch_engine::{JobCore, NextStep, PortState, Probe, RecordOutcome};
+
+use crate::engine::{Control, JobState, NewJob, ProbeResult, Shared, finish, lane_finished};
+
+/// The default in-flight limit for a descriptor limit of `nofile`: three quarters of what is
+/// left after a margin of 64 descriptors for everything else, between 8 and 16,384.
+pub fn default_max_inflight(nofile: u64) -> usize {
+    (nofile.saturating_sub(64) * 3 / 4).clamp(8, 16_384) as usize
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the new soft limit.
+pub fn raise_descriptor_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                hard
+            } else {
+                soft
+            }
+        }
+        Err(_) => 1024,
+    }
+}
+
+/// What an error of `connect()` (immediate or from `SO_ERROR`) says about the port.
+fn classify_error(error: &io::Error) -> Outcome {
+    match error.raw_os_error() {
+        Some(libc::ECONNREFUSED) => Outcome::Answer(PortState::Closed, "connection refused"),
+        Some(libc::EHOSTUNREACH) => Outcome::Answer(PortState::Filtered, "host unreachable"),
+        Some(libc::ENETUNREACH) => Outcome::Answer(PortState::Filtered, "network unreachable"),
+        Some(libc::EACCES | libc::EPERM) => Outcome::Answer(PortState::Filtered, "refused by a local firewall"),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::EADDRNOTAVAIL | libc::EAGAIN) => Outcome::Pressure,
+        _ => Outcome::NoAnswer,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// The port's state is known.
+    Answer(PortState, &'static str),
+    /// In progress: wait for epoll.
+    Pending,
+    /// No answer from this attempt (timeout or an unexpected error): the probe stays unknown.
+    NoAnswer,
+    /// Out of descriptors, buffers or ports: keep the probe and try again later.
+    Pressure,
+}
+
+struct Attempt {
+    socket: Socket,
+    state: Arc<JobState>,
+    index: u64,
+    address: IpAddr,
+    port: u16,
+    started: Duration,
+    generation: u64,
+}
+
+struct ConnectJob {
+    core: Box<JobCore>,
+    state: Arc<JobState>,
+    carried: Option<Probe>,
+    wake_at: Duration,
+    unpublished_sent: u64,
+    attempt_timeout: Duration,
+}
+
+/// The connect() thread's state.
+pub(crate) struct ConnectLoop {
+    shared: Arc<Shared>,
+    control: Receiver<Control>,
+    epoll: Epoll,
+    max_inflight: usize,
+    batch: u32,
+    jobs: Vec<ConnectJob>,
+    next_job: usize,
+    slots: Vec<Option<Attempt>>,
+    free_slots: Vec<usize>,
+    inflight: usize,
+    /// (deadline, slot, generation), earliest first; stale entries are skipped.
+    timeouts: BinaryHeap<Reverse<(Duration, usize, u64)>>,
+    next_generation: u64,
+    /// Set by descriptor or port exhaustion; cleared when an attempt completes.
+    under_pressure: bool,
+}
+
+impl ConnectLoop {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        control: Receiver<Control>,
+        max_inflight: usize,
+        batch: u32,
+    ) -> io::Result<ConnectLoop> {
+        Ok(ConnectLoop {
+            shared,
+            control,
+            epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io::Error::from)?,
+            max_inflight: max_inflight.max(1),
+            batch,
+            jobs: Vec::new(),
+            next_job: 0,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            inflight: 0,
+            timeouts: BinaryHeap::new(),
+            next_generation: 0,
+            under_pressure: false,
+        })
+    }
+
+    pub(crate) fn run(mut self) {
+        let mut events = vec![EpollEvent::empty(); 1024];
+        while !self.shared.stop.load(Ordering::Acquire) {
+            while let Ok(message) = self.control.try_recv() {
+                self.handle(message);
+            }
+            let now = self.shared.epoch.elapsed();
+            self.expire(now);
+            self.retire_finished_jobs(now);
+            if self.jobs.is_empty() {
+                match self.control.recv_timeout(Duration::from_millis(50)) {
+                    Ok(message) => self.handle(message),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+                continue;
+            }
+            let room = self.max_inflight.saturating_sub(self.inflight) as u32;
+            let want = if self.under_pressure { 0 } else { room.min(self.batch) };
+            let tokens = if want > 0 { self.shared.bucket.lock().take(now, want) } else { 0 };
+            let used = if tokens > 0 { self.fill(now, tokens) } else { 0 };
+            if tokens > used {
+                self.shared.bucket.lock().give_back(tokens - used);
+            }
+            self.publish_progress();
+            // Wait for outcomes; not at all if there is more to send right away.
+            let wait =
+                if used > 0 && used == tokens && !self.under_pressure { Duration::ZERO } else { self.idle_wait(now) };
+            let ready = self
+                .epoll
+                .wait(&mut events, EpollTimeout::from(wait.as_millis().min(u128::from(u16::MAX)) as u16))
+                .unwrap_or(0);
+            let now = self.shared.epoch.elapsed();
+            for event in &events[..ready] {
+                self.complete(event.data() as usize, now);
+            }
+        }
+        for job in &mut self.jobs {
+            job.core.cancel();
+        }
+        let now = self.shared.epoch.elapsed();
+        self.retire_finished_jobs(now);
+    }
+
+    fn handle(&mut self, message: Control) {
+        let Control::Add(new_job) = message;
+        let NewJob { core, state, .. } = *new_job;
+        let settings = state.settings;
+        let attempt_timeout = settings.retry_gap.min(settings.wait).max(Duration::from_millis(100));
+        self.jobs.push(ConnectJob {
+            core: Box::new(core),
+            state,
+            carried: None,
+            wake_at: Duration::ZERO,
+            unpublished_sent: 0,
+            attempt_timeout,
+        });
+    }
+
+    /// How long to sleep in epoll when nothing can be sent now: until an attempt completes
+    /// (epoll wakes for that), the next token when a job has a probe ready, a job's next
+    /// round, or an attempt's timeout, at most 5 ms.
+    fn idle_wait(&self, now: Duration) -> Duration {
+        let mut wait = Duration::from_millis(5);
+        if let Some(Reverse((deadline, _, _))) = self.timeouts.peek() {
+            wait = wait.min(deadline.saturating_sub(now));
+        }
+        let can_open = !self.under_pressure && self.inflight < self.max_inflight;
+        if can_open {
+            if self.jobs.iter().any(|job| job.wake_at <= now) {
+                wait = wait.min(self.shared.bucket.lock().time_until_token(now));
+            }
+            if let Some(wake) = self.jobs.iter().map(|job| job.wake_at).filter(|&wake| wake > now).min() {
+                wait = wait.min(wake - now);
+            }
+        }
+        // epoll counts in whole milliseconds: round up so a short wait is not a busy loop.
+        wait.max(Duration::from_millis(1))
+    }
+
+    /// Starts up to `tokens` attempts, round-robin over jobs. Returns how many tokens were used.
+    fn fill(&mut self, now: Duration, tokens: u32) -> u32 {
+        let mut used = 0;
+        let mut idle_passes = 0;
+        let job_count = self.jobs.len();
+        while used < tokens && idle_passes < job_count && !self.under_pressure && self.inflight < self.max_inflight {
+            let position = self.next_job % job_count;
+            self.next_job = self.next_job.wrapping_add(1);
+            let job = &mut self.jobs[position];
+            if job.wake_at > now {
+                idle_passes += 1;
+                continue;
+            }
+            let probe = match job.carried.take() {
+                Some(probe) => probe,
+                None => match job.core.next_step(now) {
+                    NextStep::Send(probe) => probe,
+                    NextStep::WaitUntil(time) => {
+                        job.wake_at = time;
+                        idle_passes += 1;
+                        continue;
+                    }
+                    NextStep::Done(_) => {
+                        idle_passes += 1;
+                        continue;
+                    }
+                },
+            };
+            idle_passes = 0;
+            let state = Arc::clone(&job.state);
+            let timeout = job.attempt_timeout;
+            match self.start_attempt(state, &probe, now, timeout) {
+                Outcome::Pressure => {
+                    self.jobs[position].carried = Some(probe);
+                    self.under_pressure = true;
+                    self.shared.counters.send_backpressure.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                _ => {
+                    used += 1;
+                    self.jobs[position].unpublished_sent += 1;
+                }
+            }
+        }
+        used
+    }
+
+    fn start_attempt(&mut self, state: Arc<JobState>, probe: &Probe, now: Duration, timeout: Duration) -> Outcome {
+        let counters = &self.shared.counters;
+        let target = SocketAddr::new(probe.address, probe.port);
+        let socket =
+            match Socket::new(Domain::for_address(target), Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP)) {
+                Ok(socket) => socket,
+                Err(error) => {
+                    let outcome = classify_error(&error);
+                    if outcome != Outcome::Pressure {
+                        counters.send_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%error, "cannot create a TCP socket");
+                    }
+                    return if outcome == Outcome::Pressure { Outcome::Pressure } else { Outcome::NoAnswer };
+                }
+            };
+        // With a zero linger time, closing sends a RST: no TIME_WAIT on either side.
+        let _ = socket.set_linger(Some(Duration::ZERO));
+        let outcome = match socket.connect(&SockAddr::from(target)) {
+            Ok(()) => Outcome::Answer(PortState::Open, "connected"),
+            Err(error) if error.raw_os_error() == Some(libc::EINPROGRESS) => Outcome::Pending,
+            Err(error) => classify_error(&error),
+        };
+        match outcome {
+            Outcome::Pressure => return Outcome::Pressure,
+            Outcome::Pending => {}
+            Outcome::Answer(port_state, reason) => {
+                counters.packets_sent.fetch_add(1, Ordering::Relaxed);
+                record(
+                    &self.shared,
+                    &state,
+                    probe.index,
+                    probe.address,
+                    probe.port,
+                    port_state,
+                    reason,
+                    Duration::ZERO,
+                );
+                return outcome;
+            }
+            Outcome::NoAnswer => {
+                counters.packets_sent.fetch_add(1, Ordering::Relaxed);
+                return outcome;
+            }
+        }
+        let slot = self.free_slots.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        if let Err(error) = self.epoll.add(&socket, EpollEvent::new(EpollFlags::EPOLLOUT, slot as u64)) {
+            self.free_slots.push(slot);
+            let error = io::Error::from(error);
+            let outcome = classify_error(&error);
+            if outcome != Outcome::Pressure {
+                counters.send_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            return if outcome == Outcome::Pressure { Outcome::Pressure } else { Outcome::NoAnswer };
+        }
+        counters.packets_sent.fetch_add(1, Ordering::Relaxed);
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        self.timeouts.push(Reverse((now + timeout, slot, generation)));
+        self.slots[slot] = Some(Attempt {
+            socket,
+            state,
+            index: probe.index,
+            address: probe.address,
+            port: probe.port,
+            started: now,
+            generation,
+        });
+        self.inflight += 1;
+        Outcome::Pending
+    }
+
+    /// Takes an attempt out of its slot (closing happens when it is dropped).
+    fn take_slot(&mut self, slot: usize) -> Option<Attempt> {
+        let attempt = self.slots.get_mut(slot)?.take()?;
+        self.free_slots.push(slot);
+        self.inflight -= 1;
+        self.under_pressure = false;
+        Some(attempt)
+    }
+
+    /// An epoll event: the connect finished one way or the other.
+    fn complete(&mut self, slot: usize, now: Duration) {
+        let Some(attempt) = self.take_slot(slot) else {
+            return;
+        };
+        let outcome = match attempt.socket.take_error() {
+            Ok(None) => Outcome::Answer(PortState::Open, "connected"),
+            Ok(Some(error)) | Err(error) => classify_error(&error),
+        };
+        if let Outcome::Answer(port_state, reason) = outcome {
+            let rtt = now.saturating_sub(attempt.started);
+            record(&self.shared, &attempt.state, attempt.index, attempt.address, attempt.port, port_state, reason, rtt);
+        }
+    }
+
+    /// Abandons attempts whose time is up; their probes stay unknown.
+    fn expire(&mut self, now: Duration) {
+        while let Some(Reverse((deadline, slot, generation))) = self.timeouts.peek().copied() {
+            if deadline > now {
+                break;
+            }
+            self.timeouts.pop();
+            if self.slots.get(slot).and_then(Option::as_ref).is_some_and(|attempt| attempt.generation == generation) {
+                self.take_slot(slot);
+            }
+        }
+    }
+
+    fn publish_progress(&mut self) {
+        for job in &mut self.jobs {
+            if job.unpublished_sent > 0 {
+                job.state.probes_sent.fetch_add(job.unpublished_sent, Ordering::Relaxed);
+                job.state.round.fetch_max(job.core.round(), Ordering::Relaxed);
+                job.unpublished_sent = 0;
+            }
+        }
+    }
+
+    fn retire_finished_jobs(&mut self, now: Duration) {
+        let mut index = 0;
+        while index < self.jobs.len() {
+            let job = &mut self.jobs[index];
+            if job.state.cancel.load(Ordering::Acquire) {
+                job.core.cancel();
+            }
+            let cancelled = job.core.finished() == Some(FinishReason::Cancelled);
+            let reason = if job.carried.is_some() && !cancelled { None } else { job.core.check_finished(now) };
+            let Some(reason) = reason else {
+                index += 1;
+                continue;
+            };
+            let job = self.jobs.swap_remove(index);
+            // Attempts still open for this job are abandoned (their probes stay unknown).
+            for slot in 0..self.slots.len() {
+                if self.slots[slot].as_ref().is_some_and(|attempt| Arc::ptr_eq(&attempt.state, &job.state)) {
+                    self.take_slot(slot);
+                }
+            }
+            if job.unpublished_sent > 0 {
+                job.state.probes_sent.fetch_add(job.unpublished_sent, Ordering::Relaxed);
+            }
+            // Results are recorded on this thread, so once the job is out of the list nothing
+            // more can arrive for it and it is reported finished at once.
+            if let Some(summary) = lane_finished(&self.shared, &job.state, reason) {
+                finish(&job.state, summary);
+            }
+        }
+    }
+}
+
+/// Records an outcome in the job's table and streams it.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    shared: &Shared,
+    state: &JobState,
+    index: u64,
+    address: IpAddr,
+    port: u16,
+    port_state: PortState,
+    reason: &'static str,
+    rtt: Duration,
+) {
+    let counters = &shared.counters;
+    if state.matcher.table().record(index, port_state) == RecordOutcome::Duplicate {
+        counters.replies_duplicate.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let counter = match port_state {
+        PortState::Open => &counters.replies_open,
+        PortState::Closed => &counters.replies_closed,
+        _ => &counters.replies_filtered,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    if port_state == PortState::Filtered {
+        tracing::debug!(%address, port, reason, "filtered");
+    }
+    if let Some(results) = &state.results {
+        let _ = results.send(ProbeResult { index, address, port, state: port_state, rtt: Some(rtt) });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_classify_as_the_issue_says() {
+        let state = |errno| match classify_error(&io::Error::from_raw_os_error(errno)) {
+            Outcome::Answer(state, _) => Some(state),
+            _ => None,
+        };
+        assert_eq!(state(libc::ECONNREFUSED), Some(PortState::Closed));
+        for errno in [libc::EHOSTUNREACH, libc::ENETUNREACH, libc::EACCES, libc::EPERM] {
+            assert_eq!(state(errno), Some(PortState::Filtered), "errno {errno}");
+        }
+        assert_eq!(state(libc::ETIMEDOUT), None);
+        for errno in [libc::EMFILE, libc::ENFILE, libc::EADDRNOTAVAIL] {
+            assert_eq!(classify_error(&io::Error::from_raw_os_error(errno)), Outcome::Pressure);
+        }
+    }
+
+    #[test]
+    fn the_in_flight_limit_leaves_a_margin() {
+        assert_eq!(default_max_inflight(256), 144);
+        assert_eq!(default_max_inflight(1024), 720);
+        assert_eq!(default_max_inflight(10), 8);
+        assert_eq!(default_max_inflight(1 << 20), 16_384);
+    }
+}
