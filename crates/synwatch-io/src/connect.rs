@@ -149,6 +149,11 @@ impl ConnectLoop {
             let now = self.shared.epoch.elapsed();
             self.expire(now);
             self.retire_finished_jobs(now);
+            // Pressure is lifted when an attempt completes; with none in flight (descriptors
+            // held elsewhere) it is lifted after one idle wait, so opening is retried.
+            if self.inflight == 0 {
+                self.under_pressure = false;
+            }
             if self.jobs.is_empty() {
                 match self.control.recv_timeout(Duration::from_millis(50)) {
                     Ok(message) => self.handle(message),

@@ -74,6 +74,9 @@ fn issue_2_two_sender_threads_match_ground_truth_exactly() {
     assert_success(&output);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("split over 2 sender thread(s)"), "the job was not split:\n{stderr}");
+    // Each thread sets its ring up on a packet socket opened before the privilege drop.
+    assert!(!stderr.contains("cannot open a TX ring"), "{stderr}");
+    assert!(stderr.contains("via tx-ring"), "{stderr}");
     let found = parse_jsonl(&output);
     let truth = lab.ground_truth(&[net("198.18.16.0/21")], &PORTS);
     assert_eq!(found.len(), 2048 * 3);
