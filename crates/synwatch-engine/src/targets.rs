@@ -68,6 +68,26 @@ pub struct AddressRange {
     pub last: u128,
 }
 
+/// `a`, `a/prefix` when the range is exactly one CIDR block, `a-b` otherwise.
+impl std::fmt::Display for AddressRange {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let first = integer_to_address(self.is_ipv6, self.first);
+        if self.first == self.last {
+            return write!(formatter, "{first}");
+        }
+        let bits = if self.is_ipv6 { 128 } else { 32 };
+        let count = self.last.wrapping_sub(self.first).wrapping_add(1);
+        let whole_space = self.first == 0 && self.last == if self.is_ipv6 { u128::MAX } else { u128::from(u32::MAX) };
+        if whole_space {
+            return write!(formatter, "{first}/0");
+        }
+        if count.is_power_of_two() && self.first.is_multiple_of(count) {
+            return write!(formatter, "{first}/{}", bits - count.trailing_zeros());
+        }
+        write!(formatter, "{first}-{}", integer_to_address(self.is_ipv6, self.last))
+    }
+}
+
 impl AddressRange {
     /// A range of one address.
     pub fn single(address: IpAddr) -> AddressRange {

@@ -2,10 +2,12 @@
 //!
 //! * `synwatch scan`: a one-shot scan with results on stdout (see [`scan`]).
 //! * `synwatch doctor`: what the host allows and which mode a scan would use (see [`doctor`]).
+//! * `synwatch check-config`: validates an exporter config (see [`check_config`]).
 //!
 //! Exit codes: 0 success, 1 runtime error (for example no permission for raw sockets),
 //! 2 bad usage (clap's own errors and our validation of its values).
 
+mod check_config;
 mod doctor;
 mod output;
 mod scan;
@@ -28,6 +30,8 @@ enum Command {
     Scan(Box<scan::ScanArgs>),
     /// Show capabilities, sockets, paths and limits, the mode a scan would run in, and what to change.
     Doctor(doctor::DoctorArgs),
+    /// Validate an exporter config file and print it as it would run.
+    CheckConfig(check_config::CheckConfigArgs),
 }
 
 /// An error in the user's input (exit 2) rather than at run time (exit 1).
@@ -47,6 +51,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Scan(args) => scan::run(*args),
         Command::Doctor(args) => doctor::run(args),
+        Command::CheckConfig(args) => check_config::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

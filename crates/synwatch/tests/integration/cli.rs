@@ -117,3 +117,20 @@ fn nix_is_root() -> bool {
         })
         .unwrap_or(false)
 }
+
+#[test]
+fn issue_4_check_config_prints_the_effective_config_or_the_error_location() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/synwatch.yaml");
+    let output = Command::new(synwatch()).args(["check-config", shipped]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("name: loopback") && stdout.contains("127.0.0.1"), "{stdout}");
+    let path = std::env::temp_dir().join(format!("synwatch-bad-config-{}.yaml", std::process::id()));
+    std::fs::write(&path, "targets:\n  - name: a\n    addresses: [127.0.0.1]\n    ports: [22, 70000]\n").unwrap();
+    let output = Command::new(synwatch()).arg("check-config").arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("{}:4:17: ", path.display())), "{stderr}");
+    assert!(stderr.contains("port 70000"), "{stderr}");
+}

@@ -1,0 +1,503 @@
+//! The exporter's YAML configuration, behind one [`load`] (and [`parse`] for text in hand).
+//!
+//! The format is strict: unknown keys are errors, every value is validated while it is read
+//! (addresses, port specifications, durations such as `30s` or `5m`, rates), and nothing is
+//! coerced: a duration must be a string with a unit, a port a number from 1 to 65535 or a
+//! specification string. Every error names `file:line:column` and what was expected. Values are
+//! validated inside their `Deserialize` implementations so that serde_yaml attaches the position
+//! of the offending value to the error.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+use synwatch_engine::targets::parse_target;
+use synwatch_engine::{AddressRange, PortSet};
+
+/// The config `synwatch serve` runs without a file: loopback only, common ports, every minute.
+/// It is `configs/synwatch.yaml`, so the shipped example and the default cannot drift apart.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../../configs/synwatch.yaml");
+
+/// A rejected config: where, and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}:{line}:{column}: {message}")]
+pub struct ConfigError {
+    /// The file name (or `<embedded>`).
+    pub origin: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Config {
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// Where the last results are kept across restarts (none: not kept).
+    pub state_dir: Option<PathBuf>,
+    /// Engine settings.
+    pub engine: EngineSection,
+    /// Defaults for every target.
+    pub defaults: Defaults,
+    /// Hard cap on per-port series over all targets.
+    pub details_budget: usize,
+    /// The targets, names unique.
+    pub targets: Vec<Target>,
+}
+
+/// `engine:`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EngineSection {
+    /// auto, syn or connect.
+    pub mode: ModeSetting,
+    /// Global cap in probes per second.
+    pub max_rate: u64,
+    /// Send through this interface instead of the routed one.
+    pub interface: Option<String>,
+    /// Source addresses (at most one per family).
+    pub source_addresses: Vec<IpAddr>,
+}
+
+/// The scan mode as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModeSetting {
+    /// SYN when raw sockets can be opened, connect() otherwise.
+    Auto,
+    /// SYN only.
+    Syn,
+    /// connect() only.
+    Connect,
+}
+
+/// `defaults:` (and the effective values of each target).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Defaults {
+    /// Time between the starts of two scans of a target.
+    #[serde(serialize_with = "serialize_duration")]
+    pub interval: Duration,
+    /// A scan that runs longer is cut off.
+    #[serde(serialize_with = "serialize_duration")]
+    pub timeout: Duration,
+    /// Re-sends of unanswered probes.
+    pub retries: u32,
+    /// Wait for late replies after the last send.
+    #[serde(serialize_with = "serialize_duration")]
+    pub wait: Duration,
+}
+
+/// One configured target, with the defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Target {
+    /// Unique name, the `target` label.
+    pub name: String,
+    /// Addresses, CIDRs and ranges.
+    #[serde(serialize_with = "serialize_addresses")]
+    pub addresses: Vec<AddressRange>,
+    /// Ports.
+    #[serde(serialize_with = "serialize_ports")]
+    pub ports: PortSet,
+    /// Interval, timeout, retries and wait for this target.
+    #[serde(flatten)]
+    pub settings: Defaults,
+    /// Whether per-port series are exported.
+    pub details: bool,
+}
+
+/// Loads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+        origin: origin.clone(),
+        line: 1,
+        column: 1,
+        message: error.to_string(),
+    })?;
+    parse(&text, &origin)
+}
+
+/// Parses and validates config text; `origin` names it in errors.
+pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let at =
+        |line: usize, column: usize, message: String| ConfigError { origin: origin.to_string(), line, column, message };
+    if text.trim().is_empty() {
+        return Err(at(1, 1, "the config is empty; expected a mapping with at least `targets`".into()));
+    }
+    let raw: RawConfig = serde_yaml::from_str(text).map_err(|error| {
+        let (line, column) = error.location().map_or((1, 1), |location| (location.line(), location.column()));
+        // serde_yaml appends " at line L column C" to some messages; the prefix already says it.
+        let message = error.to_string();
+        let message = match message.find(" at line ") {
+            Some(cut) => message[..cut].to_string(),
+            None => message,
+        };
+        at(line, column, message)
+    })?;
+    let defaults = Defaults {
+        interval: raw.defaults.interval.map_or(Duration::from_secs(300), |value| value.0),
+        timeout: raw.defaults.timeout.map_or(Duration::from_secs(120), |value| value.0),
+        retries: raw.defaults.retries.map_or(2, |value| value.0),
+        wait: raw.defaults.wait.map_or(Duration::from_secs(1), |value| value.0),
+    };
+    let mut names = BTreeSet::new();
+    let mut targets = Vec::with_capacity(raw.targets.len());
+    for target in raw.targets {
+        if !names.insert(target.name.0.clone()) {
+            let (line, column) = nth_name_position(text, &target.name.0, 2).unwrap_or((1, 1));
+            return Err(at(line, column, format!("duplicate target name {:?}; names must be unique", target.name.0)));
+        }
+        targets.push(Target {
+            name: target.name.0,
+            addresses: target.addresses.0,
+            ports: target.ports.0,
+            settings: Defaults {
+                interval: target.interval.map_or(defaults.interval, |value| value.0),
+                timeout: target.timeout.map_or(defaults.timeout, |value| value.0),
+                retries: target.retries.map_or(defaults.retries, |value| value.0),
+                wait: target.wait.map_or(defaults.wait, |value| value.0),
+            },
+            details: target.details,
+        });
+    }
+    if targets.is_empty() {
+        return Err(at(1, 1, "no targets: expected `targets:` with at least one target".into()));
+    }
+    Ok(Config {
+        listen: raw.listen.map_or_else(|| "127.0.0.1:10045".parse().expect("valid"), |value| value.0),
+        state_dir: raw.state_dir,
+        engine: EngineSection {
+            mode: raw.engine.mode.unwrap_or(ModeSetting::Auto),
+            max_rate: raw.engine.max_rate.map_or(10_000, |value| value.0),
+            interface: raw.engine.interface,
+            source_addresses: raw.engine.source_addresses,
+        },
+        defaults,
+        details_budget: raw.details_budget.unwrap_or(10_000),
+        targets,
+    })
+}
+
+/// The config as YAML, as it will run (defaults applied). There are no secrets in it yet; when
+/// there are (issue 5's tokens), they are redacted here.
+pub fn render_effective(config: &Config) -> String {
+    serde_yaml::to_string(config).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
+}
+
+/// The position of the `n`-th `name: <name>` in the text (for the duplicate-name error, which
+/// is found after parsing, when serde_yaml's positions are gone).
+fn nth_name_position(text: &str, name: &str, n: usize) -> Option<(usize, usize)> {
+    let mut seen = 0;
+    for (number, line) in text.lines().enumerate() {
+        let Some(key) = line.find("name:") else {
+            continue;
+        };
+        let value = line[key + 5..].trim().trim_matches(|c| c == '"' || c == '\'');
+        let value = value.split(['}', ',', '#']).next().unwrap_or("").trim().trim_matches(|c| c == '"' || c == '\'');
+        if value == name {
+            seen += 1;
+            if seen == n {
+                let column = key + 5 + line[key + 5..].find(|c: char| !c.is_whitespace()).unwrap_or(0);
+                return Some((number + 1, column + 1));
+            }
+        }
+    }
+    None
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<Listen>,
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    engine: RawEngine,
+    #[serde(default)]
+    defaults: RawDefaults,
+    details_budget: Option<usize>,
+    #[serde(default)]
+    targets: Vec<RawTarget>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEngine {
+    mode: Option<ModeSetting>,
+    max_rate: Option<Rate>,
+    interface: Option<String>,
+    #[serde(default)]
+    source_addresses: Vec<IpAddr>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    interval: Option<PositiveDuration>,
+    timeout: Option<PositiveDuration>,
+    retries: Option<Retries>,
+    wait: Option<AnyDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    name: TargetName,
+    addresses: Addresses,
+    ports: Ports,
+    interval: Option<PositiveDuration>,
+    timeout: Option<PositiveDuration>,
+    retries: Option<Retries>,
+    wait: Option<AnyDuration>,
+    #[serde(default)]
+    details: bool,
+}
+
+/// Deserializes a string and converts it inside the visitor: an error raised there carries the
+/// position of the string itself (an error raised after `deserialize_str` returns would carry the
+/// position of the enclosing mapping).
+fn from_string<'de, D, T>(
+    deserializer: D,
+    expected: &'static str,
+    convert: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    struct ConvertVisitor<F> {
+        expected: &'static str,
+        convert: F,
+    }
+    impl<T, F: FnOnce(&str) -> Result<T, String>> Visitor<'_> for ConvertVisitor<F> {
+        type Value = T;
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str(self.expected)
+        }
+        fn visit_str<E: de::Error>(self, value: &str) -> Result<T, E> {
+            (self.convert)(value).map_err(E::custom)
+        }
+    }
+    deserializer.deserialize_str(ConvertVisitor { expected, convert })
+}
+
+struct Listen(SocketAddr);
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Listen, D::Error> {
+        from_string(deserializer, "an address and port such as 127.0.0.1:10045", |text| {
+            text.parse().map(Listen).map_err(|_| format!("{text:?} is not an address and port such as 127.0.0.1:10045"))
+        })
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|error| format!("{text:?} is not a duration such as 30s, 5m or 1h30m ({error})"))
+}
+
+/// A duration above zero (intervals and timeouts).
+struct PositiveDuration(Duration);
+
+impl<'de> Deserialize<'de> for PositiveDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<PositiveDuration, D::Error> {
+        from_string(deserializer, "a duration such as 30s or 5m", |text| {
+            let duration = parse_duration(text)?;
+            if duration.is_zero() {
+                return Err(format!("{text:?}: expected a duration above zero"));
+            }
+            Ok(PositiveDuration(duration))
+        })
+    }
+}
+
+/// A duration, zero allowed (the wait for late replies).
+struct AnyDuration(Duration);
+
+impl<'de> Deserialize<'de> for AnyDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<AnyDuration, D::Error> {
+        from_string(deserializer, "a duration such as 1s or 500ms", |text| parse_duration(text).map(AnyDuration))
+    }
+}
+
+/// Deserializes an unsigned number and checks it inside the visitor (see [`from_string`]).
+fn bounded_number<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    expected: &'static str,
+    check: impl FnOnce(u64) -> Result<u64, String>,
+) -> Result<u64, D::Error> {
+    struct NumberVisitor<F> {
+        expected: &'static str,
+        check: F,
+    }
+    impl<F: FnOnce(u64) -> Result<u64, String>> Visitor<'_> for NumberVisitor<F> {
+        type Value = u64;
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str(self.expected)
+        }
+        fn visit_u64<E: de::Error>(self, value: u64) -> Result<u64, E> {
+            (self.check)(value).map_err(E::custom)
+        }
+        fn visit_i64<E: de::Error>(self, value: i64) -> Result<u64, E> {
+            Err(E::custom(format!("{value}: expected {}", self.expected)))
+        }
+    }
+    deserializer.deserialize_u64(NumberVisitor { expected, check })
+}
+
+struct Rate(u64);
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Rate, D::Error> {
+        bounded_number(deserializer, "a rate from 1 to 100000000 probes per second", |rate| {
+            if rate == 0 || rate > 100_000_000 {
+                return Err(format!("max_rate {rate}: expected 1 to 100000000 probes per second"));
+            }
+            Ok(rate)
+        })
+        .map(Rate)
+    }
+}
+
+struct Retries(u32);
+
+impl<'de> Deserialize<'de> for Retries {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Retries, D::Error> {
+        bounded_number(deserializer, "retries from 0 to 10", |retries| {
+            if retries > 10 {
+                return Err(format!("retries {retries}: expected 0 to 10"));
+            }
+            Ok(retries)
+        })
+        .map(|retries| Retries(retries as u32))
+    }
+}
+
+struct TargetName(String);
+
+impl<'de> Deserialize<'de> for TargetName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<TargetName, D::Error> {
+        from_string(deserializer, "a target name", |text| {
+            let valid = !text.is_empty()
+                && text.len() <= 64
+                && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            if valid {
+                Ok(TargetName(text.to_string()))
+            } else {
+                Err(format!("target name {text:?}: expected 1 to 64 letters, digits, '_', '-' or '.'"))
+            }
+        })
+    }
+}
+
+struct Addresses(Vec<AddressRange>);
+
+impl<'de> Deserialize<'de> for Addresses {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Addresses, D::Error> {
+        struct AddressesVisitor;
+        impl<'de> Visitor<'de> for AddressesVisitor {
+            type Value = Vec<AddressRange>;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a list of addresses, CIDRs and ranges")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut sequence: A) -> Result<Self::Value, A::Error> {
+                let mut ranges = Vec::new();
+                while let Some(Address(range)) = sequence.next_element()? {
+                    ranges.push(range);
+                }
+                if ranges.is_empty() {
+                    return Err(de::Error::custom("expected at least one address"));
+                }
+                Ok(ranges)
+            }
+        }
+        deserializer.deserialize_seq(AddressesVisitor).map(Addresses)
+    }
+}
+
+struct Address(AddressRange);
+
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Address, D::Error> {
+        from_string(deserializer, "an address, CIDR or range", |text| {
+            parse_target(text).map(Address).map_err(|error| error.to_string())
+        })
+    }
+}
+
+/// `"22,80,8000-8100"` or `[22, 80, "8000-8100"]`.
+struct Ports(PortSet);
+
+impl<'de> Deserialize<'de> for Ports {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Ports, D::Error> {
+        struct PortsVisitor;
+        impl<'de> Visitor<'de> for PortsVisitor {
+            type Value = PortSet;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter
+                    .write_str("a port specification such as \"22,80,8000-8100\", or a list of ports and such strings")
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<PortSet, E> {
+                PortSet::parse(value).map_err(|error| E::custom(format!("ports {value:?}: {error}")))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut sequence: A) -> Result<PortSet, A::Error> {
+                let mut items = Vec::new();
+                while let Some(PortItem(item)) = sequence.next_element()? {
+                    items.push(item);
+                }
+                if items.is_empty() {
+                    return Err(de::Error::custom("expected at least one port"));
+                }
+                PortSet::parse(&items.join(",")).map_err(|error| de::Error::custom(error.to_string()))
+            }
+        }
+        deserializer.deserialize_any(PortsVisitor).map(Ports)
+    }
+}
+
+/// One list item: a port number or a specification string, checked on its own.
+struct PortItem(String);
+
+impl<'de> Deserialize<'de> for PortItem {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<PortItem, D::Error> {
+        struct ItemVisitor;
+        impl Visitor<'_> for ItemVisitor {
+            type Value = String;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a port from 1 to 65535 or a string such as \"8000-8100\"")
+            }
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<String, E> {
+                if (1..=65535).contains(&value) {
+                    Ok(value.to_string())
+                } else {
+                    Err(E::custom(format!("port {value}: expected 1 to 65535")))
+                }
+            }
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<String, E> {
+                Err(E::custom(format!("port {value}: expected 1 to 65535")))
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<String, E> {
+                PortSet::parse(value).map_err(|error| E::custom(format!("ports {value:?}: {error}")))?;
+                Ok(value.to_string())
+            }
+        }
+        deserializer.deserialize_any(ItemVisitor).map(PortItem)
+    }
+}
+
+fn serialize_duration<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&humantime::format_duration(*duration).to_string())
+}
+
+fn serialize_addresses<S: Serializer>(ranges: &[AddressRange], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(ranges.iter().map(|range| range.to_string()))
+}
+
+fn serialize_ports<S: Serializer>(ports: &PortSet, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&ports.to_string())
+}

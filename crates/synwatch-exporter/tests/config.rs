@@ -1,0 +1,145 @@
+//! The config parser: the embedded default, a full example, and a table of bad configs, each
+//! rejected at the right line and column with a message naming what was expected.
+
+use std::time::Duration;
+
+use synwatch_exporter::config::{ModeSetting, parse, render_effective};
+use synwatch_exporter::{EMBEDDED_DEFAULT, load};
+
+const GOOD: &str = "\
+listen: 127.0.0.1:10046
+state_dir: /var/lib/synwatch
+engine: {mode: connect, max_rate: 20000}
+defaults: {interval: 5m, timeout: 2m, retries: 2, wait: 2s}
+details_budget: 500
+targets:
+  - name: dmz
+    addresses: [192.0.2.0/28, \"2001:db8::10\", 192.0.2.100-192.0.2.110]
+    ports: \"22,80,443,8000-8100\"
+    interval: 1m
+    details: true
+  - name: web.v6
+    addresses: [\"2001:db8::/126\"]
+    ports: [22, 443, \"8080-8081\"]
+    retries: 0
+    wait: 0s
+";
+
+#[test]
+fn a_full_config_is_read_with_defaults_applied() {
+    let config = parse(GOOD, "good.yaml").unwrap();
+    assert_eq!(config.listen.to_string(), "127.0.0.1:10046");
+    assert_eq!(config.engine.mode, ModeSetting::Connect);
+    assert_eq!(config.engine.max_rate, 20_000);
+    assert_eq!(config.details_budget, 500);
+    assert_eq!(config.targets.len(), 2);
+    let dmz = &config.targets[0];
+    assert_eq!(dmz.settings.interval, Duration::from_secs(60));
+    assert_eq!(dmz.settings.timeout, Duration::from_secs(120));
+    assert_eq!(dmz.settings.wait, Duration::from_secs(2));
+    assert!(dmz.details);
+    assert_eq!(dmz.ports.len(), 3 + 101);
+    assert_eq!(dmz.addresses.iter().map(|range| range.len()).sum::<u128>(), 16 + 1 + 11);
+    let web = &config.targets[1];
+    assert_eq!(web.settings.interval, Duration::from_secs(300));
+    assert_eq!((web.settings.retries, web.settings.wait), (0, Duration::ZERO));
+    assert_eq!(web.ports.to_string(), "22,443,8080-8081");
+    assert!(!web.details);
+    // The effective config reads back as the same config.
+    let rendered = render_effective(&config);
+    assert!(rendered.contains("192.0.2.0/28"), "{rendered}");
+    assert!(rendered.contains("192.0.2.100-192.0.2.110"), "{rendered}");
+}
+
+#[test]
+fn the_embedded_default_scans_loopback_only() {
+    let config = parse(EMBEDDED_DEFAULT, "<embedded>").unwrap();
+    assert_eq!(config.listen.to_string(), "127.0.0.1:10045");
+    for target in &config.targets {
+        for range in &target.addresses {
+            let first = range.first_address();
+            assert!(first.is_loopback() && range.len() == 1, "{range} is not loopback");
+        }
+        assert_eq!(target.settings.interval, Duration::from_secs(60));
+    }
+}
+
+#[test]
+fn shipped_configs_parse() {
+    let directory = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(directory).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|extension| extension == "yaml") {
+            let config = load(&path).unwrap_or_else(|error| panic!("{error}"));
+            for target in &config.targets {
+                assert!(target.addresses.iter().all(|range| range.first_address().is_loopback()), "{path:?}");
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "no config in {directory}");
+}
+
+/// (config, line, column, a word the message must contain).
+const BAD: &[(&str, usize, usize, &str)] = &[
+    ("", 1, 1, "empty"),
+    ("targets: []\n", 1, 1, "no targets"),
+    ("listen: 127.0.0.1:10045\ncolour: blue\n", 2, 1, "unknown field `colour`"),
+    ("listen: localhost\n", 1, 9, "address and port"),
+    ("engine: {mode: fast}\n", 1, 16, "unknown variant `fast`"),
+    ("engine: {max_rate: 0}\n", 1, 20, "max_rate 0"),
+    ("engine: {max_rate: -5}\n", 1, 20, "max_rate"),
+    ("engine: {rate: 5}\n", 1, 10, "unknown field `rate`"),
+    ("defaults: {interval: 0s}\n", 1, 22, "above zero"),
+    ("defaults: {interval: 5}\n", 1, 22, "duration"),
+    ("defaults: {interval: soon}\n", 1, 22, "soon"),
+    ("defaults: {retries: 11}\n", 1, 21, "retries 11"),
+    ("defaults: {wait: 1x}\n", 1, 18, "1x"),
+    ("targets:\n  - name: a\n    addresses: [192.0.2.0/33]\n    ports: \"22\"\n", 3, 17, "192.0.2.0/33"),
+    ("targets:\n  - name: a\n    addresses: [not-an-address]\n    ports: \"22\"\n", 3, 17, "not-an-address"),
+    ("targets:\n  - name: a\n    addresses: []\n    ports: \"22\"\n", 3, 16, "at least one address"),
+    ("targets:\n  - name: a\n    addresses: [192.0.2.1]\n    ports: \"70000\"\n", 4, 12, "70000"),
+    ("targets:\n  - name: a\n    addresses: [192.0.2.1]\n    ports: [22, 70000]\n", 4, 17, "port 70000"),
+    ("targets:\n  - name: a\n    addresses: [192.0.2.1]\n    ports: [0]\n", 4, 13, "port 0"),
+    ("targets:\n  - name: a\n    addresses: [192.0.2.1]\n    ports: \"80-22\"\n", 4, 12, "80-22"),
+    ("targets:\n  - name: a\n    addresses: [192.0.2.1]\n    ports: \"22,,80\"\n", 4, 12, "empty item"),
+    (
+        "targets:\n  - name: a\n    addresses: [192.0.2.1]\n    ports: \"22\"\n  - name: a\n    addresses: [192.0.2.2]\n    ports: \"22\"\n",
+        5,
+        11,
+        "duplicate target name",
+    ),
+    ("targets:\n  - name: \"bad name\"\n    addresses: [192.0.2.1]\n    ports: \"22\"\n", 2, 11, "bad name"),
+    ("targets:\n  - name: a\n    addresses: [192.0.2.1]\n    ports: \"22\"\n    interval: 0m\n", 5, 15, "above zero"),
+    ("targets:\n  - name: a\n    addresses: [192.0.2.1]\n    ports: \"22\"\n    details: yes\n", 5, 14, "bool"),
+    (
+        "targets:\n  - name: a\n    addresses: [192.0.2.1]\n    ports: \"22\"\n    schedule: 1m\n",
+        5,
+        5,
+        "unknown field `schedule`",
+    ),
+    ("targets:\n  - name: a\n    ports: \"22\"\n", 2, 5, "missing field `addresses`"),
+    ("targets:\n  - addresses: [192.0.2.1]\n    ports: \"22\"\n", 2, 5, "missing field `name`"),
+    ("details_budget: many\n", 1, 17, "details_budget"),
+    ("targets: [\n", 2, 1, ""),
+];
+
+#[test]
+fn every_bad_config_is_rejected_at_its_line_and_column() {
+    assert!(BAD.len() >= 20);
+    let mut wrong = Vec::new();
+    for (number, &(text, line, column, needle)) in BAD.iter().enumerate() {
+        match parse(text, "bad.yaml") {
+            Ok(_) => wrong.push(format!("#{number} accepted: {text:?}")),
+            Err(error) => {
+                let shown = error.to_string();
+                if (error.line, error.column) != (line, column) || !shown.contains(needle) {
+                    wrong.push(format!("#{number} {text:?}: got {shown:?}, want {line}:{column} with {needle:?}"));
+                }
+                assert!(shown.starts_with(&format!("bad.yaml:{}:{}: ", error.line, error.column)));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
