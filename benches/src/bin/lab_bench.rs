@@ -189,8 +189,13 @@ fn tool_command(arguments: &Arguments, lab: &Lab, tool: &str, scan: &Scan) -> Re
         None => (tool, "1"),
     };
     let command = match tool {
-        "synwatch-ring" | "synwatch-sendmmsg" => {
-            let transmit = if tool == "synwatch-ring" { "ring" } else { "sendmmsg" };
+        "synwatch-ring" | "synwatch-sendmmsg" | "synwatch-connect" => {
+            // The SYN variants pick the transmitter; the connect() one picks the mode.
+            let (option, value) = match tool {
+                "synwatch-ring" => ("--transmit", "ring"),
+                "synwatch-sendmmsg" => ("--transmit", "sendmmsg"),
+                _ => ("--mode", "connect"),
+            };
             let wait = format!("{wait}s");
             in_scanner(
                 lab,
@@ -206,8 +211,8 @@ fn tool_command(arguments: &Arguments, lab: &Lab, tool: &str, scan: &Scan) -> Re
                     &wait,
                     "--retries",
                     &retries,
-                    "--transmit",
-                    transmit,
+                    option,
+                    value,
                     "--sender-threads",
                     threads,
                     "--no-progress",
@@ -218,31 +223,6 @@ fn tool_command(arguments: &Arguments, lab: &Lab, tool: &str, scan: &Scan) -> Re
                 ]),
             )
         }
-        "synwatch-connect" => in_scanner(
-            lab,
-            &synwatch,
-            &strings(&[
-                "scan",
-                scan.targets,
-                "-p",
-                scan.ports,
-                "--rate",
-                &rate,
-                "--wait",
-                &format!("{wait}s"),
-                "--retries",
-                &retries,
-                "--mode",
-                "connect",
-                "--sender-threads",
-                threads,
-                "--no-progress",
-                "--format",
-                "jsonl",
-                "-o",
-                scan.output,
-            ]),
-        ),
         "nmap-st" => in_scanner(
             lab,
             "nmap",

@@ -28,10 +28,10 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use synwatch_engine::job::FinishReason;
-use synwatch_engine::{JobCore, NextStep, PortState, Probe, RecordOutcome};
+use synwatch_engine::{PortState, Probe, RecordOutcome};
 
 use crate::engine::{Control, JobState, NewJob, ProbeResult, Shared, finish, lane_finished};
+use crate::lane::{Lane, next_due_probe};
 
 /// The default in-flight limit for a descriptor limit of `nofile`: three quarters of what is
 /// left after a margin of 64 descriptors for everything else, between 8 and 16,384.
@@ -89,12 +89,14 @@ struct Attempt {
 }
 
 struct ConnectJob {
-    core: Box<JobCore>,
-    state: Arc<JobState>,
-    carried: Option<Probe>,
-    wake_at: Duration,
-    unpublished_sent: u64,
+    lane: Lane,
     attempt_timeout: Duration,
+}
+
+impl AsMut<Lane> for ConnectJob {
+    fn as_mut(&mut self) -> &mut Lane {
+        &mut self.lane
+    }
 }
 
 /// The connect() thread's state.
@@ -169,7 +171,9 @@ impl ConnectLoop {
             if tokens > used {
                 self.shared.bucket.lock().give_back(tokens - used);
             }
-            self.publish_progress();
+            for job in &mut self.jobs {
+                job.lane.publish_progress();
+            }
             // Wait for outcomes; not at all if there is more to send right away.
             let wait =
                 if used > 0 && used == tokens && !self.under_pressure { Duration::ZERO } else { self.idle_wait(now) };
@@ -183,7 +187,7 @@ impl ConnectLoop {
             }
         }
         for job in &mut self.jobs {
-            job.core.cancel();
+            job.lane.core.cancel();
         }
         let now = self.shared.epoch.elapsed();
         self.retire_finished_jobs(now);
@@ -194,14 +198,7 @@ impl ConnectLoop {
         let NewJob { core, state, .. } = *new_job;
         let settings = state.settings;
         let attempt_timeout = settings.retry_gap.min(settings.wait).max(Duration::from_millis(100));
-        self.jobs.push(ConnectJob {
-            core: Box::new(core),
-            state,
-            carried: None,
-            wake_at: Duration::ZERO,
-            unpublished_sent: 0,
-            attempt_timeout,
-        });
+        self.jobs.push(ConnectJob { lane: Lane::new(core, state), attempt_timeout });
     }
 
     /// How long to sleep in epoll when nothing can be sent now: until an attempt completes
@@ -214,10 +211,10 @@ impl ConnectLoop {
         }
         let can_open = !self.under_pressure && self.inflight < self.max_inflight;
         if can_open {
-            if self.jobs.iter().any(|job| job.wake_at <= now) {
+            if self.jobs.iter().any(|job| job.lane.wake_at <= now) {
                 wait = wait.min(self.shared.bucket.lock().time_until_token(now));
             }
-            if let Some(wake) = self.jobs.iter().map(|job| job.wake_at).filter(|&wake| wake > now).min() {
+            if let Some(wake) = self.jobs.iter().map(|job| job.lane.wake_at).filter(|&wake| wake > now).min() {
                 wait = wait.min(wake - now);
             }
         }
@@ -228,44 +225,22 @@ impl ConnectLoop {
     /// Starts up to `tokens` attempts, round-robin over jobs. Returns how many tokens were used.
     fn fill(&mut self, now: Duration, tokens: u32) -> u32 {
         let mut used = 0;
-        let mut idle_passes = 0;
-        let job_count = self.jobs.len();
-        while used < tokens && idle_passes < job_count && !self.under_pressure && self.inflight < self.max_inflight {
-            let position = self.next_job % job_count;
-            self.next_job = self.next_job.wrapping_add(1);
-            let job = &mut self.jobs[position];
-            if job.wake_at > now {
-                idle_passes += 1;
-                continue;
-            }
-            let probe = match job.carried.take() {
-                Some(probe) => probe,
-                None => match job.core.next_step(now) {
-                    NextStep::Send(probe) => probe,
-                    NextStep::WaitUntil(time) => {
-                        job.wake_at = time;
-                        idle_passes += 1;
-                        continue;
-                    }
-                    NextStep::Done(_) => {
-                        idle_passes += 1;
-                        continue;
-                    }
-                },
+        while used < tokens && !self.under_pressure && self.inflight < self.max_inflight {
+            let Some((position, probe)) = next_due_probe(&mut self.jobs, &mut self.next_job, now) else {
+                break;
             };
-            idle_passes = 0;
-            let state = Arc::clone(&job.state);
-            let timeout = job.attempt_timeout;
+            let job = &self.jobs[position];
+            let (state, timeout) = (Arc::clone(&job.lane.state), job.attempt_timeout);
             match self.start_attempt(state, &probe, now, timeout) {
                 Outcome::Pressure => {
-                    self.jobs[position].carried = Some(probe);
+                    self.jobs[position].lane.carried = Some(probe);
                     self.under_pressure = true;
                     self.shared.counters.send_backpressure.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
                 _ => {
                     used += 1;
-                    self.jobs[position].unpublished_sent += 1;
+                    self.jobs[position].lane.unpublished_sent += 1;
                 }
             }
         }
@@ -383,43 +358,25 @@ impl ConnectLoop {
         }
     }
 
-    fn publish_progress(&mut self) {
-        for job in &mut self.jobs {
-            if job.unpublished_sent > 0 {
-                job.state.probes_sent.fetch_add(job.unpublished_sent, Ordering::Relaxed);
-                job.state.round.fetch_max(job.core.round(), Ordering::Relaxed);
-                job.unpublished_sent = 0;
-            }
-        }
-    }
-
     fn retire_finished_jobs(&mut self, now: Duration) {
         let mut index = 0;
         while index < self.jobs.len() {
-            let job = &mut self.jobs[index];
-            if job.state.cancel.load(Ordering::Acquire) {
-                job.core.cancel();
-            }
-            let cancelled = job.core.finished() == Some(FinishReason::Cancelled);
-            let reason = if job.carried.is_some() && !cancelled { None } else { job.core.check_finished(now) };
-            let Some(reason) = reason else {
+            let Some(reason) = self.jobs[index].lane.check_over(now) else {
                 index += 1;
                 continue;
             };
-            let job = self.jobs.swap_remove(index);
+            let mut lane = self.jobs.swap_remove(index).lane;
             // Attempts still open for this job are abandoned (their probes stay unknown).
             for slot in 0..self.slots.len() {
-                if self.slots[slot].as_ref().is_some_and(|attempt| Arc::ptr_eq(&attempt.state, &job.state)) {
+                if self.slots[slot].as_ref().is_some_and(|attempt| Arc::ptr_eq(&attempt.state, &lane.state)) {
                     self.take_slot(slot);
                 }
             }
-            if job.unpublished_sent > 0 {
-                job.state.probes_sent.fetch_add(job.unpublished_sent, Ordering::Relaxed);
-            }
+            lane.publish_progress();
             // Results are recorded on this thread, so once the job is out of the list nothing
             // more can arrive for it and it is reported finished at once.
-            if let Some(summary) = lane_finished(&self.shared, &job.state, reason) {
-                finish(&job.state, summary);
+            if let Some(summary) = lane_finished(&self.shared, &lane.state, reason) {
+                finish(&lane.state, summary);
             }
         }
     }

@@ -31,12 +31,13 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::{Condvar, Mutex, RwLock};
 use synwatch_engine::job::FinishReason;
 use synwatch_engine::{
-    CookieKey, JobCore, JobSettings, NextStep, Permutation, PortState, Probe, ReplyMatch, ReplyMatcher,
-    SourcePortRange, StateTable, TargetSpace, TokenBucket, classify_reply,
+    CookieKey, JobCore, JobSettings, Permutation, PortState, ReplyMatch, ReplyMatcher, SourcePortRange, StateTable,
+    TargetSpace, TokenBucket, classify_reply,
 };
 use synwatch_wire::{LinkLayer, ParseError, SynFields, SynTemplate, parse_reply};
 
 use crate::connect::{self, ConnectLoop};
+use crate::lane::{Lane, next_due_probe};
 use crate::privileges;
 use crate::receive::ReplySocket;
 use crate::route::{self, Path, RouteError};
@@ -811,15 +812,14 @@ impl Transmitters {
 }
 
 struct ActiveJob {
-    core: Box<JobCore>,
-    state: Arc<JobState>,
+    lane: Lane,
     routes: [Option<Route>; 2],
-    /// A probe taken from the schedule whose transmitter had no free slot; sent first next time.
-    carried: Option<Probe>,
-    wake_at: Duration,
-    /// Probes sent since the last publication to the shared job state (done once per batch,
-    /// so that sender threads do not contend for the counter's cache line per probe).
-    unpublished_sent: u64,
+}
+
+impl AsMut<Lane> for ActiveJob {
+    fn as_mut(&mut self) -> &mut Lane {
+        &mut self.lane
+    }
 }
 
 struct SenderLoop {
@@ -857,7 +857,9 @@ impl SenderLoop {
             if tokens > used {
                 self.shared.bucket.lock().give_back(tokens - used);
             }
-            self.publish_progress();
+            for job in &mut self.jobs {
+                job.lane.publish_progress();
+            }
             match self.flush_all() {
                 true => backoff = Duration::from_micros(20),
                 false => {
@@ -872,7 +874,7 @@ impl SenderLoop {
             if used == 0 {
                 let now = self.shared.epoch.elapsed();
                 let until_token = self.shared.bucket.lock().time_until_token(now);
-                let earliest_job = self.jobs.iter().map(|job| job.wake_at).min().unwrap_or(now);
+                let earliest_job = self.jobs.iter().map(|job| job.lane.wake_at).min().unwrap_or(now);
                 let pause = until_token.max(earliest_job.saturating_sub(now)).min(Duration::from_millis(5));
                 if tokens > 0 || pause > Duration::from_micros(60) {
                     // Nothing to send yet (jobs between rounds or waiting): sleep, but wake for
@@ -886,7 +888,7 @@ impl SenderLoop {
             }
         }
         for job in &mut self.jobs {
-            job.core.cancel();
+            job.lane.core.cancel();
         }
         let now = self.shared.epoch.elapsed();
         self.retire_finished_jobs(now);
@@ -905,7 +907,6 @@ impl SenderLoop {
         match message {
             Control::Add(new_job) => {
                 let NewJob { core, state, mut routes } = *new_job;
-                let core = Box::new(core);
                 for route in routes.iter_mut().flatten() {
                     if let TransmitterKey::Ring { interface_index } = route.transmitter
                         && !self.transmitters.contains_key(&route.transmitter)
@@ -934,25 +935,7 @@ impl SenderLoop {
                         }
                     }
                 }
-                self.jobs.push(ActiveJob {
-                    core,
-                    state,
-                    routes,
-                    carried: None,
-                    wake_at: Duration::ZERO,
-                    unpublished_sent: 0,
-                });
-            }
-        }
-    }
-
-    /// Adds the probes sent since the last call to each job's shared counters.
-    fn publish_progress(&mut self) {
-        for job in &mut self.jobs {
-            if job.unpublished_sent > 0 {
-                job.state.probes_sent.fetch_add(job.unpublished_sent, Ordering::Relaxed);
-                job.state.round.fetch_max(job.core.round(), Ordering::Relaxed);
-                job.unpublished_sent = 0;
+                self.jobs.push(ActiveJob { lane: Lane::new(core, state), routes });
             }
         }
     }
@@ -962,32 +945,11 @@ impl SenderLoop {
     fn fill(&mut self, now: Duration, tokens: u32) -> u32 {
         let timestamp = now.as_micros() as u32;
         let mut used = 0;
-        let mut idle_passes = 0;
-        let job_count = self.jobs.len();
-        while used < tokens && idle_passes < job_count {
-            let position = self.next_job % job_count;
-            self.next_job = self.next_job.wrapping_add(1);
-            let job = &mut self.jobs[position];
-            if job.wake_at > now {
-                idle_passes += 1;
-                continue;
-            }
-            let probe = match job.carried.take() {
-                Some(probe) => probe,
-                None => match job.core.next_step(now) {
-                    NextStep::Send(probe) => probe,
-                    NextStep::WaitUntil(time) => {
-                        job.wake_at = time;
-                        idle_passes += 1;
-                        continue;
-                    }
-                    NextStep::Done(_) => {
-                        idle_passes += 1;
-                        continue;
-                    }
-                },
+        while used < tokens {
+            let Some((position, probe)) = next_due_probe(&mut self.jobs, &mut self.next_job, now) else {
+                break;
             };
-            idle_passes = 0;
+            let job = &mut self.jobs[position];
             let Some(route) = &job.routes[usize::from(probe.address.is_ipv6())] else {
                 continue;
             };
@@ -997,7 +959,7 @@ impl SenderLoop {
             };
             let Some(slot) = transmitter.slot() else {
                 // Batch or ring full: keep the probe and stop filling; the flush frees space.
-                job.carried = Some(probe);
+                job.lane.carried = Some(probe);
                 break;
             };
             let fields = SynFields {
@@ -1012,7 +974,7 @@ impl SenderLoop {
                 Ok(len) => {
                     transmitter.commit(len, probe.address);
                     used += 1;
-                    job.unpublished_sent += 1;
+                    job.lane.unpublished_sent += 1;
                 }
                 Err(_) => {
                     self.shared.counters.send_errors.fetch_add(1, Ordering::Relaxed);
@@ -1050,25 +1012,15 @@ impl SenderLoop {
     fn retire_finished_jobs(&mut self, now: Duration) {
         let mut index = 0;
         while index < self.jobs.len() {
-            let job = &mut self.jobs[index];
-            if job.state.cancel.load(Ordering::Acquire) {
-                job.core.cancel();
-            }
-            // A job with a probe still waiting for a transmitter slot is not done, unless it was
-            // cancelled: a stuck transmitter must not make a job uncancellable.
-            let cancelled = job.core.finished() == Some(FinishReason::Cancelled);
-            let reason = if job.carried.is_some() && !cancelled { None } else { job.core.check_finished(now) };
-            match reason {
+            match self.jobs[index].lane.check_over(now) {
                 Some(reason) => {
-                    let job = self.jobs.swap_remove(index);
-                    if job.unpublished_sent > 0 {
-                        job.state.probes_sent.fetch_add(job.unpublished_sent, Ordering::Relaxed);
-                    }
+                    let mut lane = self.jobs.swap_remove(index).lane;
+                    lane.publish_progress();
                     // Only the sender that ends a job's last lane retires the job; it is reported
                     // finished once the receiver is past it.
-                    if let Some(summary) = lane_finished(&self.shared, &job.state, reason) {
+                    if let Some(summary) = lane_finished(&self.shared, &lane.state, reason) {
                         let batches = self.shared.receiver_batches.load(Ordering::Acquire);
-                        self.finishing.push((job.state, summary, batches));
+                        self.finishing.push((lane.state, summary, batches));
                     }
                 }
                 None => index += 1,

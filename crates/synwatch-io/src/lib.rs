@@ -13,6 +13,7 @@
 
 pub mod connect;
 pub mod engine;
+mod lane;
 pub mod privileges;
 pub mod receive;
 pub mod route;

@@ -29,10 +29,11 @@ fn unprivileged_in_lab(lab: &Lab, nofile: Option<u32>, arguments: &[&str]) -> Co
     command
 }
 
-fn scan_arguments<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+/// `scan RANGE` with the options every test here shares, then `extra`.
+fn scan_arguments<'a>(range: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut arguments = vec![
         "scan",
-        RANGE,
+        range,
         "-p",
         "22,80,443",
         "--rate",
@@ -67,7 +68,7 @@ fn issue_3_without_cap_net_raw_the_connect_scan_equals_the_syn_scan() {
     };
     let syn = scan_in_lab(&lab, &[RANGE, "-p", "22,80,443", "--rate", "20000", "--wait", "500ms", "--mode", "syn"]);
     assert_success(&syn);
-    let connect = unprivileged_in_lab(&lab, None, &scan_arguments(&[])).output().expect("running synwatch");
+    let connect = unprivileged_in_lab(&lab, None, &scan_arguments(RANGE, &[])).output().expect("running synwatch");
     let stderr = String::from_utf8_lossy(&connect.stderr);
     assert!(stderr.contains("using connect() scans"), "{stderr}");
     assert!(stderr.contains("(connect mode)"), "{stderr}");
@@ -84,12 +85,13 @@ fn issue_3_a_low_descriptor_limit_still_gives_exact_results() {
         return;
     };
     // The default in-flight limit derived from 256 descriptors.
-    let output = unprivileged_in_lab(&lab, Some(256), &scan_arguments(&["-v"])).output().expect("running synwatch");
+    let output =
+        unprivileged_in_lab(&lab, Some(256), &scan_arguments(RANGE, &["-v"])).output().expect("running synwatch");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("max_inflight=144"), "the limit is not derived from RLIMIT_NOFILE: {stderr}");
     assert_equals_ground_truth(&lab, &output);
     // An in-flight limit far above the descriptor limit: EMFILE must slow the scan, not lose probes.
-    let output = unprivileged_in_lab(&lab, Some(256), &scan_arguments(&["--max-inflight", "5000"]))
+    let output = unprivileged_in_lab(&lab, Some(256), &scan_arguments(RANGE, &["--max-inflight", "5000"]))
         .output()
         .expect("running synwatch");
     assert_equals_ground_truth(&lab, &output);
@@ -157,32 +159,9 @@ fn issue_3_two_connect_threads_match_ground_truth_exactly() {
     else {
         return;
     };
-    let output = unprivileged_in_lab(
-        &lab,
-        None,
-        &[
-            "scan",
-            "198.18.40.0/21",
-            "-p",
-            "22,80,443",
-            "--rate",
-            "20000",
-            "--sender-threads",
-            "2",
-            "--retry-gap",
-            "500ms",
-            "--wait",
-            "500ms",
-            "--states",
-            "all",
-            "--format",
-            "jsonl",
-            "--no-progress",
-            "-v",
-        ],
-    )
-    .output()
-    .expect("running synwatch");
+    let output = unprivileged_in_lab(&lab, None, &scan_arguments("198.18.40.0/21", &["--sender-threads", "2", "-v"]))
+        .output()
+        .expect("running synwatch");
     assert_success(&output);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("split over 2 sender thread(s)"), "{stderr}");
