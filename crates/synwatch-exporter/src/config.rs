@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use synwatch_engine::targets::parse_target;
-use synwatch_engine::{AddressRange, PortSet};
+use synwatch_engine::{AddressRange, ExclusionPolicy, HostSet, PortSet, TargetError, TargetSpace};
 
 /// The config `synwatch serve` runs without a file: loopback only, common ports, every minute.
 /// It is `configs/synwatch.yaml`, so the shipped example and the default cannot drift apart.
@@ -64,6 +64,8 @@ pub struct EngineSection {
     pub interface: Option<String>,
     /// Source addresses (at most one per family).
     pub source_addresses: Vec<IpAddr>,
+    /// Scans running at once at most; further due targets wait in the scheduler queue.
+    pub max_concurrent_scans: usize,
 }
 
 /// The scan mode as configured.
@@ -112,6 +114,15 @@ pub struct Target {
     pub details: bool,
 }
 
+impl Target {
+    /// The probes of this target: its addresses minus the built-in exclusions, times its ports.
+    /// Always `Ok` for a target of a parsed config (checked while parsing).
+    pub fn space(&self) -> Result<TargetSpace, TargetError> {
+        let hosts = HostSet::build(self.addresses.clone(), Vec::new(), ExclusionPolicy::Default)?;
+        TargetSpace::new(hosts, self.ports.clone())
+    }
+}
+
 /// Loads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let origin = path.display().to_string();
@@ -154,6 +165,16 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
             let (line, column) = nth_name_position(text, &target.name.0, 2).unwrap_or((1, 1));
             return Err(at(line, column, format!("duplicate target name {:?}; names must be unique", target.name.0)));
         }
+        let name_position = || nth_name_position(text, &target.name.0, 1).unwrap_or((1, 1));
+        let hosts =
+            HostSet::build(target.addresses.0.clone(), Vec::new(), ExclusionPolicy::Default).map_err(|error| {
+                let (line, column) = name_position();
+                at(line, column, format!("target {:?}: {error}", target.name.0))
+            })?;
+        if let Err(error) = TargetSpace::new(hosts, target.ports.0.clone()) {
+            let (line, column) = name_position();
+            return Err(at(line, column, format!("target {:?}: {error}", target.name.0)));
+        }
         targets.push(Target {
             name: target.name.0,
             addresses: target.addresses.0,
@@ -178,6 +199,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
             max_rate: raw.engine.max_rate.map_or(10_000, |value| value.0),
             interface: raw.engine.interface,
             source_addresses: raw.engine.source_addresses,
+            max_concurrent_scans: raw.engine.max_concurrent_scans.map_or(4, |value| value.0),
         },
         defaults,
         details_budget: raw.details_budget.unwrap_or(10_000),
@@ -234,6 +256,7 @@ struct RawEngine {
     interface: Option<String>,
     #[serde(default)]
     source_addresses: Vec<IpAddr>,
+    max_concurrent_scans: Option<ConcurrentScans>,
 }
 
 #[derive(Default, Deserialize)]
@@ -361,6 +384,20 @@ impl<'de> Deserialize<'de> for Rate {
             Ok(rate)
         })
         .map(Rate)
+    }
+}
+
+struct ConcurrentScans(usize);
+
+impl<'de> Deserialize<'de> for ConcurrentScans {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<ConcurrentScans, D::Error> {
+        bounded_number(deserializer, "a number of scans from 1 to 64", |scans| {
+            if scans == 0 || scans > 64 {
+                return Err(format!("max_concurrent_scans {scans}: expected 1 to 64"));
+            }
+            Ok(scans)
+        })
+        .map(|scans| ConcurrentScans(scans as usize))
     }
 }
 

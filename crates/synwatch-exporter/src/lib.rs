@@ -1,10 +1,22 @@
-//! The exporter side of synwatch: what `synwatch serve` scans, when, and what it serves. It owns
-//! the configuration today; the scheduler, the state kept across restarts and the metrics come
-//! next (issue 4). It does no HTTP and opens no socket: the HTTP crate serves what it renders and
-//! the engine (`synwatch-io`) scans.
+//! The exporter side of synwatch: what `synwatch serve` scans, when, what it remembers and what
+//! it serves. It does no HTTP and opens no socket: the HTTP crate (`synwatch-http`) serves what
+//! it renders, and the engine (`synwatch-io`), started by the binary, scans through the
+//! [`Scanner`] trait.
 //!
 //! * [`config`]: the strict YAML configuration, with `file:line:column` errors.
+//! * [`schedule`]: when each target is due (no clock, no thread).
+//! * [`results`]: one target's last results, packed, with change detection.
+//! * [`state`]: the state file kept across restarts (atomic writes, corrupt files set aside).
+//! * [`metrics`]: the `/metrics` exposition.
+//! * [`service`]: the running exporter (scheduler thread, reload, readiness, landing page).
 
 pub mod config;
+pub mod metrics;
+pub mod results;
+pub mod schedule;
+pub mod service;
+pub mod state;
 
 pub use config::{Config, ConfigError, EMBEDDED_DEFAULT, load, parse};
+pub use metrics::{BuildInfo, CONTENT_TYPE};
+pub use service::{Exporter, ExporterOptions, ReloadReport, RunningScan, Scanner};

@@ -122,6 +122,8 @@ const BAD: &[(&str, usize, usize, &str)] = &[
     ("targets:\n  - name: a\n    ports: \"22\"\n", 2, 5, "missing field `addresses`"),
     ("targets:\n  - addresses: [192.0.2.1]\n    ports: \"22\"\n", 2, 5, "missing field `name`"),
     ("details_budget: many\n", 1, 17, "details_budget"),
+    ("engine: {max_concurrent_scans: 0}\n", 1, 32, "max_concurrent_scans 0"),
+    ("targets:\n  - name: m\n    addresses: [\"ff02::1\"]\n    ports: \"22\"\n", 2, 11, "built-in exclusions"),
     ("targets: [\n", 2, 1, ""),
 ];
 

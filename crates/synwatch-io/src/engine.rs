@@ -598,6 +598,11 @@ impl Engine {
         self.shared.counters.snapshot()
     }
 
+    /// Whether the engine runs: not stopped, and none of its threads has ended.
+    pub fn is_running(&self) -> bool {
+        !self.shared.stop.load(Ordering::Acquire) && self.threads.iter().all(|thread| !thread.is_finished())
+    }
+
     /// Changes the global rate cap.
     pub fn set_rate(&self, rate: u64) {
         let now = self.shared.epoch.elapsed();
@@ -674,7 +679,11 @@ impl Engine {
         // Lanes go to consecutive threads, starting from one that depends on the job, so that
         // many small jobs spread over the threads too.
         let first_thread = state.id % threads;
-        tracing::info!(job = state.id, probes = state.shard_size, "split over {lane_count} sender thread(s)");
+        if lane_count > 1 {
+            tracing::info!(job = state.id, probes = state.shard_size, "split over {lane_count} sender thread(s)");
+        } else {
+            tracing::debug!(job = state.id, probes = state.shard_size, "split over {lane_count} sender thread(s)");
+        }
         for (lane_number, lane) in core.into_lanes(lane_count).into_iter().enumerate() {
             let thread = ((first_thread + lane_number as u64) % threads) as usize;
             let new_job = NewJob { core: lane, state: Arc::clone(&state), routes: routes.clone() };

@@ -1,5 +1,6 @@
 //! The `synwatch` command: a thin front over the engine crates.
 //!
+//! * `synwatch serve`: the exporter daemon (see [`serve`]).
 //! * `synwatch scan`: a one-shot scan with results on stdout (see [`scan`]).
 //! * `synwatch doctor`: what the host allows and which mode a scan would use (see [`doctor`]).
 //! * `synwatch check-config`: validates an exporter config (see [`check_config`]).
@@ -11,6 +12,7 @@ mod check_config;
 mod doctor;
 mod output;
 mod scan;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -26,6 +28,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the exporter: scan the configured targets on schedule and serve /metrics.
+    Serve(Box<serve::ServeArgs>),
     /// Scan targets once and print open / closed / filtered ports.
     Scan(Box<scan::ScanArgs>),
     /// Show capabilities, sockets, paths and limits, the mode a scan would run in, and what to change.
@@ -49,6 +53,7 @@ impl std::error::Error for UsageError {}
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => serve::run(*args),
         Command::Scan(args) => scan::run(*args),
         Command::Doctor(args) => doctor::run(args),
         Command::CheckConfig(args) => check_config::run(args),

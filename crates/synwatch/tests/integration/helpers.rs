@@ -1,9 +1,13 @@
-//! Helpers shared by the integration tests: running the binary, parsing its JSON lines, and
-//! building lab fixtures with known ground truth.
+//! Helpers shared by the integration tests: running the binary, parsing its JSON lines,
+//! building lab fixtures with known ground truth, and for the exporter a running
+//! `synwatch serve`, a Prometheus server and a small HTTP client.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
-use std::process::Output;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
 use synwatch_lab::{Expected, Lab, LabConfig};
@@ -120,4 +124,222 @@ pub fn scan_in_lab(lab: &Lab, arguments: &[&str]) -> Output {
         .args(["--states", "all", "--format", "jsonl", "--no-progress"])
         .output()
         .expect("running synwatch")
+}
+
+/// A port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A minimal HTTP/1.1 client for the tests (one request per connection): status and body.
+pub fn http(method: &str, address: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map_or(String::new(), |(_, body)| body.to_string());
+    Ok((status, body))
+}
+
+/// The value of the sample whose name and labels are exactly `series` in exposition text.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Waits until `condition` returns `Some`, or panics after `seconds` naming `what`.
+pub fn wait_until<T>(what: &str, seconds: u64, mut condition: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if let Some(value) = condition() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {seconds} s waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A scratch directory under the system temp directory, removed on drop.
+#[derive(Debug)]
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let path = std::env::temp_dir().join(format!("synwatch-it-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Scratch(path)
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A `synwatch serve` process on a loopback port, killed on drop; its log goes to a file.
+#[derive(Debug)]
+pub struct Serve {
+    pub child: Child,
+    pub address: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Serve {
+    /// Starts `synwatch serve --listen 127.0.0.1:<free port>` with `arguments` and waits for
+    /// `/-/ready`.
+    pub fn start(scratch: &Scratch, arguments: &[&str]) -> Serve {
+        let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = scratch.join(&format!("serve-{}.log", address.port()));
+        let child = Command::new(synwatch())
+            .arg("serve")
+            .args(["--listen", &address.to_string(), "--log-level", "info"])
+            .args(arguments)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut serve = Serve { child, address, log };
+        serve.wait_ready();
+        serve
+    }
+
+    pub fn wait_ready(&mut self) {
+        let address = self.address;
+        let log = self.log.clone();
+        wait_until("synwatch serve to be ready", 30, || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("synwatch serve exited with {status}:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            matches!(http("GET", address, "/-/ready"), Ok((200, _))).then_some(())
+        });
+    }
+
+    pub fn metrics(&self) -> String {
+        let (status, body) = http("GET", self.address, "/metrics").unwrap();
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    pub fn value(&self, series: &str) -> Option<f64> {
+        sample(&self.metrics(), series)
+    }
+
+    /// Completed scans of `target` so far.
+    pub fn successes(&self, target: &str) -> f64 {
+        self.value(&format!("synwatch_scans_total{{result=\"success\",target=\"{target}\"}}")).unwrap_or(0.0)
+    }
+
+    /// Waits for `count` more completed scans of `target`.
+    pub fn wait_for_scans(&self, target: &str, count: f64) {
+        let goal = self.successes(target) + count;
+        wait_until(&format!("{count} more scans of {target}"), 60, || (self.successes(target) >= goal).then_some(()));
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Prometheus server (Debian's `prometheus` package) on a loopback port, scraping
+/// `targets` every second; killed on drop. `None` (skipped, with the reason printed) when the
+/// program is missing, unless `SYNWATCH_REQUIRE_LAB=1`, which makes that a failure.
+#[derive(Debug)]
+pub struct Prometheus {
+    child: Child,
+    pub address: SocketAddr,
+}
+
+/// Whether a program is on the PATH; when missing, skip (print why) or fail under
+/// `SYNWATCH_REQUIRE_LAB=1`.
+pub fn program_or_skip(test: &str, program: &str) -> bool {
+    let found = Command::new(program).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    if !found {
+        if std::env::var("SYNWATCH_REQUIRE_LAB").is_ok_and(|value| value == "1") {
+            panic!("{test}: SYNWATCH_REQUIRE_LAB=1 but {program} is not installed (apt-get install prometheus)");
+        }
+        eprintln!("skipping {test}: {program} is not installed (apt-get install prometheus)");
+    }
+    found
+}
+
+impl Prometheus {
+    pub fn start(test: &str, scratch: &Scratch, targets: &[SocketAddr]) -> Option<Prometheus> {
+        if !program_or_skip(test, "prometheus") {
+            return None;
+        }
+        let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = scratch.join("prometheus.yml");
+        let targets: Vec<String> = targets.iter().map(|target| format!("\"{target}\"")).collect();
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, scrape_timeout: 1s}}\nscrape_configs:\n  - job_name: synwatch\n    static_configs:\n      - targets: [{}]\n",
+                targets.join(", ")
+            ),
+        )
+        .unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", scratch.join("tsdb").display()))
+            .arg(format!("--web.listen-address={address}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(scratch.join("prometheus.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let prometheus = Prometheus { child, address };
+        wait_until("Prometheus to be ready", 60, || {
+            matches!(http("GET", address, "/-/ready"), Ok((200, _))).then_some(())
+        });
+        Some(prometheus)
+    }
+
+    /// An instant query through the HTTP API: each series' labels and value.
+    pub fn query(&self, query: &str) -> Vec<(serde_json::Map<String, serde_json::Value>, f64)> {
+        let encoded: String = query
+            .bytes()
+            .map(|byte| match byte {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (byte as char).to_string(),
+                _ => format!("%{byte:02X}"),
+            })
+            .collect();
+        let (status, body) = http("GET", self.address, &format!("/api/v1/query?query={encoded}")).unwrap();
+        assert_eq!(status, 200, "{query}: {body}");
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        answer["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|series| {
+                let labels = series["metric"].as_object().unwrap().clone();
+                let value = series["value"][1].as_str().unwrap().parse().unwrap();
+                (labels, value)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

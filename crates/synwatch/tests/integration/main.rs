@@ -5,3 +5,4 @@ mod cli;
 mod connect_mode;
 mod helpers;
 mod lab_scan;
+mod serve;

@@ -1,0 +1,387 @@
+//! The `/metrics` text: self metrics through the `prometheus` crate, per-target families written
+//! directly from the last known results.
+//!
+//! Event-driven metrics (scan duration histogram, change and scan counters, reload status, the
+//! engine's counters, the process collector) live in a `prometheus::Registry`. The per-target
+//! families, above all `synwatch_port_open` with up to `details_budget` series, are rendered by
+//! hand from [`ScanResults`]: the `prometheus` crate materializes every series as a protobuf
+//! message with owned label strings on each gather, which for 100,000 series costs tens of
+//! megabytes of short-lived allocations and far more than the 50 ms budget. Writing them straight
+//! from the packed states needs one buffer and formats each host's address once.
+//!
+//! Architecture invariant: rendering reads state and never scans, never blocks on a scan, and
+//! never changes what it reads (the engine counters are copied into their counters under a lock
+//! so that two concurrent scrapes cannot count a delta twice).
+
+use std::io::Write;
+
+use parking_lot::Mutex;
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use synwatch_engine::PortState;
+use synwatch_io::CounterSnapshot;
+
+use crate::results::ScanResults;
+use crate::state::ScanAttempt;
+
+/// The Content-Type of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// Scan duration buckets, in seconds: from a loopback scan to a large range.
+const DURATION_BUCKETS: [f64; 14] =
+    [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0];
+
+/// The version and revision exported in `synwatch_build_info`.
+#[derive(Debug, Clone)]
+pub struct BuildInfo {
+    /// The crate version.
+    pub version: String,
+    /// The source revision (a git hash, or `unknown`).
+    pub revision: String,
+}
+
+/// One target as rendered: its name, what is known, and how many detail series it may have.
+#[derive(Debug)]
+pub struct TargetView<'a> {
+    /// The configured name (the `target` label).
+    pub name: &'a str,
+    /// The last completed scan.
+    pub results: Option<&'a ScanResults>,
+    /// The last attempt.
+    pub last_attempt: Option<ScanAttempt>,
+    /// Detail series allowed for this target (0 when `details: false`).
+    pub detail_series: u64,
+}
+
+/// The self metrics (see the module documentation).
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub(crate) scan_duration: HistogramVec,
+    pub(crate) port_changes: IntCounterVec,
+    pub(crate) scans: IntCounterVec,
+    pub(crate) details_dropped: IntCounter,
+    pub(crate) queue_length: IntGauge,
+    pub(crate) scans_running: IntGauge,
+    pub(crate) reload_successful: IntGauge,
+    pub(crate) reload_timestamp: Gauge,
+    pub(crate) state_writes_failed: IntCounter,
+    engine: EngineCounters,
+    /// Serializes copying the engine counters (see the module documentation).
+    sync: Mutex<()>,
+}
+
+#[derive(Debug)]
+struct EngineCounters {
+    packets_sent: IntCounter,
+    replies: IntCounterVec,
+    invalid: IntCounter,
+    receive_drops: IntCounter,
+    send_errors: IntCounter,
+    backpressure: IntCounter,
+}
+
+fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
+    registry.register(Box::new(collector.clone())).expect("metric names are unique");
+    collector
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    register(registry, IntCounter::new(name, help).expect("valid metric"))
+}
+
+impl Metrics {
+    /// Registers every self metric; `mode` is the engine's running mode (`syn` or `connect`).
+    pub fn new(build: &BuildInfo, mode: &str) -> Metrics {
+        let registry = Registry::new();
+        let build_info = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("synwatch_build_info", "Always 1; the labels carry the version and source revision."),
+                &["version", "revision"],
+            )
+            .expect("valid metric"),
+        );
+        build_info.with_label_values(&[build.version.as_str(), build.revision.as_str()]).set(1);
+        let scan_mode = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("synwatch_scan_mode", "1 for the scan mode the engine runs in (syn or connect)."),
+                &["mode"],
+            )
+            .expect("valid metric"),
+        );
+        scan_mode.with_label_values(&[mode]).set(1);
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("the process collector registers once");
+        let engine = EngineCounters {
+            packets_sent: counter(&registry, "synwatch_packets_sent_total", "Probes handed to the kernel, retries included."),
+            replies: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "synwatch_replies_received_total",
+                        "Valid replies by kind: open (SYN-ACK), closed (RST), filtered (ICMP), duplicate, unmatched (late or not ours).",
+                    ),
+                    &["kind"],
+                )
+                .expect("valid metric"),
+            ),
+            invalid: counter(
+                &registry,
+                "synwatch_replies_invalid_total",
+                "Replies dropped as malformed or carrying a wrong cookie.",
+            ),
+            receive_drops: counter(
+                &registry,
+                "synwatch_receive_drops_total",
+                "Packets the kernel dropped on the reply socket for lack of buffer space.",
+            ),
+            send_errors: counter(&registry, "synwatch_send_errors_total", "Send calls that failed (not backpressure)."),
+            backpressure: counter(
+                &registry,
+                "synwatch_send_backpressure_total",
+                "Times the kernel pushed back on sending; the probe was kept and sent later.",
+            ),
+        };
+        for kind in ["open", "closed", "filtered", "duplicate", "unmatched"] {
+            engine.replies.with_label_values(&[kind]);
+        }
+        let scan_duration = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new("synwatch_scan_duration_seconds", "Duration of scans, completed or not.")
+                    .buckets(DURATION_BUCKETS.to_vec()),
+                &["target"],
+            )
+            .expect("valid metric"),
+        );
+        let port_changes = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "synwatch_port_state_changes_total",
+                    "Ports that opened or closed (closed or filtered) between two completed scans of a target.",
+                ),
+                &["target", "change"],
+            )
+            .expect("valid metric"),
+        );
+        let scans = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("synwatch_scans_total", "Scans that ended, by result (success or failure)."),
+                &["target", "result"],
+            )
+            .expect("valid metric"),
+        );
+        Metrics {
+            scan_duration,
+            port_changes,
+            scans,
+            details_dropped: counter(
+                &registry,
+                "synwatch_details_series_dropped_total",
+                "Per-port series refused because details_budget was reached, counted once per scan.",
+            ),
+            queue_length: register(
+                &registry,
+                IntGauge::new("synwatch_scheduler_queue_length", "Targets due and waiting for a scan slot.")
+                    .expect("valid metric"),
+            ),
+            scans_running: register(
+                &registry,
+                IntGauge::new("synwatch_scheduler_scans_running", "Scans running now.").expect("valid metric"),
+            ),
+            reload_successful: register(
+                &registry,
+                IntGauge::new(
+                    "synwatch_config_last_reload_successful",
+                    "1 if the last configuration load or reload succeeded, 0 if it was rejected.",
+                )
+                .expect("valid metric"),
+            ),
+            reload_timestamp: register(
+                &registry,
+                Gauge::new(
+                    "synwatch_config_last_reload_success_timestamp_seconds",
+                    "Time of the last successful configuration load or reload.",
+                )
+                .expect("valid metric"),
+            ),
+            state_writes_failed: counter(
+                &registry,
+                "synwatch_state_write_failures_total",
+                "Failed writes of the state file (the previous file stays in place).",
+            ),
+            engine,
+            sync: Mutex::new(()),
+            registry,
+        }
+    }
+
+    /// Adds the per-target series that must exist from the start (zero counters).
+    pub(crate) fn add_target(&self, name: &str) {
+        for change in ["opened", "closed"] {
+            self.port_changes.with_label_values(&[name, change]);
+        }
+        for result in ["success", "failure"] {
+            self.scans.with_label_values(&[name, result]);
+        }
+    }
+
+    /// Removes every series of a target that left the config.
+    pub(crate) fn remove_target(&self, name: &str) {
+        for change in ["opened", "closed"] {
+            let _ = self.port_changes.remove_label_values(&[name, change]);
+        }
+        for result in ["success", "failure"] {
+            let _ = self.scans.remove_label_values(&[name, result]);
+        }
+        let _ = self.scan_duration.remove_label_values(&[name]);
+    }
+
+    fn sync_engine(&self, snapshot: &CounterSnapshot) {
+        let _guard = self.sync.lock();
+        let advance = |counter: &IntCounter, value: u64| {
+            let current = counter.get();
+            if value > current {
+                counter.inc_by(value - current);
+            }
+        };
+        let engine = &self.engine;
+        advance(&engine.packets_sent, snapshot.packets_sent);
+        advance(&engine.invalid, snapshot.replies_malformed + snapshot.replies_bad_cookie);
+        advance(&engine.receive_drops, snapshot.receive_drops);
+        advance(&engine.send_errors, snapshot.send_errors);
+        advance(&engine.backpressure, snapshot.send_backpressure);
+        for (kind, value) in [
+            ("open", snapshot.replies_open),
+            ("closed", snapshot.replies_closed),
+            ("filtered", snapshot.replies_filtered),
+            ("duplicate", snapshot.replies_duplicate),
+            ("unmatched", snapshot.replies_unmatched),
+        ] {
+            advance(&engine.replies.with_label_values(&[kind]), value);
+        }
+    }
+
+    /// Renders the whole exposition: the registry, then the per-target families.
+    pub fn render(&self, engine: &CounterSnapshot, targets: &[TargetView<'_>], output: &mut Vec<u8>) {
+        self.sync_engine(engine);
+        let families = self.registry.gather();
+        if let Err(error) = TextEncoder::new().encode(&families, output) {
+            tracing::error!(%error, "cannot encode the self metrics");
+        }
+        render_targets(targets, output);
+    }
+}
+
+fn header(output: &mut Vec<u8>, name: &str, help: &str) {
+    let _ = writeln!(output, "# HELP {name} {help}\n# TYPE {name} gauge");
+}
+
+/// The per-target families, straight from the results.
+pub fn render_targets(targets: &[TargetView<'_>], output: &mut Vec<u8>) {
+    header(
+        output,
+        "synwatch_target_ports",
+        "Ports of the last completed scan by state; the states sum to the ports scanned.",
+    );
+    for target in targets {
+        if let Some(results) = target.results {
+            let counts = results.counts();
+            for (state, count) in [("open", counts.open), ("closed", counts.closed), ("filtered", counts.filtered)] {
+                let _ =
+                    writeln!(output, "synwatch_target_ports{{target=\"{}\",state=\"{state}\"}} {count}", target.name);
+            }
+        }
+    }
+    header(
+        output,
+        "synwatch_target_hosts_responding",
+        "Hosts that answered at least one probe with SYN-ACK or RST in the last completed scan.",
+    );
+    for target in targets {
+        if let Some(results) = target.results {
+            let _ = writeln!(
+                output,
+                "synwatch_target_hosts_responding{{target=\"{}\"}} {}",
+                target.name,
+                results.hosts_responding()
+            );
+        }
+    }
+    let attempts = [
+        (
+            "synwatch_target_last_scan_success",
+            "1 if the last scan of the target completed, 0 if it failed or timed out.",
+        ),
+        ("synwatch_target_last_scan_timestamp_seconds", "When the last scan of the target ended."),
+        ("synwatch_target_last_scan_duration_seconds", "How long the last scan of the target ran."),
+    ];
+    for (index, (name, help)) in attempts.iter().enumerate() {
+        header(output, name, help);
+        for target in targets {
+            if let Some(attempt) = target.last_attempt {
+                let value = match index {
+                    0 => f64::from(u8::from(attempt.success)),
+                    1 => attempt.timestamp,
+                    _ => attempt.duration_seconds,
+                };
+                let _ = writeln!(output, "{name}{{target=\"{}\"}} {value}", target.name);
+            }
+        }
+    }
+    header(
+        output,
+        "synwatch_port_open",
+        "1 if the port answered SYN-ACK in the last completed scan, 0 if closed or filtered (targets with details: true).",
+    );
+    for target in targets {
+        if let Some(results) = target.results {
+            render_port_open(target.name, results, target.detail_series, output);
+        }
+    }
+}
+
+fn render_port_open(name: &str, results: &ScanResults, limit: u64, output: &mut Vec<u8>) {
+    let space = results.space();
+    let ports = space.ports().as_slice();
+    let port_count = ports.len() as u64;
+    let mut written = 0u64;
+    let mut address_text = String::with_capacity(48);
+    let mut digits = itoa::Buffer::new();
+    for host in 0..space.hosts().len() {
+        if written >= limit {
+            return;
+        }
+        let Some(address) = space.hosts().address_at(host) else {
+            return;
+        };
+        address_text.clear();
+        let _ = std::fmt::Write::write_fmt(&mut address_text, format_args!("{address}"));
+        for (slot, port) in ports.iter().enumerate() {
+            let state = results.get(host * port_count + slot as u64);
+            if state == PortState::Unknown {
+                continue;
+            }
+            if written >= limit {
+                return;
+            }
+            written += 1;
+            output.extend_from_slice(b"synwatch_port_open{target=\"");
+            output.extend_from_slice(name.as_bytes());
+            output.extend_from_slice(b"\",ip=\"");
+            output.extend_from_slice(address_text.as_bytes());
+            output.extend_from_slice(b"\",port=\"");
+            output.extend_from_slice(digits.format(*port).as_bytes());
+            output.extend_from_slice(if state == PortState::Open { b"\"} 1\n" } else { b"\"} 0\n" });
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! What one target's last completed scan found: its target space and one state per probe,
+//! packed four to a byte.
+//!
+//! This is the exporter's memory between scans. Change detection compares two results of the
+//! same space probe by probe; when the config changes a target's addresses or ports, the old
+//! results are first projected onto the new space ([`ScanResults::project`]) so that the
+//! comparison stays index to index and ports that left the config vanish with their series.
+//! A probe whose state is unknown (a port new to the config, not yet scanned) has no series and
+//! takes part in no change.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use synwatch_engine::{PortState, TargetSpace};
+
+/// The states of one scan, indexed like its [`TargetSpace`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanResults {
+    space: Arc<TargetSpace>,
+    packed: Vec<u8>,
+    counts: StateCounts,
+    hosts_responding: u64,
+}
+
+/// How many probes are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    /// Answered with SYN-ACK.
+    pub open: u64,
+    /// Answered with RST.
+    pub closed: u64,
+    /// Answered with ICMP unreachable, or not at all.
+    pub filtered: u64,
+    /// Not scanned yet (ports added to the config since the last scan).
+    pub unknown: u64,
+}
+
+/// What changed between two scans of one target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Known and not open before, open now.
+    pub opened: u64,
+    /// Open before, known and not open now.
+    pub closed: u64,
+}
+
+fn code(state: PortState) -> u8 {
+    state as u8
+}
+
+fn state_of(code: u8) -> PortState {
+    match code & 3 {
+        0 => PortState::Unknown,
+        1 => PortState::Open,
+        2 => PortState::Closed,
+        _ => PortState::Filtered,
+    }
+}
+
+impl ScanResults {
+    /// Results from a state per probe (`state(index)` for every index of the space).
+    pub fn from_fn(space: Arc<TargetSpace>, mut state: impl FnMut(u64) -> PortState) -> ScanResults {
+        let len = space.len();
+        let mut packed = vec![0u8; len.div_ceil(4) as usize];
+        for index in 0..len {
+            packed[(index / 4) as usize] |= code(state(index)) << ((index % 4) * 2);
+        }
+        ScanResults::from_packed(space, packed).expect("the packed length matches the space")
+    }
+
+    /// Results from their packed form (as persisted). `None` when the length does not match.
+    pub fn from_packed(space: Arc<TargetSpace>, packed: Vec<u8>) -> Option<ScanResults> {
+        if packed.len() as u64 != space.len().div_ceil(4) {
+            return None;
+        }
+        let mut results = ScanResults { space, packed, counts: StateCounts::default(), hosts_responding: 0 };
+        results.recount();
+        Some(results)
+    }
+
+    fn recount(&mut self) {
+        let mut counts = StateCounts::default();
+        let mut hosts_responding = 0;
+        let ports = self.space.ports().len() as u64;
+        for host in 0..self.space.hosts().len() {
+            let mut responded = false;
+            for index in host * ports..(host + 1) * ports {
+                match self.get(index) {
+                    PortState::Open => {
+                        counts.open += 1;
+                        responded = true;
+                    }
+                    PortState::Closed => {
+                        counts.closed += 1;
+                        responded = true;
+                    }
+                    PortState::Filtered => counts.filtered += 1,
+                    PortState::Unknown => counts.unknown += 1,
+                }
+            }
+            hosts_responding += u64::from(responded);
+        }
+        self.counts = counts;
+        self.hosts_responding = hosts_responding;
+    }
+
+    /// The space the results are indexed by.
+    pub fn space(&self) -> &Arc<TargetSpace> {
+        &self.space
+    }
+
+    /// The packed states (four per byte, probe `i` in bits `2*(i%4)`), as persisted.
+    pub fn packed(&self) -> &[u8] {
+        &self.packed
+    }
+
+    /// The state of probe `index` (unknown beyond the end).
+    pub fn get(&self, index: u64) -> PortState {
+        match self.packed.get((index / 4) as usize) {
+            Some(byte) => state_of(byte >> ((index % 4) * 2)),
+            None => PortState::Unknown,
+        }
+    }
+
+    /// Probes per state.
+    pub fn counts(&self) -> StateCounts {
+        self.counts
+    }
+
+    /// Hosts that answered at least one probe with SYN-ACK or RST.
+    pub fn hosts_responding(&self) -> u64 {
+        self.hosts_responding
+    }
+
+    /// The same knowledge expressed over `space`: a probe keeps its state when its (address,
+    /// port) was in the old space, and is unknown otherwise.
+    pub fn project(&self, space: Arc<TargetSpace>) -> ScanResults {
+        if *space == *self.space {
+            return ScanResults { space, ..self.clone() };
+        }
+        let old = Arc::clone(&self.space);
+        ScanResults::from_fn(Arc::clone(&space), |index| {
+            let Some((address, port)) = space.probe_at(index) else {
+                return PortState::Unknown;
+            };
+            old.index_of(address, port).map_or(PortState::Unknown, |old_index| self.get(old_index))
+        })
+    }
+
+    /// Changes from `previous` (which must be over the same space, see [`ScanResults::project`])
+    /// to these results. Probes unknown on either side do not count.
+    pub fn changes_since(&self, previous: &ScanResults) -> Changes {
+        let mut changes = Changes::default();
+        if *previous.space != *self.space {
+            return self.changes_since(&previous.project(Arc::clone(&self.space)));
+        }
+        // Whole bytes whose four states did not change are skipped without decoding.
+        for (byte_index, (&now, &before)) in self.packed.iter().zip(&previous.packed).enumerate() {
+            if now == before {
+                continue;
+            }
+            for slot in 0..4 {
+                let index = byte_index as u64 * 4 + slot;
+                let (before, now) = (previous.get(index), self.get(index));
+                if before == PortState::Unknown || now == PortState::Unknown {
+                    continue;
+                }
+                match (before == PortState::Open, now == PortState::Open) {
+                    (false, true) => changes.opened += 1,
+                    (true, false) => changes.closed += 1,
+                    _ => {}
+                }
+            }
+        }
+        changes
+    }
+
+    /// Every known probe as (index, address, port, state), in index order.
+    pub fn known(&self) -> impl Iterator<Item = (u64, IpAddr, u16, PortState)> + '_ {
+        (0..self.space.len()).filter_map(move |index| {
+            let state = self.get(index);
+            if state == PortState::Unknown {
+                return None;
+            }
+            let (address, port) = self.space.probe_at(index)?;
+            Some((index, address, port, state))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use synwatch_engine::targets::parse_target;
+    use synwatch_engine::{ExclusionPolicy, HostSet, PortSet};
+
+    fn space(addresses: &[&str], ports: &str) -> Arc<TargetSpace> {
+        let hosts = HostSet::build(
+            addresses.iter().map(|address| parse_target(address).unwrap()).collect(),
+            Vec::new(),
+            ExclusionPolicy::Default,
+        )
+        .unwrap();
+        Arc::new(TargetSpace::new(hosts, PortSet::parse(ports).unwrap()).unwrap())
+    }
+
+    fn results(space: &Arc<TargetSpace>, open: &[(&str, u16)]) -> ScanResults {
+        ScanResults::from_fn(Arc::clone(space), |index| {
+            let (address, port) = space.probe_at(index).unwrap();
+            if open.iter().any(|(a, p)| a.parse::<IpAddr>().unwrap() == address && *p == port) {
+                PortState::Open
+            } else if port == 81 {
+                PortState::Filtered
+            } else {
+                PortState::Closed
+            }
+        })
+    }
+
+    #[test]
+    fn counts_and_hosts_responding_follow_the_states() {
+        let space = space(&["192.0.2.0/30"], "80,81,443");
+        let scan = results(&space, &[("192.0.2.1", 80), ("192.0.2.1", 443), ("192.0.2.3", 443)]);
+        assert_eq!(scan.counts(), StateCounts { open: 3, closed: 5, filtered: 4, unknown: 0 });
+        assert_eq!(scan.hosts_responding(), 4);
+        let silent = ScanResults::from_fn(Arc::clone(&space), |_| PortState::Filtered);
+        assert_eq!(silent.hosts_responding(), 0);
+        assert_eq!(silent.counts().filtered, 12);
+    }
+
+    #[test]
+    fn changes_count_each_open_and_close_once() {
+        let space = space(&["192.0.2.0/30"], "80,81,443");
+        let before = results(&space, &[("192.0.2.1", 80), ("192.0.2.2", 443)]);
+        let after = results(&space, &[("192.0.2.1", 80), ("192.0.2.3", 443), ("192.0.2.0", 80)]);
+        assert_eq!(after.changes_since(&before), Changes { opened: 2, closed: 1 });
+        assert_eq!(after.changes_since(&after), Changes::default());
+    }
+
+    #[test]
+    fn projection_keeps_shared_probes_and_forgets_the_rest() {
+        let old_space = space(&["192.0.2.0/30"], "80,443");
+        let old = results(&old_space, &[("192.0.2.1", 80), ("192.0.2.1", 443)]);
+        let new_space = space(&["192.0.2.1", "192.0.2.9"], "80,8080");
+        let projected = old.project(Arc::clone(&new_space));
+        assert_eq!(projected.get(new_space.index_of("192.0.2.1".parse().unwrap(), 80).unwrap()), PortState::Open);
+        assert_eq!(projected.get(new_space.index_of("192.0.2.1".parse().unwrap(), 8080).unwrap()), PortState::Unknown);
+        assert_eq!(projected.get(new_space.index_of("192.0.2.9".parse().unwrap(), 80).unwrap()), PortState::Unknown);
+        assert_eq!(projected.counts(), StateCounts { open: 1, closed: 0, filtered: 0, unknown: 3 });
+        // A new port found open on its first scan is not a change: nothing was known before.
+        let next = results(&new_space, &[("192.0.2.1", 8080)]);
+        assert_eq!(next.changes_since(&old), Changes { opened: 0, closed: 1 });
+    }
+
+    #[test]
+    fn packed_form_round_trips_and_rejects_a_wrong_length() {
+        let space = space(&["192.0.2.0/29"], "22,80,443");
+        let scan = results(&space, &[("192.0.2.5", 22)]);
+        let again = ScanResults::from_packed(Arc::clone(&space), scan.packed().to_vec()).unwrap();
+        assert_eq!(again, scan);
+        assert!(ScanResults::from_packed(Arc::clone(&space), vec![0; 3]).is_none());
+        assert_eq!(scan.known().count(), 24);
+    }
+}

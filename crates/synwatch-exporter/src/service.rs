@@ -1,0 +1,664 @@
+//! The running exporter: the scheduler thread that drives scans on the shared engine, folds
+//! their results into the per-target records, counts changes and saves the state; plus reload,
+//! readiness, the landing page and the `/metrics` text for the HTTP crate to serve.
+//!
+//! The engine is reached through the [`Scanner`] trait, implemented for `synwatch_io::Engine`
+//! and, in the tests, for a simulated network, so that everything here is tested without
+//! sockets.
+//!
+//! Architecture invariant: only the scheduler thread writes records (after a scan) and only
+//! [`Exporter::reload`] changes the config; readers (`/metrics`, the landing page) take a read
+//! lock just long enough to clone `Arc`s, so a scrape never waits for a scan and a scan never
+//! waits for a scrape.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+use synwatch_engine::{FinishReason, JobSettings, PortState, Shard, TargetSpace};
+use synwatch_io::{CounterSnapshot, Engine, JobHandle, JobRequest};
+
+use crate::config::{self, Config, ConfigError};
+use crate::metrics::{BuildInfo, Metrics, TargetView};
+use crate::results::ScanResults;
+use crate::schedule::{Schedule, ScheduledTarget};
+use crate::state::{ScanAttempt, StateStore, TargetRecord, unix_seconds};
+
+/// The engine as the exporter uses it.
+pub trait Scanner: Send + Sync {
+    /// Starts a scan of `space`.
+    fn start(
+        &self,
+        space: Arc<TargetSpace>,
+        settings: JobSettings,
+        timeout: Duration,
+    ) -> Result<Box<dyn RunningScan>, String>;
+    /// The engine's counters.
+    fn counters(&self) -> CounterSnapshot;
+    /// `syn` or `connect`.
+    fn mode_name(&self) -> &'static str;
+    /// Whether the engine's threads are all alive.
+    fn is_running(&self) -> bool;
+    /// Changes the global rate cap.
+    fn set_rate(&self, rate: u64);
+}
+
+/// A scan in progress.
+pub trait RunningScan: Send {
+    /// Why it ended, once it has.
+    fn finished(&self) -> Option<FinishReason>;
+    /// Asks it to stop.
+    fn cancel(&self);
+    /// The state of probe `index` (meaningful once finished).
+    fn state(&self, index: u64) -> PortState;
+}
+
+impl Scanner for Engine {
+    fn start(
+        &self,
+        space: Arc<TargetSpace>,
+        settings: JobSettings,
+        timeout: Duration,
+    ) -> Result<Box<dyn RunningScan>, String> {
+        let request = JobRequest { space, settings, timeout: Some(timeout), stream_results: false };
+        match self.submit(request) {
+            Ok(handle) => Ok(Box::new(handle)),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+    fn counters(&self) -> CounterSnapshot {
+        Engine::counters(self)
+    }
+    fn mode_name(&self) -> &'static str {
+        self.mode().name()
+    }
+    fn is_running(&self) -> bool {
+        Engine::is_running(self)
+    }
+    fn set_rate(&self, rate: u64) {
+        Engine::set_rate(self, rate);
+    }
+}
+
+impl RunningScan for JobHandle {
+    fn finished(&self) -> Option<FinishReason> {
+        self.summary().map(|summary| summary.reason)
+    }
+    fn cancel(&self) {
+        JobHandle::cancel(self);
+    }
+    fn state(&self, index: u64) -> PortState {
+        self.table().get(index)
+    }
+}
+
+/// How the exporter is set up.
+#[derive(Debug, Clone)]
+pub struct ExporterOptions {
+    /// The config file (`None`: the embedded default, which reloads to itself).
+    pub config_path: Option<PathBuf>,
+    /// Overrides `state_dir` of the config.
+    pub state_dir: Option<PathBuf>,
+    /// Version and revision for `synwatch_build_info`.
+    pub build: BuildInfo,
+    /// Seed of the schedule jitter and the scan permutations.
+    pub seed: u64,
+    /// Scheduler tick: how often running scans are checked (default 50 ms).
+    pub tick: Duration,
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Targets added.
+    pub added: Vec<String>,
+    /// Targets removed (their series are gone).
+    pub removed: Vec<String>,
+    /// Settings that changed but take effect only after a restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
+#[derive(Default)]
+struct Control {
+    config_changed: bool,
+    shutdown: bool,
+}
+
+struct Inner {
+    scanner: Arc<dyn Scanner>,
+    config: RwLock<Arc<Config>>,
+    spaces: RwLock<Arc<BTreeMap<String, Arc<TargetSpace>>>>,
+    config_path: Option<PathBuf>,
+    records: RwLock<BTreeMap<String, Arc<TargetRecord>>>,
+    metrics: Metrics,
+    store: Option<StateStore>,
+    control: Mutex<Control>,
+    wake: Condvar,
+    epoch: Instant,
+    seed: u64,
+    tick: Duration,
+    /// Serializes reloads (the HTTP endpoint and SIGHUP may race).
+    reloading: Mutex<()>,
+    /// Whether the scheduler thread has stopped.
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+/// The exporter service (see the module documentation).
+pub struct Exporter {
+    inner: Arc<Inner>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Exporter").field("config_path", &self.inner.config_path).finish()
+    }
+}
+
+/// Builds the target space of every configured target.
+fn spaces_of(config: &Config) -> BTreeMap<String, Arc<TargetSpace>> {
+    config
+        .targets
+        .iter()
+        .map(|target| (target.name.clone(), Arc::new(target.space().expect("validated when the config was parsed"))))
+        .collect()
+}
+
+/// Detail series allowed per target, in config order, within `details_budget`.
+fn detail_allotments(config: &Config, records: &BTreeMap<String, Arc<TargetRecord>>) -> BTreeMap<String, u64> {
+    let mut remaining = config.details_budget as u64;
+    let mut allotments = BTreeMap::new();
+    for target in &config.targets {
+        let known = match records.get(&target.name).and_then(|record| record.results.as_ref()) {
+            Some(results) if target.details => results.space().len() - results.counts().unknown,
+            _ => 0,
+        };
+        let allotted = known.min(remaining);
+        remaining -= allotted;
+        allotments.insert(target.name.clone(), allotted);
+    }
+    allotments
+}
+
+impl Exporter {
+    /// Starts the exporter with a loaded config: restores the state, then starts the
+    /// scheduler thread.
+    pub fn start(config: Config, scanner: Arc<dyn Scanner>, options: ExporterOptions) -> Exporter {
+        let metrics = Metrics::new(&options.build, scanner.mode_name());
+        metrics.reload_successful.set(1);
+        metrics.reload_timestamp.set(unix_seconds(SystemTime::now()));
+        for target in &config.targets {
+            metrics.add_target(&target.name);
+        }
+        let store = options.state_dir.clone().or_else(|| config.state_dir.clone()).map(StateStore::new);
+        let spaces = spaces_of(&config);
+        let mut records = BTreeMap::new();
+        match &store {
+            None => tracing::info!("no state_dir: results are not kept across restarts"),
+            Some(store) => {
+                let loaded = store.load();
+                if let Some((path, reason)) = &loaded.set_aside {
+                    tracing::error!(path = %path.display(), %reason, "the state file is unusable; set aside, starting with no state");
+                }
+                for (name, record) in loaded.records {
+                    // Records of targets no longer configured are dropped; the others are
+                    // expressed over the target's current space.
+                    let Some(space) = spaces.get(&name) else { continue };
+                    let results = record.results.map(|results| results.project(Arc::clone(space)));
+                    records.insert(name, Arc::new(TargetRecord { results, last_attempt: record.last_attempt }));
+                }
+                tracing::info!(path = %store.path().display(), targets = records.len(), "state restored");
+            }
+        }
+        let inner = Arc::new(Inner {
+            scanner,
+            config: RwLock::new(Arc::new(config)),
+            spaces: RwLock::new(Arc::new(spaces)),
+            config_path: options.config_path,
+            records: RwLock::new(records),
+            metrics,
+            store,
+            control: Mutex::new(Control::default()),
+            wake: Condvar::new(),
+            epoch: Instant::now(),
+            seed: options.seed,
+            tick: options.tick,
+            reloading: Mutex::new(()),
+            stopped: std::sync::atomic::AtomicBool::new(false),
+        });
+        let thread_inner = Arc::clone(&inner);
+        let thread = std::thread::Builder::new()
+            .name("synwatch-schedule".into())
+            .spawn(move || SchedulerLoop::new(thread_inner).run())
+            .expect("the scheduler thread starts");
+        Exporter { inner, thread: Mutex::new(Some(thread)) }
+    }
+
+    /// The config now running.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.inner.config.read())
+    }
+
+    /// A target's record.
+    pub fn record(&self, name: &str) -> Option<Arc<TargetRecord>> {
+        self.inner.records.read().get(name).cloned()
+    }
+
+    /// `Ok` when the engine runs, the config is loaded and the exporter is not stopping.
+    pub fn ready(&self) -> Result<(), String> {
+        if self.inner.stopped.load(std::sync::atomic::Ordering::Acquire) || self.inner.control.lock().shutdown {
+            return Err("shutting down".into());
+        }
+        if !self.inner.scanner.is_running() {
+            return Err("the scan engine is not running".into());
+        }
+        Ok(())
+    }
+
+    /// Reloads the config file. A bad file is rejected (and counted in the reload metrics);
+    /// the old config keeps running.
+    pub fn reload(&self) -> Result<ReloadReport, ConfigError> {
+        let _serialized = self.inner.reloading.lock();
+        let metrics = &self.inner.metrics;
+        let loaded = match &self.inner.config_path {
+            Some(path) => config::load(path),
+            None => config::parse(config::EMBEDDED_DEFAULT, "<embedded>"),
+        };
+        let new = match loaded {
+            Ok(new) => new,
+            Err(error) => {
+                metrics.reload_successful.set(0);
+                tracing::error!(%error, "config reload rejected; the previous config keeps running");
+                return Err(error);
+            }
+        };
+        let old = self.config();
+        let mut needs_restart = Vec::new();
+        if new.listen != old.listen {
+            needs_restart.push("listen");
+        }
+        if new.state_dir != old.state_dir {
+            needs_restart.push("state_dir");
+        }
+        if new.engine.mode != old.engine.mode
+            || new.engine.interface != old.engine.interface
+            || new.engine.source_addresses != old.engine.source_addresses
+        {
+            needs_restart.push("engine (mode, interface, source_addresses)");
+        }
+        if new.engine.max_rate != old.engine.max_rate {
+            self.inner.scanner.set_rate(new.engine.max_rate);
+        }
+        let added: Vec<String> = new
+            .targets
+            .iter()
+            .filter(|target| !old.targets.iter().any(|other| other.name == target.name))
+            .map(|target| target.name.clone())
+            .collect();
+        let removed: Vec<String> = old
+            .targets
+            .iter()
+            .filter(|target| !new.targets.iter().any(|other| other.name == target.name))
+            .map(|target| target.name.clone())
+            .collect();
+        let spaces = spaces_of(&new);
+        {
+            let mut records = self.inner.records.write();
+            records.retain(|name, _| spaces.contains_key(name));
+            for (name, record) in records.iter_mut() {
+                let space = &spaces[name];
+                if let Some(results) = &record.results
+                    && **results.space() != **space
+                {
+                    let projected = results.project(Arc::clone(space));
+                    *record = Arc::new(TargetRecord { results: Some(projected), last_attempt: record.last_attempt });
+                }
+            }
+            *self.inner.spaces.write() = Arc::new(spaces);
+            *self.inner.config.write() = Arc::new(new);
+        }
+        for name in &removed {
+            metrics.remove_target(name);
+        }
+        for name in &added {
+            metrics.add_target(name);
+        }
+        metrics.reload_successful.set(1);
+        metrics.reload_timestamp.set(unix_seconds(SystemTime::now()));
+        for setting in &needs_restart {
+            tracing::warn!(setting, "changed in the config; it takes effect after a restart");
+        }
+        tracing::info!(?added, ?removed, "config reloaded");
+        self.inner.control.lock().config_changed = true;
+        self.inner.wake.notify_all();
+        Ok(ReloadReport { added, removed, needs_restart })
+    }
+
+    /// Renders `/metrics` into `output`.
+    pub fn render_metrics(&self, output: &mut Vec<u8>) {
+        let config = self.config();
+        let records: Vec<Option<Arc<TargetRecord>>> = {
+            let records = self.inner.records.read();
+            config.targets.iter().map(|target| records.get(&target.name).cloned()).collect()
+        };
+        let allotments = {
+            let by_name: BTreeMap<String, Arc<TargetRecord>> = config
+                .targets
+                .iter()
+                .zip(&records)
+                .filter_map(|(target, record)| Some((target.name.clone(), Arc::clone(record.as_ref()?))))
+                .collect();
+            detail_allotments(&config, &by_name)
+        };
+        let views: Vec<TargetView<'_>> = config
+            .targets
+            .iter()
+            .zip(&records)
+            .map(|(target, record)| TargetView {
+                name: &target.name,
+                results: record.as_ref().and_then(|record| record.results.as_ref()),
+                last_attempt: record.as_ref().and_then(|record| record.last_attempt),
+                detail_series: allotments.get(&target.name).copied().unwrap_or(0),
+            })
+            .collect();
+        self.inner.metrics.render(&self.inner.scanner.counters(), &views, output);
+    }
+
+    /// The landing page (HTML): targets, their last scan, links.
+    pub fn landing_page(&self) -> String {
+        let config = self.config();
+        let mut page = String::from(
+            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>synwatch</title></head><body>\n<h1>synwatch</h1>\n\
+             <p><a href=\"/metrics\">/metrics</a> · <a href=\"/-/healthy\">/-/healthy</a> · <a href=\"/-/ready\">/-/ready</a></p>\n\
+             <table border=\"1\" cellpadding=\"4\"><tr><th>target</th><th>addresses</th><th>ports</th><th>interval</th>\
+             <th>last scan</th><th>result</th><th>open</th><th>closed</th><th>filtered</th></tr>\n",
+        );
+        for target in &config.targets {
+            let record = self.record(&target.name);
+            let addresses: Vec<String> = target.addresses.iter().map(ToString::to_string).collect();
+            let (when, result) = match record.as_ref().and_then(|record| record.last_attempt) {
+                Some(attempt) => (
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + Duration::from_secs_f64(attempt.timestamp.max(0.0)),
+                    )
+                    .to_string(),
+                    if attempt.success { "ok" } else { "failed" },
+                ),
+                None => ("not yet".to_string(), "-"),
+            };
+            let counts = record.as_ref().and_then(|record| record.results.as_ref()).map(ScanResults::counts);
+            let count = |value: Option<u64>| value.map_or("-".to_string(), |value| value.to_string());
+            let _ = writeln!(
+                page,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{when}</td><td>{result}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                html_escape(&target.name),
+                html_escape(&addresses.join(", ")),
+                html_escape(&target.ports.to_string()),
+                humantime::format_duration(target.settings.interval),
+                count(counts.map(|counts| counts.open)),
+                count(counts.map(|counts| counts.closed)),
+                count(counts.map(|counts| counts.filtered)),
+            );
+        }
+        page.push_str("</table>\n</body></html>\n");
+        page
+    }
+
+    /// Stops the scheduler: cancels running scans, waits for them at most `grace`, saves the
+    /// state. Idempotent.
+    pub fn shutdown(&self, grace: Duration) {
+        {
+            let mut control = self.inner.control.lock();
+            control.shutdown = true;
+        }
+        self.inner.wake.notify_all();
+        let thread = self.thread.lock().take();
+        if let Some(thread) = thread {
+            let deadline = Instant::now() + grace + Duration::from_millis(500);
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                tracing::warn!("the scheduler did not stop in time; leaving it behind");
+            }
+        }
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self.shutdown(Duration::from_secs(1));
+    }
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+struct Running {
+    name: String,
+    scan: Box<dyn RunningScan>,
+    space: Arc<TargetSpace>,
+    started: Instant,
+}
+
+struct SchedulerLoop {
+    inner: Arc<Inner>,
+    schedule: Schedule,
+    running: Vec<Running>,
+    scans_started: u64,
+}
+
+impl SchedulerLoop {
+    fn new(inner: Arc<Inner>) -> SchedulerLoop {
+        let schedule = Schedule::new(inner.seed);
+        SchedulerLoop { inner, schedule, running: Vec::new(), scans_started: 0 }
+    }
+
+    fn now(&self) -> Duration {
+        self.inner.epoch.elapsed()
+    }
+
+    /// Hands the current targets to the schedule; cancels scans of removed targets.
+    fn apply_config(&mut self) {
+        let config = Arc::clone(&self.inner.config.read());
+        let now = self.now();
+        let now_unix = unix_seconds(SystemTime::now());
+        let targets: Vec<ScheduledTarget> = {
+            let records = self.inner.records.read();
+            config
+                .targets
+                .iter()
+                .map(|target| {
+                    // After a restart, a target scanned recently waits for the rest of its interval.
+                    let first_due =
+                        records.get(&target.name).and_then(|record| record.last_attempt).and_then(|attempt| {
+                            let age = Duration::from_secs_f64((now_unix - attempt.timestamp).max(0.0));
+                            target.settings.interval.checked_sub(age).map(|left| now + left)
+                        });
+                    ScheduledTarget { name: target.name.clone(), interval: target.settings.interval, first_due }
+                })
+                .collect()
+        };
+        for name in self.schedule.set_targets(&targets, now) {
+            if let Some(running) = self.running.iter().find(|running| running.name == name) {
+                running.scan.cancel();
+            }
+        }
+    }
+
+    fn run(mut self) {
+        self.apply_config();
+        loop {
+            {
+                let mut control = self.inner.control.lock();
+                if control.shutdown {
+                    break;
+                }
+                if std::mem::take(&mut control.config_changed) {
+                    drop(control);
+                    self.apply_config();
+                }
+            }
+            self.collect_finished();
+            let now = self.now();
+            self.schedule.poll(now);
+            let slots = self.inner.config.read().engine.max_concurrent_scans;
+            while self.running.len() < slots {
+                let Some(name) = self.schedule.start_next(now) else { break };
+                self.start_scan(name);
+            }
+            let metrics = &self.inner.metrics;
+            metrics.queue_length.set(self.schedule.queue_length() as i64);
+            metrics.scans_running.set(self.running.len() as i64);
+            let mut sleep = self.inner.tick;
+            if self.running.is_empty()
+                && let Some(due) = self.schedule.next_due()
+            {
+                sleep = due.saturating_sub(self.now()).clamp(Duration::from_millis(1), Duration::from_secs(1));
+            }
+            let mut control = self.inner.control.lock();
+            if !control.shutdown && !control.config_changed {
+                self.inner.wake.wait_for(&mut control, sleep);
+            }
+        }
+        self.stop();
+    }
+
+    fn start_scan(&mut self, name: String) {
+        let config = Arc::clone(&self.inner.config.read());
+        let space = self.inner.spaces.read().get(&name).cloned();
+        let (Some(target), Some(space)) = (config.targets.iter().find(|target| target.name == name), space) else {
+            self.schedule.finished(&name, self.now());
+            return;
+        };
+        self.scans_started += 1;
+        let settings = JobSettings {
+            retries: target.settings.retries,
+            retry_gap: target.settings.wait.max(Duration::from_millis(100)),
+            wait: target.settings.wait,
+            seed: self.inner.seed ^ self.scans_started.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            shard: Shard::WHOLE,
+        };
+        let started = Instant::now();
+        match self.inner.scanner.start(Arc::clone(&space), settings, target.settings.timeout) {
+            Ok(scan) => {
+                tracing::debug!(target = %name, probes = space.len(), "scan started");
+                self.running.push(Running { name, scan, space, started });
+            }
+            Err(error) => {
+                tracing::warn!(target = %name, %error, "scan could not start");
+                self.record_attempt(&name, started, None);
+                self.schedule.finished(&name, self.now());
+            }
+        }
+    }
+
+    fn collect_finished(&mut self) {
+        let mut index = 0;
+        while index < self.running.len() {
+            let Some(reason) = self.running[index].scan.finished() else {
+                index += 1;
+                continue;
+            };
+            let running = self.running.swap_remove(index);
+            let success = matches!(reason, FinishReason::AllAnswered | FinishReason::WaitOver);
+            if success {
+                let results =
+                    ScanResults::from_fn(Arc::clone(&running.space), |probe| running.scan.state(probe).finalized());
+                self.record_attempt(&running.name, running.started, Some(results));
+            } else {
+                tracing::warn!(target = %running.name, ?reason, "scan did not complete; the previous results stay");
+                self.record_attempt(&running.name, running.started, None);
+            }
+            self.schedule.finished(&running.name, self.now());
+        }
+    }
+
+    /// Folds a scan's end into the target's record: its attempt, and when it completed its
+    /// results, the changes since the previous results and the details budget.
+    fn record_attempt(&mut self, name: &str, started: Instant, results: Option<ScanResults>) {
+        let metrics = &self.inner.metrics;
+        let duration = started.elapsed();
+        let success = results.is_some();
+        let attempt = ScanAttempt {
+            timestamp: unix_seconds(SystemTime::now()),
+            duration_seconds: duration.as_secs_f64(),
+            success,
+        };
+        let config = Arc::clone(&self.inner.config.read());
+        if !config.targets.iter().any(|target| target.name == name) {
+            return; // Removed by a reload while it ran: its series are already gone.
+        }
+        metrics.scan_duration.with_label_values(&[name]).observe(duration.as_secs_f64());
+        metrics.scans.with_label_values(&[name, if success { "success" } else { "failure" }]).inc();
+        let current_space = self.inner.spaces.read().get(name).cloned();
+        let snapshot = {
+            let mut records = self.inner.records.write();
+            let previous = records.get(name).cloned();
+            let results = match (results, current_space) {
+                (Some(results), Some(space)) => Some(results.project(space)),
+                (results, _) => results,
+            };
+            let results = match results {
+                Some(results) => {
+                    if let Some(before) = previous.as_ref().and_then(|record| record.results.as_ref()) {
+                        let changes = results.changes_since(before);
+                        metrics.port_changes.with_label_values(&[name, "opened"]).inc_by(changes.opened);
+                        metrics.port_changes.with_label_values(&[name, "closed"]).inc_by(changes.closed);
+                        if changes.opened + changes.closed > 0 {
+                            tracing::info!(target = %name, opened = changes.opened, closed = changes.closed, "ports changed");
+                        }
+                    }
+                    Some(results)
+                }
+                None => previous.as_ref().and_then(|record| record.results.clone()),
+            };
+            records.insert(name.to_string(), Arc::new(TargetRecord { results, last_attempt: Some(attempt) }));
+            if success && let Some(target) = config.targets.iter().find(|target| target.name == name && target.details)
+            {
+                let record = &records[&target.name];
+                let known =
+                    record.results.as_ref().map_or(0, |results| results.space().len() - results.counts().unknown);
+                let allotted = detail_allotments(&config, &records).get(name).copied().unwrap_or(0);
+                if known > allotted {
+                    metrics.details_dropped.inc_by(known - allotted);
+                    tracing::warn!(target = %name, refused = known - allotted, budget = config.details_budget, "details_budget reached");
+                }
+            }
+            records.clone()
+        };
+        tracing::info!(target = %name, success, seconds = duration.as_secs_f64(), "scan ended");
+        self.save(&snapshot);
+    }
+
+    fn save(&self, records: &BTreeMap<String, Arc<TargetRecord>>) {
+        let Some(store) = &self.inner.store else { return };
+        if let Err(error) = store.save(records) {
+            self.inner.metrics.state_writes_failed.inc();
+            tracing::error!(path = %store.path().display(), %error, "cannot save the state");
+        }
+    }
+
+    /// Shutdown: cancel every scan, wait briefly for them to stop, save the state.
+    fn stop(mut self) {
+        for running in &self.running {
+            running.scan.cancel();
+        }
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while self.running.iter().any(|running| running.scan.finished().is_none()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.running.clear();
+        let records = self.inner.records.read().clone();
+        self.save(&records);
+        self.inner.stopped.store(true, std::sync::atomic::Ordering::Release);
+        tracing::info!("scheduler stopped; state saved");
+    }
+}

@@ -1,0 +1,330 @@
+//! The running exporter against a simulated network: the scheduler, change counting, the
+//! details budget, reload and the state kept across restarts, all without sockets.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use synwatch_engine::{FinishReason, JobSettings, PortState, TargetSpace};
+use synwatch_exporter::{BuildInfo, Exporter, ExporterOptions, RunningScan, Scanner};
+use synwatch_io::CounterSnapshot;
+
+/// A network where every probe is answered at once from a table (closed when not listed).
+#[derive(Default)]
+struct SimulatedNetwork {
+    ports: Mutex<HashMap<(IpAddr, u16), PortState>>,
+    scans: AtomicU64,
+    /// When set, scans never finish by themselves (only a timeout or cancel ends them).
+    hang: AtomicBool,
+    running: AtomicU64,
+    max_running: AtomicU64,
+}
+
+impl SimulatedNetwork {
+    fn set(&self, address: &str, port: u16, state: PortState) {
+        self.ports.lock().insert((address.parse().unwrap(), port), state);
+    }
+}
+
+struct SimulatedScan {
+    states: Vec<PortState>,
+    network: Arc<SimulatedNetwork>,
+    deadline: Instant,
+    cancelled: AtomicBool,
+    counted: AtomicBool,
+}
+
+impl SimulatedScan {
+    fn leave(&self) {
+        if !self.counted.swap(true, Ordering::SeqCst) {
+            self.network.running.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl RunningScan for SimulatedScan {
+    fn finished(&self) -> Option<FinishReason> {
+        let reason = if self.cancelled.load(Ordering::SeqCst) {
+            Some(FinishReason::Cancelled)
+        } else if !self.network.hang.load(Ordering::SeqCst) {
+            Some(FinishReason::AllAnswered)
+        } else if Instant::now() >= self.deadline {
+            Some(FinishReason::DeadlineReached)
+        } else {
+            None
+        };
+        if reason.is_some() {
+            self.leave();
+        }
+        reason
+    }
+    fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+    }
+    fn state(&self, index: u64) -> PortState {
+        self.states[index as usize]
+    }
+}
+
+struct SimulatedScanner(Arc<SimulatedNetwork>);
+
+impl Scanner for SimulatedScanner {
+    fn start(
+        &self,
+        space: Arc<TargetSpace>,
+        _settings: JobSettings,
+        timeout: Duration,
+    ) -> Result<Box<dyn RunningScan>, String> {
+        let network = &self.0;
+        network.scans.fetch_add(1, Ordering::SeqCst);
+        let running = network.running.fetch_add(1, Ordering::SeqCst) + 1;
+        network.max_running.fetch_max(running, Ordering::SeqCst);
+        let ports = network.ports.lock();
+        let states = (0..space.len())
+            .map(|index| {
+                let (address, port) = space.probe_at(index).unwrap();
+                ports.get(&(address, port)).copied().unwrap_or(PortState::Closed)
+            })
+            .collect();
+        Ok(Box::new(SimulatedScan {
+            states,
+            network: Arc::clone(network),
+            deadline: Instant::now() + timeout,
+            cancelled: AtomicBool::new(false),
+            counted: AtomicBool::new(false),
+        }))
+    }
+    fn counters(&self) -> CounterSnapshot {
+        CounterSnapshot { packets_sent: self.0.scans.load(Ordering::SeqCst), ..CounterSnapshot::default() }
+    }
+    fn mode_name(&self) -> &'static str {
+        "syn"
+    }
+    fn is_running(&self) -> bool {
+        true
+    }
+    fn set_rate(&self, _rate: u64) {}
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let directory = std::env::temp_dir().join(format!("synwatch-service-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    std::fs::create_dir_all(&directory).unwrap();
+    directory
+}
+
+fn start(network: &Arc<SimulatedNetwork>, config_path: &Path, state_dir: Option<&Path>) -> Exporter {
+    let config = synwatch_exporter::load(config_path).unwrap();
+    Exporter::start(
+        config,
+        Arc::new(SimulatedScanner(Arc::clone(network))),
+        ExporterOptions {
+            config_path: Some(config_path.to_path_buf()),
+            state_dir: state_dir.map(Path::to_path_buf),
+            build: BuildInfo { version: "test".into(), revision: "test".into() },
+            seed: 42,
+            tick: Duration::from_millis(5),
+        },
+    )
+}
+
+fn render(exporter: &Exporter) -> String {
+    let mut output = Vec::new();
+    exporter.render_metrics(&mut output);
+    String::from_utf8(output).unwrap()
+}
+
+/// The value of the sample whose name and labels are exactly `series`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn series_count(text: &str, prefix: &str) -> usize {
+    text.lines().filter(|line| line.starts_with(prefix)).count()
+}
+
+/// Waits until `condition` holds (the scheduler runs on its own thread).
+fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn successes(exporter: &Exporter, target: &str) -> f64 {
+    sample(&render(exporter), &format!("synwatch_scans_total{{result=\"success\",target=\"{target}\"}}")).unwrap_or(0.0)
+}
+
+fn wait_for_scans(exporter: &Exporter, target: &str, more: f64) {
+    let goal = successes(exporter, target) + more;
+    wait_for(&format!("{more} more scans of {target}"), || successes(exporter, target) >= goal);
+}
+
+const WEB: &str = "targets:\n  - name: web\n    addresses: [192.0.2.0/30]\n    ports: \"22,80\"\n    interval: 50ms\n    details: true\n";
+
+#[test]
+fn a_port_that_opens_and_closes_moves_its_series_and_counters_exactly_once() {
+    let directory = scratch("changes");
+    let config = directory.join("synwatch.yaml");
+    std::fs::write(&config, WEB).unwrap();
+    let network = Arc::new(SimulatedNetwork::default());
+    let exporter = start(&network, &config, None);
+    let port_open = "synwatch_port_open{target=\"web\",ip=\"192.0.2.1\",port=\"80\"}";
+    let opened = "synwatch_port_state_changes_total{change=\"opened\",target=\"web\"}";
+    let closed = "synwatch_port_state_changes_total{change=\"closed\",target=\"web\"}";
+    wait_for_scans(&exporter, "web", 1.0);
+    let text = render(&exporter);
+    assert_eq!(sample(&text, port_open), Some(0.0));
+    assert_eq!(series_count(&text, "synwatch_port_open{"), 8, "4 hosts x 2 ports, each with a series");
+    assert_eq!(sample(&text, "synwatch_target_ports{target=\"web\",state=\"closed\"}"), Some(8.0));
+
+    network.set("192.0.2.1", 80, PortState::Open);
+    wait_for("the open port", || sample(&render(&exporter), port_open) == Some(1.0));
+    wait_for_scans(&exporter, "web", 3.0);
+    let text = render(&exporter);
+    assert_eq!((sample(&text, opened), sample(&text, closed)), (Some(1.0), Some(0.0)), "counted once");
+    assert_eq!(sample(&text, "synwatch_target_ports{target=\"web\",state=\"open\"}"), Some(1.0));
+
+    network.set("192.0.2.1", 80, PortState::Filtered);
+    wait_for("the closed port", || sample(&render(&exporter), port_open) == Some(0.0));
+    wait_for_scans(&exporter, "web", 3.0);
+    let text = render(&exporter);
+    assert_eq!((sample(&text, opened), sample(&text, closed)), (Some(1.0), Some(1.0)), "counted once");
+    assert_eq!(sample(&text, "synwatch_target_ports{target=\"web\",state=\"filtered\"}"), Some(1.0));
+    assert_eq!(network.max_running.load(Ordering::SeqCst), 1, "one target never runs twice at once");
+    exporter.shutdown(Duration::from_secs(1));
+    std::fs::remove_dir_all(&directory).unwrap();
+}
+
+#[test]
+fn the_details_budget_caps_series_and_counts_what_it_refused() {
+    let directory = scratch("budget");
+    let config = directory.join("synwatch.yaml");
+    std::fs::write(
+        &config,
+        "details_budget: 10\ntargets:\n  - {name: a, addresses: [192.0.2.0/30], ports: \"22,80\", interval: 50ms, details: true}\n  \
+         - {name: b, addresses: [192.0.2.8/30], ports: \"22,80\", interval: 10s, details: true}\n  \
+         - {name: c, addresses: [192.0.2.16/30], ports: \"22\", interval: 1h}\n",
+    )
+    .unwrap();
+    let network = Arc::new(SimulatedNetwork::default());
+    let exporter = start(&network, &config, None);
+    wait_for("both detail targets scanned", || {
+        let text = render(&exporter);
+        ["a", "b", "c"].iter().all(|target| {
+            sample(&text, &format!("synwatch_target_last_scan_success{{target=\"{target}\"}}")) == Some(1.0)
+        })
+    });
+    let text = render(&exporter);
+    assert_eq!(series_count(&text, "synwatch_port_open{target=\"a\""), 8);
+    assert_eq!(series_count(&text, "synwatch_port_open{target=\"b\""), 2, "b gets what is left of 10");
+    assert_eq!(series_count(&text, "synwatch_port_open{target=\"c\""), 0, "details: false");
+    // a (first in the config, scanned every 50 ms) has its 8 series before b's first scan
+    // (within its startup jitter of up to 1 s), which is refused 6 of its 8; a's later scans
+    // refuse nothing.
+    wait_for_scans(&exporter, "a", 3.0);
+    let text = render(&exporter);
+    assert_eq!(sample(&text, "synwatch_details_series_dropped_total"), Some(6.0));
+    exporter.shutdown(Duration::from_secs(1));
+    std::fs::remove_dir_all(&directory).unwrap();
+}
+
+#[test]
+fn a_broken_reload_keeps_the_old_config_and_a_good_one_removes_series() {
+    let directory = scratch("reload");
+    let config = directory.join("synwatch.yaml");
+    std::fs::write(&config, WEB).unwrap();
+    let network = Arc::new(SimulatedNetwork::default());
+    network.set("192.0.2.2", 22, PortState::Open);
+    let exporter = start(&network, &config, None);
+    wait_for_scans(&exporter, "web", 1.0);
+
+    std::fs::write(&config, WEB.replace("ports:", "portz:")).unwrap();
+    let error = exporter.reload().unwrap_err();
+    assert_eq!((error.line, error.column), (4, 5), "{error}");
+    let text = render(&exporter);
+    assert_eq!(sample(&text, "synwatch_config_last_reload_successful"), Some(0.0));
+    wait_for_scans(&exporter, "web", 2.0);
+    assert_eq!(exporter.config().targets[0].ports.to_string(), "22,80", "the old config keeps running");
+
+    // Port 80 leaves the config, a target is added.
+    let good = WEB.replace("\"22,80\"", "\"22\"")
+        + "  - {name: db, addresses: [192.0.2.9], ports: \"5432\", interval: 50ms, details: true}\n";
+    std::fs::write(&config, good).unwrap();
+    let report = exporter.reload().unwrap();
+    assert_eq!(report.added, vec!["db".to_string()]);
+    let text = render(&exporter);
+    assert_eq!(sample(&text, "synwatch_config_last_reload_successful"), Some(1.0));
+    assert_eq!(series_count(&text, "synwatch_port_open{target=\"web\""), 4, "port 80's series are gone at once");
+    assert!(!text.contains("port=\"80\""));
+    assert_eq!(sample(&text, "synwatch_port_open{target=\"web\",ip=\"192.0.2.2\",port=\"22\"}"), Some(1.0));
+    wait_for_scans(&exporter, "db", 1.0);
+
+    // Removing a target removes all its series.
+    std::fs::write(&config, WEB).unwrap();
+    assert_eq!(exporter.reload().unwrap().removed, vec!["db".to_string()]);
+    let text = render(&exporter);
+    assert!(!text.contains("target=\"db\""), "{text}");
+    exporter.shutdown(Duration::from_secs(1));
+    std::fs::remove_dir_all(&directory).unwrap();
+}
+
+#[test]
+fn a_restart_serves_the_saved_state_at_once_and_counts_no_false_change() {
+    let directory = scratch("restart");
+    let config = directory.join("synwatch.yaml");
+    let state = directory.join("state");
+    std::fs::write(&config, WEB.replace("50ms", "200ms")).unwrap();
+    let network = Arc::new(SimulatedNetwork::default());
+    network.set("192.0.2.3", 22, PortState::Open);
+    let exporter = start(&network, &config, Some(&state));
+    wait_for_scans(&exporter, "web", 2.0);
+    exporter.shutdown(Duration::from_secs(1));
+    let before = render(&exporter);
+    drop(exporter);
+
+    let scans_before = network.scans.load(Ordering::SeqCst);
+    let restarted = start(&network, &config, Some(&state));
+    let after = render(&restarted);
+    let timestamp = "synwatch_target_last_scan_timestamp_seconds{target=\"web\"}";
+    let port = "synwatch_port_open{target=\"web\",ip=\"192.0.2.3\",port=\"22\"}";
+    if network.scans.load(Ordering::SeqCst) == scans_before {
+        assert_eq!(sample(&after, timestamp), sample(&before, timestamp), "the old timestamp is served");
+    }
+    assert_eq!(sample(&after, port), Some(1.0), "the last known state is served before any scan");
+    assert_eq!(series_count(&after, "synwatch_port_open{"), 8);
+    wait_for_scans(&restarted, "web", 2.0);
+    let text = render(&restarted);
+    for change in ["opened", "closed"] {
+        let series = format!("synwatch_port_state_changes_total{{change=\"{change}\",target=\"web\"}}");
+        assert_eq!(sample(&text, &series), Some(0.0), "{change}");
+    }
+    restarted.shutdown(Duration::from_secs(1));
+    std::fs::remove_dir_all(&directory).unwrap();
+}
+
+#[test]
+fn a_scan_past_its_timeout_fails_and_keeps_the_previous_results() {
+    let directory = scratch("timeout");
+    let config = directory.join("synwatch.yaml");
+    std::fs::write(&config, WEB.replace("    details: true\n", "    details: true\n    timeout: 100ms\n")).unwrap();
+    let network = Arc::new(SimulatedNetwork::default());
+    network.set("192.0.2.1", 22, PortState::Open);
+    let exporter = start(&network, &config, None);
+    wait_for_scans(&exporter, "web", 1.0);
+    network.set("192.0.2.1", 22, PortState::Closed);
+    network.hang.store(true, Ordering::SeqCst);
+    let failure = "synwatch_scans_total{result=\"failure\",target=\"web\"}";
+    wait_for("a timed-out scan", || sample(&render(&exporter), failure) >= Some(1.0));
+    let text = render(&exporter);
+    assert_eq!(sample(&text, "synwatch_target_last_scan_success{target=\"web\"}"), Some(0.0));
+    assert_eq!(sample(&text, "synwatch_port_open{target=\"web\",ip=\"192.0.2.1\",port=\"22\"}"), Some(1.0));
+    assert_eq!(sample(&text, "synwatch_port_state_changes_total{change=\"closed\",target=\"web\"}"), Some(0.0));
+    exporter.shutdown(Duration::from_secs(1));
+    std::fs::remove_dir_all(&directory).unwrap();
+}

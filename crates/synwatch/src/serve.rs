@@ -1,0 +1,177 @@
+//! `synwatch serve`: the exporter daemon. It loads the config (a file, or the embedded loopback
+//! default), binds the HTTP listener, starts the engine (which opens its sockets and then drops
+//! every capability), starts the exporter's scheduler, and only then the HTTP runtime's threads,
+//! so that no thread ever holds a capability it does not need.
+//!
+//! Signals: SIGHUP reloads the config (a bad one is rejected and the old one keeps running);
+//! SIGTERM and SIGINT stop accepting connections, cancel running scans, save the state and exit
+//! (within about 1.5 s).
+
+use std::io::{self, IsTerminal};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use synwatch_exporter::config::ModeSetting;
+use synwatch_exporter::{BuildInfo, CONTENT_TYPE, Exporter, ExporterOptions};
+use synwatch_http::{ServerSettings, Site};
+use synwatch_io::{Engine, EngineConfig, Mode};
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Arguments of `synwatch serve`. Each has an environment variable, for systemd's
+/// `EnvironmentFile=` and for containers; a flag wins over its variable.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The YAML config file (default: the embedded config, which scans 127.0.0.1 and ::1 only).
+    #[arg(long, env = "SYNWATCH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen on this address and port instead of the config's `listen`.
+    #[arg(long, env = "SYNWATCH_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Keep the state here instead of the config's `state_dir`.
+    #[arg(long, env = "SYNWATCH_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Log level or filter (error, warn, info, debug, trace, or a tracing filter such as
+    /// `info,synwatch_io=debug`).
+    #[arg(long, env = "SYNWATCH_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Log format.
+    #[arg(long, env = "SYNWATCH_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+struct ExporterSite(Arc<Exporter>);
+
+impl Site for ExporterSite {
+    fn landing_page(&self) -> String {
+        self.0.landing_page()
+    }
+
+    fn metrics(&self) -> (Vec<u8>, &'static str) {
+        let mut output = Vec::with_capacity(64 << 10);
+        self.0.render_metrics(&mut output);
+        (output, CONTENT_TYPE)
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        self.0.ready()
+    }
+
+    fn reload(&self) -> Result<String, String> {
+        match self.0.reload() {
+            Ok(report) => {
+                let mut summary = format!("{} target(s) added, {} removed", report.added.len(), report.removed.len());
+                if !report.needs_restart.is_empty() {
+                    summary.push_str(&format!("; needs a restart to apply: {}", report.needs_restart.join(", ")));
+                }
+                Ok(summary)
+            }
+            Err(error) => Err(error.to_string()),
+        }
+    }
+}
+
+fn init_logging(level: &str, format: LogFormat) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|error| crate::UsageError(format!("--log-level {level:?}: {error}")))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr);
+    let result = match format {
+        LogFormat::Text => builder.with_ansi(io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    result.map_err(|error| anyhow::anyhow!("cannot set up logging: {error}"))
+}
+
+/// Runs the exporter until SIGTERM or SIGINT.
+pub fn run(args: ServeArgs) -> Result<()> {
+    init_logging(&args.log_level, args.log_format)?;
+    let config = match &args.config {
+        Some(path) => synwatch_exporter::load(path)?,
+        None => synwatch_exporter::parse(synwatch_exporter::EMBEDDED_DEFAULT, "<embedded>")?,
+    };
+    let listen = args.listen.unwrap_or(config.listen);
+    let listener =
+        std::net::TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen} (set --listen)"))?;
+    listener.set_nonblocking(true)?;
+    let engine = Engine::start(EngineConfig {
+        rate: config.engine.max_rate,
+        mode: match config.engine.mode {
+            ModeSetting::Auto => Mode::Auto,
+            ModeSetting::Syn => Mode::Syn,
+            ModeSetting::Connect => Mode::Connect,
+        },
+        interface: config.engine.interface.clone(),
+        source_addresses: config.engine.source_addresses.clone(),
+        ..EngineConfig::default()
+    })?;
+    tracing::info!(
+        %listen,
+        mode = engine.mode().name(),
+        targets = config.targets.len(),
+        config = %args.config.as_ref().map_or("<embedded>".to_string(), |path| path.display().to_string()),
+        "synwatch serve starting"
+    );
+    let seed = getrandom::u64().map_err(|error| anyhow::anyhow!("no randomness from the OS: {error}"))?;
+    let exporter = Arc::new(Exporter::start(
+        config,
+        Arc::new(engine),
+        ExporterOptions {
+            config_path: args.config.clone(),
+            state_dir: args.state_dir.clone(),
+            build: BuildInfo {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                revision: env!("SYNWATCH_REVISION").to_string(),
+            },
+            seed,
+            tick: Duration::from_millis(50),
+        },
+    ));
+    // The runtime's threads start here, after the engine dropped the capabilities.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("synwatch-http")
+        .enable_all()
+        .build()
+        .context("cannot start the HTTP runtime")?;
+    let site: Arc<dyn Site> = Arc::new(ExporterSite(Arc::clone(&exporter)));
+    let signal_exporter = Arc::clone(&exporter);
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let mut hangup = signal(SignalKind::hangup())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let shutdown = async move {
+            loop {
+                tokio::select! {
+                    _ = hangup.recv() => {
+                        tracing::info!("SIGHUP: reloading the config");
+                        let exporter = Arc::clone(&signal_exporter);
+                        // A rejected config is logged (with its location) and counted by reload().
+                        let _ = tokio::task::spawn_blocking(move || exporter.reload()).await;
+                    }
+                    _ = terminate.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+                    _ = interrupt.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+                }
+            }
+        };
+        let settings = ServerSettings { shutdown_grace: Duration::from_millis(300), ..ServerSettings::default() };
+        synwatch_http::serve(listener, site, settings, shutdown).await;
+        Ok::<(), io::Error>(())
+    })?;
+    exporter.shutdown(Duration::from_millis(700));
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    tracing::info!("synwatch serve stopped");
+    Ok(())
+}
