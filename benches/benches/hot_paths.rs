@@ -1,6 +1,6 @@
 //! Criterion micro-benchmarks of the per-probe and per-reply hot paths: filling a SYN from
 //! its template (copy + two checksums), the cookie, one permutation step, a state-table update,
-//! and parsing a reply.
+//! parsing a reply, and rendering `/metrics` with 100,000 per-port series.
 
 use std::hint::black_box;
 use std::net::IpAddr;
@@ -100,9 +100,24 @@ fn parse(criterion: &mut Criterion) {
         .bench_function("parse_syn_ack_ipv4", |bencher| bencher.iter(|| black_box(parse_reply(black_box(&syn_ack)))));
 }
 
+fn metrics_render(criterion: &mut Criterion) {
+    let fixture = synwatch_benches::MetricsFixture::new();
+    let mut output = Vec::new();
+    let mut group = criterion.benchmark_group("metrics");
+    group.sample_size(20);
+    group.throughput(Throughput::Elements(100_000));
+    group.bench_function("render_100k_detail_series", |bencher| {
+        bencher.iter(|| {
+            fixture.render(&mut output);
+            black_box(output.len())
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = hot_paths;
     config = Criterion::default().measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
-    targets = craft, cookie, permutation, table, parse
+    targets = craft, cookie, permutation, table, parse, metrics_render
 }
 criterion_main!(hot_paths);

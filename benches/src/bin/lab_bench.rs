@@ -65,6 +65,16 @@ enum Bench {
     },
     /// Peak RSS of synwatch for 65,536 hosts × 100 ports.
     Memory,
+    /// `/metrics` with 100,000 detail series: render time, size, and memory over many renders
+    /// (no lab, no packets).
+    MetricsRender {
+        /// Renders to time.
+        #[arg(long, default_value_t = 200)]
+        renders: usize,
+    },
+    /// Resident memory of `synwatch serve`: idle on its embedded loopback config, and scanning
+    /// a /16 × 10 ports target in the lab (peak, then idle holding the results).
+    ExporterMemory,
 }
 
 /// One run's figures.
@@ -315,6 +325,9 @@ fn count_lines(path: &str, pattern: &str) -> u64 {
 
 fn main() -> Result<()> {
     let arguments = Arguments::parse();
+    if let Bench::MetricsRender { renders } = arguments.command {
+        return metrics_render(renders);
+    }
     if let Err(reason) = synwatch_lab::lab_available() {
         bail!("the lab needs root, iproute2 and nftables: {reason}");
     }
@@ -322,6 +335,8 @@ fn main() -> Result<()> {
         Bench::SendOnly { ports } => send_only(&arguments, ports),
         Bench::RoundTrip { rate, wait, retries } => round_trip(&arguments, rate, wait, retries),
         Bench::Memory => memory(&arguments),
+        Bench::ExporterMemory => exporter_memory(&arguments),
+        Bench::MetricsRender { .. } => unreachable!("handled above"),
     }
 }
 
@@ -428,5 +443,192 @@ fn memory(arguments: &Arguments) -> Result<()> {
     let rss = median(runs.iter().map(|run| run.0).collect());
     let wall = median(runs.iter().map(|run| run.1).collect());
     println!("| 65,536 hosts × 100 ports (6,553,600 probes) | {rss:.1} | {wall:.2} |");
+    Ok(())
+}
+
+/// A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
+fn status_kib(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix(" kB")?.parse().ok())
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+fn metrics_render(renders: usize) -> Result<()> {
+    let fixture = synwatch_benches::MetricsFixture::new();
+    let mut output = Vec::new();
+    let mut times = Vec::with_capacity(renders);
+    let pid = std::process::id();
+    fixture.render(&mut output);
+    let rss_after_first = status_kib(pid, "VmRSS")?;
+    let mut rss_after_tenth = 0;
+    for render in 0..renders {
+        // A fresh buffer each time, as the server allocates one per scrape.
+        let mut output = Vec::with_capacity(64 << 10);
+        let started = Instant::now();
+        fixture.render(&mut output);
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+        if render == 9 {
+            rss_after_tenth = status_kib(pid, "VmRSS")?;
+        }
+    }
+    let rss_after_all = status_kib(pid, "VmRSS")?;
+    // The baseline: the same 100,000 series as a `prometheus` crate IntGaugeVec, gathered and
+    // text-encoded the usual way.
+    let registry = prometheus::Registry::new();
+    let gauge = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new("synwatch_port_open", "baseline"),
+        &["target", "ip", "port"],
+    )?;
+    registry.register(Box::new(gauge.clone()))?;
+    for (_, address, port, state) in fixture.results.known() {
+        gauge
+            .with_label_values(&["bench", &address.to_string(), &port.to_string()])
+            .set(i64::from(state == synwatch_engine::PortState::Open));
+    }
+    let rss_before_baseline = status_kib(pid, "VmRSS")?;
+    let mut baseline_times = Vec::new();
+    let mut baseline_bytes = 0;
+    for _ in 0..renders.min(20) {
+        let started = Instant::now();
+        let mut text = Vec::new();
+        prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &registry.gather(), &mut text)?;
+        baseline_times.push(started.elapsed().as_secs_f64() * 1e3);
+        baseline_bytes = text.len();
+    }
+    let rss_after_baseline = status_kib(pid, "VmRSS")?;
+    let series = output.split(|&byte| byte == b'\n').filter(|line| line.starts_with(b"synwatch_port_open{")).count();
+    let mut sorted = times.clone();
+    sorted.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    println!("| series | body bytes | median ms | p95 ms | max ms | RSS KiB after 1 / 10 / {renders} renders |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| {series} | {} | {:.1} | {:.1} | {:.1} | {rss_after_first} / {rss_after_tenth} / {rss_after_all} |",
+        output.len(),
+        sorted[sorted.len() / 2],
+        sorted[sorted.len() * 95 / 100],
+        sorted[sorted.len() - 1],
+    );
+    let baseline = median(baseline_times.clone());
+    println!(
+        "| baseline: prometheus crate IntGaugeVec, gather + TextEncoder, {} renders | {baseline_bytes} | {baseline:.1} ({:.1}x synwatch) | | {:.1} | {rss_before_baseline} / - / {rss_after_baseline} (after the vec was filled / after the renders) |",
+        baseline_times.len(),
+        baseline / sorted[sorted.len() / 2],
+        baseline_times.iter().copied().fold(0.0, f64::max),
+    );
+    Ok(())
+}
+
+/// Waits for `path` to exist, at most `seconds`.
+fn wait_for_file(path: &std::path::Path, seconds: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !path.exists() {
+        if Instant::now() > deadline {
+            bail!("{} did not appear within {seconds} s", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn exporter_memory(arguments: &Arguments) -> Result<()> {
+    let scratch = std::env::temp_dir().join(format!("lab-bench-exporter-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)?;
+    println!("| synwatch serve | RSS MiB |");
+    println!("|---|---|");
+    // Idle on the embedded default (loopback only), in the host's namespace.
+    let idle_state = scratch.join("idle-state");
+    let mut idle = Command::new(&arguments.synwatch)
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-level", "warn", "--state-dir"])
+        .arg(&idle_state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    // Its first loopback scan comes within 5 s (the startup jitter); after it, it is idle.
+    wait_for_file(&idle_state.join("state.json"), 30)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_rss = status_kib(idle.id(), "VmRSS")?;
+    idle.kill()?;
+    idle.wait()?;
+    println!("| idle, embedded loopback config (21 ports × 2 addresses) | {:.1} |", idle_rss as f64 / 1024.0);
+    // The baseline: prometheus-blackbox-exporter idle after three tcp_connect probes of
+    // 127.0.0.1:22 (loopback only).
+    if let Ok(mut blackbox) = Command::new("prometheus-blackbox-exporter")
+        .args(["--config.file=/etc/prometheus/blackbox.yml", "--web.listen-address=127.0.0.1:19115"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        std::thread::sleep(Duration::from_secs(2));
+        for _ in 0..3 {
+            use std::io::{Read, Write};
+            if let Ok(mut stream) = std::net::TcpStream::connect("127.0.0.1:19115") {
+                let _ = stream.write_all(
+                    b"GET /probe?module=tcp_connect&target=127.0.0.1:22 HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n",
+                );
+                let _ = stream.read_to_end(&mut Vec::new());
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let rss = status_kib(blackbox.id(), "VmRSS");
+        let _ = blackbox.kill();
+        let status = blackbox.wait()?;
+        let rss =
+            rss.with_context(|| format!("prometheus-blackbox-exporter exited early ({status}); is port 19115 taken?"))?;
+        println!(
+            "| baseline: prometheus-blackbox-exporter, idle after 3 tcp_connect probes | {:.1} |",
+            rss as f64 / 1024.0
+        );
+    }
+
+    let listener: SocketAddr = "0.0.0.0:80".parse().expect("valid");
+    let lab = Lab::build(LabConfig {
+        target_ranges: vec!["198.18.0.0/16".parse().expect("valid")],
+        listeners: vec![listener],
+        ..LabConfig::default()
+    })?;
+    let config = scratch.join("synwatch.yaml");
+    std::fs::write(
+        &config,
+        "engine: {max_rate: 200000}\ndefaults: {interval: 1h, timeout: 5m, retries: 1, wait: 1s}\n\
+         targets:\n  - name: lab\n    addresses: [198.18.0.0/16]\n    ports: \"22,25,53,80,443,3306,5432,6379,8080,9100\"\n    details: true\n",
+    )?;
+    let state = scratch.join("state");
+    let mut serve = lab
+        .scanner_command(&arguments.synwatch)
+        .args(["serve", "--listen", "127.0.0.1:10045", "--log-level", "warn", "--config"])
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(&state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    // `ip netns exec` execs synwatch in place, so the child's pid is synwatch's.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = status_kib(serve.id(), "VmRSS")?;
+    let started = Instant::now();
+    wait_for_file(&state.join("state.json"), 120)?;
+    let scan_seconds = started.elapsed().as_secs_f64();
+    let peak = status_kib(serve.id(), "VmHWM")?;
+    std::thread::sleep(Duration::from_secs(2));
+    let after = status_kib(serve.id(), "VmRSS")?;
+    serve.kill()?;
+    serve.wait()?;
+    let loaded = synwatch_exporter::state::StateStore::new(&state).load();
+    let open =
+        loaded.records.get("lab").and_then(|record| record.results.as_ref()).map_or(0, |results| results.counts().open);
+    println!("| (the scan found {open} of 65,536 open ports 80) | |");
+    println!("| lab target /16 × 10 ports, at start | {:.1} |", before as f64 / 1024.0);
+    println!(
+        "| lab target /16 × 10 ports, peak while scanning (VmHWM; scan done {scan_seconds:.1} s after start) | {:.1} |",
+        peak as f64 / 1024.0
+    );
+    println!(
+        "| lab target /16 × 10 ports, idle after the scan, holding 655,360 results | {:.1} |",
+        after as f64 / 1024.0
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
 }
