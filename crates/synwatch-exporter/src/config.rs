@@ -165,17 +165,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
             let (line, column) = nth_name_position(text, &target.name.0, 2).unwrap_or((1, 1));
             return Err(at(line, column, format!("duplicate target name {:?}; names must be unique", target.name.0)));
         }
-        let name_position = || nth_name_position(text, &target.name.0, 1).unwrap_or((1, 1));
-        let hosts =
-            HostSet::build(target.addresses.0.clone(), Vec::new(), ExclusionPolicy::Default).map_err(|error| {
-                let (line, column) = name_position();
-                at(line, column, format!("target {:?}: {error}", target.name.0))
-            })?;
-        if let Err(error) = TargetSpace::new(hosts, target.ports.0.clone()) {
-            let (line, column) = name_position();
-            return Err(at(line, column, format!("target {:?}: {error}", target.name.0)));
-        }
-        targets.push(Target {
+        let target = Target {
             name: target.name.0,
             addresses: target.addresses.0,
             ports: target.ports.0,
@@ -186,7 +176,14 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
                 wait: target.wait.map_or(defaults.wait, |value| value.0),
             },
             details: target.details,
-        });
+        };
+        // Addresses that are all excluded (multicast, say) or a space too large are found only
+        // once addresses and ports are combined; the error points at the target's name.
+        if let Err(error) = target.space() {
+            let (line, column) = nth_name_position(text, &target.name, 1).unwrap_or((1, 1));
+            return Err(at(line, column, format!("target {:?}: {error}", target.name)));
+        }
+        targets.push(target);
     }
     if targets.is_empty() {
         return Err(at(1, 1, "no targets: expected `targets:` with at least one target".into()));

@@ -303,3 +303,39 @@ fn issue_4_the_embedded_default_serves_with_the_environment_overrides() {
     let status = wait_until("exit after SIGINT", 10, || serve.child.try_wait().unwrap());
     assert!(status.success());
 }
+
+#[test]
+fn issue_4_no_thread_of_serve_holds_a_capability_once_it_runs() {
+    let scratch = Scratch::new("capabilities");
+    let serve = Serve::start(&scratch, &[]);
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", serve.child.id())).unwrap();
+    let mut threads = Vec::new();
+    for task in tasks {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        let field = |name: &str| {
+            status.lines().find_map(|line| line.strip_prefix(name)).map(str::trim).unwrap_or_default().to_string()
+        };
+        threads.push((field("Name:"), field("CapEff:"), field("CapPrm:")));
+    }
+    // The main thread, the engine's, the scheduler and the HTTP runtime's workers.
+    assert!(threads.len() >= 4, "{threads:?}");
+    assert!(threads.iter().any(|(name, _, _)| name.starts_with("synwatch-http")), "{threads:?}");
+    for (name, effective, permitted) in &threads {
+        assert_eq!((effective.as_str(), permitted.as_str()), ("0000000000000000", "0000000000000000"), "{name}");
+    }
+}
+
+#[test]
+fn issue_4_serve_refuses_a_bad_config_with_its_location() {
+    let scratch = Scratch::new("bad-config");
+    let config = scratch.join("bad.yaml");
+    std::fs::write(&config, "targets:\n  - name: a\n    addresses: [127.0.0.1]\n    ports: \"22,70000\"\n").unwrap();
+    let output = Command::new(crate::helpers::synwatch())
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port()), "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("bad.yaml:4:12:") && stderr.contains("70000"), "{stderr}");
+}
