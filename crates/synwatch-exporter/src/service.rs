@@ -168,6 +168,16 @@ fn spaces_of(config: &Config) -> BTreeMap<String, Arc<TargetSpace>> {
         .collect()
 }
 
+/// The names of the targets of `config` that `other` does not have.
+fn target_names_missing_from(config: &Config, other: &Config) -> Vec<String> {
+    config
+        .targets
+        .iter()
+        .filter(|target| !other.targets.iter().any(|known| known.name == target.name))
+        .map(|target| target.name.clone())
+        .collect()
+}
+
 /// Detail series allowed per target, in config order, within `details_budget`.
 fn detail_allotments(config: &Config, records: &BTreeMap<String, Arc<TargetRecord>>) -> BTreeMap<String, u64> {
     let mut remaining = config.details_budget as u64;
@@ -293,18 +303,8 @@ impl Exporter {
         if new.engine.max_rate != old.engine.max_rate {
             self.inner.scanner.set_rate(new.engine.max_rate);
         }
-        let added: Vec<String> = new
-            .targets
-            .iter()
-            .filter(|target| !old.targets.iter().any(|other| other.name == target.name))
-            .map(|target| target.name.clone())
-            .collect();
-        let removed: Vec<String> = old
-            .targets
-            .iter()
-            .filter(|target| !new.targets.iter().any(|other| other.name == target.name))
-            .map(|target| target.name.clone())
-            .collect();
+        let added = target_names_missing_from(&new, &old);
+        let removed = target_names_missing_from(&old, &new);
         let spaces = spaces_of(&new);
         {
             let mut records = self.inner.records.write();
