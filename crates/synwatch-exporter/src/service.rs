@@ -6,10 +6,10 @@
 //! and, in the tests, for a simulated network, so that everything here is tested without
 //! sockets.
 //!
-//! Architecture invariant: only the scheduler thread writes records (after a scan) and only
-//! [`Exporter::reload`] changes the config; readers (`/metrics`, the landing page) take a read
-//! lock just long enough to clone `Arc`s, so a scrape never waits for a scan and a scan never
-//! waits for a scrape.
+//! Architecture invariant: records are written only by the scheduler thread (after a scan) and
+//! by [`Exporter::reload`] (which drops or re-projects the records of changed targets, and alone
+//! swaps the config); readers (`/metrics`, the landing page) take a read lock just long enough to
+//! clone `Arc`s, so a scrape never waits for a scan and a scan never waits for a scrape.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
