@@ -22,7 +22,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use synwatch_engine::{FinishReason, JobSettings, PortState, Shard, TargetSpace};
 use synwatch_io::{CounterSnapshot, Engine, JobHandle, JobRequest};
 
-use crate::config::{self, Config, ConfigError};
+use crate::config::{self, Config, ConfigError, Target};
 use crate::metrics::{BuildInfo, Metrics, TargetView};
 use crate::results::ScanResults;
 use crate::schedule::{Schedule, ScheduledTarget};
@@ -143,8 +143,6 @@ struct Inner {
     tick: Duration,
     /// Serializes reloads (the HTTP endpoint and SIGHUP may race).
     reloading: Mutex<()>,
-    /// Whether the scheduler thread has stopped.
-    stopped: std::sync::atomic::AtomicBool,
 }
 
 /// The exporter service (see the module documentation).
@@ -178,20 +176,28 @@ fn target_names_missing_from(config: &Config, other: &Config) -> Vec<String> {
         .collect()
 }
 
-/// Detail series allowed per target, in config order, within `details_budget`.
-fn detail_allotments(config: &Config, records: &BTreeMap<String, Arc<TargetRecord>>) -> BTreeMap<String, u64> {
-    let mut remaining = config.details_budget as u64;
-    let mut allotments = BTreeMap::new();
-    for target in &config.targets {
-        let known = match records.get(&target.name).and_then(|record| record.results.as_ref()) {
-            Some(results) if target.details => results.space().len() - results.counts().unknown,
-            _ => 0,
-        };
-        let allotted = known.min(remaining);
-        remaining -= allotted;
-        allotments.insert(target.name.clone(), allotted);
+/// The per-port series a target asks for: its known probes when `details: true`, else none.
+fn wanted_detail_series(target: &Target, record: Option<&TargetRecord>) -> u64 {
+    match record.and_then(|record| record.results.as_ref()) {
+        Some(results) if target.details => results.space().len() - results.counts().unknown,
+        _ => 0,
     }
-    allotments
+}
+
+/// Detail series allowed per target within `details_budget`, in config order; `records` gives
+/// the record of each configured target, in the same order.
+fn detail_allotments<'a>(config: &Config, records: impl IntoIterator<Item = Option<&'a TargetRecord>>) -> Vec<u64> {
+    let mut remaining = config.details_budget as u64;
+    config
+        .targets
+        .iter()
+        .zip(records)
+        .map(|(target, record)| {
+            let allotted = wanted_detail_series(target, record).min(remaining);
+            remaining -= allotted;
+            allotted
+        })
+        .collect()
 }
 
 impl Exporter {
@@ -238,7 +244,6 @@ impl Exporter {
             seed: options.seed,
             tick: options.tick,
             reloading: Mutex::new(()),
-            stopped: std::sync::atomic::AtomicBool::new(false),
         });
         let thread_inner = Arc::clone(&inner);
         let thread = std::thread::Builder::new()
@@ -260,8 +265,12 @@ impl Exporter {
 
     /// `Ok` when the engine runs, the config is loaded and the exporter is not stopping.
     pub fn ready(&self) -> Result<(), String> {
-        if self.inner.stopped.load(std::sync::atomic::Ordering::Acquire) || self.inner.control.lock().shutdown {
+        if self.inner.control.lock().shutdown {
             return Err("shutting down".into());
+        }
+        // A scheduler thread that ended without a shutdown has panicked.
+        if self.thread.lock().as_ref().is_none_or(JoinHandle::is_finished) {
+            return Err("the scheduler has stopped".into());
         }
         if !self.inner.scanner.is_running() {
             return Err("the scan engine is not running".into());
@@ -345,24 +354,17 @@ impl Exporter {
             let records = self.inner.records.read();
             config.targets.iter().map(|target| records.get(&target.name).cloned()).collect()
         };
-        let allotments = {
-            let by_name: BTreeMap<String, Arc<TargetRecord>> = config
-                .targets
-                .iter()
-                .zip(&records)
-                .filter_map(|(target, record)| Some((target.name.clone(), Arc::clone(record.as_ref()?))))
-                .collect();
-            detail_allotments(&config, &by_name)
-        };
+        let allotments = detail_allotments(&config, records.iter().map(Option::as_deref));
         let views: Vec<TargetView<'_>> = config
             .targets
             .iter()
             .zip(&records)
-            .map(|(target, record)| TargetView {
+            .zip(allotments)
+            .map(|((target, record), detail_series)| TargetView {
                 name: &target.name,
                 results: record.as_ref().and_then(|record| record.results.as_ref()),
                 last_attempt: record.as_ref().and_then(|record| record.last_attempt),
-                detail_series: allotments.get(&target.name).copied().unwrap_or(0),
+                detail_series,
             })
             .collect();
         self.inner.metrics.render(&self.inner.scanner.counters(), &views, output);
@@ -621,15 +623,16 @@ impl SchedulerLoop {
                 None => previous.as_ref().and_then(|record| record.results.clone()),
             };
             records.insert(name.to_string(), Arc::new(TargetRecord { results, last_attempt: Some(attempt) }));
-            if success && let Some(target) = config.targets.iter().find(|target| target.name == name && target.details)
-            {
-                let record = &records[&target.name];
-                let known =
-                    record.results.as_ref().map_or(0, |results| results.space().len() - results.counts().unknown);
-                let allotted = detail_allotments(&config, &records).get(name).copied().unwrap_or(0);
-                if known > allotted {
-                    metrics.details_dropped.inc_by(known - allotted);
-                    tracing::warn!(target = %name, refused = known - allotted, budget = config.details_budget, "details_budget reached");
+            if success && let Some(position) = config.targets.iter().position(|target| target.name == name) {
+                let wanted = wanted_detail_series(&config.targets[position], records.get(name).map(|record| &**record));
+                let allotments = detail_allotments(
+                    &config,
+                    config.targets.iter().map(|target| records.get(&target.name).map(|record| &**record)),
+                );
+                if wanted > allotments[position] {
+                    let refused = wanted - allotments[position];
+                    metrics.details_dropped.inc_by(refused);
+                    tracing::warn!(target = %name, refused, budget = config.details_budget, "details_budget reached");
                 }
             }
             records.clone()
@@ -658,7 +661,6 @@ impl SchedulerLoop {
         self.running.clear();
         let records = self.inner.records.read().clone();
         self.save(&records);
-        self.inner.stopped.store(true, std::sync::atomic::Ordering::Release);
         tracing::info!("scheduler stopped; state saved");
     }
 }
