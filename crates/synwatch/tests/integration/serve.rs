@@ -256,6 +256,11 @@ fn issue_4_sigkill_during_state_writes_leaves_a_file_that_loads() {
         let mut serve = Serve::start(&scratch, &arguments);
         assert!(!serve.log_text().contains("unusable"), "round {round}: {}", serve.log_text());
         serve.wait_for_scans("t0", 1.0);
+        // The scan counter moves just before the state is saved: wait until a saved file holds
+        // t0 (in round 0 there is none yet), so that demanding t0 after the kill is fair.
+        wait_until("t0 in the state file", 30, || {
+            StateStore::new(&state_dir).load().records.contains_key("t0").then_some(())
+        });
         std::thread::sleep(Duration::from_millis(round * 37 % 200));
         serve.signal(Signal::SIGKILL);
         let _ = serve.child.wait();
