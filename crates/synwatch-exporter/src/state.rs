@@ -208,7 +208,9 @@ mod tests {
         let space = Arc::new(TargetSpace::new(hosts, PortSet::parse("22,80").unwrap()).unwrap());
         let results =
             ScanResults::from_fn(space, |index| if index % 5 == 0 { PortState::Open } else { PortState::Closed });
-        let attempt = ScanAttempt { timestamp: 1_700_000_000.5, duration_seconds: 1.25, success: true };
+        // A timestamp whose shortest decimal form needs all 17 digits: it must come back to the
+        // same bits (serde_json's `float_roundtrip`), or a restart would serve a changed value.
+        let attempt = ScanAttempt { timestamp: 1_795_268_343.280_401_5, duration_seconds: 0.1 + 0.2, success: true };
         let mut records = BTreeMap::new();
         records.insert("web".to_string(), TargetRecord { results: Some(results), last_attempt: Some(attempt) });
         records.insert("never".to_string(), TargetRecord::default());
