@@ -64,7 +64,7 @@ impl Scanner for Engine {
         settings: JobSettings,
         timeout: Duration,
     ) -> Result<Box<dyn RunningScan>, String> {
-        let request = JobRequest { space, settings, timeout: Some(timeout), stream_results: false };
+        let request = JobRequest::new(space, settings, Some(timeout));
         match self.submit(request) {
             Ok(handle) => Ok(Box::new(handle)),
             Err(error) => Err(error.to_string()),

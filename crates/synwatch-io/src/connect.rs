@@ -194,11 +194,13 @@ impl ConnectLoop {
     }
 
     fn handle(&mut self, message: Control) {
-        let Control::Add(new_job) = message;
+        let Control::Add(new_job) = message else {
+            return;
+        };
         let NewJob { core, state, .. } = *new_job;
         let settings = state.settings;
         let attempt_timeout = settings.retry_gap.min(settings.wait).max(Duration::from_millis(100));
-        self.jobs.push(ConnectJob { lane: Lane::new(core, state), attempt_timeout });
+        self.jobs.push(ConnectJob { lane: Lane::new(core, state, self.shared.epoch.elapsed()), attempt_timeout });
     }
 
     /// How long to sleep in epoll when nothing can be sent now: until an attempt completes

@@ -16,8 +16,10 @@
 //!
 //! Architecture invariant: after a job is reported finished, no result for it is produced any
 //! more. The sender removes a finished job from the receiver's list and only reports it
-//! finished once the receiver has completed two more batches (so any batch that could still
-//! see the job is over).
+//! finished once no receiver batch that could have seen the old list is still being processed
+//! (the receiver's phase counter is odd while it holds a list; see [`Shared::receiver_phase`]).
+//! An idle receiver therefore costs a finishing job nothing, which keeps small on-demand probes
+//! within a millisecond of their last answer.
 
 use std::io;
 use std::net::IpAddr;
@@ -219,6 +221,16 @@ pub struct JobSummary {
     pub duration: Duration,
 }
 
+/// Whose job it is, for the senders' choice of the next probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    /// A background scan: takes turns with the other background jobs.
+    #[default]
+    Background,
+    /// Somebody waits for the answer (an on-demand probe): sent before any background probe.
+    Interactive,
+}
+
 /// A job to run.
 #[derive(Debug, Clone)]
 pub struct JobRequest {
@@ -230,6 +242,17 @@ pub struct JobRequest {
     pub timeout: Option<Duration>,
     /// Stream each answer to [`JobHandle::results`].
     pub stream_results: bool,
+    /// Interactive jobs go before background ones.
+    pub priority: Priority,
+    /// The job's own cap in probes per second, under the engine's global one.
+    pub rate: Option<u64>,
+}
+
+impl JobRequest {
+    /// A background job without its own rate cap.
+    pub fn new(space: Arc<TargetSpace>, settings: JobSettings, timeout: Option<Duration>) -> JobRequest {
+        JobRequest { space, settings, timeout, stream_results: false, priority: Priority::Background, rate: None }
+    }
 }
 
 /// A job's shared state: what the owner's handle, the sender (or connect) thread and the
@@ -250,6 +273,14 @@ pub(crate) struct JobState {
     pub(crate) submitted: Instant,
     pub(crate) summary: Mutex<Option<JobSummary>>,
     pub(crate) finished: Condvar,
+    pub(crate) priority: Priority,
+    /// Each lane's share of the job's own rate cap.
+    pub(crate) lane_rate: Option<u64>,
+    /// The control channels of the sender threads holding the job's lanes: the receiver wakes
+    /// them when the last probe is answered, so the job ends at once instead of at the
+    /// sender's next poll.
+    pub(crate) wakers: Vec<Sender<Control>>,
+    pub(crate) woken: AtomicBool,
 }
 
 /// The owner's side of a job.
@@ -385,6 +416,8 @@ pub(crate) struct NewJob {
 
 pub(crate) enum Control {
     Add(Box<NewJob>),
+    /// A job of this thread may have ended; look now.
+    Wake,
 }
 
 /// A job is split into at most one lane per this many probes (and at most one per sender).
@@ -396,7 +429,9 @@ pub(crate) struct Shared {
     pub(crate) bucket: Mutex<TokenBucket>,
     pub(crate) stop: AtomicBool,
     pub(crate) jobs: RwLock<Arc<Vec<Arc<JobState>>>>,
-    pub(crate) receiver_batches: AtomicU64,
+    /// Odd while the receiver processes a batch against a snapshot of `jobs`, even while it
+    /// waits for packets (holding no snapshot). Incremented with `SeqCst` around each batch.
+    pub(crate) receiver_phase: AtomicU64,
     pub(crate) counters: Counters,
     pub(crate) next_job_id: AtomicU64,
 }
@@ -529,7 +564,7 @@ impl Engine {
             )),
             stop: AtomicBool::new(false),
             jobs: RwLock::new(Arc::new(Vec::new())),
-            receiver_batches: AtomicU64::new(0),
+            receiver_phase: AtomicU64::new(0),
             counters: Counters::default(),
             next_job_id: AtomicU64::new(1),
         });
@@ -649,6 +684,12 @@ impl Engine {
         let core = JobCore::new(Arc::clone(&request.space), request.settings, cookie_key, sources, deadline);
         let threads = self.controls.len() as u64;
         let lane_count = core.shard_size().div_ceil(MIN_PROBES_PER_LANE).clamp(1, threads);
+        // Lanes go to consecutive threads, starting from one that depends on the job, so that
+        // many small jobs spread over the threads too.
+        let id = self.shared.next_job_id.fetch_add(1, Ordering::Relaxed);
+        let first_thread = id % threads;
+        let lane_threads: Vec<usize> =
+            (0..lane_count).map(|lane_number| ((first_thread + lane_number) % threads) as usize).collect();
         let (results, results_receiver) = if request.stream_results {
             let (sender, receiver) = crossbeam_channel::unbounded();
             (Some(sender), Some(receiver))
@@ -656,7 +697,7 @@ impl Engine {
             (None, None)
         };
         let state = Arc::new(JobState {
-            id: self.shared.next_job_id.fetch_add(1, Ordering::Relaxed),
+            id,
             settings: request.settings,
             matcher: Arc::clone(core.matcher()),
             shard_size: core.shard_size(),
@@ -669,6 +710,14 @@ impl Engine {
             submitted,
             summary: Mutex::new(None),
             finished: Condvar::new(),
+            priority: request.priority,
+            lane_rate: request.rate.map(|rate| (rate / lane_count).max(1)),
+            wakers: if self.mode == RunningMode::Syn {
+                lane_threads.iter().map(|&thread| self.controls[thread].clone()).collect()
+            } else {
+                Vec::new()
+            },
+            woken: AtomicBool::new(false),
         });
         {
             let mut jobs = self.shared.jobs.write();
@@ -676,16 +725,12 @@ impl Engine {
             list.push(Arc::clone(&state));
             *jobs = Arc::new(list);
         }
-        // Lanes go to consecutive threads, starting from one that depends on the job, so that
-        // many small jobs spread over the threads too.
-        let first_thread = state.id % threads;
         if lane_count > 1 {
             tracing::info!(job = state.id, probes = state.shard_size, "split over {lane_count} sender thread(s)");
         } else {
             tracing::debug!(job = state.id, probes = state.shard_size, "split over {lane_count} sender thread(s)");
         }
-        for (lane_number, lane) in core.into_lanes(lane_count).into_iter().enumerate() {
-            let thread = ((first_thread + lane_number as u64) % threads) as usize;
+        for (lane, &thread) in core.into_lanes(lane_count).into_iter().zip(&lane_threads) {
             let new_job = NewJob { core: lane, state: Arc::clone(&state), routes: routes.clone() };
             self.controls[thread].send(Control::Add(Box::new(new_job))).map_err(|_| EngineError::Stopped)?;
         }
@@ -839,7 +884,8 @@ struct SenderLoop {
     packet_sockets: Vec<(u32, OwnedFd)>,
     batch: u32,
     jobs: Vec<ActiveJob>,
-    /// Finished jobs waiting for the receiver to move past them: (job, summary, batch count).
+    /// Finished jobs waiting for the receiver to move past them: (job, summary, the receiver's
+    /// phase when the job left its list, odd).
     finishing: Vec<(Arc<JobState>, JobSummary, u64)>,
     next_job: usize,
 }
@@ -853,7 +899,9 @@ impl SenderLoop {
             self.retire_finished_jobs(now);
             self.report_finished_jobs();
             if self.jobs.is_empty() {
-                let wait = if self.finishing.is_empty() { Duration::from_millis(50) } else { Duration::from_millis(2) };
+                // A receiver batch takes microseconds; poll often while one is awaited.
+                let wait =
+                    if self.finishing.is_empty() { Duration::from_millis(50) } else { Duration::from_micros(100) };
                 match self.control.recv_timeout(wait) {
                     Ok(message) => self.handle(message),
                     Err(RecvTimeoutError::Timeout) => {}
@@ -914,6 +962,7 @@ impl SenderLoop {
 
     fn handle(&mut self, message: Control) {
         match message {
+            Control::Wake => {}
             Control::Add(new_job) => {
                 let NewJob { core, state, mut routes } = *new_job;
                 for route in routes.iter_mut().flatten() {
@@ -944,7 +993,8 @@ impl SenderLoop {
                         }
                     }
                 }
-                self.jobs.push(ActiveJob { lane: Lane::new(core, state), routes });
+                let now = self.shared.epoch.elapsed();
+                self.jobs.push(ActiveJob { lane: Lane::new(core, state, now), routes });
             }
         }
     }
@@ -1026,10 +1076,17 @@ impl SenderLoop {
                     let mut lane = self.jobs.swap_remove(index).lane;
                     lane.publish_progress();
                     // Only the sender that ends a job's last lane retires the job; it is reported
-                    // finished once the receiver is past it.
+                    // finished once the receiver is past it: at once when the receiver holds no
+                    // list (even phase), else when the batch in progress is over. The load is
+                    // SeqCst and after the list was replaced, so a batch that still took the
+                    // old list has already made the phase odd (see `ReceiverLoop::run`).
                     if let Some(summary) = lane_finished(&self.shared, &lane.state, reason) {
-                        let batches = self.shared.receiver_batches.load(Ordering::Acquire);
-                        self.finishing.push((lane.state, summary, batches));
+                        let phase = self.shared.receiver_phase.load(Ordering::SeqCst);
+                        if phase % 2 == 0 {
+                            finish(&lane.state, summary);
+                        } else {
+                            self.finishing.push((lane.state, summary, phase));
+                        }
                     }
                 }
                 None => index += 1,
@@ -1037,11 +1094,11 @@ impl SenderLoop {
         }
     }
 
-    /// Reports finished jobs once the receiver has completed two batches since their removal.
+    /// Reports finished jobs once the receiver batch that was running at their removal is over.
     fn report_finished_jobs(&mut self) {
-        let batches = self.shared.receiver_batches.load(Ordering::Acquire);
+        let phase = self.shared.receiver_phase.load(Ordering::SeqCst);
         self.finishing.retain(|(state, summary, removed_at)| {
-            if batches >= removed_at + 2 {
+            if phase > *removed_at {
                 finish(state, *summary);
                 false
             } else {
@@ -1107,6 +1164,9 @@ impl ReceiverLoop {
         while !self.shared.stop.load(Ordering::Acquire) {
             let counters = &self.shared.counters;
             let received = self.socket.receive();
+            // Odd phase: from here until the snapshot is dropped, this batch may hold a job the
+            // senders have removed; they wait for the phase to move on before reporting it.
+            self.shared.receiver_phase.fetch_add(1, Ordering::SeqCst);
             // The job list and the clock are read after the (blocking) receive: a job submitted
             // while we waited must see its replies, and round-trip times must not be negative.
             let jobs = Arc::clone(&self.shared.jobs.read());
@@ -1123,7 +1183,7 @@ impl ReceiverLoop {
                 }
             }
             drop(jobs);
-            self.shared.receiver_batches.fetch_add(1, Ordering::AcqRel);
+            self.shared.receiver_phase.fetch_add(1, Ordering::SeqCst);
             if last_drop_read.elapsed() >= Duration::from_millis(100) {
                 if let Ok(drops) = self.socket.take_drops() {
                     counters.receive_drops.fetch_add(drops, Ordering::Relaxed);
@@ -1163,6 +1223,11 @@ fn handle_packet(packet: &[u8], jobs: &[Arc<JobState>], ports: SourcePortRange, 
                     _ => &counters.replies_filtered,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
+                if job.matcher.table().answered() >= job.shard_size && !job.woken.swap(true, Ordering::AcqRel) {
+                    for waker in &job.wakers {
+                        let _ = waker.try_send(Control::Wake);
+                    }
+                }
                 if let Some(results) = &job.results {
                     let rtt = classified
                         .timestamp_echo

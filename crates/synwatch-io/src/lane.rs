@@ -1,17 +1,21 @@
 //! One lane of a job as a sending thread holds it: the schedule (`JobCore`), the job's shared
 //! state, a probe carried over from a full batch, the time the lane next has something to do,
 //! and progress not yet published. The SYN sender and the connect() threads both drive their
-//! lanes through this type, so round-robin, progress publication and the end-of-lane rule are
-//! written once.
+//! lanes through this type, so round-robin, priority, the per-job rate cap, progress publication
+//! and the end-of-lane rule are written once.
+//!
+//! Priority is strict: while an [`Priority::Interactive`] lane (an on-demand probe) has a probe
+//! due, no background lane gets a token. Interactive jobs are small and bounded by the on-demand
+//! guards, so background scans are delayed, never starved for long.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use synwatch_engine::job::FinishReason;
-use synwatch_engine::{JobCore, NextStep, Probe};
+use synwatch_engine::{JobCore, NextStep, Probe, TokenBucket};
 
-use crate::engine::JobState;
+use crate::engine::{JobState, Priority};
 
 pub(crate) struct Lane {
     pub(crate) core: Box<JobCore>,
@@ -24,11 +28,19 @@ pub(crate) struct Lane {
     /// Probes sent since the last publication to the shared job state (done once per batch,
     /// so that threads do not contend for the counter's cache line per probe).
     pub(crate) unpublished_sent: u64,
+    /// The job's own rate cap (its share of it, for a job split over several lanes), on top of
+    /// the engine's global one.
+    pub(crate) bucket: Option<TokenBucket>,
 }
 
 impl Lane {
-    pub(crate) fn new(core: JobCore, state: Arc<JobState>) -> Lane {
-        Lane { core: Box::new(core), state, carried: None, wake_at: Duration::ZERO, unpublished_sent: 0 }
+    pub(crate) fn new(core: JobCore, state: Arc<JobState>, now: Duration) -> Lane {
+        let bucket = state.lane_rate.map(|rate| TokenBucket::new(rate, TokenBucket::default_burst(rate, 64), now));
+        Lane { core: Box::new(core), state, carried: None, wake_at: Duration::ZERO, unpublished_sent: 0, bucket }
+    }
+
+    fn priority(&self) -> Priority {
+        self.state.priority
     }
 
     /// Adds the probes sent since the last call to the job's shared counters.
@@ -52,29 +64,138 @@ impl Lane {
     }
 }
 
-/// The next probe due at `now`, round-robin over `lanes` from `cursor`, with its lane's
-/// position; `None` when no lane has one (each lane that is waiting records when it wakes).
+/// The next probe due at `now` with its lane's position, or `None` when no lane has one (each
+/// lane that is waiting records when it wakes). Interactive lanes come first; within a priority
+/// the lanes take turns, round-robin from `cursor`.
 pub(crate) fn next_due_probe<L: AsMut<Lane>>(
     lanes: &mut [L],
     cursor: &mut usize,
     now: Duration,
+) -> Option<(usize, Probe)> {
+    let interactive = lanes.iter_mut().any(|lane| lane.as_mut().priority() == Priority::Interactive);
+    if interactive && let Some(found) = next_due_probe_of(lanes, cursor, now, Some(Priority::Interactive)) {
+        return Some(found);
+    }
+    next_due_probe_of(lanes, cursor, now, None)
+}
+
+fn next_due_probe_of<L: AsMut<Lane>>(
+    lanes: &mut [L],
+    cursor: &mut usize,
+    now: Duration,
+    only: Option<Priority>,
 ) -> Option<(usize, Probe)> {
     let count = lanes.len();
     for _ in 0..count {
         let position = *cursor % count;
         *cursor = cursor.wrapping_add(1);
         let lane = lanes[position].as_mut();
-        if lane.wake_at > now {
+        if lane.wake_at > now || only.is_some_and(|priority| lane.priority() != priority) {
             continue;
         }
+        // A carried probe already had its tokens.
         if let Some(probe) = lane.carried.take() {
             return Some((position, probe));
+        }
+        if let Some(bucket) = &mut lane.bucket
+            && bucket.take(now, 1) == 0
+        {
+            lane.wake_at = now + bucket.time_until_token(now);
+            continue;
         }
         match lane.core.next_step(now) {
             NextStep::Send(probe) => return Some((position, probe)),
             NextStep::WaitUntil(time) => lane.wake_at = time,
             NextStep::Done(_) => {}
         }
+        if let Some(bucket) = &mut lane.bucket {
+            bucket.give_back(1);
+        }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::{Condvar, Mutex};
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
+    use std::time::Instant;
+    use synwatch_engine::targets::parse_target;
+    use synwatch_engine::{CookieKey, ExclusionPolicy, HostSet, JobSettings, PortSet, SourcePortRange, TargetSpace};
+
+    /// A lane over 198.18.0.0/28 × `ports` with its own job state.
+    fn lane(ports: &str, priority: Priority, rate: Option<u64>) -> Lane {
+        let hosts =
+            HostSet::build(vec![parse_target("198.18.0.0/28").unwrap()], Vec::new(), ExclusionPolicy::Default).unwrap();
+        let space = Arc::new(TargetSpace::new(hosts, PortSet::parse(ports).unwrap()).unwrap());
+        let settings = JobSettings { retries: 0, ..JobSettings::default() };
+        let source = Some(IpAddr::V4(Ipv4Addr::new(198, 18, 255, 1)));
+        let core =
+            JobCore::new(space, settings, CookieKey::new([7; 16], SourcePortRange::DEFAULT), [source, None], None);
+        let state = Arc::new(JobState {
+            id: 1,
+            settings,
+            matcher: Arc::clone(core.matcher()),
+            shard_size: core.shard_size(),
+            results: None,
+            cancel: AtomicBool::new(false),
+            probes_sent: AtomicU64::new(0),
+            round: AtomicU32::new(0),
+            lanes_left: AtomicUsize::new(1),
+            reason: Mutex::new(None),
+            submitted: Instant::now(),
+            summary: Mutex::new(None),
+            finished: Condvar::new(),
+            priority,
+            lane_rate: rate,
+            wakers: Vec::new(),
+            woken: AtomicBool::new(false),
+        });
+        Lane::new(core, state, Duration::ZERO)
+    }
+
+    struct Held(Lane);
+
+    impl AsMut<Lane> for Held {
+        fn as_mut(&mut self) -> &mut Lane {
+            &mut self.0
+        }
+    }
+
+    #[test]
+    fn interactive_lanes_are_served_before_background_lanes() {
+        let mut lanes = vec![
+            Held(lane("80,443", Priority::Background, None)),
+            Held(lane("22", Priority::Interactive, None)),
+            Held(lane("25", Priority::Background, None)),
+        ];
+        let mut cursor = 0;
+        let order: Vec<usize> = std::iter::from_fn(|| next_due_probe(&mut lanes, &mut cursor, Duration::ZERO))
+            .map(|(position, _)| position)
+            .collect();
+        // The interactive lane's 16 probes go first, then the background lanes take turns.
+        assert_eq!(order.len(), 16 + 32 + 16);
+        assert!(order[..16].iter().all(|&position| position == 1), "{order:?}");
+        assert!(order[16..].iter().all(|&position| position != 1));
+        assert!(order[16..20].contains(&0) && order[16..20].contains(&2), "background lanes alternate: {order:?}");
+    }
+
+    #[test]
+    fn a_job_rate_cap_holds_its_lane_back_and_sets_its_wake_time() {
+        let mut lanes = vec![Held(lane("1-100", Priority::Interactive, Some(1000)))];
+        let mut cursor = 0;
+        let mut sent = 0u64;
+        let mut now = Duration::ZERO;
+        // 100 ms of a sender polling every 100 µs: a 1000/s cap lets about 100 probes through.
+        while now < Duration::from_millis(100) {
+            while next_due_probe(&mut lanes, &mut cursor, now).is_some() {
+                sent += 1;
+            }
+            assert!(lanes[0].0.wake_at > now, "a lane out of tokens says when it has one again");
+            now += Duration::from_micros(100);
+        }
+        assert!((95..=101).contains(&sent), "{sent} probes in 100 ms at 1000/s");
+    }
 }

@@ -21,7 +21,7 @@ pub mod sys;
 pub mod transmit;
 
 pub use engine::{
-    CounterSnapshot, Engine, EngineConfig, EngineError, JobHandle, JobRequest, JobSummary, Mode, ProbeResult, Progress,
-    RunningMode, TransmitChoice,
+    CounterSnapshot, Engine, EngineConfig, EngineError, JobHandle, JobRequest, JobSummary, Mode, Priority, ProbeResult,
+    Progress, RunningMode, TransmitChoice,
 };
 pub use route::Path;

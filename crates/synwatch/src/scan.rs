@@ -232,12 +232,8 @@ pub fn run(args: ScanArgs) -> Result<()> {
     };
     let engine = Engine::start(config)?;
     let started = Instant::now();
-    let job = engine.submit(JobRequest {
-        space: Arc::clone(&space),
-        settings,
-        timeout: args.timeout,
-        stream_results: true,
-    })?;
+    let job = engine
+        .submit(JobRequest { stream_results: true, ..JobRequest::new(Arc::clone(&space), settings, args.timeout) })?;
     for (path, transmitter) in job.paths() {
         tracing::info!("{} via {transmitter}", path.describe());
     }

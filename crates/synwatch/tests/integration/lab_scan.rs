@@ -225,11 +225,7 @@ fn several_jobs_at_once_each_get_exactly_their_own_results() {
         let engine = Engine::start(EngineConfig { rate: 30_000, ..EngineConfig::default() }).expect("engine starts");
         let jobs: Vec<_> = spaces
             .iter()
-            .map(|space| {
-                engine
-                    .submit(JobRequest { space: Arc::clone(space), settings, timeout: None, stream_results: false })
-                    .expect("submit")
-            })
+            .map(|space| engine.submit(JobRequest::new(Arc::clone(space), settings, None)).expect("submit"))
             .collect();
         assert_eq!(
             jobs[0].paths()[0].1,
