@@ -7,7 +7,7 @@
 //! validated inside their `Deserialize` implementations so that serde_yaml attaches the position
 //! of the offending value to the error.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -37,7 +37,7 @@ pub struct ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
     /// HTTP listen address.
     pub listen: SocketAddr,
@@ -51,6 +51,111 @@ pub struct Config {
     pub details_budget: usize,
     /// The targets, names unique.
     pub targets: Vec<Target>,
+    /// `/probe` and the scans API, and their guards.
+    pub ondemand: OnDemandSection,
+    /// Named presets for on-demand scans.
+    pub modules: BTreeMap<String, Module>,
+}
+
+/// `ondemand:`: scans on request, off by default (see `docs/CONFIGURATION.md`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OnDemandSection {
+    /// `/probe` and `/api/v1/scans` answer 404 unless true.
+    pub enabled: bool,
+    /// What may be scanned on request; required (non-empty) when enabled.
+    #[serde(serialize_with = "serialize_addresses")]
+    pub allow_targets: Vec<AddressRange>,
+    /// Who may ask (empty: any client that passes authentication).
+    #[serde(serialize_with = "serialize_addresses")]
+    pub allow_clients: Vec<AddressRange>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    #[serde(serialize_with = "serialize_addresses")]
+    pub trusted_proxies: Vec<AddressRange>,
+    /// Requests per second per client.
+    pub rate_limit: f64,
+    /// Requests a client may make at once after being idle.
+    pub burst: u32,
+    /// Requests per second over all clients (default: `rate_limit`).
+    pub global_rate_limit: f64,
+    /// Burst over all clients (default: `burst`).
+    pub global_burst: u32,
+    /// On-demand jobs (probes and API scans) running at once.
+    pub max_concurrent: usize,
+    /// Hosts × ports one request may ask for.
+    pub max_probes_per_request: u64,
+    /// Deadline of a probe that names none (and of an API scan, at most `max_scan_timeout`).
+    #[serde(serialize_with = "serialize_duration")]
+    pub timeout: Duration,
+    /// Subtracted from `X-Prometheus-Scrape-Timeout-Seconds`.
+    #[serde(serialize_with = "serialize_duration")]
+    pub timeout_offset: Duration,
+    /// The longest deadline an API scan may ask for.
+    #[serde(serialize_with = "serialize_duration")]
+    pub max_scan_timeout: Duration,
+    /// Finished API scans kept at most.
+    pub scan_retention: usize,
+    /// Finished API scans are dropped after this long.
+    #[serde(serialize_with = "serialize_duration")]
+    pub scan_retention_age: Duration,
+    /// A repeated `dedupe_key` within this window returns the first scan.
+    #[serde(serialize_with = "serialize_duration")]
+    pub dedupe_window: Duration,
+}
+
+impl Default for OnDemandSection {
+    fn default() -> OnDemandSection {
+        OnDemandSection {
+            enabled: false,
+            allow_targets: Vec::new(),
+            allow_clients: Vec::new(),
+            trusted_proxies: Vec::new(),
+            rate_limit: 1.0,
+            burst: 2,
+            global_rate_limit: 1.0,
+            global_burst: 2,
+            max_concurrent: 2,
+            max_probes_per_request: 4096,
+            timeout: Duration::from_secs(10),
+            timeout_offset: Duration::from_millis(500),
+            max_scan_timeout: Duration::from_secs(3600),
+            scan_retention: 100,
+            scan_retention_age: Duration::from_secs(3600),
+            dedupe_window: Duration::from_secs(600),
+        }
+    }
+}
+
+/// One entry of `modules:`, a preset for on-demand scans.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Module {
+    /// Ports when the request names none.
+    #[serde(serialize_with = "serialize_optional_ports")]
+    pub ports: Option<PortSet>,
+    /// `auto` (the engine's mode), `syn` or `connect`.
+    pub mode: ModeSetting,
+    /// The job's own cap in probes per second.
+    pub rate: Option<u64>,
+    /// Re-sends of unanswered probes (default 1).
+    pub retries: u32,
+    /// Upper bound of the deadline.
+    #[serde(serialize_with = "serialize_optional_duration")]
+    pub timeout: Option<Duration>,
+    /// Wait for late replies after the last send, and between rounds (default 1s).
+    #[serde(serialize_with = "serialize_duration")]
+    pub wait: Duration,
+}
+
+impl Default for Module {
+    fn default() -> Module {
+        Module {
+            ports: None,
+            mode: ModeSetting::Auto,
+            rate: None,
+            retries: 1,
+            timeout: None,
+            wait: Duration::from_secs(1),
+        }
+    }
 }
 
 /// `engine:`.
@@ -188,6 +293,57 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     if targets.is_empty() {
         return Err(at(1, 1, "no targets: expected `targets:` with at least one target".into()));
     }
+    let defaults_ondemand = OnDemandSection::default();
+    let raw_ondemand = raw.ondemand;
+    let rate_limit = raw_ondemand.rate_limit.map_or(defaults_ondemand.rate_limit, |value| value.0);
+    let burst = raw_ondemand.burst.map_or(defaults_ondemand.burst, |value| value.0);
+    let ondemand = OnDemandSection {
+        enabled: raw_ondemand.enabled,
+        allow_targets: raw_ondemand.allow_targets.0,
+        allow_clients: raw_ondemand.allow_clients.0,
+        trusted_proxies: raw_ondemand.trusted_proxies.0,
+        rate_limit,
+        burst,
+        global_rate_limit: raw_ondemand.global_rate_limit.map_or(rate_limit, |value| value.0),
+        global_burst: raw_ondemand.global_burst.map_or(burst, |value| value.0),
+        max_concurrent: raw_ondemand.max_concurrent.map_or(defaults_ondemand.max_concurrent, |value| value.0),
+        max_probes_per_request: raw_ondemand
+            .max_probes_per_request
+            .map_or(defaults_ondemand.max_probes_per_request, |value| value.0),
+        timeout: raw_ondemand.timeout.map_or(defaults_ondemand.timeout, |value| value.0),
+        timeout_offset: raw_ondemand.timeout_offset.map_or(defaults_ondemand.timeout_offset, |value| value.0),
+        max_scan_timeout: raw_ondemand.max_scan_timeout.map_or(defaults_ondemand.max_scan_timeout, |value| value.0),
+        scan_retention: raw_ondemand.scan_retention.unwrap_or(defaults_ondemand.scan_retention),
+        scan_retention_age: raw_ondemand
+            .scan_retention_age
+            .map_or(defaults_ondemand.scan_retention_age, |value| value.0),
+        dedupe_window: raw_ondemand.dedupe_window.map_or(defaults_ondemand.dedupe_window, |value| value.0),
+    };
+    if ondemand.enabled && ondemand.allow_targets.is_empty() {
+        let (line, column) = key_position(text, "ondemand").unwrap_or((1, 1));
+        return Err(at(
+            line,
+            column,
+            "ondemand.enabled is true but ondemand.allow_targets is empty: list the CIDRs that may be scanned on request"
+                .into(),
+        ));
+    }
+    let modules = raw
+        .modules
+        .into_iter()
+        .map(|(name, module)| {
+            let defaults = Module::default();
+            let module = Module {
+                ports: module.ports.map(|ports| ports.0),
+                mode: module.mode.unwrap_or(defaults.mode),
+                rate: module.rate.map(|rate| rate.0),
+                retries: module.retries.map_or(defaults.retries, |value| value.0),
+                timeout: module.timeout.map(|value| value.0),
+                wait: module.wait.map_or(defaults.wait, |value| value.0),
+            };
+            (name.0, module)
+        })
+        .collect();
     Ok(Config {
         listen: raw.listen.map_or_else(|| "127.0.0.1:10045".parse().expect("valid"), |value| value.0),
         state_dir: raw.state_dir,
@@ -201,6 +357,8 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         defaults,
         details_budget: raw.details_budget.unwrap_or(10_000),
         targets,
+        ondemand,
+        modules,
     })
 }
 
@@ -208,6 +366,13 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
 /// there are (issue 5's tokens), they are redacted here.
 pub fn render_effective(config: &Config) -> String {
     serde_yaml::to_string(config).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
+}
+
+/// The position of the first top-level `key:` in the text.
+fn key_position(text: &str, key: &str) -> Option<(usize, usize)> {
+    text.lines()
+        .position(|line| line.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with(':')))
+        .map(|line| (line + 1, 1))
 }
 
 /// The position of the `n`-th `name: <name>` in the text (for the duplicate-name error, which
@@ -243,6 +408,46 @@ struct RawConfig {
     details_budget: Option<usize>,
     #[serde(default)]
     targets: Vec<RawTarget>,
+    #[serde(default)]
+    ondemand: RawOnDemand,
+    #[serde(default)]
+    modules: BTreeMap<ModuleName, RawModule>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOnDemand {
+    #[serde(default)]
+    enabled: bool,
+    #[serde(default)]
+    allow_targets: AddressList,
+    #[serde(default)]
+    allow_clients: AddressList,
+    #[serde(default)]
+    trusted_proxies: AddressList,
+    rate_limit: Option<RequestRate>,
+    burst: Option<Burst>,
+    global_rate_limit: Option<RequestRate>,
+    global_burst: Option<Burst>,
+    max_concurrent: Option<ConcurrentScans>,
+    max_probes_per_request: Option<ProbeCount>,
+    timeout: Option<PositiveDuration>,
+    timeout_offset: Option<AnyDuration>,
+    max_scan_timeout: Option<PositiveDuration>,
+    scan_retention: Option<usize>,
+    scan_retention_age: Option<PositiveDuration>,
+    dedupe_window: Option<AnyDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModule {
+    ports: Option<Ports>,
+    mode: Option<ModeSetting>,
+    rate: Option<Rate>,
+    retries: Option<Retries>,
+    timeout: Option<PositiveDuration>,
+    wait: Option<AnyDuration>,
 }
 
 #[derive(Default, Deserialize)]
@@ -390,7 +595,7 @@ impl<'de> Deserialize<'de> for ConcurrentScans {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<ConcurrentScans, D::Error> {
         bounded_number(deserializer, "a number of scans from 1 to 64", |scans| {
             if scans == 0 || scans > 64 {
-                return Err(format!("max_concurrent_scans {scans}: expected 1 to 64"));
+                return Err(format!("{scans} at once: expected 1 to 64"));
             }
             Ok(scans)
         })
@@ -426,6 +631,97 @@ impl<'de> Deserialize<'de> for TargetName {
                 Err(format!("target name {text:?}: expected 1 to 64 letters, digits, '_', '-' or '.'"))
             }
         })
+    }
+}
+
+/// A module name: the same characters as a target name.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct ModuleName(String);
+
+impl<'de> Deserialize<'de> for ModuleName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<ModuleName, D::Error> {
+        TargetName::deserialize(deserializer).map(|name| ModuleName(name.0))
+    }
+}
+
+/// A list of addresses, CIDRs and ranges that may be empty (the allowlists).
+#[derive(Default)]
+struct AddressList(Vec<AddressRange>);
+
+impl<'de> Deserialize<'de> for AddressList {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<AddressList, D::Error> {
+        struct ListVisitor;
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = Vec<AddressRange>;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a list of addresses, CIDRs and ranges")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut sequence: A) -> Result<Self::Value, A::Error> {
+                let mut ranges = Vec::new();
+                while let Some(Address(range)) = sequence.next_element()? {
+                    ranges.push(range);
+                }
+                Ok(ranges)
+            }
+        }
+        deserializer.deserialize_seq(ListVisitor).map(AddressList)
+    }
+}
+
+/// Requests per second: a number above 0 and at most 1,000,000.
+struct RequestRate(f64);
+
+impl<'de> Deserialize<'de> for RequestRate {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<RequestRate, D::Error> {
+        struct RateVisitor;
+        impl Visitor<'_> for RateVisitor {
+            type Value = f64;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("requests per second, a number above 0 such as 0.5 or 10")
+            }
+            fn visit_f64<E: de::Error>(self, value: f64) -> Result<f64, E> {
+                if value.is_finite() && value > 0.0 && value <= 1_000_000.0 {
+                    Ok(value)
+                } else {
+                    Err(E::custom(format!("rate {value}: expected requests per second above 0 and at most 1000000")))
+                }
+            }
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<f64, E> {
+                self.visit_f64(value as f64)
+            }
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<f64, E> {
+                self.visit_f64(value as f64)
+            }
+        }
+        deserializer.deserialize_f64(RateVisitor).map(RequestRate)
+    }
+}
+
+struct Burst(u32);
+
+impl<'de> Deserialize<'de> for Burst {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Burst, D::Error> {
+        bounded_number(deserializer, "a burst from 1 to 100000 requests", |burst| {
+            if burst == 0 || burst > 100_000 {
+                return Err(format!("burst {burst}: expected 1 to 100000"));
+            }
+            Ok(burst)
+        })
+        .map(|burst| Burst(burst as u32))
+    }
+}
+
+struct ProbeCount(u64);
+
+impl<'de> Deserialize<'de> for ProbeCount {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<ProbeCount, D::Error> {
+        bounded_number(deserializer, "a number of probes from 1 to 1000000000", |probes| {
+            if probes == 0 || probes > 1_000_000_000 {
+                return Err(format!("max_probes_per_request {probes}: expected 1 to 1000000000"));
+            }
+            Ok(probes)
+        })
+        .map(ProbeCount)
     }
 }
 
@@ -526,6 +822,20 @@ impl<'de> Deserialize<'de> for PortItem {
 
 fn serialize_duration<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&humantime::format_duration(*duration).to_string())
+}
+
+fn serialize_optional_duration<S: Serializer>(duration: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+    match duration {
+        Some(duration) => serialize_duration(duration, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+fn serialize_optional_ports<S: Serializer>(ports: &Option<PortSet>, serializer: S) -> Result<S::Ok, S::Error> {
+    match ports {
+        Some(ports) => serialize_ports(ports, serializer),
+        None => serializer.serialize_none(),
+    }
 }
 
 fn serialize_addresses<S: Serializer>(ranges: &[AddressRange], serializer: S) -> Result<S::Ok, S::Error> {

@@ -9,9 +9,11 @@
 //! * [`state`]: the state file kept across restarts (atomic writes, corrupt files set aside).
 //! * [`metrics`]: the `/metrics` exposition.
 //! * [`service`]: the running exporter (scheduler thread, reload, readiness, landing page).
+//! * [`ondemand`]: `/probe` and the scans API, and their guards.
 
 pub mod config;
 pub mod metrics;
+pub mod ondemand;
 pub mod results;
 pub mod schedule;
 pub mod service;
@@ -19,4 +21,5 @@ pub mod state;
 
 pub use config::{Config, ConfigError, EMBEDDED_DEFAULT, load, parse};
 pub use metrics::{BuildInfo, CONTENT_TYPE};
-pub use service::{Exporter, ExporterOptions, ReloadReport, RunningScan, Scanner};
+pub use ondemand::{OnDemandAnswer, OnDemandRequest};
+pub use service::{Exporter, ExporterOptions, ReloadReport, RunningScan, ScanOrder, ScanProgress, Scanner};

@@ -69,6 +69,10 @@ pub struct Metrics {
     pub(crate) reload_successful: IntGauge,
     pub(crate) reload_timestamp: Gauge,
     pub(crate) state_writes_failed: IntCounter,
+    pub(crate) probe_requests: IntCounterVec,
+    pub(crate) api_requests: IntCounterVec,
+    pub(crate) ondemand_inflight: IntGauge,
+    pub(crate) request_duration: HistogramVec,
     engine: EngineCounters,
     /// Serializes copying the engine counters (see the module documentation).
     sync: Mutex<()>,
@@ -180,7 +184,48 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let probe_requests = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "synwatch_probe_requests_total",
+                    "On-demand requests that start or stop work (/probe, POST /api/v1/scans...) by outcome.",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+        );
+        for outcome in crate::ondemand::Outcome::ALL {
+            probe_requests.with_label_values(&[outcome.label()]);
+        }
+        let api_requests = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("synwatch_api_requests_total", "HTTP requests answered, by route and status code."),
+                &["route", "code"],
+            )
+            .expect("valid metric"),
+        );
+        let request_duration = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new("synwatch_http_request_duration_seconds", "Time to answer HTTP requests, by route.")
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    ]),
+                &["route"],
+            )
+            .expect("valid metric"),
+        );
         Metrics {
+            probe_requests,
+            api_requests,
+            request_duration,
+            ondemand_inflight: register(
+                &registry,
+                IntGauge::new("synwatch_ondemand_inflight", "On-demand scans (probes and API scans) running now.")
+                    .expect("valid metric"),
+            ),
             scan_duration,
             port_changes,
             scans,
@@ -223,6 +268,14 @@ impl Metrics {
             sync: Mutex::new(()),
             registry,
         }
+    }
+
+    /// Counts one answered HTTP request. `route` comes from a fixed set (the HTTP crate's
+    /// route labels), so clients cannot create series.
+    pub fn observe_request(&self, route: &str, status: u16, seconds: f64) {
+        let mut code = itoa::Buffer::new();
+        self.api_requests.with_label_values(&[route, code.format(status)]).inc();
+        self.request_duration.with_label_values(&[route]).observe(seconds);
     }
 
     /// Adds the per-target series that must exist from the start (zero counters).

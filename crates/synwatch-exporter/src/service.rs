@@ -20,23 +20,54 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 use synwatch_engine::{FinishReason, JobSettings, PortState, Shard, TargetSpace};
-use synwatch_io::{CounterSnapshot, Engine, JobHandle, JobRequest};
+use synwatch_io::{CounterSnapshot, Engine, JobHandle, JobRequest, Priority};
 
 use crate::config::{self, Config, ConfigError, Target};
 use crate::metrics::{BuildInfo, Metrics, TargetView};
+use crate::ondemand::{OnDemand, OnDemandAnswer, OnDemandRequest, Outcome, ScannerFactory};
 use crate::results::ScanResults;
 use crate::schedule::{Schedule, ScheduledTarget};
 use crate::state::{ScanAttempt, StateStore, TargetRecord, unix_seconds};
 
+/// A scan to start.
+#[derive(Debug, Clone)]
+pub struct ScanOrder {
+    /// What to scan.
+    pub space: Arc<TargetSpace>,
+    /// Retries, waits, seed.
+    pub settings: JobSettings,
+    /// Cut off after this long.
+    pub timeout: Duration,
+    /// Interactive (on-demand probes) goes first.
+    pub priority: Priority,
+    /// The job's own rate cap.
+    pub rate: Option<u64>,
+}
+
+impl ScanOrder {
+    /// A background scan without its own rate cap.
+    pub fn background(space: Arc<TargetSpace>, settings: JobSettings, timeout: Duration) -> ScanOrder {
+        ScanOrder { space, settings, timeout, priority: Priority::Background, rate: None }
+    }
+}
+
+/// A running scan's progress.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanProgress {
+    /// Probes sent, retries included.
+    pub sent: u64,
+    /// Probes sent at least once.
+    pub distinct_sent: u64,
+    /// Probes answered.
+    pub answered: u64,
+    /// The current round (0 = first pass).
+    pub round: u32,
+}
+
 /// The engine as the exporter uses it.
 pub trait Scanner: Send + Sync {
-    /// Starts a scan of `space`.
-    fn start(
-        &self,
-        space: Arc<TargetSpace>,
-        settings: JobSettings,
-        timeout: Duration,
-    ) -> Result<Box<dyn RunningScan>, String>;
+    /// Starts a scan.
+    fn start(&self, order: ScanOrder) -> Result<Box<dyn RunningScan>, String>;
     /// The engine's counters.
     fn counters(&self) -> CounterSnapshot;
     /// `syn` or `connect`.
@@ -55,16 +86,30 @@ pub trait RunningScan: Send {
     fn cancel(&self);
     /// The state of probe `index` (meaningful once finished).
     fn state(&self, index: u64) -> PortState;
+    /// Progress so far.
+    fn progress(&self) -> ScanProgress;
+    /// Waits at most `timeout` for the end (the default polls every millisecond).
+    fn wait(&self, timeout: Duration) -> Option<FinishReason> {
+        let until = Instant::now() + timeout;
+        loop {
+            if let Some(reason) = self.finished() {
+                return Some(reason);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 }
 
 impl Scanner for Engine {
-    fn start(
-        &self,
-        space: Arc<TargetSpace>,
-        settings: JobSettings,
-        timeout: Duration,
-    ) -> Result<Box<dyn RunningScan>, String> {
-        let request = JobRequest::new(space, settings, Some(timeout));
+    fn start(&self, order: ScanOrder) -> Result<Box<dyn RunningScan>, String> {
+        let request = JobRequest {
+            priority: order.priority,
+            rate: order.rate,
+            ..JobRequest::new(order.space, order.settings, Some(order.timeout))
+        };
         match self.submit(request) {
             Ok(handle) => Ok(Box::new(handle)),
             Err(error) => Err(error.to_string()),
@@ -93,6 +138,15 @@ impl RunningScan for JobHandle {
     }
     fn state(&self, index: u64) -> PortState {
         self.table().get(index)
+    }
+    fn progress(&self) -> ScanProgress {
+        let progress = JobHandle::progress(self);
+        // Round 0 sends each probe once; a later round means every probe was sent.
+        let distinct_sent = if progress.round > 0 { progress.total } else { progress.sent.min(progress.total) };
+        ScanProgress { sent: progress.sent, distinct_sent, answered: progress.answered, round: progress.round }
+    }
+    fn wait(&self, timeout: Duration) -> Option<FinishReason> {
+        self.wait_timeout(timeout).map(|summary| summary.reason)
     }
 }
 
@@ -143,6 +197,8 @@ struct Inner {
     tick: Duration,
     /// Serializes reloads (the HTTP endpoint and SIGHUP may race).
     reloading: Mutex<()>,
+    /// `/probe` and the scans API.
+    ondemand: OnDemand,
 }
 
 /// The exporter service (see the module documentation).
@@ -231,6 +287,7 @@ impl Exporter {
             }
         }
         let inner = Arc::new(Inner {
+            ondemand: OnDemand::new(Arc::clone(&scanner), options.seed.rotate_left(17) ^ 0x5eed),
             scanner,
             config: RwLock::new(Arc::new(config)),
             spaces: RwLock::new(Arc::new(spaces)),
@@ -251,6 +308,34 @@ impl Exporter {
             .spawn(move || SchedulerLoop::new(thread_inner).run())
             .expect("the scheduler thread starts");
         Exporter { inner, thread: Mutex::new(Some(thread)) }
+    }
+
+    /// Answers an on-demand request (`/probe`, `/api/v1/scans...`); blocks while a probe runs.
+    pub fn ondemand(&self, request: &OnDemandRequest) -> OnDemandAnswer {
+        let config = self.config();
+        self.inner.ondemand.handle(&config, &self.inner.metrics, request)
+    }
+
+    /// Counts an on-demand request the HTTP layer refused before it got here (401, 429 of the
+    /// password checks).
+    pub fn ondemand_refused(&self, status: u16) {
+        let outcome = if status == 401 { Outcome::Unauthorized } else { Outcome::RateLimited };
+        self.inner.ondemand.refused(&self.inner.metrics, outcome);
+    }
+
+    /// Counts one answered HTTP request.
+    pub fn observe_request(&self, route: &str, status: u16, seconds: f64) {
+        self.inner.metrics.observe_request(route, status, seconds);
+    }
+
+    /// How to start a connect() engine when a module asks for one and the engine runs SYN.
+    pub fn set_connect_factory(&self, factory: ScannerFactory) {
+        self.inner.ondemand.set_connect_factory(factory);
+    }
+
+    /// On-demand jobs running now.
+    pub fn ondemand_inflight(&self) -> usize {
+        self.inner.ondemand.inflight()
     }
 
     /// The config now running.
@@ -519,8 +604,12 @@ impl SchedulerLoop {
             let metrics = &self.inner.metrics;
             metrics.queue_length.set(self.schedule.queue_length() as i64);
             metrics.scans_running.set(self.running.len() as i64);
+            // Ended API scans give their on-demand slot back here (and on API requests).
+            let ondemand_section = self.inner.config.read().ondemand.clone();
+            self.inner.ondemand.maintain(&ondemand_section, metrics);
             let mut sleep = self.inner.tick;
             if self.running.is_empty()
+                && self.inner.ondemand.scans_running() == 0
                 && let Some(due) = self.schedule.next_due()
             {
                 sleep = due.saturating_sub(self.now()).clamp(Duration::from_millis(1), Duration::from_secs(1));
@@ -549,7 +638,7 @@ impl SchedulerLoop {
             shard: Shard::WHOLE,
         };
         let started = Instant::now();
-        match self.inner.scanner.start(Arc::clone(&space), settings, target.settings.timeout) {
+        match self.inner.scanner.start(ScanOrder::background(Arc::clone(&space), settings, target.settings.timeout)) {
             Ok(scan) => {
                 tracing::debug!(target = %name, probes = space.len(), "scan started");
                 self.running.push(Running { name, scan, space, started });
@@ -654,6 +743,7 @@ impl SchedulerLoop {
         for running in &self.running {
             running.scan.cancel();
         }
+        self.inner.ondemand.cancel_all();
         let deadline = Instant::now() + Duration::from_millis(500);
         while self.running.iter().any(|running| running.scan.finished().is_none()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));

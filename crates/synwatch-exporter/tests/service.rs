@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use synwatch_engine::{FinishReason, JobSettings, PortState, TargetSpace};
-use synwatch_exporter::{BuildInfo, Exporter, ExporterOptions, RunningScan, Scanner};
+use synwatch_engine::{FinishReason, PortState};
+use synwatch_exporter::{BuildInfo, Exporter, ExporterOptions, RunningScan, ScanOrder, ScanProgress, Scanner};
 use synwatch_io::CounterSnapshot;
 
 /// A network where every probe is answered at once from a table (closed when not listed).
@@ -68,17 +68,17 @@ impl RunningScan for SimulatedScan {
     fn state(&self, index: u64) -> PortState {
         self.states[index as usize]
     }
+    fn progress(&self) -> ScanProgress {
+        let total = self.states.len() as u64;
+        ScanProgress { sent: total, distinct_sent: total, answered: total, round: 0 }
+    }
 }
 
 struct SimulatedScanner(Arc<SimulatedNetwork>);
 
 impl Scanner for SimulatedScanner {
-    fn start(
-        &self,
-        space: Arc<TargetSpace>,
-        _settings: JobSettings,
-        timeout: Duration,
-    ) -> Result<Box<dyn RunningScan>, String> {
+    fn start(&self, order: ScanOrder) -> Result<Box<dyn RunningScan>, String> {
+        let (space, timeout) = (order.space, order.timeout);
         let network = &self.0;
         network.scans.fetch_add(1, Ordering::SeqCst);
         let running = network.running.fetch_add(1, Ordering::SeqCst) + 1;

@@ -1,33 +1,96 @@
-//! The thin HTTP layer of synwatch on hyper 1 (HTTP/1.1): the listener, the routes, content
-//! types, limits and graceful shutdown. It holds no scan logic: whatever it serves comes from a
-//! [`Site`], which the exporter implements.
+//! The thin HTTP layer of synwatch on hyper 1 (HTTP/1.1): the listener, TLS, authentication,
+//! the routes, content types, limits and graceful shutdown. It holds no scan logic: whatever it
+//! serves comes from a [`Site`], which the exporter implements.
 //!
 //! Routes: `/` (landing page, HTML), `/metrics`, `/-/healthy`, `/-/ready` (503 with the reason
-//! until the site is ready), `POST /-/reload` (loopback peers only). Anything else is answered
+//! until the site is ready), `POST /-/reload` (loopback peers only), and the on-demand routes
+//! `/probe` and `/api/v1/scans...`, which are handed whole to [`Site::ondemand`] (the site
+//! decides whether they exist, who may call them and what they do). Anything else is answered
 //! with a 4xx and a one-line reason: 404 for an unknown path, 405 with `Allow` for a wrong
-//! method, 403 for a reload from another host; hyper itself answers malformed requests with
-//! 400 and oversized headers with 431. A client that does not send its headers within
-//! `header_read_timeout` is disconnected, so a slow client cannot hold a connection forever, and
-//! at most `max_connections` connections are served at once (more are closed at accept).
+//! method, 403 for a reload from another host, 401 with a challenge when a web config requires
+//! credentials, 413 for a body over [`MAX_BODY_BYTES`], 408 for a body that does not arrive
+//! within the header timeout; hyper itself answers malformed requests with 400 and oversized
+//! headers with 431. A client that does not send its headers within `header_read_timeout` is
+//! disconnected (as is a TLS handshake that takes longer), so a slow client cannot hold a
+//! connection forever, and at most `max_connections` connections are served at once (more are
+//! closed at accept).
 //!
-//! Rendering `/metrics` and reloading run on tokio's blocking pool: they take milliseconds of CPU
-//! or a file read, which must not stall the accept loop.
+//! Rendering `/metrics`, reloading and on-demand requests run on tokio's blocking pool: they
+//! take milliseconds of CPU, a file read, or wait for a scan, which must not stall the accept
+//! loop. Every answered request is reported to [`Site::observe`] with its route and status.
+
+pub mod web_config;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use hyper::header::{
+    ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+
+pub use web_config::{AuthVerdict, Authenticator, WebConfigError, WebSecurity};
+
+/// Largest request body accepted (the scans API's JSON).
+pub const MAX_BODY_BYTES: usize = 64 << 10;
+
+/// An on-demand request as the site sees it.
+#[derive(Debug, Clone)]
+pub struct OnDemandRequest {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The path, e.g. `/probe` or `/api/v1/scans/7`.
+    pub path: String,
+    /// The raw query string (percent-encoded), empty when none.
+    pub query: String,
+    /// The direct peer.
+    pub peer: IpAddr,
+    /// Every `X-Forwarded-For` header value, in order.
+    pub forwarded_for: Vec<String>,
+    /// `X-Prometheus-Scrape-Timeout-Seconds`, when sent.
+    pub scrape_timeout: Option<String>,
+    /// The request body (at most [`MAX_BODY_BYTES`]).
+    pub body: Bytes,
+}
+
+/// The site's answer to an on-demand request.
+#[derive(Debug, Clone)]
+pub struct OnDemandResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Content-Type.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: Vec<u8>,
+    /// `Retry-After` in seconds (429).
+    pub retry_after: Option<u64>,
+    /// `Allow` (405).
+    pub allow: Option<&'static str>,
+}
+
+impl OnDemandResponse {
+    /// A plain-text answer.
+    pub fn text(status: u16, body: impl Into<String>) -> OnDemandResponse {
+        OnDemandResponse {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into().into_bytes(),
+            retry_after: None,
+            allow: None,
+        }
+    }
+}
 
 /// What the server serves.
 pub trait Site: Send + Sync + 'static {
@@ -39,12 +102,23 @@ pub trait Site: Send + Sync + 'static {
     fn ready(&self) -> Result<(), String>;
     /// Reloads the configuration: `Ok` with a summary, or the rejection.
     fn reload(&self) -> Result<String, String>;
+    /// Answers `/probe` and `/api/v1/scans...` (called on the blocking pool; may wait for a
+    /// scan). The default: they do not exist.
+    fn ondemand(&self, request: OnDemandRequest) -> OnDemandResponse {
+        OnDemandResponse::text(404, format!("not found: {}\n", request.path))
+    }
+    /// A request to an on-demand route was refused before reaching [`Site::ondemand`]
+    /// (authentication), with this status.
+    fn ondemand_refused(&self, _route: &'static str, _status: u16) {}
+    /// One request was answered.
+    fn observe(&self, _route: &'static str, _status: u16, _seconds: f64) {}
 }
 
 /// Server limits.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerSettings {
-    /// Time a client has to send its request headers.
+    /// Time a client has to send its request headers (and its body, and to finish a TLS
+    /// handshake).
     pub header_read_timeout: Duration,
     /// Connections served at once.
     pub max_connections: usize,
@@ -71,14 +145,116 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     response
 }
 
-const ENDPOINTS: &str = "endpoints: / /metrics /-/healthy /-/ready POST /-/reload";
+const ENDPOINTS: &str = "endpoints: / /metrics /-/healthy /-/ready POST /-/reload /probe /api/v1/scans";
 
-/// Answers one request. Public so that the routing can be tested without a socket.
-pub async fn route(site: Arc<dyn Site>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    route_parts(site, request.method(), request.uri().path(), peer).await
+/// The route label of a path, for metrics: a fixed set, so that clients cannot create series.
+pub fn route_label(path: &str) -> &'static str {
+    match path {
+        "/" => "/",
+        "/metrics" => "/metrics",
+        "/-/healthy" => "/-/healthy",
+        "/-/ready" => "/-/ready",
+        "/-/reload" => "/-/reload",
+        "/probe" => "/probe",
+        "/api/v1/scans" => "/api/v1/scans",
+        _ if path.starts_with("/api/v1/scans/") && path.ends_with("/cancel") => "/api/v1/scans/{id}/cancel",
+        _ if path.starts_with("/api/v1/scans/") => "/api/v1/scans/{id}",
+        _ => "other",
+    }
 }
 
-async fn route_parts(site: Arc<dyn Site>, method: &Method, path: &str, peer: SocketAddr) -> Response<Body> {
+fn is_ondemand(route: &str) -> bool {
+    route == "/probe" || route.starts_with("/api/")
+}
+
+/// The parts of a request the router looks at.
+#[derive(Debug)]
+pub struct RequestHead<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The path.
+    pub path: &'a str,
+    /// The query, without `?`.
+    pub query: &'a str,
+    /// The headers.
+    pub headers: &'a HeaderMap,
+}
+
+/// Answers one request. Public so that the routing can be tested without a socket.
+pub async fn route(
+    site: Arc<dyn Site>,
+    security: Arc<WebSecurity>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    body_timeout: Duration,
+) -> Response<Body> {
+    let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path();
+    let route = route_label(path);
+    let head =
+        RequestHead { method: &parts.method, path, query: parts.uri.query().unwrap_or(""), headers: &parts.headers };
+    let response = match authorize(&site, &security, &head, route).await {
+        Some(refusal) => refusal,
+        None => {
+            // Only on-demand routes read a body; the others ignore it.
+            let body = if is_ondemand(route) {
+                match tokio::time::timeout(body_timeout, Limited::new(body, MAX_BODY_BYTES).collect()).await {
+                    Ok(Ok(collected)) => Ok(collected.to_bytes()),
+                    Ok(Err(_)) => Err(text(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("the request body is over {MAX_BODY_BYTES} bytes (or broken)\n"),
+                    )),
+                    Err(_) => Err(text(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time\n")),
+                }
+            } else {
+                Ok(Bytes::new())
+            };
+            match body {
+                Ok(body) => route_parts(Arc::clone(&site), &head, body, peer).await,
+                Err(refusal) => refusal,
+            }
+        }
+    };
+    site.observe(route, response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
+
+/// Checks credentials when the web config asks for them; `Some` is the refusal.
+async fn authorize(
+    site: &Arc<dyn Site>,
+    security: &Arc<WebSecurity>,
+    head: &RequestHead<'_>,
+    route: &'static str,
+) -> Option<Response<Body>> {
+    let authenticator = security.authenticator.as_ref()?;
+    let verdict = authenticator.check(head.headers.get(AUTHORIZATION).map(HeaderValue::as_bytes)).await;
+    let refusal = match verdict {
+        AuthVerdict::Allowed => return None,
+        AuthVerdict::Denied(reason) => {
+            let mut response = text(StatusCode::UNAUTHORIZED, format!("unauthorized: {reason}\n"));
+            let challenge = if authenticator.has_users() {
+                "Basic realm=\"synwatch\", charset=\"UTF-8\""
+            } else {
+                "Bearer realm=\"synwatch\""
+            };
+            response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            response
+        }
+        AuthVerdict::Busy => {
+            let mut response =
+                text(StatusCode::TOO_MANY_REQUESTS, "too many password checks in progress; retry shortly\n");
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
+    };
+    if is_ondemand(route) {
+        site.ondemand_refused(route, refusal.status().as_u16());
+    }
+    Some(refusal)
+}
+async fn route_parts(site: Arc<dyn Site>, head: &RequestHead<'_>, body: Bytes, peer: SocketAddr) -> Response<Body> {
+    let (method, path) = (head.method, head.path);
     let read_only = |allowed: &Method| allowed == Method::GET || allowed == Method::HEAD;
     let wrong_method = |allow: &'static str| {
         let mut response =
@@ -86,6 +262,39 @@ async fn route_parts(site: Arc<dyn Site>, method: &Method, path: &str, peer: Soc
         response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
         response
     };
+    if is_ondemand(route_label(path)) {
+        let header_text = |name: &str| -> Vec<String> {
+            head.headers.get_all(name).iter().filter_map(|value| value.to_str().ok()).map(str::to_string).collect()
+        };
+        let request = OnDemandRequest {
+            method: method.as_str().to_string(),
+            path: path.to_string(),
+            query: head.query.to_string(),
+            peer: peer.ip().to_canonical(),
+            forwarded_for: header_text("x-forwarded-for"),
+            scrape_timeout: header_text("x-prometheus-scrape-timeout-seconds").into_iter().next(),
+            body,
+        };
+        return match tokio::task::spawn_blocking(move || site.ondemand(request)).await {
+            Ok(answer) => {
+                let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let mut response = text(status, answer.body);
+                response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(answer.content_type));
+                response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                if let Some(seconds) = answer.retry_after {
+                    response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
+                }
+                if let Some(allow) = answer.allow {
+                    response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+                }
+                response
+            }
+            Err(error) => {
+                tracing::error!(%error, "on-demand request failed");
+                text(StatusCode::INTERNAL_SERVER_ERROR, "the request failed; see the log\n")
+            }
+        };
+    }
     match path {
         "/" | "/metrics" | "/-/healthy" | "/-/ready" if !read_only(method) => wrong_method("GET, HEAD"),
         "/" => {
@@ -139,17 +348,19 @@ async fn route_parts(site: Arc<dyn Site>, method: &Method, path: &str, peer: Soc
     }
 }
 
-/// Serves `site` on `listener` until `shutdown` resolves, then stops accepting, gives open
-/// connections `shutdown_grace` to finish and returns.
+/// Serves `site` on `listener` (with the TLS and authentication of `security`) until `shutdown`
+/// resolves, then stops accepting, gives open connections `shutdown_grace` to finish and
+/// returns.
 pub async fn serve(
     listener: TcpListener,
     site: Arc<dyn Site>,
+    security: Arc<WebSecurity>,
     settings: ServerSettings,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(settings.header_read_timeout).keep_alive(true);
-    let graceful = GracefulShutdown::new();
+    let graceful = Arc::new(GracefulShutdown::new());
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     tokio::pin!(shutdown);
     loop {
@@ -168,15 +379,26 @@ pub async fn serve(
                     tracing::warn!(%peer, limit = settings.max_connections, "too many connections; closing a new one");
                     continue;
                 };
-                let site = Arc::clone(&site);
-                let service = hyper::service::service_fn(move |request| {
-                    let site = Arc::clone(&site);
-                    async move { Ok::<_, Infallible>(route(site, request, peer).await) }
-                });
-                let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                let _ = stream.set_nodelay(true);
+                let tls = security.tls.clone();
+                let connection = Connection {
+                    site: Arc::clone(&site),
+                    security: Arc::clone(&security),
+                    http: http.clone(),
+                    graceful: Arc::clone(&graceful),
+                    peer,
+                    timeout: settings.header_read_timeout,
+                };
                 tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%peer, %error, "connection ended with an error");
+                    match tls {
+                        None => connection.serve(stream).await,
+                        Some(acceptor) => {
+                            match tokio::time::timeout(connection.timeout, acceptor.accept(stream)).await {
+                                Ok(Ok(tls_stream)) => connection.serve(tls_stream).await,
+                                Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                            }
+                        }
                     }
                     drop(slot);
                 });
@@ -185,10 +407,42 @@ pub async fn serve(
         }
     }
     drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(settings.shutdown_grace) => {
-            tracing::debug!("connections still open at the end of the shutdown grace; dropping them");
+    let graceful = Arc::try_unwrap(graceful);
+    if let Ok(graceful) = graceful {
+        tokio::select! {
+            () = graceful.shutdown() => {}
+            () = tokio::time::sleep(settings.shutdown_grace) => {
+                tracing::debug!("connections still open at the end of the shutdown grace; dropping them");
+            }
+        }
+    } else {
+        // A connection task still holds the watcher (a TLS handshake in progress): give the
+        // connections the grace period and go.
+        tokio::time::sleep(settings.shutdown_grace.min(Duration::from_millis(100))).await;
+    }
+}
+
+/// One accepted connection, plain or TLS.
+struct Connection {
+    site: Arc<dyn Site>,
+    security: Arc<WebSecurity>,
+    http: hyper::server::conn::http1::Builder,
+    graceful: Arc<GracefulShutdown>,
+    peer: SocketAddr,
+    timeout: Duration,
+}
+
+impl Connection {
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, stream: S) {
+        let Connection { site, security, http, graceful, peer, timeout } = self;
+        let service = hyper::service::service_fn(move |request| {
+            let (site, security) = (Arc::clone(&site), Arc::clone(&security));
+            async move { Ok::<_, Infallible>(route(site, security, request, peer, timeout).await) }
+        });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        drop(graceful);
+        if let Err(error) = connection.await {
+            tracing::debug!(%peer, %error, "connection ended with an error");
         }
     }
 }
@@ -196,7 +450,6 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[derive(Default)]
@@ -228,7 +481,9 @@ mod tests {
         peer: &str,
     ) -> (StatusCode, String, Response<Body>) {
         let site: Arc<dyn Site> = site.clone();
-        let response = route_parts(site, &method, path, peer.parse().unwrap()).await;
+        let headers = HeaderMap::new();
+        let head = RequestHead { method: &method, path, query: "", headers: &headers };
+        let response = route_parts(site, &head, Bytes::new(), peer.parse().unwrap()).await;
         let status = response.status();
         let body = response.body().clone().collect().await.unwrap().to_bytes();
         (status, String::from_utf8_lossy(&body).into_owned(), response)
@@ -251,6 +506,9 @@ mod tests {
             assert_eq!(response.headers()[CONTENT_TYPE], "text/html; charset=utf-8");
             let (status, body, _) = call(&site, Method::GET, "/nope", local).await;
             assert_eq!(status, StatusCode::NOT_FOUND);
+            // The on-demand routes belong to the site; the test site has none.
+            let (status, body404, _) = call(&site, Method::GET, "/probe", local).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{body404}");
             assert!(body.contains("/nope") && body.contains("/metrics"), "{body}");
             let (status, body, response) = call(&site, Method::POST, "/metrics", local).await;
             assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
@@ -299,7 +557,8 @@ mod tests {
             let settings =
                 ServerSettings { header_read_timeout: Duration::from_millis(300), ..ServerSettings::default() };
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let server = tokio::spawn(serve(listener, Arc::new(TestSite::default()), settings, async {
+            let security = Arc::new(WebSecurity::none());
+            let server = tokio::spawn(serve(listener, Arc::new(TestSite::default()), security, settings, async {
                 let _ = stopped.await;
             }));
             let mut client = tokio::net::TcpStream::connect(address).await.unwrap();

@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "SYNWATCH_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// TLS and authentication for every endpoint: a YAML file in the Prometheus
+    /// exporter-toolkit format (`tls_server_config`, `basic_auth_users`) plus `bearer_tokens`.
+    #[arg(long = "web.config.file", env = "SYNWATCH_WEB_CONFIG_FILE")]
+    web_config_file: Option<PathBuf>,
 }
 
 struct ExporterSite(Arc<Exporter>);
@@ -67,6 +71,38 @@ impl Site for ExporterSite {
 
     fn ready(&self) -> Result<(), String> {
         self.0.ready()
+    }
+
+    fn ondemand(&self, request: synwatch_http::OnDemandRequest) -> synwatch_http::OnDemandResponse {
+        let request = synwatch_exporter::OnDemandRequest {
+            method: request.method,
+            path: request.path,
+            query: request.query,
+            peer: request.peer,
+            forwarded_for: request.forwarded_for,
+            scrape_timeout: request.scrape_timeout,
+            body: request.body.to_vec(),
+        };
+        let answer = self.0.ondemand(&request);
+        synwatch_http::OnDemandResponse {
+            status: answer.status,
+            content_type: answer.content_type,
+            body: answer.body,
+            retry_after: answer.retry_after,
+            allow: answer.allow,
+        }
+    }
+
+    fn ondemand_refused(&self, route: &'static str, status: u16) {
+        // The outcome counter covers requests that start or stop work; reads of the scans API
+        // are counted in synwatch_api_requests_total only.
+        if route == "/probe" || route == "/api/v1/scans" || route.ends_with("/cancel") {
+            self.0.ondemand_refused(status);
+        }
+    }
+
+    fn observe(&self, route: &'static str, status: u16, seconds: f64) {
+        self.0.observe_request(route, status, seconds);
     }
 
     fn reload(&self) -> Result<String, String> {
@@ -100,6 +136,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let config = match &args.config {
         Some(path) => synwatch_exporter::load(path)?,
         None => synwatch_exporter::parse(synwatch_exporter::EMBEDDED_DEFAULT, "<embedded>")?,
+    };
+    let security = match &args.web_config_file {
+        Some(path) => synwatch_http::WebSecurity::load(path)?,
+        None => synwatch_http::WebSecurity::none(),
     };
     let listen = args.listen.unwrap_or(config.listen);
     let listener =
@@ -138,6 +178,17 @@ pub fn run(args: ServeArgs) -> Result<()> {
             tick: Duration::from_millis(50),
         },
     ));
+    // A module may ask for connect() scans while the engine runs SYN: that engine needs no
+    // privilege and starts on first use.
+    exporter.set_connect_factory(Box::new(|| {
+        Engine::start(EngineConfig { mode: Mode::Connect, ..EngineConfig::default() })
+            .map(|engine| Arc::new(engine) as Arc<dyn synwatch_exporter::Scanner>)
+            .map_err(|error| error.to_string())
+    }));
+    if security.tls.is_some() || security.authenticator.is_some() {
+        tracing::info!(tls = security.tls.is_some(), auth = security.authenticator.is_some(), "web config loaded");
+    }
+    let security = Arc::new(security);
     // The runtime's threads start here, after the engine dropped the capabilities.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -167,7 +218,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             }
         };
         let settings = ServerSettings { shutdown_grace: Duration::from_millis(300), ..ServerSettings::default() };
-        synwatch_http::serve(listener, site, settings, shutdown).await;
+        synwatch_http::serve(listener, site, security, settings, shutdown).await;
         Ok::<(), io::Error>(())
     })?;
     exporter.shutdown(Duration::from_millis(700));

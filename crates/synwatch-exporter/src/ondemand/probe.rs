@@ -1,0 +1,323 @@
+//! `/probe`: its parameters, its deadline and its answer, as pure functions.
+//!
+//! The answer is a fresh registry for one request, rendered by hand in the text format (a few
+//! gauges, and with `details=1` one `probe_port_open` series per probe, bounded by
+//! `max_probes_per_request`). It never touches the exporter's `/metrics` registry.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use synwatch_engine::targets::parse_target;
+use synwatch_engine::{AddressRange, PortSet, PortState};
+
+use crate::config::{Module, OnDemandSection};
+
+/// The parameters of one probe or scan request, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScanParams {
+    /// The addresses asked for.
+    pub targets: Vec<AddressRange>,
+    /// The ports (the request's, else the module's).
+    pub ports: PortSet,
+    /// The module's name, when one was named.
+    pub module: Option<String>,
+    /// The module (the defaults when none was named).
+    pub preset: Module,
+    /// The request's own `timeout`.
+    pub timeout: Option<Duration>,
+    /// `details=1`.
+    pub details: bool,
+    /// `debug=1`.
+    pub debug: bool,
+}
+
+/// Parses `a,b/24,c-d` into ranges.
+pub fn parse_targets(text: &str) -> Result<Vec<AddressRange>, String> {
+    let items: Vec<&str> = text.split([',', ' ']).map(str::trim).filter(|item| !item.is_empty()).collect();
+    if items.is_empty() {
+        return Err("target is empty; expected addresses, CIDRs or ranges such as 192.0.2.0/28".into());
+    }
+    items
+        .iter()
+        .map(|item| {
+            parse_target(item)
+                .map_err(|error| format!("target {item:?}: {error} (host names are not resolved; give addresses)"))
+        })
+        .collect()
+}
+
+/// Parses a timeout: `5s`, `1500ms`, `2m`, or plain seconds (`2.5`).
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let duration = match text.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds > 0.0 && seconds < 1e9 => Duration::from_secs_f64(seconds),
+        Ok(_) => return Err(format!("timeout {text:?}: expected a duration above zero")),
+        Err(_) => humantime::parse_duration(text).map_err(|error| format!("timeout {text:?}: {error}"))?,
+    };
+    if duration.is_zero() {
+        return Err(format!("timeout {text:?}: expected a duration above zero"));
+    }
+    Ok(duration)
+}
+
+fn parse_flag(name: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" | "" => Ok(false),
+        _ => Err(format!("{name}={value:?}: expected 1 or 0")),
+    }
+}
+
+/// Validates `/probe`'s query parameters against the config's modules. Unknown parameters are
+/// ignored (Prometheus and proxies add their own); a repeated one is an error.
+pub fn parse_probe_query(
+    pairs: &[(String, String)],
+    modules: &std::collections::BTreeMap<String, Module>,
+) -> Result<ScanParams, String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for (name, _) in pairs {
+        if matches!(name.as_str(), "target" | "ports" | "module" | "timeout" | "details" | "debug")
+            && !seen.insert(name.as_str())
+        {
+            return Err(format!("parameter {name:?} is given more than once"));
+        }
+    }
+    let get = |name: &str| pairs.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str());
+    let target = get("target").ok_or("missing parameter target (addresses, CIDRs or ranges)")?;
+    scan_params(
+        target,
+        get("ports"),
+        get("module"),
+        get("timeout").map(parse_timeout).transpose()?,
+        get("details").map(|value| parse_flag("details", value)).transpose()?.unwrap_or(false),
+        get("debug").map(|value| parse_flag("debug", value)).transpose()?.unwrap_or(false),
+        modules,
+    )
+}
+
+/// Builds validated parameters from their parts (shared by `/probe` and the scans API).
+pub fn scan_params(
+    target: &str,
+    ports: Option<&str>,
+    module: Option<&str>,
+    timeout: Option<Duration>,
+    details: bool,
+    debug: bool,
+    modules: &std::collections::BTreeMap<String, Module>,
+) -> Result<ScanParams, String> {
+    let targets = parse_targets(target)?;
+    let preset = match module {
+        Some(name) => modules.get(name).cloned().ok_or_else(|| {
+            let known: Vec<&str> = modules.keys().map(String::as_str).collect();
+            format!(
+                "unknown module {name:?}; configured: {}",
+                if known.is_empty() { "none".into() } else { known.join(", ") }
+            )
+        })?,
+        None => Module::default(),
+    };
+    let ports = match ports {
+        Some(spec) => PortSet::parse(spec).map_err(|error| format!("ports {spec:?}: {error}"))?,
+        None => preset.ports.clone().ok_or("missing parameter ports (or a module with ports)")?,
+    };
+    Ok(ScanParams { targets, ports, module: module.map(str::to_string), preset, timeout, details, debug })
+}
+
+/// The deadline of a probe: the smallest of the request's `timeout`, the module's timeout and
+/// the scrape timeout minus the offset (when Prometheus sent one), else `ondemand.timeout`.
+/// When the offset would eat the whole scrape timeout, half the scrape timeout is used, so
+/// the answer still comes first.
+pub fn probe_deadline(
+    section: &OnDemandSection,
+    params: &ScanParams,
+    scrape_timeout: Option<&str>,
+) -> Result<(Duration, Vec<String>), String> {
+    let mut candidates = Vec::new();
+    let mut reasons = Vec::new();
+    if let Some(timeout) = params.timeout {
+        candidates.push(timeout);
+        reasons.push(format!("timeout parameter {timeout:?}"));
+    }
+    if let Some(timeout) = params.preset.timeout {
+        candidates.push(timeout);
+        reasons.push(format!("module timeout {timeout:?}"));
+    }
+    if let Some(header) = scrape_timeout {
+        let seconds: f64 = header
+            .trim()
+            .parse()
+            .ok()
+            .filter(|seconds: &f64| seconds.is_finite() && *seconds > 0.0 && *seconds < 1e9)
+            .ok_or_else(|| format!("X-Prometheus-Scrape-Timeout-Seconds {header:?}: expected seconds above zero"))?;
+        let offset = section.timeout_offset.as_secs_f64();
+        let limit = if seconds > offset { (seconds - offset).max(seconds / 2.0) } else { seconds / 2.0 };
+        candidates.push(Duration::from_secs_f64(limit));
+        reasons.push(format!("scrape timeout {seconds}s - offset {offset}s"));
+    }
+    if candidates.is_empty() {
+        candidates.push(section.timeout);
+        reasons.push(format!("ondemand.timeout {:?}", section.timeout));
+    }
+    let deadline = candidates.into_iter().min().expect("at least one candidate");
+    Ok((deadline, reasons))
+}
+
+/// What a finished (or cut-off) probe learned.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProbeOutcome {
+    /// The scan finished (every probe answered, or all rounds and the wait done) in time.
+    pub success: bool,
+    /// Wall time of the request.
+    pub duration: Duration,
+    /// The deadline used.
+    pub timeout: Duration,
+    /// host × port pairs asked for.
+    pub requested: u64,
+    /// Pairs probed at least once.
+    pub scanned: u64,
+    /// Open, closed and filtered (ICMP, or no answer) pairs among those probed.
+    pub open: u64,
+    /// Closed pairs.
+    pub closed: u64,
+    /// Filtered pairs.
+    pub filtered: u64,
+    /// Hosts that answered on any port.
+    pub hosts_responding: u64,
+    /// With `details=1`: every requested pair and whether it is open.
+    pub details: Vec<(IpAddr, u16, bool)>,
+}
+
+/// Counts from the states of every requested pair (`Unknown`: no answer yet) and the number of
+/// pairs probed at least once; pairs probed without an answer count as filtered.
+pub fn tally(states: impl Iterator<Item = (IpAddr, u16, PortState)>, scanned: u64, details: bool) -> ProbeOutcome {
+    let mut outcome = ProbeOutcome::default();
+    let mut responding = std::collections::BTreeSet::new();
+    for (address, port, state) in states {
+        outcome.requested += 1;
+        match state {
+            PortState::Open => outcome.open += 1,
+            PortState::Closed => outcome.closed += 1,
+            _ => {}
+        }
+        if matches!(state, PortState::Open | PortState::Closed) {
+            responding.insert(address);
+        }
+        if details {
+            outcome.details.push((address, port, state == PortState::Open));
+        }
+    }
+    outcome.scanned = scanned.min(outcome.requested).max(outcome.open + outcome.closed);
+    outcome.filtered = outcome.scanned - outcome.open - outcome.closed;
+    outcome.hosts_responding = responding.len() as u64;
+    outcome
+}
+
+/// The text-format answer of a probe.
+pub fn render(outcome: &ProbeOutcome) -> String {
+    let mut text = String::with_capacity(1024 + outcome.details.len() * 48);
+    let mut gauge = |name: &str, help: &str, value: String| {
+        let _ = write!(text, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n");
+    };
+    gauge(
+        "probe_success",
+        "1 if the scan finished within its deadline, else 0.",
+        u8::from(outcome.success).to_string(),
+    );
+    gauge("probe_duration_seconds", "Wall time of the probe.", format!("{}", outcome.duration.as_secs_f64()));
+    gauge("probe_timeout_seconds", "The deadline the probe ran under.", format!("{}", outcome.timeout.as_secs_f64()));
+    gauge("probe_ports_requested", "Host and port pairs asked for.", outcome.requested.to_string());
+    gauge("probe_ports_scanned", "Host and port pairs probed at least once.", outcome.scanned.to_string());
+    gauge("probe_ports_open", "Pairs found open.", outcome.open.to_string());
+    gauge("probe_ports_closed", "Pairs found closed.", outcome.closed.to_string());
+    gauge("probe_ports_filtered", "Pairs probed that gave no answer or an ICMP error.", outcome.filtered.to_string());
+    gauge("probe_hosts_responding", "Hosts that answered on any port.", outcome.hosts_responding.to_string());
+    if !outcome.details.is_empty() {
+        text.push_str("# HELP probe_port_open 1 if the port answered SYN-ACK, else 0.\n# TYPE probe_port_open gauge\n");
+        for (address, port, open) in &outcome.details {
+            let _ = writeln!(text, "probe_port_open{{ip=\"{address}\",port=\"{port}\"}} {}", u8::from(*open));
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn pairs(query: &str) -> Vec<(String, String)> {
+        form_urlencoded::parse(query.as_bytes()).into_owned().collect()
+    }
+
+    fn modules() -> BTreeMap<String, Module> {
+        let web = Module {
+            ports: Some(PortSet::parse("80,443").unwrap()),
+            timeout: Some(Duration::from_secs(5)),
+            ..Module::default()
+        };
+        BTreeMap::from([("web".to_string(), web)])
+    }
+
+    #[test]
+    fn probe_parameters_are_validated() {
+        let params = parse_probe_query(&pairs("target=198.18.0.0%2F28&module=web&details=1"), &modules()).unwrap();
+        assert_eq!(params.ports.to_string(), "80,443");
+        assert_eq!(params.targets.len(), 1);
+        assert!(params.details && !params.debug);
+        let params =
+            parse_probe_query(&pairs("target=198.18.0.1,198.18.0.9&ports=22&timeout=2.5"), &modules()).unwrap();
+        assert_eq!((params.targets.len(), params.timeout), (2, Some(Duration::from_millis(2500))));
+        for (query, reason) in [
+            ("ports=22", "missing parameter target"),
+            ("target=198.18.0.1", "missing parameter ports"),
+            ("target=host.example&ports=22", "host names are not resolved"),
+            ("target=198.18.0.1&ports=0", "ports"),
+            ("target=198.18.0.1&module=nope", "unknown module \"nope\"; configured: web"),
+            ("target=198.18.0.1&ports=22&timeout=-1", "timeout"),
+            ("target=198.18.0.1&ports=22&timeout=0s", "above zero"),
+            ("target=198.18.0.1&ports=22&details=maybe", "details"),
+            ("target=198.18.0.1&target=198.18.0.2&ports=22", "more than once"),
+        ] {
+            let error = parse_probe_query(&pairs(query), &modules()).unwrap_err();
+            assert!(error.contains(reason), "{query}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_deadline_is_the_smallest_bound() {
+        let section = OnDemandSection::default();
+        let params = |query: &str| parse_probe_query(&pairs(query), &modules()).unwrap();
+        let deadline = |query: &str, header: Option<&str>| probe_deadline(&section, &params(query), header).unwrap().0;
+        assert_eq!(deadline("target=198.18.0.1&ports=22", None), section.timeout);
+        assert_eq!(deadline("target=198.18.0.1&module=web", None), Duration::from_secs(5));
+        assert_eq!(deadline("target=198.18.0.1&module=web&timeout=3s", None), Duration::from_secs(3));
+        assert_eq!(deadline("target=198.18.0.1&module=web", Some("2")), Duration::from_millis(1500));
+        assert_eq!(deadline("target=198.18.0.1&module=web&timeout=1s", Some("2")), Duration::from_secs(1));
+        // An offset larger than the scrape timeout leaves half of it.
+        assert_eq!(deadline("target=198.18.0.1&ports=22", Some("0.4")), Duration::from_millis(200));
+        assert!(probe_deadline(&section, &params("target=198.18.0.1&ports=22"), Some("soon")).is_err());
+    }
+
+    #[test]
+    fn the_answer_counts_what_was_probed() {
+        let address: IpAddr = "198.18.0.1".parse().unwrap();
+        let other: IpAddr = "198.18.0.2".parse().unwrap();
+        let states = vec![
+            (address, 22, PortState::Open),
+            (address, 80, PortState::Closed),
+            (other, 22, PortState::Unknown),
+            (other, 80, PortState::Unknown),
+        ];
+        // Three pairs were sent: the third had no answer (filtered), the fourth was never sent.
+        let outcome = tally(states.into_iter(), 3, true);
+        assert_eq!(
+            (outcome.requested, outcome.scanned, outcome.open, outcome.closed, outcome.filtered),
+            (4, 3, 1, 1, 1)
+        );
+        assert_eq!(outcome.hosts_responding, 1);
+        let text = render(&outcome);
+        assert!(text.contains("probe_ports_scanned 3\n") && text.contains("probe_hosts_responding 1\n"), "{text}");
+        assert!(text.contains("probe_port_open{ip=\"198.18.0.1\",port=\"22\"} 1\n"), "{text}");
+        assert!(text.contains("probe_port_open{ip=\"198.18.0.2\",port=\"80\"} 0\n"), "{text}");
+    }
+}
