@@ -8,7 +8,8 @@
 //! decides whether they exist, who may call them and what they do). Anything else is answered
 //! with a 4xx and a one-line reason: 404 for an unknown path, 405 with `Allow` for a wrong
 //! method, 403 for a reload from another host, 401 with a challenge when a web config requires
-//! credentials, 413 for a body over [`MAX_BODY_BYTES`], 408 for a body that does not arrive
+//! credentials (on every route but `/-/healthy` and `/-/ready`, which carry no data and serve
+//! orchestrators' probes), 413 for a body over [`MAX_BODY_BYTES`], 408 for a body that does not arrive
 //! within the header timeout; hyper itself answers malformed requests with 400 and oversized
 //! headers with 431. A client that does not send its headers within `header_read_timeout` is
 //! disconnected (as is a TLS handshake that takes longer), so a slow client cannot hold a
@@ -228,6 +229,10 @@ async fn authorize(
     route: &'static str,
 ) -> Option<Response<Body>> {
     let authenticator = security.authenticator.as_ref()?;
+    // Liveness and readiness carry no data and must work for orchestrators without secrets.
+    if matches!(route, "/-/healthy" | "/-/ready") {
+        return None;
+    }
     let verdict = authenticator.check(head.headers.get(AUTHORIZATION).map(HeaderValue::as_bytes)).await;
     let refusal = match verdict {
         AuthVerdict::Allowed => return None,

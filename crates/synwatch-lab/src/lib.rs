@@ -280,6 +280,9 @@ impl Lab {
     fn install_rules(&self) -> Result<(), LabError> {
         let mut rules =
             String::from("table inet lab {\n chain input {\n  type filter hook input priority 0; policy accept;\n");
+        // Counts every SYN that reaches the target side, before any rule drops it (see
+        // `Lab::syns_received`).
+        rules += "  tcp flags & (syn | ack) == syn counter\n";
         if self.config.loss_percent > 0 {
             rules += &format!("  meta l4proto tcp numgen random mod 100 < {} drop\n", self.config.loss_percent);
         }
@@ -326,6 +329,19 @@ impl Lab {
         let fields: Vec<u64> =
             line.split(':').nth(1).unwrap_or("").split_whitespace().filter_map(|field| field.parse().ok()).collect();
         Ok(fields.get(9).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0))
+    }
+
+    /// SYNs (connection attempts and SYN probes) that reached the target side since the lab
+    /// was built, read from the nftables counter in front of its other rules.
+    pub fn syns_received(&self) -> Result<u64, LabError> {
+        let output = in_namespace(&self.target, "nft", &["list", "chain", "inet", "lab", "input"])?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.lines()
+            .find_map(|line| {
+                let rest = line.split("counter packets ").nth(1)?;
+                rest.split_whitespace().next()?.parse().ok()
+            })
+            .ok_or_else(|| LabError(format!("no SYN counter in the lab's rules:\n{text}")))
     }
 
     /// The scanner namespace's name (for `ip netns exec`).

@@ -133,15 +133,37 @@ pub fn free_port() -> u16 {
 
 /// A minimal HTTP/1.1 client for the tests (one request per connection): status and body.
 pub fn http(method: &str, address: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+    http_with(method, address, path, &[], "").map(|(status, _, body)| (status, body))
+}
+
+/// [`http`] with extra headers and a body: status, response headers (lower-case names) and body.
+pub fn http_with(
+    method: &str,
+    address: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> io::Result<(u16, Vec<(String, String)>, String)> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request += &format!("{name}: {value}\r\n");
+    }
+    request += &format!("Content-Length: {}\r\n\r\n{body}", body.len());
+    stream.write_all(request.as_bytes())?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
     let response = String::from_utf8_lossy(&response).into_owned();
     let status = response.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map_or(String::new(), |(_, body)| body.to_string());
-    Ok((status, body))
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    Ok((status, headers, body.to_string()))
 }
 
 /// The value of the sample whose name and labels are exactly `series` in exposition text.
@@ -185,11 +207,13 @@ impl Drop for Scratch {
 }
 
 /// A `synwatch serve` process on a loopback port, killed on drop; its log goes to a file.
+/// Started in a lab's scanner namespace, its HTTP requests are made from inside that namespace.
 #[derive(Debug)]
 pub struct Serve {
     pub child: Child,
     pub address: SocketAddr,
     pub log: PathBuf,
+    pub namespace: Option<String>,
 }
 
 impl Serve {
@@ -206,24 +230,61 @@ impl Serve {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let mut serve = Serve { child, address, log };
+        let mut serve = Serve { child, address, log, namespace: None };
         serve.wait_ready();
         serve
     }
 
-    pub fn wait_ready(&mut self) {
-        let address = self.address;
-        let log = self.log.clone();
-        wait_until("synwatch serve to be ready", 30, || {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("synwatch serve exited with {status}:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    /// Starts `synwatch serve` inside the lab's scanner namespace (on its loopback).
+    pub fn start_in_lab(lab: &Lab, scratch: &Scratch, arguments: &[&str]) -> Serve {
+        let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = scratch.join(&format!("serve-{}.log", address.port()));
+        let child = lab
+            .scanner_command(synwatch())
+            .arg("serve")
+            .args(["--listen", &address.to_string(), "--log-level", "info"])
+            .args(arguments)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut serve = Serve { child, address, log, namespace: Some(lab.scanner_namespace().to_string()) };
+        serve.wait_ready();
+        serve
+    }
+
+    /// A request to this serve (from inside its namespace when it has one).
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> io::Result<(u16, Vec<(String, String)>, String)> {
+        match &self.namespace {
+            None => http_with(method, self.address, path, headers, body),
+            Some(namespace) => {
+                synwatch_lab::run_in_namespace(namespace, || http_with(method, self.address, path, headers, body))?
             }
-            matches!(http("GET", address, "/-/ready"), Ok((200, _))).then_some(())
-        });
+        }
+    }
+
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("synwatch serve exited with {status}:\n{}", self.log_text());
+            }
+            if matches!(self.request("GET", "/-/ready", &[], ""), Ok((200, _, _))) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "synwatch serve was not ready within 30 s:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn metrics(&self) -> String {
-        let (status, body) = http("GET", self.address, "/metrics").unwrap();
+        let (status, _, body) = self.request("GET", "/metrics", &[], "").unwrap();
         assert_eq!(status, 200, "{body}");
         body
     }
@@ -283,18 +344,22 @@ pub fn program_or_skip(test: &str, program: &str) -> bool {
 
 impl Prometheus {
     pub fn start(test: &str, scratch: &Scratch, targets: &[SocketAddr]) -> Option<Prometheus> {
+        let targets: Vec<String> = targets.iter().map(|target| format!("\"{target}\"")).collect();
+        let scrape_configs =
+            format!("  - job_name: synwatch\n    static_configs:\n      - targets: [{}]\n", targets.join(", "));
+        Prometheus::start_with(test, scratch, &scrape_configs)
+    }
+
+    /// Starts Prometheus with these `scrape_configs` entries (YAML, indented two spaces).
+    pub fn start_with(test: &str, scratch: &Scratch, scrape_configs: &str) -> Option<Prometheus> {
         if !program_or_skip(test, "prometheus") {
             return None;
         }
         let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = scratch.join("prometheus.yml");
-        let targets: Vec<String> = targets.iter().map(|target| format!("\"{target}\"")).collect();
         std::fs::write(
             &config,
-            format!(
-                "global: {{scrape_interval: 1s, scrape_timeout: 1s}}\nscrape_configs:\n  - job_name: synwatch\n    static_configs:\n      - targets: [{}]\n",
-                targets.join(", ")
-            ),
+            format!("global: {{scrape_interval: 1s, scrape_timeout: 1s}}\nscrape_configs:\n{scrape_configs}"),
         )
         .unwrap();
         let child = Command::new("prometheus")

@@ -5,4 +5,5 @@ mod cli;
 mod connect_mode;
 mod helpers;
 mod lab_scan;
+mod ondemand;
 mod serve;

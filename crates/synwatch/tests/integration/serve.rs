@@ -288,7 +288,7 @@ fn issue_4_the_embedded_default_serves_with_the_environment_overrides() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let mut serve = Serve { child, address: address.parse().unwrap(), log };
+    let mut serve = Serve { child, address: address.parse().unwrap(), log, namespace: None };
     serve.wait_ready();
     let (status, page) = http("GET", serve.address, "/").unwrap();
     assert_eq!(status, 200);
