@@ -595,7 +595,7 @@ impl<'de> Deserialize<'de> for ConcurrentScans {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<ConcurrentScans, D::Error> {
         bounded_number(deserializer, "a number of scans from 1 to 64", |scans| {
             if scans == 0 || scans > 64 {
-                return Err(format!("{scans} at once: expected 1 to 64"));
+                return Err(format!("{scans} scans at once: expected 1 to 64"));
             }
             Ok(scans)
         })

@@ -328,3 +328,106 @@ fn a_scan_past_its_timeout_fails_and_keeps_the_previous_results() {
     exporter.shutdown(Duration::from_secs(1));
     std::fs::remove_dir_all(&directory).unwrap();
 }
+
+fn api(exporter: &Exporter, method: &str, path_and_query: &str, body: &str) -> (u16, serde_json::Value, String) {
+    let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+    let answer = exporter.ondemand(&synwatch_exporter::OnDemandRequest {
+        method: method.into(),
+        path: path.into(),
+        query: query.into(),
+        peer: "127.0.0.1".parse().unwrap(),
+        forwarded_for: Vec::new(),
+        scrape_timeout: None,
+        body: body.as_bytes().to_vec(),
+    });
+    let text = String::from_utf8(answer.body).unwrap();
+    let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    (answer.status, json, text)
+}
+
+/// Issue 5's scans API: submit, dedupe, page the results, cancel, list, forget after retention,
+/// and never a /metrics series for what it scanned.
+#[test]
+fn issue_5_scans_api_submits_dedupes_pages_cancels_and_forgets() {
+    let directory = scratch("scans-api");
+    let config = directory.join("synwatch.yaml");
+    std::fs::write(
+        &config,
+        "targets:\n  - {name: background, addresses: [203.0.113.1], ports: \"22\", interval: 1h}\n\
+         ondemand:\n  enabled: true\n  allow_targets: [192.0.2.0/24]\n  rate_limit: 1000\n  burst: 1000\n\
+         \x20 max_concurrent: 4\n  scan_retention: 2\n",
+    )
+    .unwrap();
+    let network = Arc::new(SimulatedNetwork::default());
+    network.set("192.0.2.1", 80, PortState::Open);
+    network.set("192.0.2.2", 22, PortState::Open);
+    let exporter = start(&network, &config, None);
+    wait_for_scans(&exporter, "background", 1.0);
+    let scans_before = network.scans.load(Ordering::SeqCst);
+    let submission = r#"{"targets": ["192.0.2.0/30"], "ports": "22,80", "dedupe_key": "nightly"}"#;
+    let (status, first, text) = api(&exporter, "POST", "/api/v1/scans", submission);
+    assert_eq!(status, 202, "{text}");
+    let id = first["id"].as_str().unwrap().to_string();
+    let (status, again, _) = api(&exporter, "POST", "/api/v1/scans", submission);
+    assert_eq!((status, again["id"].as_str(), again["deduplicated"].as_bool()), (202, Some(id.as_str()), Some(true)));
+    assert_eq!(network.scans.load(Ordering::SeqCst), scans_before + 1, "the duplicate started no scan");
+    let path = format!("/api/v1/scans/{id}");
+    wait_for("the API scan to end", || api(&exporter, "GET", &path, "").1["state"] == "done");
+    let (_, scan, text) = api(&exporter, "GET", &path, "");
+    assert_eq!(scan["counts"]["open"], 2, "{text}");
+    assert_eq!(scan["counts"]["closed"], 6, "{text}");
+    let open: Vec<(String, u64)> = scan["results"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| (item["ip"].as_str().unwrap().to_string(), item["port"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(open, vec![("192.0.2.1".to_string(), 80), ("192.0.2.2".to_string(), 22)]);
+    // Paging over all eight results, three at a time.
+    let mut seen = 0;
+    let mut offset = Some(0u64);
+    while let Some(at) = offset {
+        let (_, page, _) = api(&exporter, "GET", &format!("{path}?results=all&limit=3&offset={at}"), "");
+        seen += page["results"]["items"].as_array().unwrap().len();
+        offset = page["results"]["next_offset"].as_u64();
+    }
+    assert_eq!(seen, 8);
+    // Nothing of it on /metrics.
+    let text = render(&exporter);
+    assert!(!text.contains("192.0.2."), "an on-demand scan created series:\n{text}");
+    // A scan that hangs is listed as running and can be cancelled.
+    network.hang.store(true, Ordering::SeqCst);
+    let (status, hanging, _) = api(&exporter, "POST", "/api/v1/scans", r#"{"targets": "192.0.2.9", "ports": [22]}"#);
+    assert_eq!(status, 202);
+    let hanging = hanging["id"].as_str().unwrap().to_string();
+    let (_, running, _) = api(&exporter, "GET", "/api/v1/scans?state=running", "");
+    assert_eq!(running["scans"][0]["id"].as_str(), Some(hanging.as_str()));
+    let (status, cancelled, _) = api(&exporter, "POST", &format!("/api/v1/scans/{hanging}/cancel"), "");
+    assert_eq!((status, cancelled["state"].as_str()), (202, Some("cancelling")));
+    wait_for("the cancel", || api(&exporter, "GET", &format!("/api/v1/scans/{hanging}"), "").1["state"] == "cancelled");
+    network.hang.store(false, Ordering::SeqCst);
+    // Retention keeps the two newest ended scans: a third pushes the first out.
+    let (_, third, _) = api(&exporter, "POST", "/api/v1/scans", r#"{"targets": "192.0.2.10", "ports": "22"}"#);
+    let third = third["id"].as_str().unwrap().to_string();
+    wait_for("the third scan", || api(&exporter, "GET", &format!("/api/v1/scans/{third}"), "").1["state"] == "done");
+    let (status, _, _) = api(&exporter, "GET", &path, "");
+    assert_eq!(status, 404, "the oldest ended scan is forgotten");
+    let (_, listed, _) = api(&exporter, "GET", "/api/v1/scans", "");
+    assert_eq!(listed["kept"], 2);
+    // Bad input: a 4xx with the reason, never a crash.
+    for (method, path, body, status, reason) in [
+        ("POST", "/api/v1/scans", "{", 400, "request body"),
+        ("POST", "/api/v1/scans", r#"{"targets": "192.0.2.1", "ports": "22", "colour": 1}"#, 400, "unknown field"),
+        ("POST", "/api/v1/scans", r#"{"targets": "198.51.100.1", "ports": "22"}"#, 403, "allow_targets"),
+        ("POST", "/api/v1/scans", r#"{"targets": "192.0.2.1", "ports": "22", "priority": "urgent"}"#, 400, "priority"),
+        ("DELETE", "/api/v1/scans", "", 405, "use GET or POST"),
+        ("GET", "/api/v1/scans/ffff", "", 404, "no scan"),
+        ("GET", "/api/v1/scans?state=sleeping", "", 400, "state="),
+        ("GET", &format!("/api/v1/scans/{third}?limit=99999"), "", 400, "limit"),
+    ] {
+        let (got, _, text) = api(&exporter, method, path, body);
+        assert_eq!(got, status, "{method} {path} {body}: {text}");
+        assert!(text.contains(reason), "{method} {path} {body}: {text}");
+    }
+    exporter.shutdown(Duration::from_millis(200));
+}

@@ -1082,7 +1082,7 @@ impl SenderLoop {
                     // old list has already made the phase odd (see `ReceiverLoop::run`).
                     if let Some(summary) = lane_finished(&self.shared, &lane.state, reason) {
                         let phase = self.shared.receiver_phase.load(Ordering::SeqCst);
-                        if phase % 2 == 0 {
+                        if phase.is_multiple_of(2) {
                             finish(&lane.state, summary);
                         } else {
                             self.finishing.push((lane.state, summary, phase));

@@ -228,18 +228,36 @@ struct ScanSubmission {
     priority: Option<String>,
 }
 
+/// `"22,80"`, `22`, or a list of either (targets: strings only make sense, numbers are
+/// rejected when parsed as addresses).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
+    One(Item),
+    Many(Vec<Item>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Item {
+    Text(String),
+    Number(u64),
+}
+
+impl Item {
+    fn text(&self) -> String {
+        match self {
+            Item::Text(text) => text.clone(),
+            Item::Number(number) => number.to_string(),
+        }
+    }
 }
 
 impl OneOrMany {
     fn joined(&self) -> String {
         match self {
-            OneOrMany::One(text) => text.clone(),
-            OneOrMany::Many(items) => items.join(","),
+            OneOrMany::One(item) => item.text(),
+            OneOrMany::Many(items) => items.iter().map(Item::text).collect::<Vec<_>>().join(","),
         }
     }
 }

@@ -136,6 +136,9 @@ pub fn http(method: &str, address: SocketAddr, path: &str) -> io::Result<(u16, S
     http_with(method, address, path, &[], "").map(|(status, _, body)| (status, body))
 }
 
+/// An HTTP answer: status, headers (lower-case names) and body.
+pub type Answer = (u16, Vec<(String, String)>, String);
+
 /// [`http`] with extra headers and a body: status, response headers (lower-case names) and body.
 pub fn http_with(
     method: &str,
@@ -143,7 +146,7 @@ pub fn http_with(
     path: &str,
     headers: &[(&str, &str)],
     body: &str,
-) -> io::Result<(u16, Vec<(String, String)>, String)> {
+) -> io::Result<Answer> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(20)))?;
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
@@ -254,13 +257,7 @@ impl Serve {
     }
 
     /// A request to this serve (from inside its namespace when it has one).
-    pub fn request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &str,
-    ) -> io::Result<(u16, Vec<(String, String)>, String)> {
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> io::Result<Answer> {
         match &self.namespace {
             None => http_with(method, self.address, path, headers, body),
             Some(namespace) => {

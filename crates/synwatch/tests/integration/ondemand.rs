@@ -81,7 +81,8 @@ fn issue_5_each_guard_gives_its_status_and_outcome_and_refused_targets_get_no_pa
     };
     let syns_before = lab.syns_received().unwrap();
     // (what, path, credentials, client, status, outcome)
-    let table: [(&str, &str, Option<&str>, Option<&str>, u16, &str); 8] = [
+    type Row<'a> = (&'a str, &'a str, Option<&'a str>, Option<&'a str>, u16, &'a str);
+    let table: [Row; 8] = [
         ("no credentials", "/probe?target=198.18.0.1&ports=80", None, None, 401, "unauthorized"),
         (
             "a wrong token",
@@ -397,4 +398,72 @@ fn issue_5_prometheus_scrapes_probe_through_relabeling() {
     let closed = prometheus.query("probe_ports_closed{job=\"synwatch_probe\"}");
     assert_eq!(closed[0].1, 1.0);
     drop(listener);
+}
+
+/// `--web.config.file` with TLS (rustls) and bcrypt basic auth: HTTPS with the right password
+/// gets the metrics; no or a wrong password gets 401; plain HTTP on the TLS port gets nothing.
+#[test]
+fn issue_5_web_config_serves_tls_with_basic_auth() {
+    let test = "issue_5_web_config_serves_tls_with_basic_auth";
+    if !crate::helpers::program_or_skip(test, "openssl") || !crate::helpers::program_or_skip(test, "curl") {
+        return;
+    }
+    let scratch = Scratch::new("issue-5-tls");
+    let (cert, key) = (scratch.join("tls.crt"), scratch.join("tls.key"));
+    let generated = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=synwatch-test", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
+    let hash = bcrypt::hash("s3cret pass", 4).unwrap();
+    std::fs::write(
+        scratch.join("web.yml"),
+        format!(
+            "tls_server_config: {{cert_file: tls.crt, key_file: tls.key}}\nbasic_auth_users:\n  alice: \"{hash}\"\n"
+        ),
+    )
+    .unwrap();
+    let web = scratch.join("web.yml").display().to_string();
+    let address: SocketAddr = format!("127.0.0.1:{}", crate::helpers::free_port()).parse().unwrap();
+    let mut child = std::process::Command::new(crate::helpers::synwatch())
+        .args(["serve", "--listen", &address.to_string(), "--web.config.file", &web])
+        .stderr(std::fs::File::create(scratch.join("serve.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let curl = |arguments: &[&str]| {
+        let output = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", "--cacert"])
+            .arg(&cert)
+            .args(arguments)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let url = format!("https://{address}/metrics");
+    let code = wait_until("the TLS listener", 30, || {
+        let code = curl(&["-u", "alice:s3cret pass", &url]);
+        (code != "000").then_some(code)
+    });
+    assert_eq!(code, "200");
+    assert_eq!(curl(&["-u", "alice:wrong", &url]), "401");
+    assert_eq!(curl(&["-u", "mallory:s3cret pass", &url]), "401");
+    assert_eq!(curl(&[&url]), "401");
+    assert_eq!(curl(&[&format!("https://{address}/-/healthy")]), "200", "health stays open");
+    assert_eq!(curl(&[&format!("http://{address}/metrics")]), "000", "plain HTTP on the TLS port");
+    let _ = child.kill();
+    let _ = child.wait();
+    // A web config that does not parse stops the start with its position.
+    std::fs::write(scratch.join("bad.yml"), "basic_auth_users:\n  alice: not-a-hash\n").unwrap();
+    let output = std::process::Command::new(crate::helpers::synwatch())
+        .args(["serve", "--listen", "127.0.0.1:0", "--web.config.file"])
+        .arg(scratch.join("bad.yml"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("bad.yml:2:3") && stderr.contains("bcrypt"), "{stderr}");
 }
