@@ -7,6 +7,9 @@
 //! * `round-trip`: a /16 × port 80 scan where every address listens (a wildcard listener behind
 //!   an AnyIP route): wall time, open ports found, CPU per probe.
 //! * `memory`: peak resident memory of `synwatch scan` over 65,536 hosts × 100 ports.
+//! * `probe-latency`: `/probe` of `synwatch serve` against prometheus-blackbox-exporter's tcp
+//!   prober on the same lab ports (1 host × 3 ports, and a /24 × 3 ports), both over keep-alive
+//!   HTTP connections from inside the scanner namespace.
 //!
 //! Every figure is the median of `--runs` runs (default 3).
 
@@ -75,6 +78,12 @@ enum Bench {
     /// Resident memory of `synwatch serve`: idle on its embedded loopback config, and scanning
     /// a /16 × 10 ports target in the lab (peak, then idle holding the results).
     ExporterMemory,
+    /// `/probe` latency against prometheus-blackbox-exporter's tcp prober, in the lab.
+    ProbeLatency {
+        /// Repetitions of the single-host measurement (the /24 one runs a tenth as often).
+        #[arg(long, default_value_t = 200)]
+        repetitions: usize,
+    },
 }
 
 /// One run's figures.
@@ -336,6 +345,7 @@ fn main() -> Result<()> {
         Bench::RoundTrip { rate, wait, retries } => round_trip(&arguments, rate, wait, retries),
         Bench::Memory => memory(&arguments),
         Bench::ExporterMemory => exporter_memory(&arguments),
+        Bench::ProbeLatency { repetitions } => probe_latency(&arguments, repetitions),
         Bench::MetricsRender { .. } => unreachable!("handled above"),
     }
 }
@@ -630,5 +640,169 @@ fn exporter_memory(arguments: &Arguments) -> Result<()> {
         after as f64 / 1024.0
     );
     let _ = std::fs::remove_dir_all(&scratch);
+    Ok(())
+}
+
+/// A keep-alive HTTP/1.1 client: one connection, requests one after the other.
+struct KeepAlive {
+    reader: std::io::BufReader<std::net::TcpStream>,
+}
+
+impl KeepAlive {
+    fn connect(address: SocketAddr) -> Result<KeepAlive> {
+        let stream = std::net::TcpStream::connect(address)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(KeepAlive { reader: std::io::BufReader::new(stream) })
+    }
+
+    /// Sends a GET and reads the answer; returns the status and the body.
+    fn get(&mut self, path: &str) -> Result<(u16, String)> {
+        use std::io::{BufRead, Read, Write};
+        write!(self.reader.get_mut(), "GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        let status = line.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+        let mut length = 0;
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line)?;
+            if line.trim().is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse()?;
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body)?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+fn sample_value(body: &str, name: &str) -> Option<f64> {
+    body.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Runs `requests` through `parallel` keep-alive connections (each takes the next request until
+/// none is left) and returns the wall time; every answer must be 200 with `success` = 1.
+fn fan_out(address: SocketAddr, requests: &[String], parallel: usize, success: &str) -> Result<Duration> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut clients = (0..parallel).map(|_| KeepAlive::connect(address)).collect::<Result<Vec<_>>>()?;
+    let started = Instant::now();
+    std::thread::scope(|scope| -> Result<()> {
+        let workers: Vec<_> = clients
+            .iter_mut()
+            .map(|client| {
+                let next = &next;
+                scope.spawn(move || -> Result<()> {
+                    loop {
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(path) = requests.get(index) else { return Ok(()) };
+                        let (status, body) = client.get(path)?;
+                        if status != 200 || sample_value(&body, success) != Some(1.0) {
+                            bail!("{path}: {status}\n{body}");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().expect("a client thread panicked")?;
+        }
+        Ok(())
+    })?;
+    Ok(started.elapsed())
+}
+
+fn probe_latency(arguments: &Arguments, repetitions: usize) -> Result<()> {
+    let scratch = std::env::temp_dir().join(format!("lab-bench-probe-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)?;
+    let ports = [22u16, 80, 443];
+    let lab = Lab::build(LabConfig {
+        target_ranges: vec!["198.18.0.0/24".parse().expect("valid")],
+        listeners: ports.iter().map(|port| SocketAddr::from(([0, 0, 0, 0], *port))).collect(),
+        ..LabConfig::default()
+    })?;
+    let config = scratch.join("synwatch.yaml");
+    std::fs::write(
+        &config,
+        "engine: {max_rate: 200000}\n\
+         targets:\n  - {name: idle, addresses: [127.0.0.1], ports: \"9\", interval: 24h}\n\
+         ondemand:\n  enabled: true\n  allow_targets: [198.18.0.0/24]\n  rate_limit: 100000\n  burst: 100000\n\
+         \x20 max_concurrent: 16\n",
+    )?;
+    let mut serve = lab
+        .scanner_command(&arguments.synwatch)
+        .args(["serve", "--listen", "127.0.0.1:10045", "--log-level", "warn", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let blackbox_config = scratch.join("blackbox.yml");
+    std::fs::write(&blackbox_config, "modules:\n  tcp_connect: {prober: tcp, timeout: 5s}\n")?;
+    let mut blackbox = lab
+        .scanner_command("prometheus-blackbox-exporter")
+        .arg(format!("--config.file={}", blackbox_config.display()))
+        .arg("--web.listen-address=127.0.0.1:19115")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("prometheus-blackbox-exporter (apt-get install prometheus-blackbox-exporter)")?;
+    std::thread::sleep(Duration::from_secs(2));
+    let synwatch_address: SocketAddr = "127.0.0.1:10045".parse().expect("valid");
+    let blackbox_address: SocketAddr = "127.0.0.1:19115".parse().expect("valid");
+    let result = lab.in_scanner(|| -> Result<Vec<(String, f64, f64)>> {
+        let mut rows = Vec::new();
+        // One host × 3 ports: blackbox gets three parallel requests (as three Prometheus
+        // targets would send them), synwatch one request.
+        let one_host: Vec<String> =
+            ports.iter().map(|port| format!("/probe?module=tcp_connect&target=198.18.0.1:{port}")).collect();
+        let synwatch_one = ["/probe?target=198.18.0.1&ports=22,80,443".to_string()];
+        let mut blackbox_times = Vec::new();
+        let mut synwatch_times = Vec::new();
+        for _ in 0..repetitions {
+            blackbox_times.push(fan_out(blackbox_address, &one_host, 3, "probe_success")?.as_secs_f64());
+            synwatch_times.push(fan_out(synwatch_address, &synwatch_one, 1, "probe_success")?.as_secs_f64());
+        }
+        rows.push(("1 host × 3 open ports".to_string(), median(blackbox_times), median(synwatch_times)));
+        // A /24 × 3 ports: 768 blackbox requests, 16 in parallel; one synwatch request.
+        let mut slash_24 = Vec::new();
+        for host in 0..=255 {
+            for port in ports {
+                slash_24.push(format!("/probe?module=tcp_connect&target=198.18.0.{host}:{port}"));
+            }
+        }
+        let synwatch_24 = ["/probe?target=198.18.0.0%2F24&ports=22,80,443".to_string()];
+        let mut blackbox_times = Vec::new();
+        let mut synwatch_times = Vec::new();
+        for _ in 0..(repetitions / 10).max(3) {
+            blackbox_times.push(fan_out(blackbox_address, &slash_24, 16, "probe_success")?.as_secs_f64());
+            synwatch_times.push(fan_out(synwatch_address, &synwatch_24, 1, "probe_success")?.as_secs_f64());
+        }
+        // The synwatch answer must have found every port open.
+        let mut client = KeepAlive::connect(synwatch_address)?;
+        let (_, body) = client.get(&synwatch_24[0])?;
+        let open = sample_value(&body, "probe_ports_open").unwrap_or(0.0);
+        if open != 768.0 {
+            bail!("synwatch found {open} of 768 open ports:\n{body}");
+        }
+        rows.push(("198.18.0.0/24 × 3 open ports (768)".to_string(), median(blackbox_times), median(synwatch_times)));
+        Ok(rows)
+    });
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let _ = blackbox.kill();
+    let _ = blackbox.wait();
+    let _ = std::fs::remove_dir_all(&scratch);
+    let rows = result?;
+    println!("| probe | blackbox_exporter (tcp) median | synwatch /probe median | synwatch / blackbox |");
+    println!("|---|---|---|---|");
+    for (what, blackbox, synwatch) in rows {
+        println!("| {what} | {:.2} ms | {:.2} ms | {:.3}× |", blackbox * 1e3, synwatch * 1e3, synwatch / blackbox);
+    }
     Ok(())
 }
