@@ -605,8 +605,8 @@ impl SchedulerLoop {
             metrics.queue_length.set(self.schedule.queue_length() as i64);
             metrics.scans_running.set(self.running.len() as i64);
             // Ended API scans give their on-demand slot back here (and on API requests).
-            let ondemand_section = self.inner.config.read().ondemand.clone();
-            self.inner.ondemand.maintain(&ondemand_section, metrics);
+            let config = Arc::clone(&self.inner.config.read());
+            self.inner.ondemand.maintain(&config.ondemand, metrics);
             let mut sleep = self.inner.tick;
             if self.running.is_empty()
                 && self.inner.ondemand.scans_running() == 0

@@ -493,7 +493,7 @@ impl OnDemand {
     ) -> Result<OnDemandAnswer, Refusal> {
         let started = Instant::now();
         let section = &config.ondemand;
-        let pairs: Vec<(String, String)> = form_urlencoded::parse(request.query.as_bytes()).into_owned().collect();
+        let pairs = query_pairs(&request.query);
         let params = probe::parse_probe_query(&pairs, &config.modules)
             .map_err(|reason| Refusal::new(400, Outcome::BadRequest, reason))?;
         let (deadline, bounds) = probe::probe_deadline(section, &params, request.scrape_timeout.as_deref())
@@ -718,8 +718,8 @@ impl OnDemand {
 
     fn scan_status(&self, config: &Config, metrics: &Metrics, id: &str, query: &str) -> OnDemandAnswer {
         self.maintain(&config.ondemand, metrics);
-        let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
-        let get = |name: &str| pairs.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str());
+        let pairs = query_pairs(query);
+        let get = |name: &str| query_value(&pairs, name);
         let filter = get("results").unwrap_or("open");
         let wanted: &[PortState] = match filter {
             "open" => &[PortState::Open],
@@ -783,8 +783,8 @@ impl OnDemand {
 
     fn list_scans(&self, config: &Config, metrics: &Metrics, query: &str) -> OnDemandAnswer {
         self.maintain(&config.ondemand, metrics);
-        let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
-        let get = |name: &str| pairs.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str());
+        let pairs = query_pairs(query);
+        let get = |name: &str| query_value(&pairs, name);
         let status = match get("state") {
             None => None,
             Some(text) => match ScanStatus::parse(text) {
@@ -807,11 +807,6 @@ impl OnDemand {
         OnDemandAnswer::json(200, &json!({"scans": scans, "kept": registry.len()}))
     }
 
-    /// Scans kept by the API now (running and ended).
-    pub fn scans_kept(&self) -> usize {
-        self.registry.lock().len()
-    }
-
     /// Running API scans.
     pub fn scans_running(&self) -> usize {
         self.registry.lock().running()
@@ -821,4 +816,14 @@ impl OnDemand {
     pub fn refused(&self, metrics: &Metrics, outcome: Outcome) {
         metrics.probe_requests.with_label_values(&[outcome.label()]).inc();
     }
+}
+
+/// The decoded `name=value` pairs of a query string.
+fn query_pairs(query: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.as_bytes()).into_owned().collect()
+}
+
+/// The first value of `name` among `pairs`.
+pub(crate) fn query_value<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
 }
