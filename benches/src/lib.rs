@@ -41,9 +41,16 @@ impl MetricsFixture {
     /// Renders the whole exposition into `output` (cleared first).
     pub fn render(&self, output: &mut Vec<u8>) {
         output.clear();
-        let view =
-            TargetView { name: "bench", results: Some(&self.results), last_attempt: None, detail_series: 100_000 };
-        self.metrics.render(&Default::default(), &[view], output);
+        let view = TargetView {
+            name: "bench",
+            results: Some(&self.results),
+            last_attempt: None,
+            detail_series: 100_000,
+            interval_seconds: 60.0,
+            policy: None,
+            violation_series: 0,
+        };
+        self.metrics.render(&Default::default(), &[view], &Default::default(), output);
     }
 }
 

@@ -55,6 +55,165 @@ pub struct Config {
     pub ondemand: OnDemandSection,
     /// Named presets for on-demand scans.
     pub modules: BTreeMap<String, Module>,
+    /// Reverse-resolve responding hosts after each scan (`/sd` hostnames, `synwatch_host_info`).
+    pub resolve_hostnames: bool,
+    /// How reverse lookups are made.
+    pub dns: DnsSection,
+    /// The local listeners collector (this host's listening sockets).
+    pub listeners: ListenersSection,
+}
+
+/// `dns:`: how the reverse (PTR) lookups of `resolve_hostnames` are made and cached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DnsSection {
+    /// Name servers as `address` or `address:port` (empty: the system's, from /etc/resolv.conf).
+    pub nameservers: Vec<SocketAddr>,
+    /// One lookup's deadline.
+    #[serde(serialize_with = "serialize_duration")]
+    pub timeout: Duration,
+    /// A found name is kept at least this long, whatever its record's TTL.
+    #[serde(serialize_with = "serialize_duration")]
+    pub min_ttl: Duration,
+    /// A found name is looked up again after this long at most.
+    #[serde(serialize_with = "serialize_duration")]
+    pub max_ttl: Duration,
+    /// A failed lookup (no PTR record, time-out, error) is retried after this long.
+    #[serde(serialize_with = "serialize_duration")]
+    pub negative_ttl: Duration,
+    /// Addresses remembered at most.
+    pub cache_size: usize,
+    /// Lookups in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for DnsSection {
+    fn default() -> DnsSection {
+        DnsSection {
+            nameservers: Vec::new(),
+            timeout: Duration::from_secs(2),
+            min_ttl: Duration::from_secs(60),
+            max_ttl: Duration::from_secs(3600),
+            negative_ttl: Duration::from_secs(300),
+            cache_size: 65_536,
+            concurrency: 32,
+        }
+    }
+}
+
+/// A transport protocol of the listeners collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Listening TCP sockets.
+    Tcp,
+    /// Bound, unconnected UDP sockets.
+    Udp,
+}
+
+impl Protocol {
+    /// `tcp` or `udp`, the `protocol` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// Ports of one protocol, as written in `expect_listening` / `forbid_listening`
+/// (`22`, `"tcp/22"`, `"udp/53"`, `"tcp/8000-8100"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerPorts {
+    /// The protocol (a bare port means TCP).
+    pub protocol: Protocol,
+    /// The ports.
+    pub ports: PortSet,
+}
+
+impl fmt::Display for ListenerPorts {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{}/{}", self.protocol.name(), self.ports)
+    }
+}
+
+impl Serialize for ListenerPorts {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// `listeners:`: the collector of this host's listening sockets, off by default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ListenersSection {
+    /// Read /proc and export `synwatch_listener_up` when true.
+    pub enabled: bool,
+    /// Only these ports (none: every port).
+    #[serde(serialize_with = "serialize_optional_ports")]
+    pub include_ports: Option<PortSet>,
+    /// Never these ports.
+    #[serde(serialize_with = "serialize_optional_ports")]
+    pub exclude_ports: Option<PortSet>,
+    /// Only sockets of these processes (by command name; empty: every process).
+    pub include_processes: Vec<String>,
+    /// Never sockets of these processes.
+    pub exclude_processes: Vec<String>,
+    /// Time between two readings.
+    #[serde(serialize_with = "serialize_duration")]
+    pub interval: Duration,
+    /// A listener that went away is exported as 0 this long, then forgotten.
+    #[serde(serialize_with = "serialize_duration")]
+    pub forget_after: Duration,
+    /// Whether bound UDP sockets on ephemeral ports (`ip_local_port_range`, the source ports of
+    /// clients) are listeners too.
+    pub udp_ephemeral: bool,
+    /// Listener series at most (the rest are counted as dropped).
+    pub max_series: usize,
+    /// Ports that must have a listener.
+    pub expect_listening: Vec<ListenerPorts>,
+    /// Ports that must not have one.
+    pub forbid_listening: Vec<ListenerPorts>,
+}
+
+impl Default for ListenersSection {
+    fn default() -> ListenersSection {
+        ListenersSection {
+            enabled: false,
+            include_ports: None,
+            exclude_ports: None,
+            include_processes: Vec::new(),
+            exclude_processes: Vec::new(),
+            interval: Duration::from_secs(15),
+            forget_after: Duration::from_secs(3600),
+            udp_ephemeral: false,
+            max_series: 1000,
+            expect_listening: Vec::new(),
+            forbid_listening: Vec::new(),
+        }
+    }
+}
+
+/// A target's `expect:`: the ports that should be open and the ones that should not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Expectation {
+    /// Ports expected open. When given, it is an allowlist: any other open port is unexpected.
+    #[serde(serialize_with = "serialize_optional_ports")]
+    pub open: Option<PortSet>,
+    /// Ports expected closed or filtered.
+    #[serde(serialize_with = "serialize_optional_ports")]
+    pub closed: Option<PortSet>,
+    /// Which hosts must have the `open` ports: `all` of the target's addresses, or only the
+    /// `responding` ones (for sparse ranges).
+    pub hosts: ExpectHosts,
+}
+
+/// Which hosts an expectation's `open` ports apply to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpectHosts {
+    /// Every address of the target.
+    All,
+    /// Addresses that answered at least one probe (SYN-ACK or RST).
+    Responding,
 }
 
 /// `ondemand:`: scans on request, off by default (see `docs/CONFIGURATION.md`).
@@ -217,6 +376,8 @@ pub struct Target {
     pub settings: Defaults,
     /// Whether per-port series are exported.
     pub details: bool,
+    /// The expected-port policy, if any.
+    pub expect: Option<Expectation>,
 }
 
 impl Target {
@@ -281,12 +442,21 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
                 wait: target.wait.map_or(defaults.wait, |value| value.0),
             },
             details: target.details,
+            expect: target.expect.map(|expect| Expectation {
+                open: expect.open.map(|ports| ports.0),
+                closed: expect.closed.map(|ports| ports.0),
+                hosts: expect.hosts.unwrap_or(ExpectHosts::All),
+            }),
         };
         // Addresses that are all excluded (multicast, say) or a space too large are found only
         // once addresses and ports are combined; the error points at the target's name.
         if let Err(error) = target.space() {
             let (line, column) = nth_name_position(text, &target.name, 1).unwrap_or((1, 1));
             return Err(at(line, column, format!("target {:?}: {error}", target.name)));
+        }
+        if let Some(problem) = target.expect.as_ref().and_then(|expect| expectation_problem(expect, &target.ports)) {
+            let (line, column) = nth_name_position(text, &target.name, 1).unwrap_or((1, 1));
+            return Err(at(line, column, format!("target {:?}: {problem}", target.name)));
         }
         targets.push(target);
     }
@@ -344,7 +514,44 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
             (name.0, module)
         })
         .collect();
+    let dns_defaults = DnsSection::default();
+    let raw_dns = raw.dns;
+    let dns = DnsSection {
+        nameservers: raw_dns.nameservers.into_iter().map(|server| server.0).collect(),
+        timeout: raw_dns.timeout.map_or(dns_defaults.timeout, |value| value.0),
+        min_ttl: raw_dns.min_ttl.map_or(dns_defaults.min_ttl, |value| value.0),
+        max_ttl: raw_dns.max_ttl.map_or(dns_defaults.max_ttl, |value| value.0),
+        negative_ttl: raw_dns.negative_ttl.map_or(dns_defaults.negative_ttl, |value| value.0),
+        cache_size: raw_dns.cache_size.map_or(dns_defaults.cache_size, |value| value.0 as usize),
+        concurrency: raw_dns.concurrency.map_or(dns_defaults.concurrency, |value| value.0 as usize),
+    };
+    if dns.min_ttl > dns.max_ttl {
+        let (line, column) = key_position(text, "dns").unwrap_or((1, 1));
+        return Err(at(line, column, "dns.min_ttl is longer than dns.max_ttl".into()));
+    }
+    let listener_defaults = ListenersSection::default();
+    let raw_listeners = raw.listeners;
+    let listeners = ListenersSection {
+        enabled: raw_listeners.enabled,
+        include_ports: raw_listeners.include_ports.map(|ports| ports.0),
+        exclude_ports: raw_listeners.exclude_ports.map(|ports| ports.0),
+        include_processes: raw_listeners.include_processes.into_iter().map(|name| name.0).collect(),
+        exclude_processes: raw_listeners.exclude_processes.into_iter().map(|name| name.0).collect(),
+        interval: raw_listeners.interval.map_or(listener_defaults.interval, |value| value.0),
+        forget_after: raw_listeners.forget_after.map_or(listener_defaults.forget_after, |value| value.0),
+        udp_ephemeral: raw_listeners.udp_ephemeral,
+        max_series: raw_listeners.max_series.map_or(listener_defaults.max_series, |value| value.0 as usize),
+        expect_listening: raw_listeners.expect_listening.into_iter().map(|item| item.0).collect(),
+        forbid_listening: raw_listeners.forbid_listening.into_iter().map(|item| item.0).collect(),
+    };
+    if let Some(problem) = listener_policy_problem(&listeners) {
+        let (line, column) = key_position(text, "listeners").unwrap_or((1, 1));
+        return Err(at(line, column, problem));
+    }
     Ok(Config {
+        resolve_hostnames: raw.resolve_hostnames,
+        dns,
+        listeners,
         listen: raw.listen.map_or_else(|| "127.0.0.1:10045".parse().expect("valid"), |value| value.0),
         state_dir: raw.state_dir,
         engine: EngineSection {
@@ -360,6 +567,41 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         ondemand,
         modules,
     })
+}
+
+/// What is wrong with an `expect:` of a target scanning `ports`, if anything.
+fn expectation_problem(expect: &Expectation, ports: &PortSet) -> Option<String> {
+    if expect.open.is_none() && expect.closed.is_none() {
+        return Some("expect needs `open`, `closed` or both".into());
+    }
+    for (key, listed) in [("open", &expect.open), ("closed", &expect.closed)] {
+        let Some(listed) = listed else { continue };
+        if let Some(port) = listed.as_slice().iter().find(|port| ports.index_of(**port).is_none()) {
+            return Some(format!("expect.{key} lists port {port}, which the target does not scan (ports: {ports})"));
+        }
+    }
+    if let (Some(open), Some(closed)) = (&expect.open, &expect.closed)
+        && let Some(port) = open.as_slice().iter().find(|port| closed.index_of(**port).is_some())
+    {
+        return Some(format!("port {port} is in both expect.open and expect.closed"));
+    }
+    None
+}
+
+/// What is wrong with the listener policy, if anything: a port both expected and forbidden.
+fn listener_policy_problem(listeners: &ListenersSection) -> Option<String> {
+    for expected in &listeners.expect_listening {
+        for forbidden in listeners.forbid_listening.iter().filter(|rule| rule.protocol == expected.protocol) {
+            if let Some(port) = expected.ports.as_slice().iter().find(|port| forbidden.ports.index_of(**port).is_some())
+            {
+                return Some(format!(
+                    "listeners: {}/{port} is in both expect_listening and forbid_listening",
+                    expected.protocol.name()
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// The config as YAML, as it will run (defaults applied). There are no secrets in it yet; when
@@ -412,6 +654,55 @@ struct RawConfig {
     ondemand: RawOnDemand,
     #[serde(default)]
     modules: BTreeMap<ModuleName, RawModule>,
+    #[serde(default)]
+    resolve_hostnames: bool,
+    #[serde(default)]
+    dns: RawDns,
+    #[serde(default)]
+    listeners: RawListeners,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    #[serde(default)]
+    nameservers: Vec<Nameserver>,
+    timeout: Option<PositiveDuration>,
+    min_ttl: Option<AnyDuration>,
+    max_ttl: Option<PositiveDuration>,
+    negative_ttl: Option<PositiveDuration>,
+    cache_size: Option<Bounded<1, 10_000_000>>,
+    concurrency: Option<Bounded<1, 1024>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListeners {
+    #[serde(default)]
+    enabled: bool,
+    include_ports: Option<Ports>,
+    exclude_ports: Option<Ports>,
+    #[serde(default)]
+    include_processes: Vec<ProcessName>,
+    #[serde(default)]
+    exclude_processes: Vec<ProcessName>,
+    interval: Option<PositiveDuration>,
+    forget_after: Option<AnyDuration>,
+    #[serde(default)]
+    udp_ephemeral: bool,
+    max_series: Option<Bounded<1, 1_000_000>>,
+    #[serde(default)]
+    expect_listening: Vec<ListenerPortsItem>,
+    #[serde(default)]
+    forbid_listening: Vec<ListenerPortsItem>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExpect {
+    open: Option<Ports>,
+    closed: Option<Ports>,
+    hosts: Option<ExpectHosts>,
 }
 
 #[derive(Default, Deserialize)]
@@ -482,6 +773,7 @@ struct RawTarget {
     wait: Option<AnyDuration>,
     #[serde(default)]
     details: bool,
+    expect: Option<RawExpect>,
 }
 
 /// Deserializes a string and converts it inside the visitor: an error raised there carries the
@@ -817,6 +1109,94 @@ impl<'de> Deserialize<'de> for PortItem {
             }
         }
         deserializer.deserialize_any(ItemVisitor).map(PortItem)
+    }
+}
+
+/// A whole number from `MIN` to `MAX`, checked where it is written (one type for the newer keys
+/// instead of one type per key).
+struct Bounded<const MIN: u64, const MAX: u64>(u64);
+
+impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Bounded<MIN, MAX> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        bounded_number(deserializer, "a whole number", |value| {
+            if (MIN..=MAX).contains(&value) { Ok(value) } else { Err(format!("{value}: expected {MIN} to {MAX}")) }
+        })
+        .map(Bounded)
+    }
+}
+
+/// A name server: `192.0.2.53`, `192.0.2.53:5353`, `2001:db8::53` or `[2001:db8::53]:5353`.
+struct Nameserver(SocketAddr);
+
+impl<'de> Deserialize<'de> for Nameserver {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Nameserver, D::Error> {
+        from_string(deserializer, "a name server address, with an optional :port", |text| {
+            if let Ok(address) = text.parse::<SocketAddr>() {
+                return Ok(Nameserver(address));
+            }
+            text.parse::<IpAddr>().map(|address| Nameserver(SocketAddr::new(address, 53))).map_err(|_| {
+                format!(
+                    "{text:?} is not a name server address such as 192.0.2.53, 192.0.2.53:5353 or [2001:db8::53]:53"
+                )
+            })
+        })
+    }
+}
+
+/// A process command name as /proc shows it (`comm`: at most 15 bytes).
+struct ProcessName(String);
+
+impl<'de> Deserialize<'de> for ProcessName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<ProcessName, D::Error> {
+        from_string(deserializer, "a process command name", |text| {
+            if text.is_empty() || text.len() > 15 || text.contains('/') {
+                return Err(format!(
+                    "process {text:?}: expected a command name of 1 to 15 bytes without '/', as in /proc/PID/comm"
+                ));
+            }
+            Ok(ProcessName(text.to_string()))
+        })
+    }
+}
+
+/// One entry of `expect_listening` / `forbid_listening`: `22` (TCP), `"tcp/22"`, `"udp/53"`,
+/// `"tcp/8000-8100"`.
+struct ListenerPortsItem(ListenerPorts);
+
+impl<'de> Deserialize<'de> for ListenerPortsItem {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<ListenerPortsItem, D::Error> {
+        struct ItemVisitor;
+        impl Visitor<'_> for ItemVisitor {
+            type Value = ListenerPorts;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a port or a string such as \"tcp/22\", \"udp/53\" or \"tcp/8000-8100\"")
+            }
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<ListenerPorts, E> {
+                match u16::try_from(value) {
+                    Ok(port) if port > 0 => {
+                        Ok(ListenerPorts { protocol: Protocol::Tcp, ports: PortSet::from_ports(vec![port]) })
+                    }
+                    _ => Err(E::custom(format!("port {value}: expected 1 to 65535"))),
+                }
+            }
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<ListenerPorts, E> {
+                Err(E::custom(format!("port {value}: expected 1 to 65535")))
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<ListenerPorts, E> {
+                let (protocol, spec) = match value.split_once('/') {
+                    Some(("tcp", spec)) => (Protocol::Tcp, spec),
+                    Some(("udp", spec)) => (Protocol::Udp, spec),
+                    Some((other, _)) => {
+                        return Err(E::custom(format!("{value:?}: unknown protocol {other:?}; expected tcp or udp")));
+                    }
+                    None => (Protocol::Tcp, value),
+                };
+                PortSet::parse(spec)
+                    .map(|ports| ListenerPorts { protocol, ports })
+                    .map_err(|error| E::custom(format!("{value:?}: {error}")))
+            }
+        }
+        deserializer.deserialize_any(ItemVisitor).map(ListenerPortsItem)
     }
 }
 

@@ -4,18 +4,26 @@
 //! [`Scanner`] trait.
 //!
 //! * [`config`]: the strict YAML configuration, with `file:line:column` errors.
+//! * [`hostnames`]: reverse DNS names of responding hosts (the resolver is handed in).
+//! * [`listeners`]: this host's listening sockets, from /proc, and their policy.
 //! * [`schedule`]: when each target is due (no clock, no thread).
+//! * [`sd`]: `/sd`, the open endpoints as Prometheus HTTP service discovery.
 //! * [`results`]: one target's last results, packed, with change detection.
 //! * [`state`]: the state file kept across restarts (atomic writes, corrupt files set aside).
 //! * [`metrics`]: the `/metrics` exposition.
 //! * [`service`]: the running exporter (scheduler thread, reload, readiness, landing page).
 //! * [`ondemand`]: `/probe` and the scans API, and their guards.
+//! * [`policy`]: the expected-port policy of targets.
 
 pub mod config;
+pub mod hostnames;
+pub mod listeners;
 pub mod metrics;
 pub mod ondemand;
+pub mod policy;
 pub mod results;
 pub mod schedule;
+pub mod sd;
 pub mod service;
 pub mod state;
 

@@ -24,6 +24,9 @@ use prometheus::{
 use synwatch_engine::PortState;
 use synwatch_io::CounterSnapshot;
 
+use crate::hostnames::HostnameCache;
+use crate::listeners::ListenerSnapshot;
+use crate::policy::PolicyReport;
 use crate::results::ScanResults;
 use crate::state::ScanAttempt;
 
@@ -54,6 +57,23 @@ pub struct TargetView<'a> {
     pub last_attempt: Option<ScanAttempt>,
     /// Detail series allowed for this target (0 when `details: false`).
     pub detail_series: u64,
+    /// The configured interval between scans, in seconds.
+    pub interval_seconds: f64,
+    /// The expected-port policy checked against the results (targets with `expect:`).
+    pub policy: Option<&'a PolicyReport>,
+    /// `synwatch_port_policy_violation` series allowed for this target.
+    pub violation_series: u64,
+}
+
+/// What `/metrics` shows beyond the targets: host names and this host's listeners.
+#[derive(Debug, Default)]
+pub struct HostView<'a> {
+    /// The names found so far, when `resolve_hostnames` is on.
+    pub hostnames: Option<&'a HostnameCache>,
+    /// `synwatch_host_info` series at most (the `details_budget`).
+    pub host_info_limit: u64,
+    /// The listeners, when the collector is on and has read once.
+    pub listeners: Option<&'a ListenerSnapshot>,
 }
 
 /// The self metrics (see the module documentation).
@@ -73,6 +93,11 @@ pub struct Metrics {
     pub(crate) api_requests: IntCounterVec,
     pub(crate) ondemand_inflight: IntGauge,
     pub(crate) request_duration: HistogramVec,
+    pub(crate) listener_changes: IntCounterVec,
+    pub(crate) listener_series_dropped: IntCounter,
+    pub(crate) listener_read_errors: IntCounter,
+    pub(crate) dns_lookups: IntCounterVec,
+    pub(crate) dns_cache_entries: IntGauge,
     engine: EngineCounters,
     /// Serializes copying the engine counters (see the module documentation).
     sync: Mutex<()>,
@@ -217,7 +242,52 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let listener_changes = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "synwatch_listener_changes_total",
+                    "Local listeners that appeared (new), went away (down) or came back (recovered).",
+                ),
+                &["change"],
+            )
+            .expect("valid metric"),
+        );
+        for change in ["new", "down", "recovered"] {
+            listener_changes.with_label_values(&[change]);
+        }
+        let dns_lookups = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "synwatch_dns_lookups_total",
+                    "Reverse DNS lookups of responding hosts, by result (found, not_found, timeout, error).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+        );
+        for result in ["found", "not_found", "timeout", "error"] {
+            dns_lookups.with_label_values(&[result]);
+        }
         Metrics {
+            listener_changes,
+            listener_series_dropped: counter(
+                &registry,
+                "synwatch_listener_series_dropped_total",
+                "Local listeners not exported because listeners.max_series was reached, counted per reading.",
+            ),
+            listener_read_errors: counter(
+                &registry,
+                "synwatch_listener_read_errors_total",
+                "Readings of the local listeners from /proc that failed.",
+            ),
+            dns_lookups,
+            dns_cache_entries: register(
+                &registry,
+                IntGauge::new("synwatch_dns_cache_entries", "Addresses in the reverse DNS cache.")
+                    .expect("valid metric"),
+            ),
             probe_requests,
             api_requests,
             request_duration,
@@ -324,19 +394,116 @@ impl Metrics {
         }
     }
 
-    /// Renders the whole exposition: the registry, then the per-target families.
-    pub fn render(&self, engine: &CounterSnapshot, targets: &[TargetView<'_>], output: &mut Vec<u8>) {
+    /// Renders the whole exposition: the registry, the per-target families, then the host
+    /// names and listeners.
+    pub fn render(
+        &self,
+        engine: &CounterSnapshot,
+        targets: &[TargetView<'_>],
+        host: &HostView<'_>,
+        output: &mut Vec<u8>,
+    ) {
         self.sync_engine(engine);
         let families = self.registry.gather();
         if let Err(error) = TextEncoder::new().encode(&families, output) {
             tracing::error!(%error, "cannot encode the self metrics");
         }
         render_targets(targets, output);
+        if let Some(hostnames) = host.hostnames {
+            render_host_info(targets, hostnames, host.host_info_limit, output);
+        }
+        if let Some(listeners) = host.listeners {
+            render_listeners(listeners, output);
+        }
     }
 }
 
 fn header(output: &mut Vec<u8>, name: &str, help: &str) {
     let _ = writeln!(output, "# HELP {name} {help}\n# TYPE {name} gauge");
+}
+
+/// Writes `text` as a label value: backslash, double quote and newline escaped, as the text
+/// format requires. Process names and DNS names come from outside and may hold any of them.
+fn push_label_value(output: &mut Vec<u8>, text: &str) {
+    for byte in text.bytes() {
+        match byte {
+            b'\\' => output.extend_from_slice(b"\\\\"),
+            b'"' => output.extend_from_slice(b"\\\""),
+            b'\n' => output.extend_from_slice(b"\\n"),
+            _ => output.push(byte),
+        }
+    }
+}
+
+/// `synwatch_host_info{target,ip,hostname} 1` for each responding host, at most `limit` in all;
+/// the hostname is the reverse-DNS name, or the address while none is known.
+fn render_host_info(targets: &[TargetView<'_>], hostnames: &HostnameCache, limit: u64, output: &mut Vec<u8>) {
+    header(
+        output,
+        "synwatch_host_info",
+        "Always 1 for each host that answered the last completed scan; hostname is its reverse DNS name (or its address).",
+    );
+    let mut written = 0u64;
+    for target in targets {
+        let Some(results) = target.results else { continue };
+        for address in results.responding_addresses() {
+            if written >= limit {
+                return;
+            }
+            written += 1;
+            let ip = address.to_string();
+            let name = hostnames.name(address);
+            output.extend_from_slice(b"synwatch_host_info{target=\"");
+            output.extend_from_slice(target.name.as_bytes());
+            output.extend_from_slice(b"\",ip=\"");
+            output.extend_from_slice(ip.as_bytes());
+            output.extend_from_slice(b"\",hostname=\"");
+            push_label_value(output, name.as_deref().unwrap_or(&ip));
+            output.extend_from_slice(b"\"} 1\n");
+        }
+    }
+}
+
+/// The local listeners and their policy.
+fn render_listeners(snapshot: &ListenerSnapshot, output: &mut Vec<u8>) {
+    header(
+        output,
+        "synwatch_listener_up",
+        "1 while this host has the listening socket, 0 for listeners.forget_after after it went away.",
+    );
+    let mut digits = itoa::Buffer::new();
+    for (key, up) in &snapshot.listeners {
+        output.extend_from_slice(b"synwatch_listener_up{protocol=\"");
+        output.extend_from_slice(key.protocol.name().as_bytes());
+        output.extend_from_slice(b"\",address=\"");
+        output.extend_from_slice(key.address.to_string().as_bytes());
+        output.extend_from_slice(b"\",port=\"");
+        output.extend_from_slice(digits.format(key.port).as_bytes());
+        output.extend_from_slice(b"\",process=\"");
+        push_label_value(output, &key.process);
+        output.extend_from_slice(if *up { b"\"} 1\n" } else { b"\"} 0\n" });
+    }
+    header(
+        output,
+        "synwatch_listeners_expected_missing",
+        "Ports in listeners.expect_listening with no listening socket.",
+    );
+    let _ = writeln!(output, "synwatch_listeners_expected_missing {}", snapshot.expected_missing);
+    header(output, "synwatch_listeners_forbidden", "Ports in listeners.forbid_listening with a listening socket.");
+    let _ = writeln!(output, "synwatch_listeners_forbidden {}", snapshot.forbidden);
+    header(
+        output,
+        "synwatch_listener_policy_violation",
+        "1 for each port that breaks the listener policy (kind: expected_missing or forbidden_listening).",
+    );
+    for (protocol, port, kind) in &snapshot.violations {
+        let _ = writeln!(
+            output,
+            "synwatch_listener_policy_violation{{protocol=\"{}\",port=\"{port}\",kind=\"{}\"}} 1",
+            protocol.name(),
+            kind.label()
+        );
+    }
 }
 
 /// The per-target families, straight from the results.
@@ -389,6 +556,53 @@ pub fn render_targets(targets: &[TargetView<'_>], output: &mut Vec<u8>) {
                 };
                 let _ = writeln!(output, "{name}{{target=\"{}\"}} {value}", target.name);
             }
+        }
+    }
+    header(output, "synwatch_target_scan_interval_seconds", "The configured time between two scans of the target.");
+    for target in targets {
+        let _ = writeln!(
+            output,
+            "synwatch_target_scan_interval_seconds{{target=\"{}\"}} {}",
+            target.name, target.interval_seconds
+        );
+    }
+    let policy_counts = [
+        (
+            "synwatch_target_unexpected_open_ports",
+            "Open ports (over all hosts) the target's expect: policy does not allow.",
+        ),
+        (
+            "synwatch_target_expected_ports_missing",
+            "Ports in the target's expect.open found closed or filtered (over the hosts they apply to).",
+        ),
+    ];
+    for (index, (name, help)) in policy_counts.iter().enumerate() {
+        header(output, name, help);
+        for target in targets {
+            if let Some(policy) = target.policy {
+                let value = if index == 0 { policy.unexpected_open } else { policy.expected_missing };
+                let _ = writeln!(output, "{name}{{target=\"{}\"}} {value}", target.name);
+            }
+        }
+    }
+    header(
+        output,
+        "synwatch_port_policy_violation",
+        "1 for each port that breaks the target's expect: policy (kind: unexpected_open or expected_missing), within details_budget.",
+    );
+    let mut digits = itoa::Buffer::new();
+    for target in targets {
+        let Some(policy) = target.policy else { continue };
+        for violation in policy.violations.iter().take(target.violation_series as usize) {
+            output.extend_from_slice(b"synwatch_port_policy_violation{target=\"");
+            output.extend_from_slice(target.name.as_bytes());
+            output.extend_from_slice(b"\",ip=\"");
+            output.extend_from_slice(violation.address.to_string().as_bytes());
+            output.extend_from_slice(b"\",port=\"");
+            output.extend_from_slice(digits.format(violation.port).as_bytes());
+            output.extend_from_slice(b"\",kind=\"");
+            output.extend_from_slice(violation.kind.label().as_bytes());
+            output.extend_from_slice(b"\"} 1\n");
         }
     }
     header(

@@ -175,6 +175,20 @@ impl ScanResults {
         changes
     }
 
+    /// Whether host `host` (an index of the space's hosts) answered at least one probe with
+    /// SYN-ACK or RST.
+    pub fn host_responded(&self, host: u64) -> bool {
+        let ports = self.space.ports().len() as u64;
+        (host * ports..(host + 1) * ports).any(|index| matches!(self.get(index), PortState::Open | PortState::Closed))
+    }
+
+    /// The addresses of the hosts that answered at least one probe with SYN-ACK or RST.
+    pub fn responding_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        (0..self.space.hosts().len())
+            .filter(move |host| self.host_responded(*host))
+            .filter_map(move |host| self.space.hosts().address_at(host))
+    }
+
     /// Every known probe as (index, address, port, state), in index order.
     pub fn known(&self) -> impl Iterator<Item = (u64, IpAddr, u16, PortState)> + '_ {
         (0..self.space.len()).filter_map(move |index| {
@@ -223,8 +237,10 @@ mod tests {
         let scan = results(&space, &[("192.0.2.1", 80), ("192.0.2.1", 443), ("192.0.2.3", 443)]);
         assert_eq!(scan.counts(), StateCounts { open: 3, closed: 5, filtered: 4, unknown: 0 });
         assert_eq!(scan.hosts_responding(), 4);
+        assert_eq!(scan.responding_addresses().count(), 4);
         let silent = ScanResults::from_fn(Arc::clone(&space), |_| PortState::Filtered);
         assert_eq!(silent.hosts_responding(), 0);
+        assert_eq!(silent.responding_addresses().count(), 0);
         assert_eq!(silent.counts().filtered, 12);
     }
 

@@ -13,8 +13,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,8 +25,11 @@ use synwatch_engine::{FinishReason, JobSettings, PortState, Shard, TargetSpace};
 use synwatch_io::{CounterSnapshot, Engine, JobHandle, JobRequest, Priority};
 
 use crate::config::{self, Config, ConfigError, Target};
-use crate::metrics::{BuildInfo, Metrics, TargetView};
+use crate::hostnames::{HostnameCache, ResolverFactory, ReverseResolver};
+use crate::listeners::{ListenerSnapshot, ListenerTracker};
+use crate::metrics::{BuildInfo, HostView, Metrics, TargetView};
 use crate::ondemand::{OnDemand, OnDemandAnswer, OnDemandRequest, Outcome, ScannerFactory};
+use crate::policy::PolicyReport;
 use crate::results::ScanResults;
 use crate::schedule::{Schedule, ScheduledTarget};
 use crate::state::{ScanAttempt, StateStore, TargetRecord, unix_seconds};
@@ -199,12 +204,78 @@ struct Inner {
     reloading: Mutex<()>,
     /// `/probe` and the scans API.
     ondemand: OnDemand,
+    /// Each target's expected-port policy checked against its results (targets with `expect:`
+    /// and results only); written with the records, read by `/metrics`.
+    policies: RwLock<BTreeMap<String, Arc<PolicyReport>>>,
+    /// Reverse DNS names of responding hosts.
+    hostnames: HostnameCache,
+    /// Addresses for the `synwatch-dns` thread to look up (none after shutdown).
+    dns_queue: Mutex<Option<SyncSender<Vec<IpAddr>>>>,
+    /// How to build the resolver (handed in by the binary; none: no lookups).
+    resolver_factory: Mutex<Option<ResolverFactory>>,
+    /// The last reading of the local listeners (none while the collector is off).
+    listeners: RwLock<Option<Arc<ListenerSnapshot>>>,
+}
+
+/// Batches of addresses waiting for the DNS thread at most; more are dropped (the next scan
+/// asks again).
+const DNS_QUEUE_BATCHES: usize = 64;
+
+impl Inner {
+    /// Checks the policy of target `name` against its current results.
+    fn refresh_policy(&self, config: &Config, name: &str) {
+        let report = config.targets.iter().find(|target| target.name == name).and_then(|target| {
+            let expect = target.expect.as_ref()?;
+            let record = self.records.read().get(name).cloned()?;
+            let results = record.results.as_ref()?;
+            Some(Arc::new(crate::policy::evaluate(expect, results, config.details_budget)))
+        });
+        let mut policies = self.policies.write();
+        match report {
+            Some(report) => {
+                policies.insert(name.to_string(), report);
+            }
+            None => {
+                policies.remove(name);
+            }
+        }
+    }
+
+    /// Checks every target's policy (after a start or a reload).
+    fn refresh_all_policies(&self, config: &Config) {
+        self.policies.write().retain(|name, _| config.targets.iter().any(|target| &target.name == name));
+        for target in &config.targets {
+            self.refresh_policy(config, &target.name);
+        }
+    }
+
+    /// Asks the DNS thread to look up the responding hosts of `results` (when names are on).
+    fn request_lookups(&self, config: &Config, results: &ScanResults) {
+        if !config.resolve_hostnames {
+            return;
+        }
+        let addresses: Vec<IpAddr> = results.responding_addresses().collect();
+        if addresses.is_empty() {
+            return;
+        }
+        if let Some(queue) = self.dns_queue.lock().as_ref()
+            && let Err(TrySendError::Full(_)) = queue.try_send(addresses)
+        {
+            tracing::debug!("the DNS queue is full; these hosts are looked up after their next scan");
+        }
+    }
+
+    fn shutting_down(&self) -> bool {
+        self.control.lock().shutdown
+    }
 }
 
 /// The exporter service (see the module documentation).
 pub struct Exporter {
     inner: Arc<Inner>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The DNS and listeners threads.
+    helpers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Exporter {
@@ -301,13 +372,77 @@ impl Exporter {
             seed: options.seed,
             tick: options.tick,
             reloading: Mutex::new(()),
+            policies: RwLock::new(BTreeMap::new()),
+            hostnames: HostnameCache::default(),
+            dns_queue: Mutex::new(None),
+            resolver_factory: Mutex::new(None),
+            listeners: RwLock::new(None),
         });
+        inner.refresh_all_policies(&inner.config.read());
+        let (dns_sender, dns_receiver) = std::sync::mpsc::sync_channel(DNS_QUEUE_BATCHES);
+        *inner.dns_queue.lock() = Some(dns_sender);
+        let dns_inner = Arc::clone(&inner);
+        let dns = std::thread::Builder::new()
+            .name("synwatch-dns".into())
+            .spawn(move || dns_loop(&dns_inner, &dns_receiver))
+            .expect("the DNS thread starts");
+        let listeners_inner = Arc::clone(&inner);
+        let listeners = std::thread::Builder::new()
+            .name("synwatch-listeners".into())
+            .spawn(move || listeners_loop(&listeners_inner))
+            .expect("the listeners thread starts");
         let thread_inner = Arc::clone(&inner);
         let thread = std::thread::Builder::new()
             .name("synwatch-schedule".into())
             .spawn(move || SchedulerLoop::new(thread_inner).run())
             .expect("the scheduler thread starts");
-        Exporter { inner, thread: Mutex::new(Some(thread)) }
+        Exporter { inner, thread: Mutex::new(Some(thread)), helpers: Mutex::new(vec![dns, listeners]) }
+    }
+
+    /// How to build the reverse DNS resolver for `resolve_hostnames` (without one, no lookups
+    /// are made and addresses stand in for names).
+    pub fn set_resolver_factory(&self, factory: ResolverFactory) {
+        *self.inner.resolver_factory.lock() = Some(factory);
+        // Hosts already known are looked up now rather than after their next scan.
+        let config = self.config();
+        let records = self.inner.records.read().clone();
+        for record in records.values() {
+            if let Some(results) = &record.results {
+                self.inner.request_lookups(&config, results);
+            }
+        }
+    }
+
+    /// `/sd`: the open endpoints as Prometheus HTTP service discovery JSON, or why the query
+    /// was refused.
+    pub fn service_discovery(&self, query: &str) -> Result<Vec<u8>, String> {
+        let filter = crate::sd::parse_sd_query(query)?;
+        let config = self.config();
+        let records: Vec<(&str, Arc<TargetRecord>)> = {
+            let records = self.inner.records.read();
+            config
+                .targets
+                .iter()
+                .filter_map(|target| records.get(&target.name).map(|record| (target.name.as_str(), Arc::clone(record))))
+                .collect()
+        };
+        let targets: Vec<(&str, &ScanResults)> = records
+            .iter()
+            .filter_map(|(name, record)| record.results.as_ref().map(|results| (*name, results)))
+            .collect();
+        let names_on = config.resolve_hostnames;
+        Ok(crate::sd::render_sd(
+            &targets,
+            &filter,
+            |address| {
+                if names_on { self.inner.hostnames.name(address) } else { None }
+            },
+        ))
+    }
+
+    /// The last reading of the local listeners (none while the collector is off).
+    pub fn listeners(&self) -> Option<Arc<ListenerSnapshot>> {
+        self.inner.listeners.read().clone()
     }
 
     /// Answers an on-demand request (`/probe`, `/api/v1/scans...`); blocks while a probe runs.
@@ -415,6 +550,7 @@ impl Exporter {
             *self.inner.spaces.write() = Arc::new(spaces);
             *self.inner.config.write() = Arc::new(new);
         }
+        self.inner.refresh_all_policies(&self.config());
         for name in &removed {
             metrics.remove_target(name);
         }
@@ -440,19 +576,40 @@ impl Exporter {
             config.targets.iter().map(|target| records.get(&target.name).cloned()).collect()
         };
         let allotments = detail_allotments(&config, records.iter().map(Option::as_deref));
+        let policies: Vec<Option<Arc<PolicyReport>>> = {
+            let policies = self.inner.policies.read();
+            config.targets.iter().map(|target| policies.get(&target.name).cloned()).collect()
+        };
+        // The violation series share details_budget in config order, like the port series.
+        let mut violations_left = config.details_budget as u64;
         let views: Vec<TargetView<'_>> = config
             .targets
             .iter()
             .zip(&records)
             .zip(allotments)
-            .map(|((target, record), detail_series)| TargetView {
-                name: &target.name,
-                results: record.as_ref().and_then(|record| record.results.as_ref()),
-                last_attempt: record.as_ref().and_then(|record| record.last_attempt),
-                detail_series,
+            .zip(&policies)
+            .map(|(((target, record), detail_series), policy)| {
+                let violation_series =
+                    policy.as_ref().map_or(0, |policy| (policy.violations.len() as u64).min(violations_left));
+                violations_left -= violation_series;
+                TargetView {
+                    name: &target.name,
+                    results: record.as_ref().and_then(|record| record.results.as_ref()),
+                    last_attempt: record.as_ref().and_then(|record| record.last_attempt),
+                    detail_series,
+                    interval_seconds: target.settings.interval.as_secs_f64(),
+                    policy: policy.as_deref(),
+                    violation_series,
+                }
             })
             .collect();
-        self.inner.metrics.render(&self.inner.scanner.counters(), &views, output);
+        let listeners = self.inner.listeners.read().clone();
+        let host = HostView {
+            hostnames: config.resolve_hostnames.then_some(&self.inner.hostnames),
+            host_info_limit: config.details_budget as u64,
+            listeners: listeners.as_deref(),
+        };
+        self.inner.metrics.render(&self.inner.scanner.counters(), &views, &host, output);
     }
 
     /// The landing page (HTML): targets, their last scan, links.
@@ -513,6 +670,17 @@ impl Exporter {
                 let _ = thread.join();
             } else {
                 tracing::warn!("the scheduler did not stop in time; leaving it behind");
+            }
+        }
+        self.inner.dns_queue.lock().take();
+        let helpers = std::mem::take(&mut *self.helpers.lock());
+        let deadline = Instant::now() + Duration::from_millis(1000);
+        for helper in helpers {
+            while !helper.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if helper.is_finished() {
+                let _ = helper.join();
             }
         }
     }
@@ -577,6 +745,17 @@ impl SchedulerLoop {
             if let Some(running) = self.running.iter().find(|running| running.name == name) {
                 running.scan.cancel();
             }
+        }
+        if config.resolve_hostnames {
+            let records = self.inner.records.read().clone();
+            for record in records.values() {
+                if let Some(results) = &record.results {
+                    self.inner.request_lookups(&config, results);
+                }
+            }
+        } else {
+            self.inner.hostnames.clear();
+            self.inner.metrics.dns_cache_entries.set(0);
         }
     }
 
@@ -726,6 +905,12 @@ impl SchedulerLoop {
             }
             records.clone()
         };
+        if success {
+            self.inner.refresh_policy(&config, name);
+            if let Some(results) = snapshot.get(name).and_then(|record| record.results.as_ref()) {
+                self.inner.request_lookups(&config, results);
+            }
+        }
         tracing::info!(target = %name, success, seconds = duration.as_secs_f64(), "scan ended");
         self.save(&snapshot);
     }
@@ -752,5 +937,125 @@ impl SchedulerLoop {
         let records = self.inner.records.read().clone();
         self.save(&records);
         tracing::info!("scheduler stopped; state saved");
+    }
+}
+
+/// The `synwatch-dns` thread: looks up the addresses the scheduler hands over, with the
+/// resolver the binary's factory builds for the current `dns:` section (rebuilt when it
+/// changes), in chunks of `dns.concurrency`, and stores the answers in the cache.
+fn dns_loop(inner: &Inner, queue: &Receiver<Vec<IpAddr>>) {
+    let mut resolver: Option<(crate::config::DnsSection, Arc<dyn ReverseResolver>)> = None;
+    let mut factory_missing_logged = false;
+    loop {
+        let batch = match queue.recv_timeout(Duration::from_millis(250)) {
+            Ok(batch) => batch,
+            Err(RecvTimeoutError::Timeout) => {
+                if inner.shutting_down() {
+                    return;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let config = Arc::clone(&inner.config.read());
+        if !config.resolve_hostnames {
+            continue;
+        }
+        if resolver.as_ref().is_none_or(|(section, _)| *section != config.dns) {
+            let built = match inner.resolver_factory.lock().as_ref() {
+                Some(factory) => factory(&config.dns),
+                None => {
+                    if !factory_missing_logged {
+                        tracing::warn!(
+                            "resolve_hostnames is on but this exporter has no resolver; names stay addresses"
+                        );
+                        factory_missing_logged = true;
+                    }
+                    continue;
+                }
+            };
+            match built {
+                Ok(built) => resolver = Some((config.dns.clone(), built)),
+                Err(error) => {
+                    tracing::error!(%error, "cannot set up the DNS resolver; names stay addresses");
+                    continue;
+                }
+            }
+        }
+        let Some((_, active)) = resolver.as_ref() else { continue };
+        let due = inner.hostnames.due(batch, Instant::now());
+        for chunk in due.chunks(config.dns.concurrency.max(1)) {
+            if inner.shutting_down() {
+                return;
+            }
+            for (address, lookup) in active.reverse(chunk) {
+                inner.metrics.dns_lookups.with_label_values(&[lookup.label()]).inc();
+                if let crate::hostnames::ReverseLookup::Failed(error) = &lookup {
+                    tracing::debug!(%address, %error, "reverse lookup failed");
+                }
+                inner.hostnames.store(address, &lookup, Instant::now(), &config.dns);
+            }
+            inner.metrics.dns_cache_entries.set(inner.hostnames.len() as i64);
+        }
+    }
+}
+
+/// The `synwatch-listeners` thread: reads this host's listening sockets every
+/// `listeners.interval` while the collector is on (see [`crate::listeners`]).
+fn listeners_loop(inner: &Inner) {
+    let mut tracker = ListenerTracker::default();
+    #[cfg(target_os = "linux")]
+    let mut source = crate::listeners::ProcSource::default();
+    let mut next_reading = Instant::now();
+    loop {
+        let config = Arc::clone(&inner.config.read());
+        let section = &config.listeners;
+        if !section.enabled {
+            if inner.listeners.write().take().is_some() {
+                tracker.clear();
+            }
+        } else if Instant::now() >= next_reading {
+            #[cfg(target_os = "linux")]
+            {
+                use crate::listeners::ListenerSource as _;
+                match source.read(section) {
+                    Ok(reading) => {
+                        let changes = tracker.update(&reading, section, Instant::now());
+                        let metrics = &inner.metrics;
+                        for (change, count) in
+                            [("new", changes.new), ("down", changes.down), ("recovered", changes.recovered)]
+                        {
+                            metrics.listener_changes.with_label_values(&[change]).inc_by(count);
+                        }
+                        metrics.listener_series_dropped.inc_by(changes.dropped);
+                        if changes.down > 0 || changes.recovered > 0 {
+                            tracing::info!(
+                                down = changes.down,
+                                recovered = changes.recovered,
+                                new = changes.new,
+                                "local listeners changed"
+                            );
+                        }
+                        *inner.listeners.write() = Some(Arc::new(tracker.snapshot(&reading, section)));
+                    }
+                    Err(error) => {
+                        inner.metrics.listener_read_errors.inc();
+                        tracing::warn!(%error, "cannot read the local listeners");
+                    }
+                }
+            }
+            next_reading = Instant::now() + section.interval;
+        }
+        let mut control = inner.control.lock();
+        if control.shutdown {
+            return;
+        }
+        let sleep = next_reading
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(1), Duration::from_millis(500));
+        inner.wake.wait_for(&mut control, sleep);
+        if control.shutdown {
+            return;
+        }
     }
 }

@@ -52,6 +52,48 @@ fn a_full_config_is_read_with_defaults_applied() {
 }
 
 #[test]
+fn issue_6_names_listeners_and_expected_ports_are_read() {
+    use synwatch_exporter::config::{ExpectHosts, Protocol};
+    let text = "\
+resolve_hostnames: true
+dns: {nameservers: [\"192.0.2.53\", \"[2001:db8::53]:5353\"], timeout: 500ms, negative_ttl: 1m}
+listeners:
+  enabled: true
+  include_ports: \"1-1023,9100\"
+  exclude_processes: [chronyd]
+  interval: 5s
+  expect_listening: [22, \"udp/53\"]
+  forbid_listening: [\"tcp/23\", \"tcp/6000-6010\"]
+targets:
+  - name: web
+    addresses: [192.0.2.0/29]
+    ports: \"22,80,443,3306\"
+    expect: {open: \"80,443\", closed: \"3306\", hosts: responding}
+";
+    let config = parse(text, "names.yaml").unwrap();
+    assert!(config.resolve_hostnames);
+    assert_eq!(config.dns.nameservers[0].to_string(), "192.0.2.53:53");
+    assert_eq!(config.dns.nameservers[1].to_string(), "[2001:db8::53]:5353");
+    assert_eq!(config.dns.timeout, Duration::from_millis(500));
+    assert_eq!(config.dns.max_ttl, Duration::from_secs(3600));
+    let listeners = &config.listeners;
+    assert!(listeners.enabled);
+    assert_eq!(listeners.interval, Duration::from_secs(5));
+    assert_eq!(listeners.exclude_processes, vec!["chronyd".to_string()]);
+    assert_eq!(listeners.expect_listening[0].protocol, Protocol::Tcp);
+    assert_eq!(listeners.expect_listening[1].to_string(), "udp/53");
+    assert_eq!(listeners.forbid_listening[1].ports.len(), 11);
+    let expect = config.targets[0].expect.as_ref().unwrap();
+    assert_eq!(expect.open.as_ref().unwrap().to_string(), "80,443");
+    assert_eq!(expect.hosts, ExpectHosts::Responding);
+    let rendered = render_effective(&config);
+    assert!(rendered.contains("udp/53") && rendered.contains("resolve_hostnames: true"), "{rendered}");
+    // Off by default.
+    let plain = parse(EMBEDDED_DEFAULT, "<embedded>").unwrap();
+    assert!(!plain.resolve_hostnames && !plain.listeners.enabled && plain.targets[0].expect.is_none());
+}
+
+#[test]
 fn the_embedded_default_scans_loopback_only() {
     let config = parse(EMBEDDED_DEFAULT, "<embedded>").unwrap();
     assert_eq!(config.listen.to_string(), "127.0.0.1:10045");
@@ -141,6 +183,43 @@ const BAD: &[(&str, usize, usize, &str)] = &[
     ("modules:\n  \"a b\": {ports: \"80\"}\n", 2, 3, "target name"),
     ("targets:\n  - name: m\n    addresses: [\"ff02::1\"]\n    ports: \"22\"\n", 2, 11, "built-in exclusions"),
     ("targets: [\n", 2, 1, ""),
+    // Issue 6: names, listeners, expected ports.
+    ("resolve_hostnames: sometimes\n", 1, 20, "bool"),
+    ("dns: {nameservers: [ns1.example.org]}\n", 1, 21, "name server address"),
+    ("dns: {timeout: 0s}\n", 1, 16, "above zero"),
+    ("dns: {cache_size: 0}\n", 1, 19, "expected 1 to"),
+    ("dns: {min_ttl: 2h, max_ttl: 1h}\ntargets: [{name: a, addresses: [192.0.2.1], ports: \"22\"}]\n", 1, 1, "min_ttl"),
+    ("listeners: {enabled: true, interval: 0s}\n", 1, 38, "above zero"),
+    ("listeners: {include_ports: \"22-\"}\n", 1, 28, "ports"),
+    ("listeners: {include_processes: [\"a-very-long-process-name\"]}\n", 1, 33, "15 bytes"),
+    ("listeners: {expect_listening: [\"sctp/22\"]}\n", 1, 32, "unknown protocol"),
+    ("listeners: {forbid_listening: [70000]}\n", 1, 32, "port 70000"),
+    (
+        "listeners: {expect_listening: [22], forbid_listening: [\"tcp/20-30\"]}\ntargets: [{name: a, addresses: [192.0.2.1], ports: \"22\"}]\n",
+        1,
+        1,
+        "tcp/22 is in both",
+    ),
+    ("listeners: {watch: true}\n", 1, 13, "unknown field `watch`"),
+    (
+        "targets:\n  - name: a\n    addresses: [192.0.2.1]\n    ports: \"22\"\n    expect: {open: \"80\"}\n",
+        2,
+        11,
+        "does not scan",
+    ),
+    (
+        "targets:\n  - name: a\n    addresses: [192.0.2.1]\n    ports: \"22,80\"\n    expect: {open: \"22\", closed: \"22\"}\n",
+        2,
+        11,
+        "both expect.open and expect.closed",
+    ),
+    ("targets:\n  - name: a\n    addresses: [192.0.2.1]\n    ports: \"22\"\n    expect: {}\n", 2, 11, "needs `open`"),
+    (
+        "targets:\n  - name: a\n    addresses: [192.0.2.1]\n    ports: \"22\"\n    expect: {hosts: some, open: \"22\"}\n",
+        5,
+        21,
+        "unknown variant `some`",
+    ),
 ];
 
 #[test]

@@ -431,3 +431,109 @@ fn issue_5_scans_api_submits_dedupes_pages_cancels_and_forgets() {
     }
     exporter.shutdown(Duration::from_millis(200));
 }
+
+/// A resolver that knows a fixed table and counts its lookups.
+struct TableResolver {
+    names: HashMap<IpAddr, String>,
+    lookups: AtomicU64,
+}
+
+impl synwatch_exporter::hostnames::ReverseResolver for TableResolver {
+    fn reverse(&self, addresses: &[IpAddr]) -> Vec<(IpAddr, synwatch_exporter::hostnames::ReverseLookup)> {
+        use synwatch_exporter::hostnames::ReverseLookup;
+        self.lookups.fetch_add(addresses.len() as u64, Ordering::SeqCst);
+        addresses
+            .iter()
+            .map(|address| {
+                let answer = match self.names.get(address) {
+                    Some(name) => ReverseLookup::Found { name: name.clone(), ttl: Duration::from_secs(3600) },
+                    None => ReverseLookup::NotFound,
+                };
+                (*address, answer)
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn issue_6_policy_violations_sd_groups_and_host_names_follow_the_scans() {
+    let directory = scratch("issue6");
+    let config = directory.join("synwatch.yaml");
+    let policy = "resolve_hostnames: true\ndetails_budget: 3\ntargets:\n  - name: web\n    addresses: [192.0.2.0/30]\n    \
+                  ports: \"22,80,443\"\n    interval: 50ms\n    expect: {open: \"443\", hosts: responding}\n";
+    std::fs::write(&config, policy).unwrap();
+    let network = Arc::new(SimulatedNetwork::default());
+    // .1 serves 443 (expected) and 22 (not allowed); .2 answers RST only (443 missing); .0
+    // and .3 are silent, so with `hosts: responding` they owe nothing.
+    network.set("192.0.2.1", 443, PortState::Open);
+    network.set("192.0.2.1", 22, PortState::Open);
+    for port in [22, 80, 443] {
+        network.set("192.0.2.0", port, PortState::Filtered);
+        network.set("192.0.2.3", port, PortState::Filtered);
+    }
+    let exporter = start(&network, &config, None);
+    let resolver = Arc::new(TableResolver {
+        names: HashMap::from([("192.0.2.1".parse().unwrap(), "www.example.org".to_string())]),
+        lookups: AtomicU64::new(0),
+    });
+    let handed = Arc::clone(&resolver);
+    exporter.set_resolver_factory(Box::new(move |_| {
+        Ok(Arc::clone(&handed) as Arc<dyn synwatch_exporter::hostnames::ReverseResolver>)
+    }));
+    wait_for_scans(&exporter, "web", 1.0);
+    let host_info = "synwatch_host_info{target=\"web\",ip=\"192.0.2.1\",hostname=\"www.example.org\"}";
+    wait_for("the name of .1", || sample(&render(&exporter), host_info) == Some(1.0));
+    let text = render(&exporter);
+    assert_eq!(sample(&text, "synwatch_target_unexpected_open_ports{target=\"web\"}"), Some(1.0));
+    assert_eq!(sample(&text, "synwatch_target_expected_ports_missing{target=\"web\"}"), Some(1.0));
+    assert_eq!(
+        sample(
+            &text,
+            "synwatch_port_policy_violation{target=\"web\",ip=\"192.0.2.1\",port=\"22\",kind=\"unexpected_open\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "synwatch_port_policy_violation{target=\"web\",ip=\"192.0.2.2\",port=\"443\",kind=\"expected_missing\"}"
+        ),
+        Some(1.0)
+    );
+    // .2 has no PTR record: its address stands in. Silent hosts have no host_info.
+    assert_eq!(sample(&text, "synwatch_host_info{target=\"web\",ip=\"192.0.2.2\",hostname=\"192.0.2.2\"}"), Some(1.0));
+    assert_eq!(series_count(&text, "synwatch_host_info{"), 2);
+    assert_eq!(sample(&text, "synwatch_target_scan_interval_seconds{target=\"web\"}"), Some(0.05));
+    assert_eq!(sample(&text, "synwatch_dns_lookups_total{result=\"found\"}"), Some(1.0));
+
+    let groups: serde_json::Value = serde_json::from_slice(&exporter.service_discovery("").unwrap()).unwrap();
+    let groups = groups.as_array().unwrap();
+    assert_eq!(groups.len(), 2, "{groups:?}");
+    assert!(groups.iter().all(|group| group["labels"]["__meta_synwatch_hostname"] == "www.example.org"));
+    let only_443: serde_json::Value = serde_json::from_slice(&exporter.service_discovery("port=443").unwrap()).unwrap();
+    assert_eq!(only_443[0]["targets"][0], "192.0.2.1:443");
+    assert!(exporter.service_discovery("colour=blue").unwrap_err().contains("unknown parameter"));
+
+    // Many scans later, the cached name was looked up once per host, not once per scan.
+    wait_for_scans(&exporter, "web", 5.0);
+    assert_eq!(resolver.lookups.load(Ordering::SeqCst), 2);
+
+    // The host fixes its ports: the violations go at the next scan.
+    network.set("192.0.2.1", 22, PortState::Closed);
+    network.set("192.0.2.2", 443, PortState::Open);
+    wait_for("no violations", || {
+        let text = render(&exporter);
+        sample(&text, "synwatch_target_unexpected_open_ports{target=\"web\"}") == Some(0.0)
+            && sample(&text, "synwatch_target_expected_ports_missing{target=\"web\"}") == Some(0.0)
+    });
+    assert_eq!(series_count(&render(&exporter), "synwatch_port_policy_violation{"), 0);
+
+    // A reload that drops the policy and the names removes their series.
+    std::fs::write(&config, WEB).unwrap();
+    exporter.reload().unwrap();
+    let text = render(&exporter);
+    assert_eq!(series_count(&text, "synwatch_target_unexpected_open_ports{"), 0);
+    assert_eq!(series_count(&text, "synwatch_host_info{"), 0);
+    exporter.shutdown(Duration::from_secs(1));
+    std::fs::remove_dir_all(&directory).unwrap();
+}

@@ -113,6 +113,11 @@ pub trait Site: Send + Sync + 'static {
     fn ondemand_refused(&self, _route: &'static str, _status: u16) {}
     /// One request was answered.
     fn observe(&self, _route: &'static str, _status: u16, _seconds: f64) {}
+    /// `GET /sd?query`: Prometheus HTTP service discovery (called on the blocking pool). The
+    /// default: it does not exist.
+    fn service_discovery(&self, _query: &str) -> OnDemandResponse {
+        OnDemandResponse::text(404, "not found: /sd\n")
+    }
 }
 
 /// Server limits.
@@ -146,7 +151,7 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     response
 }
 
-const ENDPOINTS: &str = "endpoints: / /metrics /-/healthy /-/ready POST /-/reload /probe /api/v1/scans";
+const ENDPOINTS: &str = "endpoints: / /metrics /sd /-/healthy /-/ready POST /-/reload /probe /api/v1/scans";
 
 /// The route label of a path, for metrics: a fixed set, so that clients cannot create series.
 pub fn route_label(path: &str) -> &'static str {
@@ -157,6 +162,7 @@ pub fn route_label(path: &str) -> &'static str {
         "/-/ready" => "/-/ready",
         "/-/reload" => "/-/reload",
         "/probe" => "/probe",
+        "/sd" => "/sd",
         "/api/v1/scans" => "/api/v1/scans",
         _ if path.starts_with("/api/v1/scans/") && path.ends_with("/cancel") => "/api/v1/scans/{id}/cancel",
         _ if path.starts_with("/api/v1/scans/") => "/api/v1/scans/{id}",
@@ -301,7 +307,7 @@ async fn route_parts(site: Arc<dyn Site>, head: &RequestHead<'_>, body: Bytes, p
         };
     }
     match path {
-        "/" | "/metrics" | "/-/healthy" | "/-/ready" if !read_only(method) => wrong_method("GET, HEAD"),
+        "/" | "/metrics" | "/sd" | "/-/healthy" | "/-/ready" if !read_only(method) => wrong_method("GET, HEAD"),
         "/" => {
             let mut response = text(StatusCode::OK, site.landing_page());
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
@@ -319,6 +325,22 @@ async fn route_parts(site: Arc<dyn Site>, head: &RequestHead<'_>, body: Bytes, p
                 Err(error) => {
                     tracing::error!(%error, "rendering /metrics failed");
                     text(StatusCode::INTERNAL_SERVER_ERROR, "rendering the metrics failed; see the log\n")
+                }
+            }
+        }
+        "/sd" => {
+            let query = head.query.to_string();
+            match tokio::task::spawn_blocking(move || site.service_discovery(&query)).await {
+                Ok(answer) => {
+                    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                    let mut response = text(status, answer.body);
+                    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(answer.content_type));
+                    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                    response
+                }
+                Err(error) => {
+                    tracing::error!(%error, "/sd failed");
+                    text(StatusCode::INTERNAL_SERVER_ERROR, "service discovery failed; see the log\n")
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! The `synwatch` command: a thin front over the engine crates.
 //!
 //! * `synwatch serve`: the exporter daemon (see [`serve`]).
+//! * The reverse DNS resolver of `resolve_hostnames` (see [`dns`]).
 //! * `synwatch scan`: a one-shot scan with results on stdout (see [`scan`]).
 //! * `synwatch doctor`: what the host allows and which mode a scan would use (see [`doctor`]).
 //! * `synwatch check-config`: validates an exporter config (see [`check_config`]).
@@ -9,6 +10,7 @@
 //! 2 bad usage (clap's own errors and our validation of its values).
 
 mod check_config;
+mod dns;
 mod doctor;
 mod output;
 mod scan;

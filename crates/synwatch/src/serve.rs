@@ -105,6 +105,19 @@ impl Site for ExporterSite {
         self.0.observe_request(route, status, seconds);
     }
 
+    fn service_discovery(&self, query: &str) -> synwatch_http::OnDemandResponse {
+        match self.0.service_discovery(query) {
+            Ok(body) => synwatch_http::OnDemandResponse {
+                status: 200,
+                content_type: synwatch_exporter::sd::SD_CONTENT_TYPE,
+                body,
+                retry_after: None,
+                allow: None,
+            },
+            Err(reason) => synwatch_http::OnDemandResponse::text(400, format!("bad /sd request: {reason}\n")),
+        }
+    }
+
     fn reload(&self) -> Result<String, String> {
         match self.0.reload() {
             Ok(report) => {
@@ -185,6 +198,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .map(|engine| Arc::new(engine) as Arc<dyn synwatch_exporter::Scanner>)
             .map_err(|error| error.to_string())
     }));
+    // Reverse DNS for resolve_hostnames; the resolver is built when first needed.
+    exporter.set_resolver_factory(crate::dns::factory());
     if security.tls.is_some() || security.authenticator.is_some() {
         tracing::info!(tls = security.tls.is_some(), auth = security.authenticator.is_some(), "web config loaded");
     }

@@ -819,7 +819,7 @@ impl OnDemand {
 }
 
 /// The decoded `name=value` pairs of a query string.
-fn query_pairs(query: &str) -> Vec<(String, String)> {
+pub(crate) fn query_pairs(query: &str) -> Vec<(String, String)> {
     form_urlencoded::parse(query.as_bytes()).into_owned().collect()
 }
 

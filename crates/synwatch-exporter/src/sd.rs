@@ -1,0 +1,181 @@
+//! `GET /sd`: the open endpoints found by background scans as Prometheus HTTP service discovery
+//! (`http_sd_configs`) JSON.
+//!
+//! One group per open (address, port): `{"targets": ["192.0.2.1:443"], "labels":
+//! {"__meta_synwatch_target": ..., "__meta_synwatch_ip": ..., "__meta_synwatch_port": ...,
+//! "__meta_synwatch_hostname": ...}}`. The hostname is the cached reverse-DNS name when
+//! `resolve_hostnames` is on and one was found, else the address itself, so the label is never
+//! empty. The target address is always the IP (bracketed for IPv6): Prometheus scrapes exactly
+//! what was scanned, without a lookup of its own.
+//!
+//! Filters: `?port=9100,8080` (a port specification; repeatable) and `?target=NAME` (repeatable
+//! or comma-separated). A target name that is not configured matches nothing and gives `[]`
+//! (after a reload that removed it, Prometheus must see its endpoints go, not an error that
+//! makes it keep the old list); a malformed filter or an unknown parameter is a 400 with the
+//! reason. An empty answer is `[]`, never `null`.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::Serialize;
+use synwatch_engine::{PortSet, PortState};
+
+use crate::ondemand::query_pairs;
+use crate::results::ScanResults;
+
+/// The Content-Type of the answer.
+pub const SD_CONTENT_TYPE: &str = "application/json";
+
+/// What a `/sd` request asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SdFilter {
+    /// Only these ports (none: all).
+    pub ports: Option<PortSet>,
+    /// Only these targets (none: all).
+    pub targets: Option<BTreeSet<String>>,
+}
+
+/// Parses the query string of a `/sd` request.
+pub fn parse_sd_query(query: &str) -> Result<SdFilter, String> {
+    let mut filter = SdFilter::default();
+    let mut port_specs = Vec::new();
+    for (key, value) in query_pairs(query) {
+        match key.as_str() {
+            "port" => port_specs.push(value),
+            "target" => {
+                let names = filter.targets.get_or_insert_with(BTreeSet::new);
+                for name in value.split(',').map(str::trim).filter(|name| !name.is_empty()) {
+                    names.insert(name.to_string());
+                }
+            }
+            other => return Err(format!("unknown parameter {other:?}; /sd takes port= and target=")),
+        }
+    }
+    if !port_specs.is_empty() {
+        let joined = port_specs.join(",");
+        filter.ports = Some(PortSet::parse(&joined).map_err(|error| format!("port={joined:?}: {error}"))?);
+    }
+    Ok(filter)
+}
+
+#[derive(Serialize)]
+struct Group<'a> {
+    targets: [String; 1],
+    labels: Labels<'a>,
+}
+
+#[derive(Serialize)]
+struct Labels<'a> {
+    #[serde(rename = "__meta_synwatch_target")]
+    target: &'a str,
+    #[serde(rename = "__meta_synwatch_ip")]
+    ip: String,
+    #[serde(rename = "__meta_synwatch_port")]
+    port: String,
+    #[serde(rename = "__meta_synwatch_hostname")]
+    hostname: String,
+}
+
+/// Renders the groups of `targets` (name and last results, in config order) that pass
+/// `filter`; `hostname` gives the cached name of an address, if any.
+pub fn render_sd(
+    targets: &[(&str, &ScanResults)],
+    filter: &SdFilter,
+    hostname: impl Fn(IpAddr) -> Option<Arc<str>>,
+) -> Vec<u8> {
+    let mut groups = Vec::new();
+    for (name, results) in targets {
+        if filter.targets.as_ref().is_some_and(|names| !names.contains(*name)) {
+            continue;
+        }
+        let space = results.space();
+        let ports = space.ports().as_slice();
+        for host in 0..space.hosts().len() {
+            let Some(address) = space.hosts().address_at(host) else { break };
+            for (slot, &port) in ports.iter().enumerate() {
+                if filter.ports.as_ref().is_some_and(|wanted| wanted.index_of(port).is_none()) {
+                    continue;
+                }
+                if results.get(host * ports.len() as u64 + slot as u64) != PortState::Open {
+                    continue;
+                }
+                let ip = address.to_string();
+                let endpoint = match address {
+                    IpAddr::V4(_) => format!("{ip}:{port}"),
+                    IpAddr::V6(_) => format!("[{ip}]:{port}"),
+                };
+                let hostname = hostname(address).map_or_else(|| ip.clone(), |name| name.to_string());
+                groups.push(Group {
+                    targets: [endpoint],
+                    labels: Labels { target: name, ip, port: port.to_string(), hostname },
+                });
+            }
+        }
+    }
+    serde_json::to_vec(&groups).unwrap_or_else(|_| b"[]".to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use synwatch_engine::targets::parse_target;
+    use synwatch_engine::{ExclusionPolicy, HostSet, TargetSpace};
+
+    fn results(addresses: &[&str], ports: &str, open: &[(&str, u16)]) -> ScanResults {
+        let ranges = addresses.iter().map(|address| parse_target(address).unwrap()).collect();
+        let hosts = HostSet::build(ranges, Vec::new(), ExclusionPolicy::Default).unwrap();
+        let space = Arc::new(TargetSpace::new(hosts, PortSet::parse(ports).unwrap()).unwrap());
+        ScanResults::from_fn(Arc::clone(&space), |index| {
+            let (address, port) = space.probe_at(index).unwrap();
+            if open.iter().any(|(host, open_port)| host.parse::<IpAddr>().unwrap() == address && *open_port == port) {
+                PortState::Open
+            } else {
+                PortState::Closed
+            }
+        })
+    }
+
+    fn groups(body: &[u8]) -> Vec<serde_json::Value> {
+        serde_json::from_slice::<serde_json::Value>(body).unwrap().as_array().unwrap().clone()
+    }
+
+    #[test]
+    fn open_endpoints_become_groups_with_their_labels_and_filters_apply() {
+        let web = results(&["192.0.2.1", "192.0.2.2"], "22,443,9100", &[("192.0.2.1", 443), ("192.0.2.2", 9100)]);
+        let v6 = results(&["2001:db8::5"], "9100", &[("2001:db8::5", 9100)]);
+        let targets = [("web", &web), ("v6", &v6)];
+        let names =
+            |address: IpAddr| (address == "192.0.2.1".parse::<IpAddr>().unwrap()).then(|| Arc::from("www.example.org"));
+        let all = groups(&render_sd(&targets, &SdFilter::default(), names));
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0]["targets"][0], "192.0.2.1:443");
+        assert_eq!(all[0]["labels"]["__meta_synwatch_hostname"], "www.example.org");
+        assert_eq!(all[0]["labels"]["__meta_synwatch_target"], "web");
+        assert_eq!(all[0]["labels"]["__meta_synwatch_port"], "443");
+        // No name: the address stands in.
+        assert_eq!(all[1]["labels"]["__meta_synwatch_hostname"], "192.0.2.2");
+        assert_eq!(all[2]["targets"][0], "[2001:db8::5]:9100");
+        assert_eq!(all[2]["labels"]["__meta_synwatch_ip"], "2001:db8::5");
+        let by_port = groups(&render_sd(&targets, &parse_sd_query("port=9100,8080").unwrap(), names));
+        assert_eq!(by_port.len(), 2);
+        let by_target = groups(&render_sd(&targets, &parse_sd_query("target=v6&port=9100").unwrap(), names));
+        assert_eq!(by_target.len(), 1);
+        // Nothing matches: `[]`, not `null`.
+        let none = render_sd(&targets, &parse_sd_query("target=gone").unwrap(), names);
+        assert_eq!(none, b"[]");
+        assert_eq!(render_sd(&[], &SdFilter::default(), names), b"[]");
+    }
+
+    #[test]
+    fn bad_filters_are_refused_with_a_reason() {
+        for (query, needle) in
+            [("port=0", "port="), ("port=http", "port="), ("ports=22", "unknown parameter"), ("port=1-70000", "port=")]
+        {
+            let error = parse_sd_query(query).unwrap_err();
+            assert!(error.contains(needle), "{query}: {error}");
+        }
+        assert_eq!(parse_sd_query("target=a,b&target=c").unwrap().targets.unwrap().len(), 3);
+        assert_eq!(parse_sd_query("").unwrap(), SdFilter::default());
+    }
+}
