@@ -224,6 +224,11 @@ impl Serve {
     /// `/-/ready`.
     pub fn start(scratch: &Scratch, arguments: &[&str]) -> Serve {
         let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Serve::start_at(scratch, address, arguments)
+    }
+
+    /// [`Serve::start`] on a given address.
+    pub fn start_at(scratch: &Scratch, address: SocketAddr, arguments: &[&str]) -> Serve {
         let log = scratch.join(&format!("serve-{}.log", address.port()));
         let child = Command::new(synwatch())
             .arg("serve")
@@ -324,17 +329,24 @@ impl Drop for Serve {
 pub struct Prometheus {
     child: Child,
     pub address: SocketAddr,
+    /// The lab namespace it runs in, if any (its API is then reached from inside it).
+    namespace: Option<String>,
 }
 
 /// Whether a program is on the PATH; when missing, skip (print why) or fail under
 /// `SYNWATCH_REQUIRE_LAB=1`.
 pub fn program_or_skip(test: &str, program: &str) -> bool {
+    package_or_skip(test, program, "prometheus")
+}
+
+/// [`program_or_skip`] for a program of the Debian package `package`.
+pub fn package_or_skip(test: &str, program: &str, package: &str) -> bool {
     let found = Command::new(program).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
     if !found {
         if std::env::var("SYNWATCH_REQUIRE_LAB").is_ok_and(|value| value == "1") {
-            panic!("{test}: SYNWATCH_REQUIRE_LAB=1 but {program} is not installed (apt-get install prometheus)");
+            panic!("{test}: SYNWATCH_REQUIRE_LAB=1 but {program} is not installed (apt-get install {package})");
         }
-        eprintln!("skipping {test}: {program} is not installed (apt-get install prometheus)");
+        eprintln!("skipping {test}: {program} is not installed (apt-get install {package})");
     }
     found
 }
@@ -349,6 +361,12 @@ impl Prometheus {
 
     /// Starts Prometheus with these `scrape_configs` entries (YAML, indented two spaces).
     pub fn start_with(test: &str, scratch: &Scratch, scrape_configs: &str) -> Option<Prometheus> {
+        Prometheus::start_in(test, scratch, scrape_configs, None)
+    }
+
+    /// [`Prometheus::start_with`] inside the lab's scanner namespace (beside a `Serve` started
+    /// there).
+    pub fn start_in(test: &str, scratch: &Scratch, scrape_configs: &str, lab: Option<&Lab>) -> Option<Prometheus> {
         if !program_or_skip(test, "prometheus") {
             return None;
         }
@@ -359,7 +377,11 @@ impl Prometheus {
             format!("global: {{scrape_interval: 1s, scrape_timeout: 1s}}\nscrape_configs:\n{scrape_configs}"),
         )
         .unwrap();
-        let child = Command::new("prometheus")
+        let mut command = match lab {
+            Some(lab) => lab.scanner_command("prometheus"),
+            None => Command::new("prometheus"),
+        };
+        let child = command
             .arg(format!("--config.file={}", config.display()))
             .arg(format!("--storage.tsdb.path={}", scratch.join("tsdb").display()))
             .arg(format!("--web.listen-address={address}"))
@@ -367,11 +389,18 @@ impl Prometheus {
             .stderr(std::fs::File::create(scratch.join("prometheus.log")).unwrap())
             .spawn()
             .unwrap();
-        let prometheus = Prometheus { child, address };
-        wait_until("Prometheus to be ready", 60, || {
-            matches!(http("GET", address, "/-/ready"), Ok((200, _))).then_some(())
-        });
+        let namespace = lab.map(|lab| lab.scanner_namespace().to_string());
+        let prometheus = Prometheus { child, address, namespace };
+        wait_until("Prometheus to be ready", 60, || matches!(prometheus.get("/-/ready"), Ok((200, _))).then_some(()));
         Some(prometheus)
+    }
+
+    /// A GET to Prometheus's HTTP API (from inside its namespace when it has one).
+    pub fn get(&self, path: &str) -> io::Result<(u16, String)> {
+        match &self.namespace {
+            None => http("GET", self.address, path),
+            Some(namespace) => synwatch_lab::run_in_namespace(namespace, || http("GET", self.address, path))?,
+        }
     }
 
     /// An instant query through the HTTP API: each series' labels and value.
@@ -383,7 +412,7 @@ impl Prometheus {
                 _ => format!("%{byte:02X}"),
             })
             .collect();
-        let (status, body) = http("GET", self.address, &format!("/api/v1/query?query={encoded}")).unwrap();
+        let (status, body) = self.get(&format!("/api/v1/query?query={encoded}")).unwrap();
         assert_eq!(status, 200, "{query}: {body}");
         let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
         answer["data"]["result"]

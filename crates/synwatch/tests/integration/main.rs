@@ -3,6 +3,7 @@
 
 mod cli;
 mod connect_mode;
+mod discovery;
 mod helpers;
 mod lab_scan;
 mod ondemand;
