@@ -1,6 +1,7 @@
 //! The one integration-test binary of synwatch (ripgrep style): shared helpers in
 //! [`helpers`], one module per area.
 
+mod alerts;
 mod cli;
 mod connect_mode;
 mod discovery;
