@@ -617,7 +617,7 @@ impl Exporter {
         let config = self.config();
         let mut page = String::from(
             "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>synwatch</title></head><body>\n<h1>synwatch</h1>\n\
-             <p><a href=\"/metrics\">/metrics</a> · <a href=\"/-/healthy\">/-/healthy</a> · <a href=\"/-/ready\">/-/ready</a></p>\n\
+             <p><a href=\"/metrics\">/metrics</a> · <a href=\"/sd\">/sd</a> · <a href=\"/-/healthy\">/-/healthy</a> · <a href=\"/-/ready\">/-/ready</a></p>\n\
              <table border=\"1\" cellpadding=\"4\"><tr><th>target</th><th>addresses</th><th>ports</th><th>interval</th>\
              <th>last scan</th><th>result</th><th>open</th><th>closed</th><th>filtered</th></tr>\n",
         );
@@ -965,7 +965,9 @@ fn dns_loop(inner: &Inner, queue: &Receiver<Vec<IpAddr>>) {
             let built = match inner.resolver_factory.lock().as_ref() {
                 Some(factory) => factory(&config.dns),
                 None => {
-                    if !factory_missing_logged {
+                    // The binary hands the factory in just after the start; a batch sent before
+                    // that is asked for again by `set_resolver_factory`.
+                    if !factory_missing_logged && inner.epoch.elapsed() > Duration::from_secs(5) {
                         tracing::warn!(
                             "resolve_hostnames is on but this exporter has no resolver; names stay addresses"
                         );
