@@ -131,6 +131,9 @@ impl ListenerTracker {
         let mut changes = ListenerChanges::default();
         let present: BTreeSet<&ListenerKey> =
             reading.sockets.iter().filter(|key| wanted(config, key, reading.ephemeral.as_ref())).collect();
+        // Listeners filtered out since (a reload changed the filters) are forgotten at once,
+        // without counting them down.
+        self.tracked.retain(|key, _| wanted(config, key, None));
         for (key, tracked) in self.tracked.iter_mut() {
             let is_present = present.contains(key);
             if tracked.up && !is_present {
@@ -142,12 +145,9 @@ impl ListenerTracker {
                 changes.recovered += 1;
             }
         }
-        // Listeners filtered out since (a reload changed the filters) are forgotten at once, as
-        // are those down for longer than `forget_after`.
-        self.tracked.retain(|key, tracked| {
-            wanted(config, key, None)
-                && (tracked.up || now.saturating_duration_since(tracked.down_since) < config.forget_after)
-        });
+        // Those down for longer than `forget_after` go too.
+        self.tracked
+            .retain(|_, tracked| tracked.up || now.saturating_duration_since(tracked.down_since) < config.forget_after);
         for key in present {
             if self.tracked.contains_key(key) {
                 continue;
@@ -386,6 +386,13 @@ mod tests {
         assert_eq!(tracked(&excluded).0, vec![22, 5432, 9100]);
         let capped = ListenersSection { max_series: 2, ..config() };
         assert_eq!(tracked(&capped), (vec![22, 5432], 2));
+        // A reload that filters a tracked listener out forgets it without counting it down.
+        let mut tracker = ListenerTracker::default();
+        tracker.update(&reading(&sockets), &config(), start);
+        let narrowed = ListenersSection { include_ports: Some(PortSet::parse("22").unwrap()), ..config() };
+        let changes = tracker.update(&reading(&sockets), &narrowed, start);
+        assert_eq!(changes, ListenerChanges::default());
+        assert_eq!(tracker.snapshot(&reading(&sockets), &narrowed).listeners.len(), 1);
     }
 
     #[test]
