@@ -49,6 +49,7 @@ impl MetricsFixture {
             interval_seconds: 60.0,
             policy: None,
             violation_series: 0,
+            responding: &[],
         };
         self.metrics.render(&Default::default(), &[view], &Default::default(), output);
     }

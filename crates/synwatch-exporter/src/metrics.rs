@@ -14,6 +14,7 @@
 //! so that two concurrent scrapes cannot count a delta twice).
 
 use std::io::Write;
+use std::net::IpAddr;
 
 use parking_lot::Mutex;
 use prometheus::core::Collector;
@@ -63,6 +64,8 @@ pub struct TargetView<'a> {
     pub policy: Option<&'a PolicyReport>,
     /// `synwatch_port_policy_violation` series allowed for this target.
     pub violation_series: u64,
+    /// The hosts that answered the last completed scan (for `synwatch_host_info`).
+    pub responding: &'a [IpAddr],
 }
 
 /// What `/metrics` shows beyond the targets: host names and this host's listeners.
@@ -445,8 +448,7 @@ fn render_host_info(targets: &[TargetView<'_>], hostnames: &HostnameCache, limit
     );
     let mut written = 0u64;
     for target in targets {
-        let Some(results) = target.results else { continue };
-        for address in results.responding_addresses() {
+        for &address in target.responding {
             if written >= limit {
                 return;
             }

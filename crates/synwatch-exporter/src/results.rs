@@ -35,6 +35,15 @@ pub struct StateCounts {
     pub unknown: u64,
 }
 
+/// The hosts that answered and the open endpoints of one scan, in probe order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Hosts that answered at least one probe with SYN-ACK or RST.
+    pub responding: Vec<IpAddr>,
+    /// (address, port) answered with SYN-ACK.
+    pub open: Vec<(IpAddr, u16)>,
+}
+
 /// What changed between two scans of one target.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Changes {
@@ -182,11 +191,29 @@ impl ScanResults {
         (host * ports..(host + 1) * ports).any(|index| matches!(self.get(index), PortState::Open | PortState::Closed))
     }
 
-    /// The addresses of the hosts that answered at least one probe with SYN-ACK or RST.
-    pub fn responding_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
-        (0..self.space.hosts().len())
-            .filter(move |host| self.host_responded(*host))
-            .filter_map(move |host| self.space.hosts().address_at(host))
+    /// The responding hosts and the open endpoints, in one pass over the results (done once
+    /// per scan, so that scrapes and `/sd` requests do not walk the whole space).
+    pub fn endpoints(&self) -> Endpoints {
+        let mut endpoints = Endpoints::default();
+        let ports = self.space.ports().as_slice();
+        for host in 0..self.space.hosts().len() {
+            let Some(address) = self.space.hosts().address_at(host) else { break };
+            let mut responded = false;
+            for (slot, &port) in ports.iter().enumerate() {
+                match self.get(host * ports.len() as u64 + slot as u64) {
+                    PortState::Open => {
+                        responded = true;
+                        endpoints.open.push((address, port));
+                    }
+                    PortState::Closed => responded = true,
+                    PortState::Filtered | PortState::Unknown => {}
+                }
+            }
+            if responded {
+                endpoints.responding.push(address);
+            }
+        }
+        endpoints
     }
 
     /// Every known probe as (index, address, port, state), in index order.
@@ -237,10 +264,13 @@ mod tests {
         let scan = results(&space, &[("192.0.2.1", 80), ("192.0.2.1", 443), ("192.0.2.3", 443)]);
         assert_eq!(scan.counts(), StateCounts { open: 3, closed: 5, filtered: 4, unknown: 0 });
         assert_eq!(scan.hosts_responding(), 4);
-        assert_eq!(scan.responding_addresses().count(), 4);
+        let endpoints = scan.endpoints();
+        assert_eq!(endpoints.responding.len(), 4);
+        assert_eq!(endpoints.open.len(), 3);
+        assert_eq!(endpoints.open[0], ("192.0.2.1".parse().unwrap(), 80));
         let silent = ScanResults::from_fn(Arc::clone(&space), |_| PortState::Filtered);
         assert_eq!(silent.hosts_responding(), 0);
-        assert_eq!(silent.responding_addresses().count(), 0);
+        assert_eq!(silent.endpoints(), Endpoints::default());
         assert_eq!(silent.counts().filtered, 12);
     }
 

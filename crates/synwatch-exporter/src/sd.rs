@@ -19,10 +19,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde::Serialize;
-use synwatch_engine::{PortSet, PortState};
+use synwatch_engine::PortSet;
 
 use crate::ondemand::query_pairs;
-use crate::results::ScanResults;
 
 /// The Content-Type of the answer.
 pub const SD_CONTENT_TYPE: &str = "application/json";
@@ -77,40 +76,32 @@ struct Labels<'a> {
     hostname: String,
 }
 
-/// Renders the groups of `targets` (name and last results, in config order) that pass
+/// Renders the groups of `targets` (name and open endpoints, in config order) that pass
 /// `filter`; `hostname` gives the cached name of an address, if any.
 pub fn render_sd(
-    targets: &[(&str, &ScanResults)],
+    targets: &[(&str, &[(IpAddr, u16)])],
     filter: &SdFilter,
     hostname: impl Fn(IpAddr) -> Option<Arc<str>>,
 ) -> Vec<u8> {
     let mut groups = Vec::new();
-    for (name, results) in targets {
+    for (name, open) in targets {
         if filter.targets.as_ref().is_some_and(|names| !names.contains(*name)) {
             continue;
         }
-        let space = results.space();
-        let ports = space.ports().as_slice();
-        for host in 0..space.hosts().len() {
-            let Some(address) = space.hosts().address_at(host) else { break };
-            for (slot, &port) in ports.iter().enumerate() {
-                if filter.ports.as_ref().is_some_and(|wanted| wanted.index_of(port).is_none()) {
-                    continue;
-                }
-                if results.get(host * ports.len() as u64 + slot as u64) != PortState::Open {
-                    continue;
-                }
-                let ip = address.to_string();
-                let endpoint = match address {
-                    IpAddr::V4(_) => format!("{ip}:{port}"),
-                    IpAddr::V6(_) => format!("[{ip}]:{port}"),
-                };
-                let hostname = hostname(address).map_or_else(|| ip.clone(), |name| name.to_string());
-                groups.push(Group {
-                    targets: [endpoint],
-                    labels: Labels { target: name, ip, port: port.to_string(), hostname },
-                });
+        for &(address, port) in *open {
+            if filter.ports.as_ref().is_some_and(|wanted| wanted.index_of(port).is_none()) {
+                continue;
             }
+            let ip = address.to_string();
+            let endpoint = match address {
+                IpAddr::V4(_) => format!("{ip}:{port}"),
+                IpAddr::V6(_) => format!("[{ip}]:{port}"),
+            };
+            let hostname = hostname(address).map_or_else(|| ip.clone(), |name| name.to_string());
+            groups.push(Group {
+                targets: [endpoint],
+                labels: Labels { target: name, ip, port: port.to_string(), hostname },
+            });
         }
     }
     serde_json::to_vec(&groups).unwrap_or_else(|_| b"[]".to_vec())
@@ -119,10 +110,11 @@ pub fn render_sd(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::results::ScanResults;
     use synwatch_engine::targets::parse_target;
-    use synwatch_engine::{ExclusionPolicy, HostSet, TargetSpace};
+    use synwatch_engine::{ExclusionPolicy, HostSet, PortState, TargetSpace};
 
-    fn results(addresses: &[&str], ports: &str, open: &[(&str, u16)]) -> ScanResults {
+    fn results(addresses: &[&str], ports: &str, open: &[(&str, u16)]) -> Vec<(IpAddr, u16)> {
         let ranges = addresses.iter().map(|address| parse_target(address).unwrap()).collect();
         let hosts = HostSet::build(ranges, Vec::new(), ExclusionPolicy::Default).unwrap();
         let space = Arc::new(TargetSpace::new(hosts, PortSet::parse(ports).unwrap()).unwrap());
@@ -134,6 +126,8 @@ mod tests {
                 PortState::Closed
             }
         })
+        .endpoints()
+        .open
     }
 
     fn groups(body: &[u8]) -> Vec<serde_json::Value> {
@@ -144,7 +138,7 @@ mod tests {
     fn open_endpoints_become_groups_with_their_labels_and_filters_apply() {
         let web = results(&["192.0.2.1", "192.0.2.2"], "22,443,9100", &[("192.0.2.1", 443), ("192.0.2.2", 9100)]);
         let v6 = results(&["2001:db8::5"], "9100", &[("2001:db8::5", 9100)]);
-        let targets = [("web", &web), ("v6", &v6)];
+        let targets = [("web", web.as_slice()), ("v6", v6.as_slice())];
         let names =
             |address: IpAddr| (address == "192.0.2.1".parse::<IpAddr>().unwrap()).then(|| Arc::from("www.example.org"));
         let all = groups(&render_sd(&targets, &SdFilter::default(), names));

@@ -30,7 +30,7 @@ use crate::listeners::{ListenerSnapshot, ListenerTracker};
 use crate::metrics::{BuildInfo, HostView, Metrics, TargetView};
 use crate::ondemand::{OnDemand, OnDemandAnswer, OnDemandRequest, Outcome, ScannerFactory};
 use crate::policy::PolicyReport;
-use crate::results::ScanResults;
+use crate::results::{Endpoints, ScanResults};
 use crate::schedule::{Schedule, ScheduledTarget};
 use crate::state::{ScanAttempt, StateStore, TargetRecord, unix_seconds};
 
@@ -204,9 +204,9 @@ struct Inner {
     reloading: Mutex<()>,
     /// `/probe` and the scans API.
     ondemand: OnDemand,
-    /// Each target's expected-port policy checked against its results (targets with `expect:`
-    /// and results only); written with the records, read by `/metrics`.
-    policies: RwLock<BTreeMap<String, Arc<PolicyReport>>>,
+    /// What each target's results give the readers (targets with results only), derived once
+    /// per completed scan and per reload.
+    derived: RwLock<BTreeMap<String, Arc<Derived>>>,
     /// Reverse DNS names of responding hosts.
     hostnames: HostnameCache,
     /// Addresses for the `synwatch-dns` thread to look up (none after shutdown).
@@ -221,47 +221,66 @@ struct Inner {
 /// asks again).
 const DNS_QUEUE_BATCHES: usize = 64;
 
+/// What `/metrics` and `/sd` read of a target's last results, computed when they change (a
+/// completed scan, a reload) rather than per request: the responding hosts and open endpoints
+/// take one pass over the whole space, the policy another.
+#[derive(Debug, Default)]
+struct Derived {
+    endpoints: Endpoints,
+    /// The `expect:` policy checked against the results (targets with `expect:` only).
+    policy: Option<PolicyReport>,
+}
+
 impl Inner {
-    /// Checks the policy of target `name` against its current results.
-    fn refresh_policy(&self, config: &Config, name: &str) {
-        let report = config.targets.iter().find(|target| target.name == name).and_then(|target| {
-            let expect = target.expect.as_ref()?;
+    /// Derives what the readers need from the results of target `name`, under the config now
+    /// running (a reload may have swapped it since the caller's copy).
+    fn refresh_derived(&self, name: &str) -> Option<Arc<Derived>> {
+        let config = Arc::clone(&self.config.read());
+        let derived = config.targets.iter().find(|target| target.name == name).and_then(|target| {
             let record = self.records.read().get(name).cloned()?;
             let results = record.results.as_ref()?;
-            Some(Arc::new(crate::policy::evaluate(expect, results, config.details_budget)))
+            let policy =
+                target.expect.as_ref().map(|expect| crate::policy::evaluate(expect, results, config.details_budget));
+            Some(Arc::new(Derived { endpoints: results.endpoints(), policy }))
         });
-        let mut policies = self.policies.write();
-        match report {
-            Some(report) => {
-                policies.insert(name.to_string(), report);
+        let mut all = self.derived.write();
+        match &derived {
+            Some(derived) => {
+                all.insert(name.to_string(), Arc::clone(derived));
             }
             None => {
-                policies.remove(name);
+                all.remove(name);
             }
         }
+        derived
     }
 
-    /// Checks every target's policy (after a start or a reload).
-    fn refresh_all_policies(&self, config: &Config) {
-        self.policies.write().retain(|name, _| config.targets.iter().any(|target| &target.name == name));
+    /// Derives every target's (after a start or a reload).
+    fn refresh_all_derived(&self) {
+        let config = Arc::clone(&self.config.read());
+        self.derived.write().retain(|name, _| config.targets.iter().any(|target| &target.name == name));
         for target in &config.targets {
-            self.refresh_policy(config, &target.name);
+            self.refresh_derived(&target.name);
         }
     }
 
-    /// Asks the DNS thread to look up the responding hosts of `results` (when names are on).
-    fn request_lookups(&self, config: &Config, results: &ScanResults) {
-        if !config.resolve_hostnames {
-            return;
-        }
-        let addresses: Vec<IpAddr> = results.responding_addresses().collect();
-        if addresses.is_empty() {
+    /// Asks the DNS thread to look up `addresses` (when names are on).
+    fn request_lookups(&self, config: &Config, addresses: &[IpAddr]) {
+        if !config.resolve_hostnames || addresses.is_empty() {
             return;
         }
         if let Some(queue) = self.dns_queue.lock().as_ref()
-            && let Err(TrySendError::Full(_)) = queue.try_send(addresses)
+            && let Err(TrySendError::Full(_)) = queue.try_send(addresses.to_vec())
         {
             tracing::debug!("the DNS queue is full; these hosts are looked up after their next scan");
+        }
+    }
+
+    /// Asks the DNS thread to look up the responding hosts of every target.
+    fn request_all_lookups(&self, config: &Config) {
+        let derived: Vec<Arc<Derived>> = self.derived.read().values().cloned().collect();
+        for target in derived {
+            self.request_lookups(config, &target.endpoints.responding);
         }
     }
 
@@ -372,13 +391,13 @@ impl Exporter {
             seed: options.seed,
             tick: options.tick,
             reloading: Mutex::new(()),
-            policies: RwLock::new(BTreeMap::new()),
+            derived: RwLock::new(BTreeMap::new()),
             hostnames: HostnameCache::default(),
             dns_queue: Mutex::new(None),
             resolver_factory: Mutex::new(None),
             listeners: RwLock::new(None),
         });
-        inner.refresh_all_policies(&inner.config.read());
+        inner.refresh_all_derived();
         let (dns_sender, dns_receiver) = std::sync::mpsc::sync_channel(DNS_QUEUE_BATCHES);
         *inner.dns_queue.lock() = Some(dns_sender);
         let dns_inner = Arc::clone(&inner);
@@ -404,13 +423,7 @@ impl Exporter {
     pub fn set_resolver_factory(&self, factory: ResolverFactory) {
         *self.inner.resolver_factory.lock() = Some(factory);
         // Hosts already known are looked up now rather than after their next scan.
-        let config = self.config();
-        let records = self.inner.records.read().clone();
-        for record in records.values() {
-            if let Some(results) = &record.results {
-                self.inner.request_lookups(&config, results);
-            }
-        }
+        self.inner.request_all_lookups(&self.config());
     }
 
     /// `/sd`: the open endpoints as Prometheus HTTP service discovery JSON, or why the query
@@ -418,18 +431,18 @@ impl Exporter {
     pub fn service_discovery(&self, query: &str) -> Result<Vec<u8>, String> {
         let filter = crate::sd::parse_sd_query(query)?;
         let config = self.config();
-        let records: Vec<(&str, Arc<TargetRecord>)> = {
-            let records = self.inner.records.read();
+        let derived: Vec<(&str, Arc<Derived>)> = {
+            let derived = self.inner.derived.read();
             config
                 .targets
                 .iter()
-                .filter_map(|target| records.get(&target.name).map(|record| (target.name.as_str(), Arc::clone(record))))
+                .filter_map(|target| {
+                    derived.get(&target.name).map(|derived| (target.name.as_str(), Arc::clone(derived)))
+                })
                 .collect()
         };
-        let targets: Vec<(&str, &ScanResults)> = records
-            .iter()
-            .filter_map(|(name, record)| record.results.as_ref().map(|results| (*name, results)))
-            .collect();
+        let targets: Vec<(&str, &[(IpAddr, u16)])> =
+            derived.iter().map(|(name, derived)| (*name, derived.endpoints.open.as_slice())).collect();
         let names_on = config.resolve_hostnames;
         Ok(crate::sd::render_sd(
             &targets,
@@ -438,11 +451,6 @@ impl Exporter {
                 if names_on { self.inner.hostnames.name(address) } else { None }
             },
         ))
-    }
-
-    /// The last reading of the local listeners (none while the collector is off).
-    pub fn listeners(&self) -> Option<Arc<ListenerSnapshot>> {
-        self.inner.listeners.read().clone()
     }
 
     /// Answers an on-demand request (`/probe`, `/api/v1/scans...`); blocks while a probe runs.
@@ -550,7 +558,7 @@ impl Exporter {
             *self.inner.spaces.write() = Arc::new(spaces);
             *self.inner.config.write() = Arc::new(new);
         }
-        self.inner.refresh_all_policies(&self.config());
+        self.inner.refresh_all_derived();
         for name in &removed {
             metrics.remove_target(name);
         }
@@ -576,9 +584,9 @@ impl Exporter {
             config.targets.iter().map(|target| records.get(&target.name).cloned()).collect()
         };
         let allotments = detail_allotments(&config, records.iter().map(Option::as_deref));
-        let policies: Vec<Option<Arc<PolicyReport>>> = {
-            let policies = self.inner.policies.read();
-            config.targets.iter().map(|target| policies.get(&target.name).cloned()).collect()
+        let derived: Vec<Option<Arc<Derived>>> = {
+            let derived = self.inner.derived.read();
+            config.targets.iter().map(|target| derived.get(&target.name).cloned()).collect()
         };
         // The violation series share details_budget in config order, like the port series.
         let mut violations_left = config.details_budget as u64;
@@ -587,10 +595,10 @@ impl Exporter {
             .iter()
             .zip(&records)
             .zip(allotments)
-            .zip(&policies)
-            .map(|(((target, record), detail_series), policy)| {
-                let violation_series =
-                    policy.as_ref().map_or(0, |policy| (policy.violations.len() as u64).min(violations_left));
+            .zip(&derived)
+            .map(|(((target, record), detail_series), derived)| {
+                let policy = derived.as_ref().and_then(|derived| derived.policy.as_ref());
+                let violation_series = policy.map_or(0, |policy| (policy.violations.len() as u64).min(violations_left));
                 violations_left -= violation_series;
                 TargetView {
                     name: &target.name,
@@ -598,8 +606,9 @@ impl Exporter {
                     last_attempt: record.as_ref().and_then(|record| record.last_attempt),
                     detail_series,
                     interval_seconds: target.settings.interval.as_secs_f64(),
-                    policy: policy.as_deref(),
+                    policy,
                     violation_series,
+                    responding: derived.as_ref().map_or(&[], |derived| derived.endpoints.responding.as_slice()),
                 }
             })
             .collect();
@@ -747,12 +756,7 @@ impl SchedulerLoop {
             }
         }
         if config.resolve_hostnames {
-            let records = self.inner.records.read().clone();
-            for record in records.values() {
-                if let Some(results) = &record.results {
-                    self.inner.request_lookups(&config, results);
-                }
-            }
+            self.inner.request_all_lookups(&config);
         } else {
             self.inner.hostnames.clear();
             self.inner.metrics.dns_cache_entries.set(0);
@@ -905,11 +909,8 @@ impl SchedulerLoop {
             }
             records.clone()
         };
-        if success {
-            self.inner.refresh_policy(&config, name);
-            if let Some(results) = snapshot.get(name).and_then(|record| record.results.as_ref()) {
-                self.inner.request_lookups(&config, results);
-            }
+        if success && let Some(derived) = self.inner.refresh_derived(name) {
+            self.inner.request_lookups(&config, &derived.endpoints.responding);
         }
         tracing::info!(target = %name, success, seconds = duration.as_secs_f64(), "scan ended");
         self.save(&snapshot);
