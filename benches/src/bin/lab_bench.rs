@@ -11,6 +11,8 @@
 //!   prober on the same lab ports (1 host × 3 ports, and a /24 × 3 ports), both over keep-alive
 //!   HTTP connections from inside the scanner namespace.
 //!
+//! * `listener-read`: one reading of the listeners collector (procfs) against `ss -ltunp`.
+//!
 //! Every figure is the median of `--runs` runs (default 3).
 
 use std::net::SocketAddr;
@@ -78,6 +80,17 @@ enum Bench {
     /// Resident memory of `synwatch serve`: idle on its embedded loopback config, and scanning
     /// a /16 × 10 ports target in the lab (peak, then idle holding the results).
     ExporterMemory,
+    /// One reading of this host's listening sockets by the listeners collector (procfs),
+    /// against `ss -ltunp` (iproute2), with `sockets` extra listeners opened on loopback (no lab,
+    /// no packets).
+    ListenerRead {
+        /// Readings to time.
+        #[arg(long, default_value_t = 200)]
+        readings: usize,
+        /// TCP listeners to open on 127.0.0.1 first.
+        #[arg(long, default_value_t = 1000)]
+        sockets: usize,
+    },
     /// `/probe` latency against prometheus-blackbox-exporter's tcp prober, in the lab.
     ProbeLatency {
         /// Repetitions of the single-host measurement (the /24 one runs a tenth as often).
@@ -337,6 +350,9 @@ fn main() -> Result<()> {
     if let Bench::MetricsRender { renders } = arguments.command {
         return metrics_render(renders);
     }
+    if let Bench::ListenerRead { readings, sockets } = arguments.command {
+        return listener_read(readings, sockets);
+    }
     if let Err(reason) = synwatch_lab::lab_available() {
         bail!("the lab needs root, iproute2 and nftables: {reason}");
     }
@@ -346,7 +362,7 @@ fn main() -> Result<()> {
         Bench::Memory => memory(&arguments),
         Bench::ExporterMemory => exporter_memory(&arguments),
         Bench::ProbeLatency { repetitions } => probe_latency(&arguments, repetitions),
-        Bench::MetricsRender { .. } => unreachable!("handled above"),
+        Bench::MetricsRender { .. } | Bench::ListenerRead { .. } => unreachable!("handled above"),
     }
 }
 
@@ -463,6 +479,41 @@ fn status_kib(pid: u32, field: &str) -> Result<u64> {
         .lines()
         .find_map(|line| line.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix(" kB")?.parse().ok())
         .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+fn listener_read(readings: usize, sockets: usize) -> Result<()> {
+    use synwatch_exporter::listeners::{ListenerSource, ProcSource};
+    let _listeners: Vec<std::net::TcpListener> =
+        (0..sockets).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<_>>()?;
+    let config = synwatch_exporter::config::ListenersSection { enabled: true, ..Default::default() };
+    let mut source = ProcSource::default();
+    // The first reading walks the process table for the owners of every socket.
+    let started = Instant::now();
+    let first = source.read(&config).map_err(|error| anyhow::anyhow!(error))?;
+    let first_ms = started.elapsed().as_secs_f64() * 1e3;
+    let named = first.sockets.iter().filter(|socket| !socket.process.is_empty()).count();
+    let mut times = Vec::with_capacity(readings);
+    for _ in 0..readings {
+        let started = Instant::now();
+        source.read(&config).map_err(|error| anyhow::anyhow!(error))?;
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    let mut baseline = Vec::new();
+    for _ in 0..readings.div_ceil(10) {
+        let started = Instant::now();
+        let status = Command::new("ss").arg("-ltunpH").stdout(Stdio::null()).status().context("running ss")?;
+        if !status.success() {
+            bail!("ss -ltunp failed");
+        }
+        baseline.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    let (steady, ss) = (median(times), median(baseline));
+    println!(
+        "| sockets read | with a process name | first reading ms | later readings ms (median) | ss -ltunp ms (median) | ratio |"
+    );
+    println!("|---|---|---|---|---|---|");
+    println!("| {} | {named} | {first_ms:.2} | {steady:.2} | {ss:.2} | {:.2}x |", first.sockets.len(), steady / ss);
+    Ok(())
 }
 
 fn metrics_render(renders: usize) -> Result<()> {
