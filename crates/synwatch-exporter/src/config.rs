@@ -421,7 +421,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     let defaults = Defaults {
         interval: raw.defaults.interval.map_or(Duration::from_secs(300), |value| value.0),
         timeout: raw.defaults.timeout.map_or(Duration::from_secs(120), |value| value.0),
-        retries: raw.defaults.retries.map_or(2, |value| value.0),
+        retries: raw.defaults.retries.map_or(2, |value| value.0 as u32),
         wait: raw.defaults.wait.map_or(Duration::from_secs(1), |value| value.0),
     };
     let mut names = BTreeSet::new();
@@ -438,7 +438,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
             settings: Defaults {
                 interval: target.interval.map_or(defaults.interval, |value| value.0),
                 timeout: target.timeout.map_or(defaults.timeout, |value| value.0),
-                retries: target.retries.map_or(defaults.retries, |value| value.0),
+                retries: target.retries.map_or(defaults.retries, |value| value.0 as u32),
                 wait: target.wait.map_or(defaults.wait, |value| value.0),
             },
             details: target.details,
@@ -466,7 +466,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     let defaults_ondemand = OnDemandSection::default();
     let raw_ondemand = raw.ondemand;
     let rate_limit = raw_ondemand.rate_limit.map_or(defaults_ondemand.rate_limit, |value| value.0);
-    let burst = raw_ondemand.burst.map_or(defaults_ondemand.burst, |value| value.0);
+    let burst = raw_ondemand.burst.map_or(defaults_ondemand.burst, |value| value.0 as u32);
     let ondemand = OnDemandSection {
         enabled: raw_ondemand.enabled,
         allow_targets: raw_ondemand.allow_targets.0,
@@ -475,8 +475,8 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         rate_limit,
         burst,
         global_rate_limit: raw_ondemand.global_rate_limit.map_or(rate_limit, |value| value.0),
-        global_burst: raw_ondemand.global_burst.map_or(burst, |value| value.0),
-        max_concurrent: raw_ondemand.max_concurrent.map_or(defaults_ondemand.max_concurrent, |value| value.0),
+        global_burst: raw_ondemand.global_burst.map_or(burst, |value| value.0 as u32),
+        max_concurrent: raw_ondemand.max_concurrent.map_or(defaults_ondemand.max_concurrent, |value| value.0 as usize),
         max_probes_per_request: raw_ondemand
             .max_probes_per_request
             .map_or(defaults_ondemand.max_probes_per_request, |value| value.0),
@@ -507,7 +507,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
                 ports: module.ports.map(|ports| ports.0),
                 mode: module.mode.unwrap_or(defaults.mode),
                 rate: module.rate.map(|rate| rate.0),
-                retries: module.retries.map_or(defaults.retries, |value| value.0),
+                retries: module.retries.map_or(defaults.retries, |value| value.0 as u32),
                 timeout: module.timeout.map(|value| value.0),
                 wait: module.wait.map_or(defaults.wait, |value| value.0),
             };
@@ -559,7 +559,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
             max_rate: raw.engine.max_rate.map_or(10_000, |value| value.0),
             interface: raw.engine.interface,
             source_addresses: raw.engine.source_addresses,
-            max_concurrent_scans: raw.engine.max_concurrent_scans.map_or(4, |value| value.0),
+            max_concurrent_scans: raw.engine.max_concurrent_scans.map_or(4, |value| value.0 as usize),
         },
         defaults,
         details_budget: raw.details_budget.unwrap_or(10_000),
@@ -867,48 +867,6 @@ fn bounded_number<'de, D: Deserializer<'de>>(
     deserializer.deserialize_u64(NumberVisitor { expected, check })
 }
 
-struct Rate(u64);
-
-impl<'de> Deserialize<'de> for Rate {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Rate, D::Error> {
-        bounded_number(deserializer, "a rate from 1 to 100000000 probes per second", |rate| {
-            if rate == 0 || rate > 100_000_000 {
-                return Err(format!("max_rate {rate}: expected 1 to 100000000 probes per second"));
-            }
-            Ok(rate)
-        })
-        .map(Rate)
-    }
-}
-
-struct ConcurrentScans(usize);
-
-impl<'de> Deserialize<'de> for ConcurrentScans {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<ConcurrentScans, D::Error> {
-        bounded_number(deserializer, "a number of scans from 1 to 64", |scans| {
-            if scans == 0 || scans > 64 {
-                return Err(format!("{scans} scans at once: expected 1 to 64"));
-            }
-            Ok(scans)
-        })
-        .map(|scans| ConcurrentScans(scans as usize))
-    }
-}
-
-struct Retries(u32);
-
-impl<'de> Deserialize<'de> for Retries {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Retries, D::Error> {
-        bounded_number(deserializer, "retries from 0 to 10", |retries| {
-            if retries > 10 {
-                return Err(format!("retries {retries}: expected 0 to 10"));
-            }
-            Ok(retries)
-        })
-        .map(|retries| Retries(retries as u32))
-    }
-}
-
 struct TargetName(String);
 
 impl<'de> Deserialize<'de> for TargetName {
@@ -986,34 +944,6 @@ impl<'de> Deserialize<'de> for RequestRate {
             }
         }
         deserializer.deserialize_f64(RateVisitor).map(RequestRate)
-    }
-}
-
-struct Burst(u32);
-
-impl<'de> Deserialize<'de> for Burst {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Burst, D::Error> {
-        bounded_number(deserializer, "a burst from 1 to 100000 requests", |burst| {
-            if burst == 0 || burst > 100_000 {
-                return Err(format!("burst {burst}: expected 1 to 100000"));
-            }
-            Ok(burst)
-        })
-        .map(|burst| Burst(burst as u32))
-    }
-}
-
-struct ProbeCount(u64);
-
-impl<'de> Deserialize<'de> for ProbeCount {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<ProbeCount, D::Error> {
-        bounded_number(deserializer, "a number of probes from 1 to 1000000000", |probes| {
-            if probes == 0 || probes > 1_000_000_000 {
-                return Err(format!("max_probes_per_request {probes}: expected 1 to 1000000000"));
-            }
-            Ok(probes)
-        })
-        .map(ProbeCount)
     }
 }
 
@@ -1112,8 +1042,19 @@ impl<'de> Deserialize<'de> for PortItem {
     }
 }
 
-/// A whole number from `MIN` to `MAX`, checked where it is written (one type for the newer keys
-/// instead of one type per key).
+/// Probes per second (`max_rate`, a module's `rate`).
+type Rate = Bounded<1, 100_000_000>;
+/// Scans or on-demand jobs at once.
+type ConcurrentScans = Bounded<1, 64>;
+/// Re-sends of unanswered probes.
+type Retries = Bounded<0, 10>;
+/// Requests a client may make at once after being idle.
+type Burst = Bounded<1, 100_000>;
+/// Hosts × ports of one on-demand request.
+type ProbeCount = Bounded<1, 1_000_000_000>;
+
+/// A whole number from `MIN` to `MAX`, checked where it is written (the key's path comes from
+/// serde_yaml's error).
 struct Bounded<const MIN: u64, const MAX: u64>(u64);
 
 impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Bounded<MIN, MAX> {

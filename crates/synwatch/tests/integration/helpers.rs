@@ -229,26 +229,27 @@ impl Serve {
 
     /// [`Serve::start`] on a given address.
     pub fn start_at(scratch: &Scratch, address: SocketAddr, arguments: &[&str]) -> Serve {
-        let log = scratch.join(&format!("serve-{}.log", address.port()));
-        let child = Command::new(synwatch())
-            .arg("serve")
-            .args(["--listen", &address.to_string(), "--log-level", "info"])
-            .args(arguments)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut serve = Serve { child, address, log, namespace: None };
-        serve.wait_ready();
-        serve
+        Serve::launch(Command::new(synwatch()), None, scratch, address, arguments)
     }
 
     /// Starts `synwatch serve` inside the lab's scanner namespace (on its loopback).
     pub fn start_in_lab(lab: &Lab, scratch: &Scratch, arguments: &[&str]) -> Serve {
         let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let namespace = Some(lab.scanner_namespace().to_string());
+        Serve::launch(lab.scanner_command(synwatch()), namespace, scratch, address, arguments)
+    }
+
+    /// Runs `command` (the synwatch binary, possibly behind `ip netns exec`) as `serve` on
+    /// `address` and waits for it to be ready.
+    fn launch(
+        mut command: Command,
+        namespace: Option<String>,
+        scratch: &Scratch,
+        address: SocketAddr,
+        arguments: &[&str],
+    ) -> Serve {
         let log = scratch.join(&format!("serve-{}.log", address.port()));
-        let child = lab
-            .scanner_command(synwatch())
+        let child = command
             .arg("serve")
             .args(["--listen", &address.to_string(), "--log-level", "info"])
             .args(arguments)
@@ -256,7 +257,7 @@ impl Serve {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let mut serve = Serve { child, address, log, namespace: Some(lab.scanner_namespace().to_string()) };
+        let mut serve = Serve { child, address, log, namespace };
         serve.wait_ready();
         serve
     }
