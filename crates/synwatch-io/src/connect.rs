@@ -172,7 +172,7 @@ impl ConnectLoop {
                 self.shared.bucket.lock().give_back(tokens - used);
             }
             for job in &mut self.jobs {
-                job.lane.publish_progress();
+                job.lane.publish_progress(now);
             }
             // Wait for outcomes; not at all if there is more to send right away.
             let wait =
@@ -374,7 +374,7 @@ impl ConnectLoop {
                     self.take_slot(slot);
                 }
             }
-            lane.publish_progress();
+            lane.publish_progress(now);
             // Results are recorded on this thread, so once the job is out of the list nothing
             // more can arrive for it and it is reported finished at once.
             if let Some(summary) = lane_finished(&self.shared, &lane.state, reason) {

@@ -219,6 +219,27 @@ pub struct JobSummary {
     pub probes_sent: u64,
     /// Time from submission to the end.
     pub duration: Duration,
+    /// How fast the first round went out: what the job actually sent at (see [`SendSpan`]).
+    pub first_round: SendSpan,
+}
+
+/// The probes of a job's first round (every probe once) and the time from the first of them
+/// to the last, as the sending threads took them from the schedule. Each batch is stamped when
+/// its tokens are taken, so the span misses the last batch's own sending time: with batches of
+/// `b` probes the rate is high by at most `b` over the round's probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SendSpan {
+    /// Probes sent in the first round.
+    pub probes: u64,
+    /// From the first batch to the last batch of the round.
+    pub duration: Duration,
+}
+
+impl SendSpan {
+    /// Probes per second, or `None` when the round was a single batch (no span to divide by).
+    pub fn rate(&self) -> Option<f64> {
+        (self.probes > 0 && !self.duration.is_zero()).then(|| self.probes as f64 / self.duration.as_secs_f64())
+    }
 }
 
 /// Whose job it is, for the senders' choice of the next probe.
@@ -266,6 +287,12 @@ pub(crate) struct JobState {
     pub(crate) cancel: AtomicBool,
     pub(crate) probes_sent: AtomicU64,
     pub(crate) round: AtomicU32,
+    /// When the first batch of probes was taken, in nanoseconds since the engine's epoch
+    /// (`u64::MAX` until then), the last batch of the first round, and the first round's probes
+    /// published so far: [`JobSummary::first_round`].
+    pub(crate) first_batch_at: AtomicU64,
+    pub(crate) first_round_last_batch_at: AtomicU64,
+    pub(crate) first_round_sent: AtomicU64,
     /// Lanes not yet finished; the thread that finishes the last one retires the job.
     pub(crate) lanes_left: AtomicUsize,
     /// The job's end reason so far, combined over its finished lanes.
@@ -705,6 +732,9 @@ impl Engine {
             cancel: AtomicBool::new(false),
             probes_sent: AtomicU64::new(0),
             round: AtomicU32::new(0),
+            first_batch_at: AtomicU64::new(u64::MAX),
+            first_round_last_batch_at: AtomicU64::new(0),
+            first_round_sent: AtomicU64::new(0),
             lanes_left: AtomicUsize::new(lane_count as usize),
             reason: Mutex::new(None),
             submitted,
@@ -915,7 +945,7 @@ impl SenderLoop {
                 self.shared.bucket.lock().give_back(tokens - used);
             }
             for job in &mut self.jobs {
-                job.lane.publish_progress();
+                job.lane.publish_progress(now);
             }
             match self.flush_all() {
                 true => backoff = Duration::from_micros(20),
@@ -1074,7 +1104,7 @@ impl SenderLoop {
             match self.jobs[index].lane.check_over(now) {
                 Some(reason) => {
                     let mut lane = self.jobs.swap_remove(index).lane;
-                    lane.publish_progress();
+                    lane.publish_progress(now);
                     // Only the sender that ends a job's last lane retires the job; it is reported
                     // finished once the receiver is past it: at once when the receiver holds no
                     // list (even phase), else when the batch in progress is over. The load is
@@ -1125,10 +1155,16 @@ pub(crate) fn lane_finished(shared: &Shared, state: &Arc<JobState>, reason: Fini
         let list: Vec<Arc<JobState>> = jobs.iter().filter(|job| !Arc::ptr_eq(job, state)).cloned().collect();
         *jobs = Arc::new(list);
     }
+    let (first, last) =
+        (state.first_batch_at.load(Ordering::Relaxed), state.first_round_last_batch_at.load(Ordering::Relaxed));
     Some(JobSummary {
         reason,
         probes_sent: state.probes_sent.load(Ordering::Relaxed),
         duration: state.submitted.elapsed(),
+        first_round: SendSpan {
+            probes: state.first_round_sent.load(Ordering::Relaxed),
+            duration: Duration::from_nanos(last.saturating_sub(first)),
+        },
     })
 }
 

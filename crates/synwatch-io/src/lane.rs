@@ -43,11 +43,19 @@ impl Lane {
         self.state.priority
     }
 
-    /// Adds the probes sent since the last call to the job's shared counters.
-    pub(crate) fn publish_progress(&mut self) {
+    /// Adds the probes sent since the last call to the job's shared counters; `now` is when
+    /// their batch was taken (since the engine's epoch), for the first round's send span.
+    pub(crate) fn publish_progress(&mut self, now: Duration) {
         if self.unpublished_sent > 0 {
-            self.state.probes_sent.fetch_add(self.unpublished_sent, Ordering::Relaxed);
-            self.state.round.fetch_max(self.core.round(), Ordering::Relaxed);
+            let state = &self.state;
+            state.probes_sent.fetch_add(self.unpublished_sent, Ordering::Relaxed);
+            state.round.fetch_max(self.core.round(), Ordering::Relaxed);
+            let at = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX - 1);
+            state.first_batch_at.fetch_min(at, Ordering::Relaxed);
+            if self.core.round() == 0 {
+                state.first_round_sent.fetch_add(self.unpublished_sent, Ordering::Relaxed);
+                state.first_round_last_batch_at.fetch_max(at, Ordering::Relaxed);
+            }
             self.unpublished_sent = 0;
         }
     }
@@ -143,6 +151,9 @@ mod tests {
             cancel: AtomicBool::new(false),
             probes_sent: AtomicU64::new(0),
             round: AtomicU32::new(0),
+            first_batch_at: AtomicU64::new(u64::MAX),
+            first_round_last_batch_at: AtomicU64::new(0),
+            first_round_sent: AtomicU64::new(0),
             lanes_left: AtomicUsize::new(1),
             reason: Mutex::new(None),
             submitted: Instant::now(),

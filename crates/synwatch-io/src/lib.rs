@@ -22,6 +22,6 @@ pub mod transmit;
 
 pub use engine::{
     CounterSnapshot, Engine, EngineConfig, EngineError, JobHandle, JobRequest, JobSummary, Mode, Priority, ProbeResult,
-    Progress, RunningMode, TransmitChoice,
+    Progress, RunningMode, SendSpan, TransmitChoice,
 };
 pub use route::Path;

@@ -234,7 +234,11 @@ fn several_jobs_at_once_each_get_exactly_their_own_results() {
         );
         jobs.iter()
             .map(|job| {
-                job.wait();
+                let summary = job.wait();
+                // The first round sends every probe once; the retry round only the unanswered.
+                assert_eq!(summary.first_round.probes, job.space().len(), "first-round probes");
+                assert!(summary.probes_sent >= summary.first_round.probes);
+                assert!(summary.first_round.rate().is_some(), "a first round of many batches has a span");
                 (0..job.space().len()).map(|index| job.table().get(index).finalized()).collect()
             })
             .collect()
