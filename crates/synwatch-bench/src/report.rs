@@ -13,8 +13,8 @@ use crate::plot::{PlotPoint, PlotSeries, human_rate};
 pub struct Repetition {
     /// Probes sent per second while sending (the first round).
     pub achieved_pps: Option<f64>,
-    /// Probes sent, retries included.
-    pub probes_sent: u64,
+    /// Probes of the first round (every target once); CPU per probe is per these.
+    pub probes: u64,
     /// Replies matched to a probe (SYN-ACK, RST, ICMP unreachable).
     pub replies: Option<u64>,
     /// Open ports reported.
@@ -81,7 +81,7 @@ pub struct StepMedians {
     pub receive_drops: Option<f64>,
     /// Median send errors.
     pub send_errors: Option<f64>,
-    /// Median CPU time per probe sent, in microseconds.
+    /// Median CPU time per first-round probe, in microseconds.
     pub cpu_us_per_probe: f64,
     /// Median wall time, seconds.
     pub wall_seconds: f64,
@@ -160,7 +160,7 @@ impl SweepReport {
                             ),
                             send_errors: median_of_known(repetitions.iter().map(|r| r.send_errors.map(|v| v as f64))),
                             cpu_us_per_probe: median(
-                                repetitions.iter().map(|r| r.cpu_seconds * 1e6 / r.probes_sent.max(1) as f64),
+                                repetitions.iter().map(|r| r.cpu_seconds * 1e6 / r.probes.max(1) as f64),
                             )
                             .unwrap_or(0.0),
                             wall_seconds: median(repetitions.iter().map(|r| r.wall_seconds)).unwrap_or(0.0),
@@ -302,7 +302,7 @@ mod tests {
     fn repetition(achieved: f64, open_true: u64) -> Repetition {
         Repetition {
             achieved_pps: Some(achieved),
-            probes_sent: 1_000,
+            probes: 1_000,
             replies: Some(1_000),
             open_found: open_true,
             open_true,

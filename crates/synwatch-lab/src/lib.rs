@@ -259,9 +259,8 @@ impl Lab {
             in_namespace(&t, "ip", &[family, "route", "add", "local", &range.to_string(), "dev", "lo"])?;
         }
         self.install_rules()?;
-        for address in self.config.listeners.clone() {
-            self.listen(address)?;
-        }
+        let listeners = self.config.listeners.clone();
+        self.listen_all(&listeners)?;
         if self.config.static_neighbour || self.config.target_link_down {
             let mac = self.gateway_mac()?;
             for (family, gateway) in [("-4", IpAddr::V4(TARGET_LINK_V4)), ("-6", IpAddr::V6(TARGET_LINK_V6))] {
@@ -270,6 +269,17 @@ impl Lab {
                     [family, "neigh", "replace", &gateway, "lladdr", &mac, "dev", scanner_link, "nud", "permanent"];
                 in_namespace(&s, "ip", &arguments)?;
             }
+        }
+        // The target side knows the scanner's hardware address from the start: its replies
+        // never wait for address resolution, which for IPv6 takes about a second after the
+        // link comes up (replies to the first probes were lost).
+        let scanner_mac = in_namespace(&s, "cat", &[&format!("/sys/class/net/{scanner_link}/address")])?;
+        let scanner_mac = String::from_utf8_lossy(&scanner_mac.stdout).trim().to_string();
+        for (family, scanner) in [("-4", IpAddr::V4(SCANNER_V4)), ("-6", IpAddr::V6(SCANNER_V6))] {
+            let scanner = scanner.to_string();
+            let arguments =
+                [family, "neigh", "replace", &scanner, "lladdr", &scanner_mac, "dev", target_link, "nud", "permanent"];
+            in_namespace(&t, "ip", &arguments)?;
         }
         if self.config.target_link_down {
             in_namespace(&t, "ip", &["link", "set", target_link, "down"])?;
@@ -368,7 +378,17 @@ impl Lab {
 
     /// Opens a listener in the target namespace.
     pub fn listen(&mut self, address: SocketAddr) -> Result<(), LabError> {
-        let socket = run_in_namespace(&self.target, || -> io::Result<Socket> {
+        self.listen_all(&[address])
+    }
+
+    /// Opens many listeners in the target namespace at once: one thread enters the namespace
+    /// and the accept thread's list is taken once (it holds the list while it polls, so taking
+    /// it once per listener would wait a poll interval per listener).
+    pub fn listen_all(&mut self, addresses: &[SocketAddr]) -> Result<(), LabError> {
+        if addresses.is_empty() {
+            return Ok(());
+        }
+        let open_one = |address: SocketAddr| -> io::Result<Socket> {
             let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
             socket.set_reuse_address(true)?;
             if address.is_ipv6() {
@@ -381,10 +401,16 @@ impl Lab {
             socket.listen(65535)?;
             socket.set_nonblocking(true)?;
             Ok(socket)
+        };
+        let sockets = run_in_namespace(&self.target, || {
+            addresses
+                .iter()
+                .map(|&address| open_one(address).map(|socket| (address, socket)).map_err(|error| (address, error)))
+                .collect::<Result<Vec<_>, _>>()
         })
-        .and_then(|socket| socket)
-        .map_err(|error| LabError(format!("listening on {address}: {error}")))?;
-        self.listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((address, socket));
+        .map_err(|error| LabError(format!("entering the target namespace: {error}")))?
+        .map_err(|(address, error)| LabError(format!("listening on {address}: {error}")))?;
+        self.listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(sockets);
         Ok(())
     }
 

@@ -3,12 +3,14 @@
 //! * `synwatch serve`: the exporter daemon (see [`serve`]).
 //! * The reverse DNS resolver of `resolve_hostnames` (see [`dns`]).
 //! * `synwatch scan`: a one-shot scan with results on stdout (see [`scan`]).
+//! * `synwatch bench`: sweeps packet rates and recommends `max_rate` (see [`bench`]).
 //! * `synwatch doctor`: what the host allows and which mode a scan would use (see [`doctor`]).
 //! * `synwatch check-config`: validates an exporter config (see [`check_config`]).
 //!
 //! Exit codes: 0 success, 1 runtime error (for example no permission for raw sockets),
 //! 2 bad usage (clap's own errors and our validation of its values).
 
+mod bench;
 mod check_config;
 mod dns;
 mod doctor;
@@ -34,6 +36,9 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Scan targets once and print open / closed / filtered ports.
     Scan(Box<scan::ScanArgs>),
+    /// Sweep packet rates against named targets or a lab built here, find the knee (the
+    /// highest rate that keeps recall) and recommend it as max_rate.
+    Bench(Box<bench::BenchArgs>),
     /// Show capabilities, sockets, paths and limits, the mode a scan would run in, and what to change.
     Doctor(doctor::DoctorArgs),
     /// Validate an exporter config file and print it as it would run.
@@ -57,6 +62,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args),
         Command::Scan(args) => scan::run(*args),
+        Command::Bench(args) => bench::run(*args),
         Command::Doctor(args) => doctor::run(args),
         Command::CheckConfig(args) => check_config::run(args),
     };

@@ -104,7 +104,7 @@ pub(crate) fn parse_mode(text: &str) -> Result<Mode, String> {
     }
 }
 
-fn parse_transmit(text: &str) -> Result<TransmitChoice, String> {
+pub(crate) fn parse_transmit(text: &str) -> Result<TransmitChoice, String> {
     match text {
         "auto" => Ok(TransmitChoice::Auto),
         "sendmmsg" => Ok(TransmitChoice::Sendmmsg),
@@ -118,7 +118,7 @@ fn usage(message: impl Into<String>) -> anyhow::Error {
 }
 
 /// Reads TARGET arguments (`@file` included) into ranges.
-fn read_targets(items: &[String], what: &str) -> Result<Vec<AddressRange>> {
+pub(crate) fn read_targets(items: &[String], what: &str) -> Result<Vec<AddressRange>> {
     let mut ranges = Vec::new();
     for item in items {
         if let Some(path) = item.strip_prefix('@') {
@@ -309,7 +309,7 @@ fn progress_bar(args: &ScanArgs, total: u64) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
-fn init_logging(verbose: bool) {
+pub(crate) fn init_logging(verbose: bool) {
     let default = if verbose { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SYNWATCH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

@@ -352,6 +352,32 @@ pub fn package_or_skip(test: &str, program: &str, package: &str) -> bool {
     found
 }
 
+/// Whether this process may build a lab; when not, skip (print why) or fail under
+/// `SYNWATCH_REQUIRE_LAB=1`. For tests whose lab the binary itself builds (`bench --lab`).
+pub fn lab_possible_or_skip(test: &str) -> bool {
+    match synwatch_lab::lab_available() {
+        Ok(()) => true,
+        Err(reason) if std::env::var("SYNWATCH_REQUIRE_LAB").is_ok_and(|value| value == "1") => {
+            panic!("{test}: SYNWATCH_REQUIRE_LAB=1 but no lab can be built here: {reason}")
+        }
+        Err(reason) => {
+            eprintln!("skipping {test}: no network lab ({reason})");
+            false
+        }
+    }
+}
+
+/// Network namespaces whose name says the process `pid` made them (labs left behind).
+pub fn labs_of(pid: u32) -> Vec<String> {
+    let output = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| name.starts_with(&format!("swlab-{pid}-")))
+        .map(str::to_string)
+        .collect()
+}
+
 impl Prometheus {
     pub fn start(test: &str, scratch: &Scratch, targets: &[SocketAddr]) -> Option<Prometheus> {
         let targets: Vec<String> = targets.iter().map(|target| format!("\"{target}\"")).collect();

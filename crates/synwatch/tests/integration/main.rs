@@ -2,6 +2,7 @@
 //! [`helpers`], one module per area.
 
 mod alerts;
+mod bench;
 mod cli;
 mod connect_mode;
 mod discovery;
