@@ -12,6 +12,8 @@
 //!   HTTP connections from inside the scanner namespace.
 //!
 //! * `listener-read`: one reading of the listeners collector (procfs) against `ss -ltunp`.
+//! * `growth`: how a scan's cost grows with the work: 1,024, 65,536 and 1,048,576 probes at one
+//!   fixed rate (wall time, CPU, peak RSS, open ports found), synwatch against masscan and zmap.
 //!
 //! Every figure is the median of `--runs` runs (default 3).
 
@@ -90,6 +92,12 @@ enum Bench {
         /// TCP listeners to open on 127.0.0.1 first.
         #[arg(long, default_value_t = 1000)]
         sockets: usize,
+    },
+    /// Wall time, CPU and peak RSS for 1k, 64k and 1M probes at one rate (1 % open).
+    Growth {
+        /// Requested rate for every tool and size.
+        #[arg(long, default_value_t = 200_000)]
+        rate: u64,
     },
     /// `/probe` latency against prometheus-blackbox-exporter's tcp prober, in the lab.
     ProbeLatency {
@@ -362,6 +370,7 @@ fn main() -> Result<()> {
         Bench::Memory => memory(&arguments),
         Bench::ExporterMemory => exporter_memory(&arguments),
         Bench::ProbeLatency { repetitions } => probe_latency(&arguments, repetitions),
+        Bench::Growth { rate } => growth(&arguments, rate),
         Bench::MetricsRender { .. } | Bench::ListenerRead { .. } => unreachable!("handled above"),
     }
 }
@@ -854,6 +863,107 @@ fn probe_latency(arguments: &Arguments, repetitions: usize) -> Result<()> {
     println!("|---|---|---|---|");
     for (what, blackbox, synwatch) in rows {
         println!("| {what} | {:.2} ms | {:.2} ms | {:.3}× |", blackbox * 1e3, synwatch * 1e3, synwatch / blackbox);
+    }
+    Ok(())
+}
+
+/// One size of the growth table: `hosts` × `ports` of a lab with 1 % of its probes open.
+fn growth(arguments: &Arguments, rate: u64) -> Result<()> {
+    use synwatch_bench::tools::{self, ExternalTool, ToolScan};
+    use synwatch_bench::{LabFamily, LabPlan};
+    println!(
+        "| probes | tool | wall s (median of {}) | CPU s | CPU µs per probe | peak RSS MiB | open found |",
+        arguments.runs
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (hosts, ports) in [(1_024u32, 1u16), (65_536, 1), (65_536, 16)] {
+        let plan = LabPlan {
+            hosts,
+            family: LabFamily::V4,
+            ports: (80..80 + ports).collect(),
+            open_percent: 1.0,
+            filtered_percent: 0.0,
+            loss_percent: 0,
+            seed: 1,
+        };
+        let open = plan.open_endpoints();
+        let lab = Lab::build(LabConfig {
+            target_ranges: plan.target_ranges(),
+            listeners: open.clone(),
+            static_neighbour: true,
+            ..LabConfig::default()
+        })?;
+        let target = plan.target_ranges()[0];
+        let port_spec = format!("80-{}", 80 + ports - 1);
+        let output = std::env::temp_dir().join("lab-bench-growth.out").to_string_lossy().to_string();
+        for tool in &arguments.tools {
+            if !installed(tool) {
+                continue;
+            }
+            let mut runs = Vec::new();
+            for _ in 0..arguments.runs {
+                let commands: Vec<(Command, Option<u16>)> = match tool.as_str() {
+                    "masscan" | "zmap" => {
+                        let external = if tool == "masscan" { ExternalTool::Masscan } else { ExternalTool::Zmap };
+                        let ipnetwork::IpNetwork::V4(network) = target else { bail!("the growth lab is IPv4") };
+                        let scan = ToolScan {
+                            target: network,
+                            ports: plan.ports.clone(),
+                            rate,
+                            retries: 0,
+                            wait_seconds: 1,
+                            interface: lab.scanner_link().to_string(),
+                            source: synwatch_lab::SCANNER_V4,
+                            gateway_mac: lab.gateway_mac()?,
+                            output: output.clone(),
+                        };
+                        tools::commands(external, &scan)
+                            .into_iter()
+                            .map(|command| (in_scanner(&lab, &command.argv[0], &command.argv[1..]), command.port))
+                            .collect()
+                    }
+                    _ => {
+                        let scan = Scan {
+                            targets: &target.to_string(),
+                            ports: &port_spec,
+                            rate,
+                            wait: 1,
+                            retries: 0,
+                            output: &output,
+                        };
+                        vec![(tool_command(arguments, &lab, tool, &scan)?, None)]
+                    }
+                };
+                let mut run = Run::default();
+                for (command, port) in commands {
+                    let file = match port {
+                        Some(port) => format!("{output}.{port}"),
+                        None => output.clone(),
+                    };
+                    let _ = std::fs::remove_file(&file);
+                    let (wall, cpu, max_rss_kib) = measure(command, false)?;
+                    run.wall += wall;
+                    run.cpu += cpu;
+                    run.max_rss_kib = run.max_rss_kib.max(max_rss_kib);
+                    run.found += match tool.as_str() {
+                        "masscan" => count_lines(&file, "open tcp"),
+                        "zmap" => count_lines(&file, "198.18."),
+                        _ => count_lines(&file, "\"open\""),
+                    };
+                }
+                runs.push(run);
+            }
+            let wall = median(runs.iter().map(|run| run.wall.as_secs_f64()).collect());
+            let cpu = median(runs.iter().map(|run| run.cpu.as_secs_f64()).collect());
+            let rss = median(runs.iter().map(|run| run.max_rss_kib as f64 / 1024.0).collect());
+            let found = median(runs.iter().map(|run| run.found as f64).collect());
+            println!(
+                "| {} | {tool} | {wall:.2} | {cpu:.2} | {:.2} | {rss:.1} | {found:.0} of {} |",
+                plan.probes(),
+                cpu * 1e6 / plan.probes() as f64,
+                open.len()
+            );
+        }
     }
     Ok(())
 }

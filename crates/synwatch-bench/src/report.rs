@@ -29,6 +29,8 @@ pub struct Repetition {
     pub cpu_seconds: f64,
     /// Wall time of the step.
     pub wall_seconds: f64,
+    /// The program did not exit after its wait and was stopped (SIGINT) at its deadline.
+    pub stopped: bool,
 }
 
 /// One requested rate of one tool.
@@ -87,17 +89,53 @@ pub struct StepMedians {
     pub wall_seconds: f64,
 }
 
-/// One tool's summary: medians and knee.
+/// A step counts as sent at its requested rate when it achieved at least this share of it.
+pub const ACHIEVED_SHARE: f64 = 0.9;
+
+/// One tool's summary: medians, knee and recommendation.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ToolSummary {
     /// The tool.
     pub name: String,
-    /// The recommended `max_rate` (the knee), if any step met the threshold.
+    /// The knee: the highest requested rate up to which recall held, if any step met it.
     pub knee: Option<u64>,
     /// Whether recall fell off above the knee (false: it never did within the range tried).
     pub bent: bool,
+    /// The highest median achieved rate up to the knee, when the knee's step fell short of its
+    /// requested rate by more than [`ACHIEVED_SHARE`]: the host or path sends no faster.
+    pub ceiling_pps: Option<f64>,
+    /// The rate to configure: the knee, or the ceiling rounded down to two significant digits
+    /// when the sending topped out below the knee (asking for more would not send faster).
+    pub recommended: Option<u64>,
     /// Per-step medians.
     pub steps: Vec<StepMedians>,
+}
+
+/// `rate` rounded down to two significant digits (102,700 to 100,000; 33,600 to 33,000).
+fn round_down(rate: f64) -> u64 {
+    let rate = rate.max(1.0) as u64;
+    let mut unit = 1;
+    while rate / unit >= 100 {
+        unit *= 10;
+    }
+    (rate / unit * unit).max(1)
+}
+
+/// The recommendation from the knee and the achieved rates (see [`ToolSummary`]).
+fn recommend(knee: Option<u64>, steps: &[StepMedians]) -> (Option<f64>, Option<u64>) {
+    let Some(knee) = knee else { return (None, None) };
+    let achieved_at_knee = steps.iter().find(|step| step.requested == knee).and_then(|step| step.achieved_pps);
+    match achieved_at_knee {
+        Some(achieved) if achieved < ACHIEVED_SHARE * knee as f64 => {
+            let ceiling = steps
+                .iter()
+                .filter(|step| step.requested <= knee)
+                .filter_map(|step| step.achieved_pps)
+                .fold(0.0, f64::max);
+            (Some(ceiling), Some(round_down(ceiling).min(knee)))
+        }
+        _ => (None, Some(knee)),
+    }
 }
 
 fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
@@ -140,7 +178,7 @@ impl SweepReport {
                 let knee = tool.knee(self.ground_truth_open, self.min_recall);
                 let mut steps: Vec<&StepReport> = tool.steps.iter().collect();
                 steps.sort_by_key(|step| step.requested);
-                let medians = steps
+                let medians: Vec<StepMedians> = steps
                     .iter()
                     .map(|step| {
                         let repetitions = &step.repetitions;
@@ -167,7 +205,15 @@ impl SweepReport {
                         }
                     })
                     .collect();
-                ToolSummary { name: tool.name.clone(), knee: knee.rate, bent: knee.bent, steps: medians }
+                let (ceiling_pps, recommended) = recommend(knee.rate, &medians);
+                ToolSummary {
+                    name: tool.name.clone(),
+                    knee: knee.rate,
+                    bent: knee.bent,
+                    ceiling_pps,
+                    recommended,
+                    steps: medians,
+                }
             })
             .collect()
     }
@@ -234,22 +280,24 @@ impl SweepReport {
             trim_percent(self.min_recall * 100.0)
         );
         for summary in &summaries {
-            text += &match (summary.knee, summary.bent) {
-                (Some(knee), true) => {
-                    format!(
-                        "{}: knee at {}/s: recommended engine.max_rate: {knee}\n",
-                        summary.name,
-                        human_rate(knee as f64)
-                    )
+            let setting = if summary.name.starts_with("synwatch") { "engine.max_rate" } else { "rate" };
+            let name = &summary.name;
+            text += &match (summary.knee, summary.bent, summary.ceiling_pps, summary.recommended) {
+                (Some(knee), bent, Some(ceiling), Some(recommended)) => format!(
+                    "{name}: recall held up to {}/s{}, but sending topped out at {}/s achieved: recommended {setting}: {recommended}\n",
+                    human_rate(knee as f64),
+                    if bent { " (the knee)" } else { " (every rate tried)" },
+                    human_rate(ceiling),
+                ),
+                (Some(knee), true, _, _) => {
+                    format!("{name}: knee at {}/s: recommended {setting}: {knee}\n", human_rate(knee as f64))
                 }
-                (Some(knee), false) => format!(
-                    "{}: no knee up to {}/s (recall held at every rate tried; try higher rates): engine.max_rate: {knee} is safe\n",
-                    summary.name,
+                (Some(knee), false, _, _) => format!(
+                    "{name}: no knee up to {}/s (recall held at every rate tried; try higher rates): {setting}: {knee} is safe\n",
                     human_rate(knee as f64)
                 ),
-                (None, _) => format!(
-                    "{}: recall is below the threshold even at the lowest rate: try lower rates, retries, or look for loss on the path\n",
-                    summary.name
+                (None, ..) => format!(
+                    "{name}: recall is below the threshold even at the lowest rate: try lower rates, retries, or look for loss on the path\n"
                 ),
             };
         }
@@ -310,6 +358,7 @@ mod tests {
             send_errors: Some(0),
             cpu_seconds: 0.002,
             wall_seconds: 1.5,
+            stopped: false,
         }
     }
 
@@ -352,6 +401,10 @@ mod tests {
         }
     }
 
+    fn json_recommended(report: &SweepReport) -> Option<u64> {
+        report.json()["summaries"][0]["recommended"].as_u64()
+    }
+
     #[test]
     fn summaries_take_medians_sort_steps_and_find_each_knee() {
         let summaries = report().summaries();
@@ -377,6 +430,7 @@ mod tests {
         assert!(lines[4].starts_with("masscan") && lines[4].contains(" - "), "{}", lines[4]);
         assert!(table.contains("against the lab's 50 open ports") && table.contains("99.9%"), "{table}");
         assert!(table.contains("synwatch-syn: knee at 100k/s: recommended engine.max_rate: 100000"), "{table}");
+        assert_eq!(json_recommended(&report), Some(100_000));
         assert!(table.contains("masscan: recall is below the threshold even at the lowest rate"), "{table}");
         let json = report.json();
         assert_eq!(json["summaries"][0]["knee"], 100_000);
@@ -386,6 +440,32 @@ mod tests {
         assert_eq!(series[0].knee, Some(100_000));
         assert_eq!(series[0].points[2].achieved, 700_000.0);
         assert_eq!(series[1].knee, None);
+    }
+
+    #[test]
+    fn a_sender_that_tops_out_below_the_knee_is_recommended_its_ceiling() {
+        // Recall holds everywhere, but above 100k/s the host sends no faster (as in the lab,
+        // where the targets' kernel shares the scanner's cores).
+        let steps = [(10_000u64, 10_000.0), (100_000, 97_000.0), (400_000, 108_600.0), (2_000_000, 85_000.0)]
+            .iter()
+            .map(|&(requested, achieved)| StepReport { requested, repetitions: vec![repetition(achieved, 50)] })
+            .collect();
+        let report = SweepReport {
+            targets: "lab".into(),
+            probes: 1_000,
+            ground_truth_open: Some(50),
+            min_recall: 0.999,
+            tools: vec![ToolReport { name: "synwatch-syn".into(), steps }],
+        };
+        let summary = &report.summaries()[0];
+        assert_eq!((summary.knee, summary.bent), (Some(2_000_000), false));
+        assert_eq!((summary.ceiling_pps, summary.recommended), (Some(108_600.0), Some(100_000)));
+        let table = report.table();
+        assert!(
+            table.contains("recall held up to 2M/s (every rate tried), but sending topped out at 108.6k/s achieved: recommended engine.max_rate: 100000"),
+            "{table}"
+        );
+        assert_eq!((round_down(33_600.0), round_down(9_870.0), round_down(42.0)), (33_000, 9_800, 42));
     }
 
     #[test]

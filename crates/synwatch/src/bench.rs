@@ -306,29 +306,38 @@ fn sweep_synwatch(args: &BenchArgs, sweep: &Sweep, mode: Mode, in_lab: bool) -> 
         engine.set_rate(rate);
         let mut repetitions = Vec::new();
         for number in 1..=args.repetitions {
-            let repetition = synwatch_step(&engine, sweep, number)?;
-            report_repetition(
-                &name,
-                rate,
-                number,
-                args.repetitions,
-                &repetition,
-                sweep.truth.as_ref().map(HashSet::len),
-            );
+            let Some(repetition) = synwatch_step(&engine, sweep, number)? else { break };
+            let truth = sweep.truth.as_ref().map(HashSet::len);
+            report_repetition(&name, rate, number, args.repetitions, &repetition, truth);
             repetitions.push(repetition);
         }
-        steps.push(StepReport { requested: rate, repetitions });
+        if !repetitions.is_empty() {
+            steps.push(StepReport { requested: rate, repetitions });
+        }
+        if interrupted() {
+            break;
+        }
     }
     Ok(ToolReport { name, steps })
 }
 
-fn synwatch_step(engine: &Engine, sweep: &Sweep, number: u32) -> Result<Repetition> {
+/// One scan on the engine; `None` when the sweep was interrupted during it.
+fn synwatch_step(engine: &Engine, sweep: &Sweep, number: u32) -> Result<Option<Repetition>> {
     let settings = JobSettings { seed: sweep.settings.seed.wrapping_add(u64::from(number)), ..sweep.settings };
     let before = engine.counters();
     let cpu_before = scanner_cpu();
     let started = Instant::now();
     let job = engine.submit(JobRequest::new(Arc::clone(&sweep.space), settings, None))?;
-    let summary = job.wait();
+    let summary = loop {
+        if let Some(summary) = job.wait_timeout(Duration::from_millis(100)) {
+            break summary;
+        }
+        if interrupted() {
+            job.cancel();
+            job.wait();
+            return Ok(None);
+        }
+    };
     let wall = started.elapsed();
     let cpu = scanner_cpu().saturating_sub(cpu_before);
     let after = engine.counters();
@@ -346,7 +355,7 @@ fn synwatch_step(engine: &Engine, sweep: &Sweep, number: u32) -> Result<Repetiti
     let replies = |snapshot: &synwatch_io::CounterSnapshot| {
         snapshot.replies_open + snapshot.replies_closed + snapshot.replies_filtered
     };
-    Ok(Repetition {
+    Ok(Some(Repetition {
         achieved_pps: summary.first_round.rate(),
         probes: summary.first_round.probes,
         replies: Some(replies(&after) - replies(&before)),
@@ -356,7 +365,8 @@ fn synwatch_step(engine: &Engine, sweep: &Sweep, number: u32) -> Result<Repetiti
         send_errors: Some(after.send_errors - before.send_errors),
         cpu_seconds: cpu.as_secs_f64(),
         wall_seconds: wall.as_secs_f64(),
-    })
+        stopped: false,
+    }))
 }
 
 /// Samples the lab's scanner link while `work` runs: the packets it sent between the 10 % and
@@ -392,21 +402,76 @@ fn sampled_link(lab: &Lab, work: impl FnOnce() -> Result<()>) -> Result<(Option<
     Ok((span, total))
 }
 
-/// `wait4` for a child: its exit status and its CPU time.
-fn wait_with_cpu(pid: libc::pid_t) -> Result<(i32, Duration)> {
-    let mut raw_status = 0i32;
-    // SAFETY: rusage is plain old data; all-zero is valid.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: wait4 writes the status and the resource usage of our own child.
-    let waited = unsafe { libc::wait4(pid, &mut raw_status, 0, &mut usage) };
-    if waited != pid {
-        bail!("wait4 failed: {}", io::Error::last_os_error());
+/// Set by SIGINT or SIGTERM: the sweep stops, reports what it measured, and tears down its lab.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_signal: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
+/// Ctrl-C and SIGTERM stop the sweep between (or inside) repetitions instead of killing the
+/// process, so the results so far are written and the lab is torn down.
+fn catch_interrupts() -> Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(SigHandler::Handler(on_interrupt), SaFlags::SA_RESTART, SigSet::empty());
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(signal, &action) }.context("installing the interrupt handler")?;
     }
-    let micros = |time: libc::timeval| time.tv_sec as u64 * 1_000_000 + time.tv_usec as u64;
-    let cpu = Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime));
-    let exit =
-        if libc::WIFEXITED(raw_status) { libc::WEXITSTATUS(raw_status) } else { 128 + libc::WTERMSIG(raw_status) };
-    Ok((exit, cpu))
+    Ok(())
+}
+
+/// How a compared program's run ended.
+struct ChildEnd {
+    status: i32,
+    cpu: Duration,
+    /// It was sent SIGINT: past its deadline, or the sweep was interrupted.
+    stopped: bool,
+}
+
+/// Waits for a child (`wait4`, for its CPU time), sending it SIGINT once `deadline` passes or
+/// the sweep is interrupted, and SIGKILL 10 s after that.
+fn wait_child(pid: libc::pid_t, deadline: Instant) -> Result<ChildEnd> {
+    use nix::sys::signal::{Signal, kill};
+    let mut signalled: Option<Instant> = None;
+    loop {
+        let mut raw_status = 0i32;
+        // SAFETY: rusage is plain old data; all-zero is valid.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: wait4 writes the status and the resource usage of our own child.
+        let waited = unsafe { libc::wait4(pid, &mut raw_status, libc::WNOHANG, &mut usage) };
+        if waited == pid {
+            let micros = |time: libc::timeval| time.tv_sec as u64 * 1_000_000 + time.tv_usec as u64;
+            let cpu = Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime));
+            let status = if libc::WIFEXITED(raw_status) {
+                libc::WEXITSTATUS(raw_status)
+            } else {
+                128 + libc::WTERMSIG(raw_status)
+            };
+            return Ok(ChildEnd { status, cpu, stopped: signalled.is_some() });
+        }
+        if waited < 0 {
+            bail!("wait4 failed: {}", io::Error::last_os_error());
+        }
+        let now = Instant::now();
+        let child = nix::unistd::Pid::from_raw(pid);
+        match signalled {
+            None if now >= deadline || interrupted() => {
+                let _ = kill(child, Signal::SIGINT);
+                signalled = Some(now);
+            }
+            Some(at) if now.duration_since(at) > Duration::from_secs(10) => {
+                let _ = kill(child, Signal::SIGKILL);
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn installed(program: &str) -> bool {
@@ -445,11 +510,19 @@ fn sweep_tool(
                 gateway_mac: lab.gateway_mac()?,
                 output: scratch.join(format!("{}-{rate}-{number}", tool.name())).to_string_lossy().into_owned(),
             };
-            let repetition = tool_step(lab, plan, truth, tool, &scan, scratch)?;
+            let Some(repetition) = tool_step(lab, plan, truth, tool, &scan, scratch)? else { break };
+            if repetition.stopped {
+                progress(&format!("{} did not exit after its wait: stopped with SIGINT", tool.name()));
+            }
             report_repetition(tool.name(), rate, number, args.repetitions, &repetition, Some(truth.len()));
             repetitions.push(repetition);
         }
-        steps.push(StepReport { requested: rate, repetitions });
+        if !repetitions.is_empty() {
+            steps.push(StepReport { requested: rate, repetitions });
+        }
+        if interrupted() {
+            break;
+        }
     }
     Ok(ToolReport { name: tool.name().to_string(), steps })
 }
@@ -461,7 +534,7 @@ fn tool_step(
     tool: ExternalTool,
     scan: &ToolScan,
     scratch: &Path,
-) -> Result<Repetition> {
+) -> Result<Option<Repetition>> {
     let mut repetition = Repetition {
         achieved_pps: None,
         probes: u64::from(plan.hosts) * plan.ports.len() as u64,
@@ -472,6 +545,7 @@ fn tool_step(
         send_errors: None,
         cpu_seconds: 0.0,
         wall_seconds: 0.0,
+        stopped: false,
     };
     let (mut span_packets, mut span_time, mut link_packets, mut syns) = (0u64, Duration::ZERO, 0u64, 0u64);
     for command in tools::commands(tool, scan) {
@@ -481,7 +555,17 @@ fn tool_step(
         let stderr_path = scratch.join(format!("{}.stderr", tool.name()));
         let syns_before = lab.syns_received()?;
         let started = Instant::now();
-        let mut cpu = Duration::ZERO;
+        // masscan can stay in "waiting -N secs" long after its wait is over (with no traffic
+        // its capture never wakes): it is stopped with SIGINT, which flushes its output, 5 s
+        // after its last probe and wait. Every program gets a generous deadline too.
+        let sending = Duration::from_secs_f64(repetition.probes as f64 / scan.rate as f64);
+        let wait = Duration::from_secs(scan.wait_seconds);
+        let deadline = started
+            + match tool {
+                ExternalTool::Masscan => sending + wait + Duration::from_secs(5),
+                _ => sending * 3 + wait + Duration::from_secs(60),
+            };
+        let mut end = None;
         let (span, total) = sampled_link(lab, || {
             let mut child = lab
                 .scanner_command(&command.argv[0])
@@ -491,16 +575,24 @@ fn tool_step(
                 .stderr(fs::File::create(&stderr_path)?)
                 .spawn()
                 .with_context(|| format!("starting {}", command.argv[0]))?;
-            let (status, used) = wait_with_cpu(child.id() as libc::pid_t)?;
+            let ended = wait_child(child.id() as libc::pid_t, deadline)?;
             // The child is reaped by wait4; `Child` must not wait for it again.
             let _ = child.try_wait();
-            cpu = used;
-            if status != 0 {
+            if ended.status != 0 && !ended.stopped {
                 let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
-                bail!("{} exited with status {status}: {}", command.argv.join(" "), stderr.trim());
+                bail!("{} exited with status {}: {}", command.argv.join(" "), ended.status, stderr.trim());
             }
+            end = Some(ended);
             Ok(())
         })?;
+        let end = end.expect("set when the run succeeded");
+        if interrupted() {
+            return Ok(None);
+        }
+        if end.stopped {
+            repetition.stopped = true;
+        }
+        let cpu = end.cpu;
         repetition.wall_seconds += started.elapsed().as_secs_f64();
         repetition.cpu_seconds += cpu.as_secs_f64();
         syns += lab.syns_received()?.saturating_sub(syns_before);
@@ -530,7 +622,7 @@ fn tool_step(
         let syn_share = (syns as f64 / link_packets as f64).min(1.0);
         repetition.achieved_pps = Some(span_packets as f64 / span_time.as_secs_f64() * syn_share);
     }
-    Ok(repetition)
+    Ok(Some(repetition))
 }
 
 fn lab_description(plan: &LabPlan, open: usize) -> String {
@@ -597,6 +689,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     crate::scan::init_logging(false);
     let rates = rates(&args)?;
     check_arguments(&args, &rates)?;
+    catch_interrupts()?;
     let compare = match &args.compare {
         Some(list) => ExternalTool::parse_list(list).map_err(|error| usage(error.to_string()))?,
         None => Vec::new(),
@@ -639,12 +732,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         })?;
         let truth: HashSet<SocketAddr> = open.into_iter().collect();
         let sweep = Sweep { rates: rates.clone(), space, settings, truth: Some(truth), description };
-        for &mode in &modes {
+        for &mode in modes.iter().take_while(|_| !interrupted()) {
             tools.push(lab.in_scanner(|| sweep_synwatch(&args, &sweep, mode, true))?);
         }
         let scratch = std::env::temp_dir().join(format!("synwatch-bench-{}", std::process::id()));
         fs::create_dir_all(&scratch)?;
-        for &tool in &compare {
+        for &tool in compare.iter().take_while(|_| !interrupted()) {
             if !installed(tool.name()) {
                 progress(&format!("{} is not installed (Debian package {0}): left out", tool.name()));
                 continue;
@@ -670,7 +763,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let space = build_space(includes, ports)?;
         let description = format!("{} × ports {ports}", args.targets.join(" "));
         let sweep = Sweep { rates, space, settings, truth: None, description };
-        for &mode in &modes {
+        for &mode in modes.iter().take_while(|_| !interrupted()) {
             tools.push(sweep_synwatch(&args, &sweep, mode, false)?);
         }
         SweepReport {
@@ -683,6 +776,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     if io::stdout().is_terminal() {
         println!();
+    }
+    if interrupted() {
+        progress("interrupted: the results so far follow; the lab is torn down");
     }
     write_outputs(&args, &report)
 }
