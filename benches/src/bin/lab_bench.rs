@@ -136,7 +136,8 @@ fn measure(mut command: Command, may_be_killed: bool) -> Result<(Duration, Durat
     let wall = started.elapsed();
     let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
     let _ = std::fs::remove_file(&stderr_path);
-    if status != 0 && !(may_be_killed && status == 137) {
+    // 137: killed (SIGKILL); 124: stopped by `timeout` at its deadline.
+    if status != 0 && !(may_be_killed && (status == 137 || status == 124)) {
         bail!("{command:?} exited with status {status}: {stderr}");
     }
     Ok((wall, cpu, max_rss))
@@ -917,9 +918,17 @@ fn growth(arguments: &Arguments, rate: u64) -> Result<()> {
                             gateway_mac: lab.gateway_mac()?,
                             output: output.clone(),
                         };
+                        // masscan may stay in "waiting -N secs" after its wait: `timeout` stops
+                        // it with SIGINT (which flushes its output) 5 s after its probes and wait.
+                        let seconds = (plan.probes() / rate + 6).to_string();
                         tools::commands(external, &scan)
                             .into_iter()
-                            .map(|command| (in_scanner(&lab, &command.argv[0], &command.argv[1..]), command.port))
+                            .map(|command| {
+                                let inner = in_scanner(&lab, &command.argv[0], &command.argv[1..]);
+                                let mut outer = Command::new("timeout");
+                                outer.args(["-s", "INT", &seconds]).arg(inner.get_program()).args(inner.get_args());
+                                (if external == ExternalTool::Masscan { outer } else { inner }, command.port)
+                            })
                             .collect()
                     }
                     _ => {
@@ -941,7 +950,7 @@ fn growth(arguments: &Arguments, rate: u64) -> Result<()> {
                         None => output.clone(),
                     };
                     let _ = std::fs::remove_file(&file);
-                    let (wall, cpu, max_rss_kib) = measure(command, false)?;
+                    let (wall, cpu, max_rss_kib) = measure(command, tool == "masscan")?;
                     run.wall += wall;
                     run.cpu += cpu;
                     run.max_rss_kib = run.max_rss_kib.max(max_rss_kib);

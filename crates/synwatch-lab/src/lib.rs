@@ -354,6 +354,15 @@ impl Lab {
             .ok_or_else(|| LabError(format!("no SYN counter in the lab's rules:\n{text}")))
     }
 
+    /// Sends one UDP datagram from the target side to the scanner's address (port 9, discard),
+    /// so a capture waiting on the scanner's link sees a packet. Errors are ignored: it is a
+    /// nudge.
+    pub fn nudge_scanner(&self) {
+        let _ = run_in_namespace(&self.target, || {
+            std::net::UdpSocket::bind("0.0.0.0:0").and_then(|socket| socket.send_to(b"nudge", (SCANNER_V4, 9)))
+        });
+    }
+
     /// The scanner namespace's name (for `ip netns exec`).
     pub fn scanner_namespace(&self) -> &str {
         &self.scanner

@@ -434,11 +434,13 @@ struct ChildEnd {
     stopped: bool,
 }
 
-/// Waits for a child (`wait4`, for its CPU time), sending it SIGINT once `deadline` passes or
-/// the sweep is interrupted, and SIGKILL 10 s after that.
-fn wait_child(pid: libc::pid_t, deadline: Instant) -> Result<ChildEnd> {
+/// Waits for a child (`wait4`, for its CPU time). Once `deadline` passes (or the sweep is
+/// interrupted) it calls `nudge` every 200 ms, sends SIGINT 5 s later, and SIGKILL 10 s after
+/// that.
+fn wait_child(pid: libc::pid_t, deadline: Instant, nudge: &dyn Fn()) -> Result<ChildEnd> {
     use nix::sys::signal::{Signal, kill};
-    let mut signalled: Option<Instant> = None;
+    let (mut overdue, mut signalled, mut nudged): (Option<Instant>, Option<Instant>, Option<Instant>) =
+        (None, None, None);
     loop {
         let mut raw_status = 0i32;
         // SAFETY: rusage is plain old data; all-zero is valid.
@@ -460,15 +462,24 @@ fn wait_child(pid: libc::pid_t, deadline: Instant) -> Result<ChildEnd> {
         }
         let now = Instant::now();
         let child = nix::unistd::Pid::from_raw(pid);
-        match signalled {
-            None if now >= deadline || interrupted() => {
-                let _ = kill(child, Signal::SIGINT);
-                signalled = Some(now);
+        if overdue.is_none() && (now >= deadline || interrupted()) {
+            overdue = Some(now);
+        }
+        if let Some(since) = overdue {
+            if nudged.is_none_or(|at| now.duration_since(at) >= Duration::from_millis(200)) {
+                nudge();
+                nudged = Some(Instant::now());
             }
-            Some(at) if now.duration_since(at) > Duration::from_secs(10) => {
-                let _ = kill(child, Signal::SIGKILL);
+            match signalled {
+                None if now.duration_since(since) >= Duration::from_secs(5) => {
+                    let _ = kill(child, Signal::SIGINT);
+                    signalled = Some(now);
+                }
+                Some(at) if now.duration_since(at) >= Duration::from_secs(10) => {
+                    let _ = kill(child, Signal::SIGKILL);
+                }
+                _ => {}
             }
-            _ => {}
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -555,14 +566,16 @@ fn tool_step(
         let stderr_path = scratch.join(format!("{}.stderr", tool.name()));
         let syns_before = lab.syns_received()?;
         let started = Instant::now();
-        // masscan can stay in "waiting -N secs" long after its wait is over (with no traffic
-        // its capture never wakes): it is stopped with SIGINT, which flushes its output, 5 s
-        // after its last probe and wait. Every program gets a generous deadline too.
+        // masscan can stay in "waiting -N secs" long after its wait is over: its capture thread
+        // sleeps until a packet arrives, and nothing arrives once the scan is over. Past its
+        // deadline (its probes, its wait and 2 s) the targets' side pings the scanner, which
+        // wakes the capture and lets masscan exit by itself with all its output; SIGINT and
+        // SIGKILL follow only if that fails. Every program gets a generous deadline too.
         let sending = Duration::from_secs_f64(repetition.probes as f64 / scan.rate as f64);
         let wait = Duration::from_secs(scan.wait_seconds);
         let deadline = started
             + match tool {
-                ExternalTool::Masscan => sending + wait + Duration::from_secs(5),
+                ExternalTool::Masscan => sending + wait + Duration::from_secs(2),
                 _ => sending * 3 + wait + Duration::from_secs(60),
             };
         let mut end = None;
@@ -575,7 +588,7 @@ fn tool_step(
                 .stderr(fs::File::create(&stderr_path)?)
                 .spawn()
                 .with_context(|| format!("starting {}", command.argv[0]))?;
-            let ended = wait_child(child.id() as libc::pid_t, deadline)?;
+            let ended = wait_child(child.id() as libc::pid_t, deadline, &|| lab.nudge_scanner())?;
             // The child is reaped by wait4; `Child` must not wait for it again.
             let _ = child.try_wait();
             if ended.status != 0 && !ended.stopped {
