@@ -583,6 +583,8 @@ fn tool_step(
             let mut child = lab
                 .scanner_command(&command.argv[0])
                 .args(&command.argv[1..])
+                // masscan writes `paused.conf` into its working directory when stopped.
+                .current_dir(scratch)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(fs::File::create(&stderr_path)?)
