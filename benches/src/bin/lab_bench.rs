@@ -20,13 +20,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use synwatch_lab::{Lab, LabConfig};
+use synwatch_lab::{Lab, LabConfig, runner};
 
 #[derive(Debug, Parser)]
 struct Arguments {
@@ -132,7 +131,8 @@ fn measure(mut command: Command, may_be_killed: bool) -> Result<(Duration, Durat
     command.stdout(Stdio::null()).stderr(std::fs::File::create(&stderr_path)?);
     let started = Instant::now();
     let child = command.spawn().with_context(|| format!("starting {command:?}"))?;
-    let (status, cpu, max_rss) = wait_with_usage(child.id() as libc::pid_t)?;
+    let usage = runner::wait_child(child.id() as libc::pid_t, true)?.context("wait4 returned no child")?;
+    let (status, cpu, max_rss) = (usage.status, usage.cpu, usage.max_rss_kib);
     let wall = started.elapsed();
     let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
     let _ = std::fs::remove_file(&stderr_path);
@@ -143,56 +143,13 @@ fn measure(mut command: Command, may_be_killed: bool) -> Result<(Duration, Durat
     Ok((wall, cpu, max_rss))
 }
 
-/// `wait4` for the child's exit status and resource usage (CPU time, peak RSS).
-fn wait_with_usage(pid: libc::pid_t) -> Result<(i32, Duration, u64)> {
-    let mut raw_status = 0i32;
-    // SAFETY: rusage is plain old data; all-zero is valid.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: wait4 writes the status and the rusage of our own child process.
-    let waited = unsafe { libc::wait4(pid, &mut raw_status, 0, &mut usage) };
-    if waited != pid {
-        bail!("wait4 failed: {}", std::io::Error::last_os_error());
-    }
-    let micros = |time: libc::timeval| time.tv_sec as u64 * 1_000_000 + time.tv_usec as u64;
-    let cpu = Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime));
-    let exit =
-        if libc::WIFEXITED(raw_status) { libc::WEXITSTATUS(raw_status) } else { 128 + libc::WTERMSIG(raw_status) };
-    Ok((exit, cpu, usage.ru_maxrss as u64))
-}
-
 /// Samples the scanner link's transmit counter while `work` runs; returns the rate between the
 /// 10 % and 90 % marks of the packets sent.
-fn sampled_rate(lab: &Lab, work: impl FnOnce() -> Result<Run> + Send) -> Result<Run> {
-    let running = Arc::new(AtomicBool::new(true));
-    let samples = std::thread::scope(|scope| -> Result<(Vec<(Instant, u64)>, Run)> {
-        let sampler = {
-            let running = Arc::clone(&running);
-            scope.spawn(move || {
-                let mut samples = Vec::new();
-                while running.load(Ordering::Acquire) {
-                    if let Ok(count) = lab.scanner_link_transmitted() {
-                        samples.push((Instant::now(), count));
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                samples
-            })
-        };
-        let result = work();
-        running.store(false, Ordering::Release);
-        let samples = sampler.join().expect("sampler");
-        Ok((samples, result?))
-    })?;
-    let (samples, mut run) = samples;
-    let (first, last) = (samples.first().map_or(0, |s| s.1), samples.last().map_or(0, |s| s.1));
-    let total = last - first;
-    let at = |share: f64| samples.iter().find(|(_, count)| (count - first) as f64 >= share * total as f64).copied();
-    if let (Some(low), Some(high)) = (at(0.1), at(0.9))
-        && high.0 > low.0
-    {
-        run.rate = (high.1 - low.1) as f64 / (high.0 - low.0).as_secs_f64();
-    }
-    run.packets = total;
+fn sampled_rate(lab: &Lab, work: impl FnOnce() -> Result<Run>) -> Result<Run> {
+    let (run, link) = lab.sample_link(work);
+    let mut run = run?;
+    run.rate = link.rate().unwrap_or(run.rate);
+    run.packets = link.packets;
     Ok(run)
 }
 
@@ -269,29 +226,22 @@ fn tool_command(arguments: &Arguments, lab: &Lab, tool: &str, scan: &Scan) -> Re
             "nmap",
             &strings(&["-sT", "-n", "-Pn", "-p", scan.ports, "--min-rate", &rate, "-oG", scan.output, scan.targets]),
         ),
-        "masscan" => in_scanner(
-            lab,
-            "masscan",
-            &strings(&[
-                scan.targets,
-                "-p",
-                scan.ports,
-                "--rate",
-                &rate,
-                "--wait",
-                &wait,
-                "--retries",
-                &retries,
-                "--adapter",
-                &link,
-                "--adapter-ip",
-                "198.19.255.1",
-                "--router-mac",
-                &mac,
-                "-oL",
-                scan.output,
-            ]),
-        ),
+        "masscan" => {
+            // The same command line as `synwatch bench --compare masscan`.
+            let scan = synwatch_bench::tools::ToolScan {
+                target: scan.targets.parse().context("lab_bench targets are IPv4 CIDRs")?,
+                ports: synwatch_engine::PortSet::parse(scan.ports)?.as_slice().to_vec(),
+                rate: scan.rate,
+                retries: scan.retries,
+                wait_seconds: scan.wait,
+                interface: link,
+                source: synwatch_lab::SCANNER_V4,
+                gateway_mac: mac,
+                output: scan.output.to_string(),
+            };
+            let commands = synwatch_bench::tools::commands(synwatch_bench::ExternalTool::Masscan, &scan);
+            in_scanner(lab, &commands[0].argv[0], &commands[0].argv[1..])
+        }
         "zmap" => {
             // zmap scans one port per run; a port range becomes that many probes per address
             // (same packet count). It blocks 198.18.0.0/15 by default: an empty block list lifts
@@ -335,17 +285,11 @@ fn tool_command(arguments: &Arguments, lab: &Lab, tool: &str, scan: &Scan) -> Re
 }
 
 fn installed(tool: &str) -> bool {
-    if tool.starts_with("synwatch") {
-        return true;
+    match tool.strip_suffix("-2t").unwrap_or(tool) {
+        synwatch if synwatch.starts_with("synwatch") => true,
+        "nmap-st" => runner::program_installed("nmap"),
+        other => runner::program_installed(other),
     }
-    let program = match tool.strip_suffix("-2t").unwrap_or(tool) {
-        "nmap-st" => "nmap",
-        other => other,
-    };
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .is_ok_and(|output| output.status.success())
 }
 
 fn count_lines(path: &str, pattern: &str) -> u64 {

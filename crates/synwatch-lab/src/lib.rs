@@ -19,6 +19,9 @@
 //! A [`Lab`] tears itself down when dropped, including while a failing test unwinds; labs left
 //! by a killed process are removed by the next [`Lab::build`] (their owner pid is in the name).
 //!
+//! The benchmark runners' helpers (program lookup, `wait4` accounting, the link sampler) are in
+//! [`runner`].
+//!
 //! Tests call [`lab_or_skip`]: without root, `ip` or `nft` the test prints why and returns,
 //! unless `SYNWATCH_REQUIRE_LAB=1`, in which case the missing lab is a failure.
 
@@ -34,6 +37,8 @@ use std::thread::JoinHandle;
 use ipnetwork::IpNetwork;
 use nix::sched::{CloneFlags, setns};
 use socket2::{Domain, Socket, Type};
+
+pub mod runner;
 
 /// The scanner's address on the lab link.
 pub const SCANNER_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 1);

@@ -23,7 +23,7 @@ use std::fs;
 use std::io::{self, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -39,6 +39,7 @@ use synwatch_bench::{
 use synwatch_engine::targets::{AddressRange, parse_target};
 use synwatch_engine::{ExclusionPolicy, HostSet, JobSettings, PortSet, PortState, Shard, TargetSpace};
 use synwatch_io::{Engine, EngineConfig, JobRequest, Mode, TransmitChoice};
+use synwatch_lab::runner;
 use synwatch_lab::{Lab, LabConfig};
 
 use crate::UsageError;
@@ -369,39 +370,6 @@ fn synwatch_step(engine: &Engine, sweep: &Sweep, number: u32) -> Result<Option<R
     }))
 }
 
-/// Samples the lab's scanner link while `work` runs: the packets it sent between the 10 % and
-/// 90 % marks and the time between them, and the packets it sent in all.
-fn sampled_link(lab: &Lab, work: impl FnOnce() -> Result<()>) -> Result<(Option<(u64, Duration)>, u64)> {
-    let running = AtomicBool::new(true);
-    let (samples, result) = std::thread::scope(|scope| {
-        let sampler = scope.spawn(|| {
-            let mut samples = Vec::new();
-            while running.load(Ordering::Acquire) {
-                if let Ok(count) = lab.scanner_link_transmitted() {
-                    samples.push((Instant::now(), count));
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            if let Ok(count) = lab.scanner_link_transmitted() {
-                samples.push((Instant::now(), count));
-            }
-            samples
-        });
-        let result = work();
-        running.store(false, Ordering::Release);
-        (sampler.join().expect("the link sampler panicked"), result)
-    });
-    result?;
-    let (first, last) = (samples.first().map_or(0, |sample| sample.1), samples.last().map_or(0, |sample| sample.1));
-    let total = last - first;
-    let at = |share: f64| samples.iter().find(|(_, count)| (count - first) as f64 >= share * total as f64).copied();
-    let span = match (at(0.1), at(0.9)) {
-        (Some(low), Some(high)) if high.0 > low.0 => Some((high.1 - low.1, high.0 - low.0)),
-        _ => None,
-    };
-    Ok((span, total))
-}
-
 /// Set by SIGINT or SIGTERM: the sweep stops, reports what it measured, and tears down its lab.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -442,23 +410,8 @@ fn wait_child(pid: libc::pid_t, deadline: Instant, nudge: &dyn Fn()) -> Result<C
     let (mut overdue, mut signalled, mut nudged): (Option<Instant>, Option<Instant>, Option<Instant>) =
         (None, None, None);
     loop {
-        let mut raw_status = 0i32;
-        // SAFETY: rusage is plain old data; all-zero is valid.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: wait4 writes the status and the resource usage of our own child.
-        let waited = unsafe { libc::wait4(pid, &mut raw_status, libc::WNOHANG, &mut usage) };
-        if waited == pid {
-            let micros = |time: libc::timeval| time.tv_sec as u64 * 1_000_000 + time.tv_usec as u64;
-            let cpu = Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime));
-            let status = if libc::WIFEXITED(raw_status) {
-                libc::WEXITSTATUS(raw_status)
-            } else {
-                128 + libc::WTERMSIG(raw_status)
-            };
-            return Ok(ChildEnd { status, cpu, stopped: signalled.is_some() });
-        }
-        if waited < 0 {
-            bail!("wait4 failed: {}", io::Error::last_os_error());
+        if let Some(usage) = runner::wait_child(pid, false).context("wait4")? {
+            return Ok(ChildEnd { status: usage.status, cpu: usage.cpu, stopped: signalled.is_some() });
         }
         let now = Instant::now();
         let child = nix::unistd::Pid::from_raw(pid);
@@ -485,13 +438,6 @@ fn wait_child(pid: libc::pid_t, deadline: Instant, nudge: &dyn Fn()) -> Result<C
     }
 }
 
-fn installed(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program} >/dev/null")])
-        .status()
-        .is_ok_and(|status| status.success())
-}
-
 /// Runs every step of one compared program.
 fn sweep_tool(
     args: &BenchArgs,
@@ -506,6 +452,7 @@ fn sweep_tool(
         IpNetwork::V4(network) => network,
         IpNetwork::V6(_) => bail!("--compare needs the lab's IPv4 targets"),
     };
+    let gateway_mac = lab.gateway_mac()?;
     let mut steps = Vec::new();
     for &rate in rates {
         let mut repetitions = Vec::new();
@@ -518,7 +465,7 @@ fn sweep_tool(
                 wait_seconds: args.wait.as_secs_f64().ceil().max(1.0) as u64,
                 interface: lab.scanner_link().to_string(),
                 source: synwatch_lab::SCANNER_V4,
-                gateway_mac: lab.gateway_mac()?,
+                gateway_mac: gateway_mac.clone(),
                 output: scratch.join(format!("{}-{rate}-{number}", tool.name())).to_string_lossy().into_owned(),
             };
             let Some(repetition) = tool_step(lab, plan, truth, tool, &scan, scratch)? else { break };
@@ -578,8 +525,7 @@ fn tool_step(
                 ExternalTool::Masscan => sending + wait + Duration::from_secs(2),
                 _ => sending * 3 + wait + Duration::from_secs(60),
             };
-        let mut end = None;
-        let (span, total) = sampled_link(lab, || {
+        let (ended, link) = lab.sample_link(|| -> Result<ChildEnd> {
             let mut child = lab
                 .scanner_command(&command.argv[0])
                 .args(&command.argv[1..])
@@ -597,22 +543,18 @@ fn tool_step(
                 let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
                 bail!("{} exited with status {}: {}", command.argv.join(" "), ended.status, stderr.trim());
             }
-            end = Some(ended);
-            Ok(())
-        })?;
-        let end = end.expect("set when the run succeeded");
+            Ok(ended)
+        });
+        let ended = ended?;
         if interrupted() {
             return Ok(None);
         }
-        if end.stopped {
-            repetition.stopped = true;
-        }
-        let cpu = end.cpu;
+        repetition.stopped |= ended.stopped;
         repetition.wall_seconds += started.elapsed().as_secs_f64();
-        repetition.cpu_seconds += cpu.as_secs_f64();
+        repetition.cpu_seconds += ended.cpu.as_secs_f64();
         syns += lab.syns_received()?.saturating_sub(syns_before);
-        link_packets += total;
-        if let Some((packets, time)) = span {
+        link_packets += link.packets;
+        if let Some((packets, time)) = link.middle {
             span_packets += packets;
             span_time += time;
         }
@@ -709,8 +651,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(list) => ExternalTool::parse_list(list).map_err(|error| usage(error.to_string()))?,
         None => Vec::new(),
     };
-    let mut modes = args.mode.clone();
-    modes.dedup();
+    let mut modes: Vec<Mode> = Vec::new();
+    for &mode in &args.mode {
+        if !modes.contains(&mode) {
+            modes.push(mode);
+        }
+    }
     // Connect mode last: a SYN engine outside the lab drops the process's capabilities.
     modes.sort_by_key(|mode| *mode == Mode::Connect);
     let seed = getrandom::u64().map_err(|error| anyhow::anyhow!("no randomness from the OS: {error}"))?;
@@ -753,7 +699,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let scratch = std::env::temp_dir().join(format!("synwatch-bench-{}", std::process::id()));
         fs::create_dir_all(&scratch)?;
         for &tool in compare.iter().take_while(|_| !interrupted()) {
-            if !installed(tool.name()) {
+            if !runner::program_installed(tool.name()) {
                 progress(&format!("{} is not installed (Debian package {0}): left out", tool.name()));
                 continue;
             }

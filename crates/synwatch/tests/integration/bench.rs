@@ -105,7 +105,11 @@ fn issue_7_a_short_lab_sweep_finds_the_ground_truth_in_both_modes_and_families()
     }
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(table.contains(&format!("recall is against the lab's {truth} open ports")), "{table}");
-    assert!(table.contains("synwatch-connect: no knee up to 20k/s"), "{table}");
+    // Each mode gets its recommendation line (its wording depends on the achieved rate, which
+    // is timing and not asserted here).
+    for name in ["synwatch-syn: ", "synwatch-connect: "] {
+        assert!(table.lines().any(|line| line.starts_with(name) && line.contains("engine.max_rate")), "{table}");
+    }
     let svg = std::fs::read_to_string(&plot).unwrap();
     let document = roxmltree::Document::parse(&svg).expect("the plot is well-formed XML");
     let texts: Vec<&str> = document.descendants().filter_map(|node| node.text()).collect();
