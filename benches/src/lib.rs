@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use synwatch_engine::targets::parse_target;
-use synwatch_engine::{ExclusionPolicy, HostSet, PortSet, PortState, TargetSpace};
+use synwatch_engine::{ExclusionPolicy, HostSet, PortSet, PortState, Shard, TargetSpace};
 use synwatch_exporter::metrics::{BuildInfo, Metrics, TargetView};
 use synwatch_exporter::results::ScanResults;
 
@@ -34,7 +34,8 @@ impl MetricsFixture {
         assert_eq!(space.len(), 100_000);
         let results =
             ScanResults::from_fn(space, |index| if index % 7 == 0 { PortState::Open } else { PortState::Closed });
-        let metrics = Metrics::new(&BuildInfo { version: "bench".into(), revision: "bench".into() }, "syn");
+        let metrics =
+            Metrics::new(&BuildInfo { version: "bench".into(), revision: "bench".into() }, "syn", Shard::WHOLE);
         MetricsFixture { metrics, results }
     }
 

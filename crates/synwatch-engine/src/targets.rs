@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::IpNetwork;
 
+use crate::permutation::Shard;
 use crate::ports::PortSet;
 
 /// Addresses excluded from every scan unless [`ExclusionPolicy::AllowReserved`] is given:
@@ -333,6 +334,40 @@ impl HostSet {
     pub fn families(&self) -> (bool, bool) {
         (self.ranges.iter().any(|r| !r.is_ipv6), self.ranges.iter().any(|r| r.is_ipv6))
     }
+
+    /// The hosts of `shard`: the `shard.index`-th of `shard.count` contiguous blocks of host
+    /// indices, `[len·i/n, len·(i+1)/n)`, so the blocks are disjoint, cover the set, and differ
+    /// in size by one host at most. `None` when the block is empty (fewer hosts than shards).
+    ///
+    /// This is how `synwatch serve --shard` splits a target between replicas: every port of a
+    /// host stays with one replica, so per-host figures (responding hosts, `expect:` policies
+    /// with `hosts: responding`, host names) are exact in each replica and sum across them.
+    pub fn shard(&self, shard: Shard) -> Option<HostSet> {
+        let count = u128::from(shard.count.max(1));
+        let index = u128::from(shard.index.min(shard.count.saturating_sub(1)));
+        let total = u128::from(self.len);
+        let start = (total * index / count) as u64;
+        let end = (total * (index + 1) / count) as u64;
+        if start >= end {
+            return None;
+        }
+        let mut ranges = Vec::new();
+        let mut starts = Vec::new();
+        for (range, &range_start) in self.ranges.iter().zip(&self.starts) {
+            let range_end = range_start + range.len() as u64;
+            let (from, to) = (start.max(range_start), end.min(range_end));
+            if from >= to {
+                continue;
+            }
+            starts.push(from - start);
+            ranges.push(AddressRange {
+                is_ipv6: range.is_ipv6,
+                first: range.first + u128::from(from - range_start),
+                last: range.first + u128::from(to - range_start) - 1,
+            });
+        }
+        Some(HostSet { ranges, starts, len: end - start, excluded_by_default: self.excluded_by_default })
+    }
 }
 
 /// The probe index space `hosts × ports`: probe `i` is host `i / ports`, port `i % ports`.
@@ -428,6 +463,33 @@ mod tests {
         assert_eq!(hosts.index_of("192.0.2.16".parse().unwrap()), None);
         assert_eq!(hosts.index_of("2001:db8::4".parse().unwrap()), None);
         assert_eq!(hosts.address_at(hosts.len()), None);
+    }
+
+    #[test]
+    fn shards_split_hosts_into_disjoint_covering_blocks() {
+        let hosts = set(&["192.0.2.0/28", "192.0.2.100-192.0.2.102", "2001:db8::/125"], &["192.0.2.4"]).unwrap();
+        assert_eq!(hosts.len(), 15 + 3 + 8);
+        for count in 1..=30u64 {
+            let mut seen = Vec::new();
+            let mut sizes = Vec::new();
+            for index in 0..count {
+                let Some(part) = hosts.shard(Shard { index, count }) else {
+                    sizes.push(0);
+                    continue;
+                };
+                sizes.push(part.len());
+                for position in 0..part.len() {
+                    let address = part.address_at(position).unwrap();
+                    assert_eq!(part.index_of(address), Some(position), "{address} in shard {index}/{count}");
+                    seen.push(hosts.index_of(address).expect("a shard's host is a host of the set"));
+                }
+            }
+            let expected: Vec<u64> = (0..hosts.len()).collect();
+            assert_eq!(seen, expected, "the shards of {count} are disjoint, in order and cover the set");
+            let (small, large) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+            assert!(large - small <= 1, "shard sizes {sizes:?} differ by more than one");
+        }
+        assert_eq!(hosts.shard(Shard::WHOLE), Some(hosts.clone()));
     }
 
     #[test]

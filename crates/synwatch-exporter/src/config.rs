@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use synwatch_engine::targets::parse_target;
-use synwatch_engine::{AddressRange, ExclusionPolicy, HostSet, PortSet, TargetError, TargetSpace};
+use synwatch_engine::{AddressRange, ExclusionPolicy, HostSet, PortSet, Shard, TargetError, TargetSpace};
 
 /// The config `synwatch serve` runs without a file: loopback only, common ports, every minute.
 /// It is `configs/synwatch.yaml`, so the shipped example and the default cannot drift apart.
@@ -386,6 +386,18 @@ impl Target {
     pub fn space(&self) -> Result<TargetSpace, TargetError> {
         let hosts = HostSet::build(self.addresses.clone(), Vec::new(), ExclusionPolicy::Default)?;
         TargetSpace::new(hosts, self.ports.clone())
+    }
+
+    /// The probes of this target that a replica running `shard` scans: its block of the
+    /// target's hosts ([`HostSet::shard`]) times every port; `None` when the target has fewer
+    /// hosts than shards and this replica's block is empty.
+    pub fn shard_space(&self, shard: Shard) -> Option<TargetSpace> {
+        let space = self.space().ok()?;
+        if shard == Shard::WHOLE {
+            return Some(space);
+        }
+        let hosts = space.hosts().shard(shard)?;
+        TargetSpace::new(hosts, self.ports.clone()).ok()
     }
 }
 

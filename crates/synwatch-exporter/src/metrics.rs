@@ -22,7 +22,7 @@ use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
-use synwatch_engine::PortState;
+use synwatch_engine::{PortState, Shard};
 use synwatch_io::CounterSnapshot;
 
 use crate::hostnames::HostnameCache;
@@ -83,6 +83,7 @@ pub struct HostView<'a> {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    registered: Vec<String>,
     pub(crate) scan_duration: HistogramVec,
     pub(crate) port_changes: IntCounterVec,
     pub(crate) scans: IntCounterVec,
@@ -116,19 +117,36 @@ struct EngineCounters {
     backpressure: IntCounter,
 }
 
-fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
-    registry.register(Box::new(collector.clone())).expect("metric names are unique");
+/// The registry while the metrics are registered, with the names of every family registered
+/// (the `prometheus` crate has no way to list them afterwards; the metrics reference test needs
+/// them).
+#[derive(Default)]
+struct Registrar {
+    registry: Registry,
+    names: std::cell::RefCell<Vec<String>>,
+}
+
+impl Registrar {
+    fn add(&self, collector: Box<dyn Collector>) {
+        self.names.borrow_mut().extend(collector.desc().iter().map(|desc| desc.fq_name.clone()));
+        self.registry.register(collector).expect("metric names are unique");
+    }
+}
+
+fn register<C: Collector + Clone + 'static>(registry: &Registrar, collector: C) -> C {
+    registry.add(Box::new(collector.clone()));
     collector
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+fn counter(registry: &Registrar, name: &str, help: &str) -> IntCounter {
     register(registry, IntCounter::new(name, help).expect("valid metric"))
 }
 
 impl Metrics {
-    /// Registers every self metric; `mode` is the engine's running mode (`syn` or `connect`).
-    pub fn new(build: &BuildInfo, mode: &str) -> Metrics {
-        let registry = Registry::new();
+    /// Registers every self metric; `mode` is the engine's running mode (`syn` or `connect`),
+    /// `shard` the part of every target this replica scans.
+    pub fn new(build: &BuildInfo, mode: &str, shard: Shard) -> Metrics {
+        let registry = Registrar::default();
         let build_info = register(
             &registry,
             IntGaugeVec::new(
@@ -147,10 +165,27 @@ impl Metrics {
             .expect("valid metric"),
         );
         scan_mode.with_label_values(&[mode]).set(1);
+        let shard_info = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "synwatch_shard_info",
+                    "Always 1; shard (1-based) of shards is the part of every target this replica scans (serve --shard).",
+                ),
+                &["shard", "shards"],
+            )
+            .expect("valid metric"),
+        );
+        let (index, count) = ((shard.index + 1).to_string(), shard.count.to_string());
+        shard_info.with_label_values(&[index.as_str(), count.as_str()]).set(1);
+        let shards = register(
+            &registry,
+            IntGauge::new("synwatch_shards", "How many replicas split the targets (serve --shard i/n: n).")
+                .expect("valid metric"),
+        );
+        shards.set(i64::try_from(shard.count).unwrap_or(i64::MAX));
         #[cfg(target_os = "linux")]
-        registry
-            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
-            .expect("the process collector registers once");
+        registry.add(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
         let engine = EngineCounters {
             packets_sent: counter(&registry, "synwatch_packets_sent_total", "Probes handed to the kernel, retries included."),
             replies: register(
@@ -339,8 +374,15 @@ impl Metrics {
             ),
             engine,
             sync: Mutex::new(()),
-            registry,
+            registered: registry.names.take(),
+            registry: registry.registry,
         }
+    }
+
+    /// The name of every family in the registry (the hand-rendered ones are
+    /// [`RENDERED_FAMILIES`]).
+    pub fn registered_names(&self) -> &[String] {
+        &self.registered
     }
 
     /// Counts one answered HTTP request. `route` comes from a fixed set (the HTTP crate's
@@ -420,6 +462,26 @@ impl Metrics {
         }
     }
 }
+
+/// The families `/metrics` writes by hand (beyond the registry), in the order it writes them.
+/// The test `rendered_families_are_listed` keeps this list true.
+pub const RENDERED_FAMILIES: &[&str] = &[
+    "synwatch_target_ports",
+    "synwatch_target_hosts_responding",
+    "synwatch_target_last_scan_success",
+    "synwatch_target_last_scan_timestamp_seconds",
+    "synwatch_target_last_scan_duration_seconds",
+    "synwatch_target_scan_interval_seconds",
+    "synwatch_target_unexpected_open_ports",
+    "synwatch_target_expected_ports_missing",
+    "synwatch_port_policy_violation",
+    "synwatch_port_open",
+    "synwatch_host_info",
+    "synwatch_listener_up",
+    "synwatch_listeners_expected_missing",
+    "synwatch_listeners_forbidden",
+    "synwatch_listener_policy_violation",
+];
 
 fn header(output: &mut Vec<u8>, name: &str, help: &str) {
     let _ = writeln!(output, "# HELP {name} {help}\n# TYPE {name} gauge");
@@ -652,5 +714,41 @@ fn render_port_open(name: &str, results: &ScanResults, limit: u64, output: &mut 
             output.extend_from_slice(digits.format(*port).as_bytes());
             output.extend_from_slice(if state == PortState::Open { b"\"} 1\n" } else { b"\"} 0\n" });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::hostnames::HostnameCache;
+    use crate::listeners::ListenerSnapshot;
+
+    /// The `# HELP` names of an exposition, in order.
+    fn help_names(text: &str) -> Vec<String> {
+        text.lines()
+            .filter_map(|line| line.strip_prefix("# HELP "))
+            .map(|rest| rest.split(' ').next().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn rendered_families_are_listed() {
+        let build = BuildInfo { version: "0.0.0".into(), revision: "test".into() };
+        let metrics = Metrics::new(&build, "syn", Shard { index: 1, count: 3 });
+        let hostnames = HostnameCache::default();
+        let listeners = ListenerSnapshot::default();
+        let host = HostView { hostnames: Some(&hostnames), host_info_limit: 10, listeners: Some(&listeners) };
+        let mut output = Vec::new();
+        metrics.render(&CounterSnapshot::default(), &[], &host, &mut output);
+        let text = String::from_utf8(output).unwrap();
+        let names = help_names(&text);
+        let registered: Vec<&String> = names.iter().filter(|name| metrics.registered_names().contains(name)).collect();
+        let rendered: Vec<&str> =
+            names.iter().filter(|name| !metrics.registered_names().contains(name)).map(String::as_str).collect();
+        assert_eq!(rendered, RENDERED_FAMILIES, "every hand-written family is in RENDERED_FAMILIES, in order");
+        assert!(registered.len() > 20, "the registry's families are rendered too: {registered:?}");
+        assert!(text.contains("synwatch_shard_info{shard=\"2\",shards=\"3\"} 1"), "{text}");
+        assert!(text.contains("synwatch_shards 3"), "{text}");
     }
 }

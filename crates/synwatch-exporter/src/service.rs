@@ -168,6 +168,8 @@ pub struct ExporterOptions {
     pub seed: u64,
     /// Scheduler tick: how often running scans are checked (default 50 ms).
     pub tick: Duration,
+    /// The part of every target this replica scans (`serve --shard i/n`; the whole by default).
+    pub shard: Shard,
 }
 
 /// What a reload changed.
@@ -200,6 +202,8 @@ struct Inner {
     epoch: Instant,
     seed: u64,
     tick: Duration,
+    /// This replica's shard of every target.
+    shard: Shard,
     /// Serializes reloads (the HTTP endpoint and SIGHUP may race).
     reloading: Mutex<()>,
     /// `/probe` and the scans API.
@@ -303,12 +307,13 @@ impl std::fmt::Debug for Exporter {
     }
 }
 
-/// Builds the target space of every configured target.
-fn spaces_of(config: &Config) -> BTreeMap<String, Arc<TargetSpace>> {
+/// Builds the target space of every configured target: this replica's shard of it. A target
+/// with fewer hosts than shards has no space in some replicas; they never scan it.
+fn spaces_of(config: &Config, shard: Shard) -> BTreeMap<String, Arc<TargetSpace>> {
     config
         .targets
         .iter()
-        .map(|target| (target.name.clone(), Arc::new(target.space().expect("validated when the config was parsed"))))
+        .filter_map(|target| Some((target.name.clone(), Arc::new(target.shard_space(shard)?))))
         .collect()
 }
 
@@ -350,14 +355,14 @@ impl Exporter {
     /// Starts the exporter with a loaded config: restores the state, then starts the
     /// scheduler thread.
     pub fn start(config: Config, scanner: Arc<dyn Scanner>, options: ExporterOptions) -> Exporter {
-        let metrics = Metrics::new(&options.build, scanner.mode_name());
+        let metrics = Metrics::new(&options.build, scanner.mode_name(), options.shard);
         metrics.reload_successful.set(1);
         metrics.reload_timestamp.set(unix_seconds(SystemTime::now()));
         for target in &config.targets {
             metrics.add_target(&target.name);
         }
         let store = options.state_dir.clone().or_else(|| config.state_dir.clone()).map(StateStore::new);
-        let spaces = spaces_of(&config);
+        let spaces = spaces_of(&config, options.shard);
         let mut records = BTreeMap::new();
         match &store {
             None => tracing::info!("no state_dir: results are not kept across restarts"),
@@ -390,6 +395,7 @@ impl Exporter {
             epoch: Instant::now(),
             seed: options.seed,
             tick: options.tick,
+            shard: options.shard,
             reloading: Mutex::new(()),
             derived: RwLock::new(BTreeMap::new()),
             hostnames: HostnameCache::default(),
@@ -542,7 +548,7 @@ impl Exporter {
         }
         let added = target_names_missing_from(&new, &old);
         let removed = target_names_missing_from(&old, &new);
-        let spaces = spaces_of(&new);
+        let spaces = spaces_of(&new, self.inner.shard);
         {
             let mut records = self.inner.records.write();
             records.retain(|name, _| spaces.contains_key(name));
@@ -736,9 +742,12 @@ impl SchedulerLoop {
         let now_unix = unix_seconds(SystemTime::now());
         let targets: Vec<ScheduledTarget> = {
             let records = self.inner.records.read();
+            let spaces = Arc::clone(&self.inner.spaces.read());
             config
                 .targets
                 .iter()
+                // A target whose shard is empty in this replica is not scheduled at all.
+                .filter(|target| spaces.contains_key(&target.name))
                 .map(|target| {
                     // After a restart, a target scanned recently waits for the rest of its interval.
                     let first_due =

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use synwatch_engine::{FinishReason, PortState};
+use synwatch_engine::{FinishReason, PortState, Shard};
 use synwatch_exporter::{BuildInfo, Exporter, ExporterOptions, RunningScan, ScanOrder, ScanProgress, Scanner};
 use synwatch_io::CounterSnapshot;
 
@@ -118,6 +118,15 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn start(network: &Arc<SimulatedNetwork>, config_path: &Path, state_dir: Option<&Path>) -> Exporter {
+    start_shard(network, config_path, state_dir, Shard::WHOLE)
+}
+
+fn start_shard(
+    network: &Arc<SimulatedNetwork>,
+    config_path: &Path,
+    state_dir: Option<&Path>,
+    shard: Shard,
+) -> Exporter {
     let config = synwatch_exporter::load(config_path).unwrap();
     Exporter::start(
         config,
@@ -128,6 +137,7 @@ fn start(network: &Arc<SimulatedNetwork>, config_path: &Path, state_dir: Option<
             build: BuildInfo { version: "test".into(), revision: "test".into() },
             seed: 42,
             tick: Duration::from_millis(5),
+            shard,
         },
     )
 }
@@ -535,5 +545,94 @@ fn issue_6_policy_violations_sd_groups_and_host_names_follow_the_scans() {
     assert_eq!(series_count(&text, "synwatch_target_unexpected_open_ports{"), 0);
     assert_eq!(series_count(&text, "synwatch_host_info{"), 0);
     exporter.shutdown(Duration::from_secs(1));
+    std::fs::remove_dir_all(&directory).unwrap();
+}
+
+/// Every sample of the families named, as `series -> value`.
+fn samples(text: &str, prefixes: &[&str]) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|line| prefixes.iter().any(|prefix| line.starts_with(prefix)))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn issue_8_shards_split_every_target_and_sum_to_the_whole() {
+    let directory = scratch("shards");
+    let config = directory.join("synwatch.yaml");
+    // 13 hosts x 3 ports in two ranges, and a target with fewer hosts than shards.
+    let text = "targets:\n  - name: wide\n    addresses: [192.0.2.0/29, 192.0.2.64-192.0.2.68]\n    ports: \"22,80,443\"\n    interval: 50ms\n    details: true\n    expect: {open: \"22\", hosts: responding}\n  - name: pair\n    addresses: [192.0.2.200, 192.0.2.201]\n    ports: \"80\"\n    interval: 50ms\n    details: true\n";
+    std::fs::write(&config, text).unwrap();
+    let network = Arc::new(SimulatedNetwork::default());
+    for (address, port) in
+        [("192.0.2.1", 22), ("192.0.2.3", 80), ("192.0.2.3", 443), ("192.0.2.66", 22), ("192.0.2.201", 80)]
+    {
+        network.set(address, port, PortState::Open);
+    }
+    for address in ["192.0.2.5", "192.0.2.6", "192.0.2.67"] {
+        for port in [22, 80, 443] {
+            network.set(address, port, PortState::Filtered);
+        }
+    }
+    let whole = start(&network, &config, None);
+    let shards: Vec<Exporter> =
+        (0..3).map(|index| start_shard(&network, &config, None, Shard { index, count: 3 })).collect();
+    wait_for_scans(&whole, "wide", 1.0);
+    wait_for_scans(&whole, "pair", 1.0);
+    for shard in &shards {
+        wait_for_scans(shard, "wide", 1.0);
+    }
+    wait_for("the pair target in the shards that have a host of it", || {
+        shards.iter().filter(|shard| successes(shard, "pair") >= 1.0).count() == 2
+    });
+    let whole_text = render(&whole);
+    let texts: Vec<String> = shards.iter().map(render).collect();
+    for (index, text) in texts.iter().enumerate() {
+        let info = format!("synwatch_shard_info{{shard=\"{}\",shards=\"3\"}}", index + 1);
+        assert_eq!(sample(text, &info), Some(1.0), "{text}");
+        assert_eq!(sample(text, "synwatch_shards"), Some(3.0));
+    }
+    // Counts sum to the whole: ports by state, responding hosts, policy violations.
+    let summed = [
+        "synwatch_target_ports{",
+        "synwatch_target_hosts_responding{",
+        "synwatch_target_unexpected_open_ports{",
+        "synwatch_target_expected_ports_missing{",
+    ];
+    let mut totals: HashMap<String, f64> = HashMap::new();
+    for text in &texts {
+        for (series, value) in samples(text, &summed) {
+            *totals.entry(series).or_default() += value;
+        }
+    }
+    let whole_counts: HashMap<String, f64> = samples(&whole_text, &summed).into_iter().collect();
+    assert!(whole_counts.len() >= 8, "{whole_counts:?}");
+    assert_eq!(totals, whole_counts, "the shards' counts sum to the unsharded replica's");
+    assert_eq!(whole_counts["synwatch_target_hosts_responding{target=\"wide\"}"], 10.0);
+    // Per-port and per-violation series: each in exactly one shard, together the whole set.
+    let per_port = ["synwatch_port_open{", "synwatch_port_policy_violation{"];
+    let mut union: Vec<(String, f64)> = texts.iter().flat_map(|text| samples(text, &per_port)).collect();
+    let mut expected = samples(&whole_text, &per_port);
+    union.sort_by(|a, b| a.0.cmp(&b.0));
+    expected.sort_by(|a, b| a.0.cmp(&b.0));
+    // 13 x 3 + 2 port series; violations: 8 responding hosts without 22 open, 192.0.2.3's 80 and 443.
+    assert_eq!(expected.len(), 13 * 3 + 2 + 8 + 2);
+    assert_eq!(union, expected, "the shards' series are disjoint and together the whole");
+    // `pair` has 2 hosts: one shard has none of it, never scans it and exports no results.
+    let idle: Vec<&String> =
+        texts.iter().filter(|text| !text.contains("synwatch_target_ports{target=\"pair\"")).collect();
+    assert_eq!(idle.len(), 1);
+    assert_eq!(sample(idle[0], "synwatch_scans_total{result=\"success\",target=\"pair\"}"), Some(0.0));
+    let scans_before = network.scans.load(Ordering::SeqCst);
+    wait_for("more scans", || network.scans.load(Ordering::SeqCst) > scans_before + 20);
+    let idle_index = texts.iter().position(|text| !text.contains("synwatch_target_ports{target=\"pair\"")).unwrap();
+    assert_eq!(successes(&shards[idle_index], "pair"), 0.0, "an empty shard is never scanned");
+    whole.shutdown(Duration::from_secs(1));
+    for shard in shards {
+        shard.shutdown(Duration::from_secs(1));
+    }
     std::fs::remove_dir_all(&directory).unwrap();
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
+use synwatch_engine::Shard;
 use synwatch_exporter::config::ModeSetting;
 use synwatch_exporter::{BuildInfo, CONTENT_TYPE, Exporter, ExporterOptions};
 use synwatch_http::{ServerSettings, Site};
@@ -54,6 +55,26 @@ pub struct ServeArgs {
     /// exporter-toolkit format (`tls_server_config`, `basic_auth_users`) plus `bearer_tokens`.
     #[arg(long = "web.config.file", env = "SYNWATCH_WEB_CONFIG_FILE")]
     web_config_file: Option<PathBuf>,
+    /// Scan only shard i of n of every target (1-based): the target's hosts are split into n
+    /// contiguous blocks and this replica scans block i, every port of each of its hosts. Give
+    /// `ordinal:NAME/n` to take i from the trailing number of NAME plus one, as a StatefulSet
+    /// numbers its pods from 0 (`ordinal:$(POD_NAME)/3` in pod `synwatch-2` is shard 3/3).
+    #[arg(long, env = "SYNWATCH_SHARD")]
+    shard: Option<String>,
+}
+
+/// Parses `--shard`: `i/n` (1-based) or `ordinal:NAME/n` (NAME ends in a 0-based ordinal).
+fn parse_shard(text: &str) -> Result<Shard, String> {
+    let Some(rest) = text.strip_prefix("ordinal:") else {
+        return Shard::parse(text);
+    };
+    let (name, count) = rest.rsplit_once('/').ok_or_else(|| format!("{text:?} is not of the form ordinal:NAME/n"))?;
+    let digits = name.len() - name.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let ordinal: u64 = name[name.len() - digits..]
+        .parse()
+        .map_err(|_| format!("{name:?} does not end in an ordinal (a pod name such as synwatch-2, or 2)"))?;
+    Shard::parse(&format!("{}/{count}", ordinal.saturating_add(1)))
+        .map_err(|error| format!("ordinal {ordinal} of {name:?}: {error}"))
 }
 
 struct ExporterSite(Arc<Exporter>);
@@ -146,6 +167,10 @@ fn init_logging(level: &str, format: LogFormat) -> Result<()> {
 /// Runs the exporter until SIGTERM or SIGINT.
 pub fn run(args: ServeArgs) -> Result<()> {
     init_logging(&args.log_level, args.log_format)?;
+    let shard = match &args.shard {
+        Some(text) => parse_shard(text).map_err(|error| crate::UsageError(format!("--shard: {error}")))?,
+        None => Shard::WHOLE,
+    };
     let config = match &args.config {
         Some(path) => synwatch_exporter::load(path)?,
         None => synwatch_exporter::parse(synwatch_exporter::EMBEDDED_DEFAULT, "<embedded>")?,
@@ -173,6 +198,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         %listen,
         mode = engine.mode().name(),
         targets = config.targets.len(),
+        shard = %format_args!("{}/{}", shard.index + 1, shard.count),
         config = %args.config.as_ref().map_or("<embedded>".to_string(), |path| path.display().to_string()),
         "synwatch serve starting"
     );
@@ -189,6 +215,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             },
             seed,
             tick: Duration::from_millis(50),
+            shard,
         },
     ));
     // A module may ask for connect() scans while the engine runs SYN: that engine needs no
@@ -240,4 +267,28 @@ pub fn run(args: ServeArgs) -> Result<()> {
     runtime.shutdown_timeout(Duration::from_millis(100));
     tracing::info!("synwatch serve stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_forms_parse_and_bad_ones_say_why() {
+        assert_eq!(parse_shard("2/3"), Ok(Shard { index: 1, count: 3 }));
+        assert_eq!(parse_shard("ordinal:synwatch-0/3"), Ok(Shard { index: 0, count: 3 }));
+        assert_eq!(parse_shard("ordinal:synwatch-12/13"), Ok(Shard { index: 12, count: 13 }));
+        assert_eq!(parse_shard("ordinal:2/3"), Ok(Shard { index: 2, count: 3 }));
+        for (bad, reason) in [
+            ("ordinal:synwatch-3/3", "need 1 <= i <= n"),
+            ("ordinal:synwatch/3", "does not end in an ordinal"),
+            ("ordinal:synwatch-1", "not of the form"),
+            ("0/3", "need 1 <= i <= n"),
+            ("3", "not of the form"),
+            ("ordinal:synwatch-1/x", "not a shard count"),
+        ] {
+            let error = parse_shard(bad).unwrap_err();
+            assert!(error.contains(reason), "{bad}: {error}");
+        }
+    }
 }
