@@ -9,4 +9,5 @@ mod discovery;
 mod helpers;
 mod lab_scan;
 mod ondemand;
+mod operations;
 mod serve;
