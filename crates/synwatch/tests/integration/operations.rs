@@ -154,11 +154,10 @@ fn allowed_system_calls(filters: &[String]) -> BTreeSet<String> {
     allowed
 }
 
-/// The system calls and socket families of the traced process after it became synwatch.
-fn traced_calls(trace: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
+/// The system calls and socket families of the traced process after it became `program`.
+fn traced_calls(trace: &Path, program: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
     let text = std::fs::read_to_string(trace).unwrap();
-    let start =
-        text.find(&format!("execve(\"{}\"", crate::helpers::synwatch())).expect("the trace shows synwatch's exec");
+    let start = text.find(&format!("execve(\"{}\"", program.display())).expect("the trace shows synwatch's exec");
     let (mut calls, mut families) = (BTreeSet::new(), BTreeSet::new());
     for line in text[start..].lines() {
         // `PID name(args...` or `PID <... name resumed>`: the first form names each call.
@@ -180,7 +179,13 @@ fn traced_calls(trace: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
 /// Runs `serve` as the unit does (user nobody; `capabilities` ambient and bounding, or none)
 /// under strace, exercises scans, `/probe`, `/sd`, a reload and the shutdown, and returns the
 /// trace and the scan mode it reported.
-fn traced_serve(scratch: &Scratch, label: &str, config: &Path, capabilities: bool) -> (PathBuf, String) {
+fn traced_serve(
+    scratch: &Scratch,
+    program: &Path,
+    label: &str,
+    config: &Path,
+    capabilities: bool,
+) -> (PathBuf, String) {
     let state = scratch.join(&format!("state-{label}"));
     std::fs::create_dir_all(&state).unwrap();
     nix::unistd::chown(&state, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
@@ -195,7 +200,7 @@ fn traced_serve(scratch: &Scratch, label: &str, config: &Path, capabilities: boo
     } else {
         command.args(["--inh-caps", "-all", "--bounding-set", "-all"]);
     }
-    command.arg(crate::helpers::synwatch()).args(["serve", "--listen", &address, "--config"]).arg(config);
+    command.arg(program).args(["serve", "--listen", &address, "--config"]).arg(config);
     command.arg("--state-dir").arg(&state);
     let child = command.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
     let mut serve = Serve { child, address: address.parse().unwrap(), log, namespace: None };
@@ -252,6 +257,10 @@ fn issue_8_the_unit_allows_every_system_call_and_family_serve_uses() {
         service_values(&settings, "RestrictAddressFamilies")[0].split_whitespace().map(str::to_string).collect();
     let scratch = Scratch::new("unit-trace");
     std::fs::set_permissions(&scratch.0, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // A copy the unprivileged user can run wherever the checkout lives (a home directory may be
+    // closed to it).
+    let program = scratch.join("synwatch");
+    std::fs::copy(crate::helpers::synwatch(), &program).unwrap();
     let config = scratch.join("synwatch.yaml");
     // Every collector on: listeners, reverse DNS (to a loopback port where nothing answers),
     // on-demand probes.
@@ -266,9 +275,9 @@ fn issue_8_the_unit_allows_every_system_call_and_family_serve_uses() {
     let mut modes = Vec::new();
     let mut used_calls = BTreeMap::new();
     for (label, capabilities) in [("raw", true), ("connect", false)] {
-        let (trace, mode) = traced_serve(&scratch, label, &config, capabilities);
+        let (trace, mode) = traced_serve(&scratch, &program, label, &config, capabilities);
         modes.push(mode);
-        let (calls, used_families) = traced_calls(&trace);
+        let (calls, used_families) = traced_calls(&trace, &program);
         for family in &used_families {
             assert!(families.contains(family), "{label}: serve opened an {family} socket, which the unit forbids");
         }
@@ -332,4 +341,134 @@ fn issue_8_serve_shards_split_the_hosts_and_refuse_bad_shards() {
         assert_eq!(output.status.code(), Some(2), "{bad}: {stderr}");
         assert!(stderr.contains("--shard") && stderr.contains(reason), "{bad}: {stderr}");
     }
+}
+
+fn manifest(name: &str) -> serde_yaml::Value {
+    serde_yaml::from_str(&read(&format!("packaging/kubernetes/{name}")))
+        .unwrap_or_else(|error| panic!("{name}: {error}"))
+}
+
+/// `value[key][key]...`, or a panic naming the path.
+fn at<'a>(value: &'a serde_yaml::Value, path: &[&str]) -> &'a serde_yaml::Value {
+    path.iter().fold(value, |value, key| match key.parse::<usize>() {
+        Ok(index) => value.get(index).unwrap_or_else(|| panic!("no [{index}] in {path:?}")),
+        Err(_) => value.get(*key).unwrap_or_else(|| panic!("no {key} in {path:?}")),
+    })
+}
+
+fn text(value: &serde_yaml::Value, path: &[&str]) -> String {
+    match at(value, path) {
+        serde_yaml::Value::String(text) => text.clone(),
+        serde_yaml::Value::Number(number) => number.to_string(),
+        serde_yaml::Value::Bool(flag) => flag.to_string(),
+        other => panic!("{path:?} is not a scalar: {other:?}"),
+    }
+}
+
+#[test]
+fn issue_8_kubernetes_manifests_agree_and_a_pods_command_line_runs_its_shard() {
+    let set = manifest("statefulset.yaml");
+    let service = manifest("service.yaml");
+    let monitor = manifest("servicemonitor.yaml");
+    let config_map = manifest("configmap.yaml");
+    assert_eq!(text(&set, &["kind"]), "StatefulSet");
+    // Selectors: the set's pods, the Service's endpoints and the ServiceMonitor's Service.
+    let pod_labels = at(&set, &["spec", "template", "metadata", "labels"]);
+    assert_eq!(at(&set, &["spec", "selector", "matchLabels"]), pod_labels);
+    assert_eq!(at(&service, &["spec", "selector"]), pod_labels);
+    let service_labels = at(&service, &["metadata", "labels"]).as_mapping().unwrap();
+    for (key, value) in at(&monitor, &["spec", "selector", "matchLabels"]).as_mapping().unwrap() {
+        assert_eq!(service_labels.get(key), Some(value), "the ServiceMonitor selects the Service by {key:?}");
+    }
+    assert_eq!(text(&set, &["spec", "serviceName"]), text(&service, &["metadata", "name"]));
+    assert_eq!(text(&service, &["spec", "clusterIP"]), "None", "headless: one endpoint per replica");
+    let container = at(&set, &["spec", "template", "spec", "containers", "0"]);
+    let port_name = text(&monitor, &["spec", "endpoints", "0", "port"]);
+    assert_eq!(text(&service, &["spec", "ports", "0", "name"]), port_name);
+    assert_eq!(text(&service, &["spec", "ports", "0", "targetPort"]), port_name);
+    assert_eq!(text(container, &["ports", "0", "name"]), port_name);
+    let container_port = text(container, &["ports", "0", "containerPort"]);
+    // The arguments: --listen on the container port, --shard of the replica count, POD_NAME.
+    let args: Vec<String> =
+        at(container, &["args"]).as_sequence().unwrap().iter().map(|arg| arg.as_str().unwrap().to_string()).collect();
+    let flag = |name: &str| {
+        args.iter()
+            .find_map(|arg| arg.strip_prefix(&format!("--{name}=")))
+            .unwrap_or_else(|| panic!("--{name}"))
+            .to_string()
+    };
+    assert!(flag("listen").ends_with(&format!(":{container_port}")));
+    let replicas = text(&set, &["spec", "replicas"]);
+    assert_eq!(flag("shard"), format!("ordinal:$(POD_NAME)/{replicas}"), "--shard's n is the replica count");
+    assert_eq!(text(container, &["env", "0", "name"]), "POD_NAME");
+    assert_eq!(text(container, &["env", "0", "valueFrom", "fieldRef", "fieldPath"]), "metadata.name");
+    // Least privilege: non-root, NET_RAW only.
+    assert_eq!(text(&set, &["spec", "template", "spec", "securityContext", "runAsNonRoot"]), "true");
+    let capabilities = at(container, &["securityContext", "capabilities"]);
+    assert_eq!(serde_yaml::to_string(capabilities).unwrap(), "drop:\n- ALL\nadd:\n- NET_RAW\n");
+    assert_eq!(text(container, &["securityContext", "readOnlyRootFilesystem"]), "true");
+    // The ConfigMap's config is the loopback-only default, word for word.
+    let config = text(&config_map, &["data", "synwatch.yaml"]);
+    assert_eq!(config, read("configs/synwatch.yaml"), "the ConfigMap is configs/synwatch.yaml");
+    let mount = text(container, &["volumeMounts", "0", "mountPath"]);
+    assert_eq!(format!("{mount}/synwatch.yaml"), flag("config"));
+    // Pod synwatch-1's command line, with the paths of this machine and a free port, runs and
+    // serves shard 2 of the replica count.
+    let scratch = Scratch::new("kubernetes");
+    let config_path = scratch.join("synwatch.yaml");
+    std::fs::write(&config_path, &config).unwrap();
+    let address = format!("127.0.0.1:{}", free_port());
+    let pod_args: Vec<String> = args
+        .iter()
+        .map(|arg| {
+            let arg = arg.replace("$(POD_NAME)", "synwatch-1");
+            match arg.split_once('=') {
+                Some(("--config", _)) => format!("--config={}", config_path.display()),
+                Some(("--listen", _)) => format!("--listen={address}"),
+                Some(("--state-dir", _)) => format!("--state-dir={}", scratch.0.display()),
+                _ => arg,
+            }
+        })
+        .collect();
+    let log = scratch.join("pod.log");
+    let child = Command::new(crate::helpers::synwatch())
+        .args(&pod_args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut serve = Serve { child, address: address.parse().unwrap(), log, namespace: None };
+    serve.wait_ready();
+    let info = format!("synwatch_shard_info{{shard=\"2\",shards=\"{replicas}\"}}");
+    assert_eq!(serve.value(&info), Some(1.0), "{}", serve.metrics());
+    let first_line = serve.log_text().lines().next().unwrap_or_default().to_string();
+    assert!(serde_json::from_str::<serde_json::Value>(&first_line).is_ok(), "--log-format=json: {first_line}");
+}
+
+#[test]
+fn issue_8_the_dockerfile_runs_serve_as_a_non_root_user_with_the_loopback_default() {
+    let dockerfile = read("Dockerfile");
+    let instruction = |name: &str| -> Vec<String> {
+        dockerfile.lines().filter_map(|line| line.strip_prefix(&format!("{name} "))).map(str::to_string).collect()
+    };
+    let user = instruction("USER");
+    assert_eq!(user.len(), 1, "{user:?}");
+    let uid: u32 = user[0].split(':').next().unwrap().parse().expect("a numeric user (runAsNonRoot checks it)");
+    assert_ne!(uid, 0);
+    let manifest_uid =
+        text(&manifest("statefulset.yaml"), &["spec", "template", "spec", "securityContext", "runAsUser"]);
+    assert_eq!(manifest_uid, uid.to_string(), "the StatefulSet runs as the image's user");
+    assert!(dockerfile.contains("setcap cap_net_raw=ep /usr/bin/synwatch"));
+    assert!(instruction("COPY").contains(&"configs/synwatch.yaml /etc/synwatch/synwatch.yaml".to_string()));
+    // The CMD is a command line the binary accepts (parsed, not run: --help after it).
+    let command: Vec<String> = serde_json::from_str(&instruction("CMD")[0]).unwrap();
+    let config = command.iter().position(|arg| arg == "--config").unwrap();
+    let mut arguments = command.clone();
+    arguments[config + 1] = format!("{}/configs/synwatch.yaml", repository().display());
+    let output =
+        Command::new(crate::helpers::synwatch()).args(["check-config", &arguments[config + 1]]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    arguments.push("--help".into());
+    let output = Command::new(crate::helpers::synwatch()).args(&arguments).output().unwrap();
+    assert!(output.status.success(), "{arguments:?}: {}", String::from_utf8_lossy(&output.stderr));
 }
