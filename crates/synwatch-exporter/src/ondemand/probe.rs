@@ -212,6 +212,21 @@ pub fn tally(states: impl Iterator<Item = (IpAddr, u16, PortState)>, scanned: u6
     outcome
 }
 
+/// The families a `/probe` answer holds (`probe_port_open` only when the module asks for
+/// details). The test `probe_families_are_listed` keeps this list true.
+pub const PROBE_FAMILIES: &[&str] = &[
+    "probe_success",
+    "probe_duration_seconds",
+    "probe_timeout_seconds",
+    "probe_ports_requested",
+    "probe_ports_scanned",
+    "probe_ports_open",
+    "probe_ports_closed",
+    "probe_ports_filtered",
+    "probe_hosts_responding",
+    "probe_port_open",
+];
+
 /// The text-format answer of a probe.
 pub fn render(outcome: &ProbeOutcome) -> String {
     let mut text = String::with_capacity(1024 + outcome.details.len() * 48);
@@ -243,6 +258,19 @@ pub fn render(outcome: &ProbeOutcome) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_families_are_listed() {
+        let outcome =
+            ProbeOutcome { details: vec![("192.0.2.1".parse().unwrap(), 80, true)], ..ProbeOutcome::default() };
+        let text = render(&outcome);
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# HELP "))
+            .map(|rest| rest.split(' ').next().unwrap_or_default())
+            .collect();
+        assert_eq!(names, PROBE_FAMILIES);
+    }
     use std::collections::BTreeMap;
 
     fn pairs(query: &str) -> Vec<(String, String)> {

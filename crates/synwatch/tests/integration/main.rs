@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod connect_mode;
 mod discovery;
+mod docs;
 mod helpers;
 mod lab_scan;
 mod ondemand;
