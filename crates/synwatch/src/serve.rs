@@ -3,6 +3,10 @@
 //! every capability), starts the exporter's scheduler, and only then the HTTP runtime's threads,
 //! so that no thread ever holds a capability it does not need.
 //!
+//! With `--shard i/n` (or `ordinal:NAME/n`, for StatefulSet pods) it scans only block i of n of
+//! every target's hosts; replicas with the same config and n split every target between them
+//! without talking to each other.
+//!
 //! Signals: SIGHUP reloads the config (a bad one is rejected and the old one keeps running);
 //! SIGTERM and SIGINT stop accepting connections, cancel running scans, save the state and exit
 //! (within about 1.5 s).
