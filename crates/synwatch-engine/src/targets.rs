@@ -337,14 +337,17 @@ impl HostSet {
 
     /// The hosts of `shard`: the `shard.index`-th of `shard.count` contiguous blocks of host
     /// indices, `[len·i/n, len·(i+1)/n)`, so the blocks are disjoint, cover the set, and differ
-    /// in size by one host at most. `None` when the block is empty (fewer hosts than shards).
+    /// in size by one host at most. `None` when the block is empty (fewer hosts than shards, or
+    /// an index not below the count).
     ///
     /// This is how `synwatch serve --shard` splits a target between replicas: every port of a
     /// host stays with one replica, so per-host figures (responding hosts, `expect:` policies
     /// with `hosts: responding`, host names) are exact in each replica and sum across them.
     pub fn shard(&self, shard: Shard) -> Option<HostSet> {
-        let count = u128::from(shard.count.max(1));
-        let index = u128::from(shard.index.min(shard.count.saturating_sub(1)));
+        if shard.index >= shard.count {
+            return None;
+        }
+        let (index, count) = (u128::from(shard.index), u128::from(shard.count));
         let total = u128::from(self.len);
         let start = (total * index / count) as u64;
         let end = (total * (index + 1) / count) as u64;
@@ -490,6 +493,7 @@ mod tests {
             assert!(large - small <= 1, "shard sizes {sizes:?} differ by more than one");
         }
         assert_eq!(hosts.shard(Shard::WHOLE), Some(hosts.clone()));
+        assert_eq!(hosts.shard(Shard { index: 3, count: 3 }), None, "an index not below the count");
     }
 
     #[test]

@@ -390,7 +390,8 @@ impl Target {
 
     /// The probes of this target that a replica running `shard` scans: its block of the
     /// target's hosts ([`HostSet::shard`]) times every port; `None` when the target has fewer
-    /// hosts than shards and this replica's block is empty.
+    /// hosts than shards and this replica's block is empty (or when the target is invalid,
+    /// which a target of a parsed config never is).
     pub fn shard_space(&self, shard: Shard) -> Option<TargetSpace> {
         let space = self.space().ok()?;
         if shard == Shard::WHOLE {

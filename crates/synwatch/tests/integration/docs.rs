@@ -17,9 +17,9 @@ fn doc(name: &str) -> String {
 
 /// One step into a config: a key of a mapping, an item of a list, or an entry of a mapping
 /// whose keys are names (`modules`).
-#[derive(Debug, Clone, Copy)]
-enum Step<'a> {
-    Key(&'a str),
+#[derive(Debug, Clone)]
+enum Step {
+    Key(String),
     Item,
     Entry,
 }
@@ -27,14 +27,14 @@ enum Step<'a> {
 const PROBE_KEY: &str = "zz_not_a_key";
 
 /// The YAML that puts an unknown key at `path`.
-fn probe_at(path: &[Step<'_>]) -> String {
+fn probe_at(path: &[Step]) -> String {
     let mut value = serde_yaml::Value::Mapping(
         [(serde_yaml::Value::from(PROBE_KEY), serde_yaml::Value::from(1))].into_iter().collect(),
     );
     for step in path.iter().rev() {
         value = match step {
             Step::Key(key) => {
-                serde_yaml::Value::Mapping([(serde_yaml::Value::from(*key), value)].into_iter().collect())
+                serde_yaml::Value::Mapping([(serde_yaml::Value::from(key.as_str()), value)].into_iter().collect())
             }
             Step::Item => serde_yaml::Value::Sequence(vec![value]),
             Step::Entry => serde_yaml::Value::Mapping([(serde_yaml::Value::from("name"), value)].into_iter().collect()),
@@ -44,7 +44,7 @@ fn probe_at(path: &[Step<'_>]) -> String {
 }
 
 /// The keys serde lists when it meets the unknown key at `path`, if that is a struct there.
-fn keys_at(parse: &dyn Fn(&str) -> Result<(), String>, path: &[Step<'_>]) -> Option<Vec<String>> {
+fn keys_at(parse: &dyn Fn(&str) -> Result<(), String>, path: &[Step]) -> Option<Vec<String>> {
     let error = parse(&probe_at(path)).err()?;
     let rest = error.split(&format!("unknown field `{PROBE_KEY}`, expected")).nth(1)?;
     Some(rest.split('`').skip(1).step_by(2).map(str::to_string).collect())
@@ -55,19 +55,18 @@ fn keys_at(parse: &dyn Fn(&str) -> Result<(), String>, path: &[Step<'_>]) -> Opt
 fn key_paths(parse: &dyn Fn(&str) -> Result<(), String>) -> BTreeSet<String> {
     fn walk(
         parse: &dyn Fn(&str) -> Result<(), String>,
-        path: &mut Vec<Step<'static>>,
+        path: &mut Vec<Step>,
         prefix: &str,
         into: &mut BTreeSet<String>,
     ) {
         let keys = keys_at(parse, path).unwrap_or_else(|| panic!("no struct at {prefix:?}: {}", probe_at(path)));
         for key in keys {
-            let key: &'static str = Box::leak(key.into_boxed_str());
             let name = if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") };
             into.insert(name.clone());
             for (steps, suffix) in [
-                (vec![Step::Key(key)], ""),
-                (vec![Step::Key(key), Step::Item], "[]"),
-                (vec![Step::Key(key), Step::Entry], ".<name>"),
+                (vec![Step::Key(key.clone())], ""),
+                (vec![Step::Key(key.clone()), Step::Item], "[]"),
+                (vec![Step::Key(key.clone()), Step::Entry], ".<name>"),
             ] {
                 let depth = path.len();
                 path.extend(steps);
