@@ -473,9 +473,6 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         }
         targets.push(target);
     }
-    if targets.is_empty() {
-        return Err(at(1, 1, "no targets: expected `targets:` with at least one target".into()));
-    }
     let defaults_ondemand = OnDemandSection::default();
     let raw_ondemand = raw.ondemand;
     let rate_limit = raw_ondemand.rate_limit.map_or(defaults_ondemand.rate_limit, |value| value.0);
@@ -560,6 +557,19 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     if let Some(problem) = listener_policy_problem(&listeners) {
         let (line, column) = key_position(text, "listeners").unwrap_or((1, 1));
         return Err(at(line, column, problem));
+    }
+    // A config without background targets is a probe-only exporter (blackbox_exporter style,
+    // driven by `/probe`) or a listeners-only one (this host's own sockets); with neither it
+    // would do nothing at all, which is surely a mistake.
+    if targets.is_empty() && !ondemand.enabled && !listeners.enabled {
+        let (line, column) = key_position(text, "targets").unwrap_or((1, 1));
+        return Err(at(
+            line,
+            column,
+            "no targets, and neither ondemand.enabled nor listeners.enabled: this exporter would do nothing; \
+             add a target, or enable on-demand scanning (/probe) or the listeners collector"
+                .into(),
+        ));
     }
     Ok(Config {
         resolve_hostnames: raw.resolve_hostnames,
@@ -826,7 +836,17 @@ impl<'de> Deserialize<'de> for Listen {
     }
 }
 
+/// Config files write every duration with its unit, as Prometheus's do (`30s`, `5m`); the
+/// command line also takes a bare number as seconds, as masscan and zmap do, but a file is read
+/// long after it was written, when `5` could mean anything.
 fn parse_duration(text: &str) -> Result<Duration, String> {
+    if text.trim().parse::<f64>().is_ok() {
+        return Err(format!(
+            "{text:?} needs a unit, such as {}s or {}m: durations in config files are written with units, as in Prometheus's",
+            text.trim(),
+            text.trim()
+        ));
+    }
     humantime::parse_duration(text)
         .map_err(|error| format!("{text:?} is not a duration such as 30s, 5m or 1h30m ({error})"))
 }

@@ -663,7 +663,19 @@ impl Exporter {
                 count(counts.map(|counts| counts.filtered)),
             );
         }
-        page.push_str("</table>\n</body></html>\n");
+        page.push_str("</table>\n");
+        if config.targets.is_empty() {
+            // A probe-only or listeners-only exporter: say what it does instead of an empty table.
+            let mut roles = Vec::new();
+            if config.ondemand.enabled {
+                roles.push("answers <a href=\"/probe\">/probe</a> and the scans API on request");
+            }
+            if config.listeners.enabled {
+                roles.push("watches this host's own listening sockets");
+            }
+            let _ = writeln!(page, "<p>No background targets: this exporter {}.</p>", roles.join(" and "));
+        }
+        page.push_str("</body></html>\n");
         page
     }
 

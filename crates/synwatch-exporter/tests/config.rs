@@ -126,7 +126,9 @@ fn shipped_configs_parse() {
 /// (config, line, column, a word the message must contain).
 const BAD: &[(&str, usize, usize, &str)] = &[
     ("", 1, 1, "empty"),
-    ("targets: []\n", 1, 1, "no targets"),
+    ("targets: []\n", 1, 1, "would do nothing"),
+    ("listen: 127.0.0.1:10045\n", 1, 1, "neither ondemand.enabled nor listeners.enabled"),
+    ("listen: 127.0.0.1:10045\ntargets: []\nondemand: {enabled: false}\n", 2, 1, "no targets"),
     ("listen: 127.0.0.1:10045\ncolour: blue\n", 2, 1, "unknown field `colour`"),
     ("listen: localhost\n", 1, 9, "address and port"),
     ("engine: {mode: fast}\n", 1, 16, "unknown variant `fast`"),
@@ -134,7 +136,7 @@ const BAD: &[(&str, usize, usize, &str)] = &[
     ("engine: {max_rate: -5}\n", 1, 20, "max_rate"),
     ("engine: {rate: 5}\n", 1, 10, "unknown field `rate`"),
     ("defaults: {interval: 0s}\n", 1, 22, "above zero"),
-    ("defaults: {interval: 5}\n", 1, 22, "duration"),
+    ("defaults: {interval: 5}\n", 1, 22, "needs a unit, such as 5s or 5m"),
     ("defaults: {interval: soon}\n", 1, 22, "soon"),
     ("defaults: {retries: 11}\n", 1, 21, "retries: 11: expected 0 to 10"),
     ("defaults: {wait: 1x}\n", 1, 18, "1x"),

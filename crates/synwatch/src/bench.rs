@@ -106,10 +106,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     retries: u32,
     /// Pause between rounds when retrying.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = crate::durations::parse_cli_duration)]
     retry_gap: Duration,
     /// Wait for late replies after the last probe of each scan.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = crate::durations::parse_cli_duration)]
     wait: Duration,
     /// Sender threads (connect threads in connect mode).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]

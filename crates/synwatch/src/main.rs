@@ -14,6 +14,7 @@ mod bench;
 mod check_config;
 mod dns;
 mod doctor;
+mod durations;
 mod output;
 mod scan;
 mod serve;

@@ -32,13 +32,13 @@ pub struct ScanArgs {
     #[arg(long, default_value_t = 2)]
     retries: u32,
     /// Pause between the end of one round and the retries of the next.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = crate::durations::parse_cli_duration)]
     retry_gap: Duration,
     /// How long to wait for late replies after the last probe.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = crate::durations::parse_cli_duration)]
     wait: Duration,
     /// Give up after this long whatever is left (unanswered probes count as filtered).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = crate::durations::parse_cli_duration)]
     timeout: Option<Duration>,
     /// Addresses, CIDRs or ranges to leave out (comma-separated, repeatable).
     #[arg(long, value_delimiter = ',')]

@@ -34,6 +34,22 @@ fn bad_usage_exits_2_and_says_what_is_wrong() {
     assert_usage_error(&["127.0.0.1"], "--ports");
 }
 
+/// `--wait 2`, as masscan and zmap users write it: a bare number is seconds on the command
+/// line (the parser's unit tests check the values); a negative one is refused with the reason.
+#[test]
+fn issue_17_cli_durations_take_bare_seconds() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let open = listener.local_addr().unwrap().port().to_string();
+    let output =
+        scan(&["127.0.0.1", "-p", &open, "--wait", "0.2", "--retry-gap", "1", "--timeout", "30", "--format", "jsonl"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let found = crate::helpers::parse_jsonl(&output);
+    let address: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    assert!(found.contains(&(address, open.parse().unwrap(), synwatch_lab::Expected::Open)), "{found:?}");
+    assert_usage_error(&["127.0.0.1", "-p", "22", "--wait=-1"], "expected seconds");
+    assert_usage_error(&["127.0.0.1", "-p", "22", "--timeout", "2 fortnights"], "give seconds (2, 0.5) or units");
+}
+
 #[test]
 fn target_files_report_the_bad_line() {
     let path = std::env::temp_dir().join(format!("synwatch-targets-{}.txt", std::process::id()));
