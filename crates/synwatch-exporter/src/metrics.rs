@@ -95,6 +95,7 @@ pub struct Metrics {
     pub(crate) state_writes_failed: IntCounter,
     pub(crate) probe_requests: IntCounterVec,
     pub(crate) api_requests: IntCounterVec,
+    pub(crate) http_connections_dropped: IntCounterVec,
     pub(crate) ondemand_inflight: IntGauge,
     pub(crate) request_duration: HistogramVec,
     pub(crate) listener_changes: IntCounterVec,
@@ -269,6 +270,20 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let http_connections_dropped = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "synwatch_http_connections_dropped_total",
+                    "HTTP connections shed to make room, refused at accept, or closed after a 431, by reason.",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+        );
+        for reason in HTTP_DROP_REASONS {
+            http_connections_dropped.with_label_values(&[reason]);
+        }
         let request_duration = register(
             &registry,
             HistogramVec::new(
@@ -328,6 +343,7 @@ impl Metrics {
             ),
             probe_requests,
             api_requests,
+            http_connections_dropped,
             request_duration,
             ondemand_inflight: register(
                 &registry,
@@ -391,6 +407,14 @@ impl Metrics {
         let mut code = itoa::Buffer::new();
         self.api_requests.with_label_values(&[route, code.format(status)]).inc();
         self.request_duration.with_label_values(&[route]).observe(seconds);
+    }
+
+    /// Counts one HTTP connection dropped by the server's admission rule, with the HTTP
+    /// crate's reason label (one of [`HTTP_DROP_REASONS`]).
+    pub fn observe_connection_dropped(&self, reason: &str) {
+        if HTTP_DROP_REASONS.contains(&reason) {
+            self.http_connections_dropped.with_label_values(&[reason]).inc();
+        }
     }
 
     /// Adds the per-target series that must exist from the start (zero counters).
@@ -462,6 +486,11 @@ impl Metrics {
         }
     }
 }
+
+/// The `reason` labels of `synwatch_http_connections_dropped_total` (the HTTP crate's
+/// `DropReason` labels; a test of the binary keeps the two lists equal).
+pub const HTTP_DROP_REASONS: &[&str] =
+    &["shed_client_limit", "shed_server_full", "refused_client_limit", "refused_server_full", "head_too_large"];
 
 /// The families `/metrics` writes by hand (beyond the registry), in the order it writes them.
 /// The test `rendered_families_are_listed` keeps this list true.

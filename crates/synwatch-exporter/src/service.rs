@@ -477,6 +477,11 @@ impl Exporter {
         self.inner.metrics.observe_request(route, status, seconds);
     }
 
+    /// Counts one HTTP connection dropped by the server's admission rule.
+    pub fn observe_connection_dropped(&self, reason: &str) {
+        self.inner.metrics.observe_connection_dropped(reason);
+    }
+
     /// How to start a connect() engine when a module asks for one and the engine runs SYN.
     pub fn set_connect_factory(&self, factory: ScannerFactory) {
         self.inner.ondemand.set_connect_factory(factory);

@@ -10,20 +10,24 @@
 //! method, 403 for a reload from another host, 401 with a challenge when a web config requires
 //! credentials (on every route but `/-/healthy` and `/-/ready`, which carry no data and serve
 //! orchestrators' probes), 413 for a body over [`MAX_BODY_BYTES`], 408 for a body that does not arrive
-//! within the header timeout; hyper itself answers malformed requests with 400 and oversized
-//! headers with 431. A client that does not send its headers within `header_read_timeout` is
-//! disconnected (as is a TLS handshake that takes longer), so a slow client cannot hold a
-//! connection forever, and at most `max_connections` connections are served at once (more are
-//! closed at accept).
+//! within the header timeout; hyper itself answers malformed requests with 400 and a request
+//! head over [`MAX_HEAD_BYTES`] with 431 (the socket then lingers, draining what the client
+//! still sends, so that the answer reaches it instead of a reset). A client that does not send
+//! its headers within `header_read_timeout` is disconnected (as is a TLS handshake that takes
+//! longer), and [`connections`] decides who may connect: at most `max_connections` at once and
+//! `max_connections_per_client` per client, shedding unfinished request heads and idle
+//! keep-alives first instead of refusing newcomers, so one client cannot lock out a scrape.
 //!
 //! Rendering `/metrics`, reloading and on-demand requests run on tokio's blocking pool: they
 //! take milliseconds of CPU, a file read, or wait for a scan, which must not stall the accept
 //! loop. Every answered request is reported to [`Site::observe`] with its route and status.
 
+pub mod connections;
 pub mod web_config;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,12 +43,24 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 
+pub use connections::DropReason;
 pub use web_config::{AuthVerdict, Authenticator, WebConfigError, WebSecurity};
+
+use connections::{Admission, ConnectionTable};
 
 /// Largest request body accepted (the scans API's JSON).
 pub const MAX_BODY_BYTES: usize = 64 << 10;
+
+/// Largest request head (request line and headers) accepted; larger ones get 431. It also
+/// bounds the read buffer of every connection, and so the server's memory under a flood.
+pub const MAX_HEAD_BYTES: usize = 32 << 10;
+
+/// How long a socket whose request was refused (431, 400) keeps reading what the client still
+/// sends before it closes, and how much it reads at most.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 8 << 20;
 
 /// An on-demand request as the site sees it.
 #[derive(Debug, Clone)]
@@ -113,6 +129,8 @@ pub trait Site: Send + Sync + 'static {
     fn ondemand_refused(&self, _route: &'static str, _status: u16) {}
     /// One request was answered.
     fn observe(&self, _route: &'static str, _status: u16, _seconds: f64) {}
+    /// A connection was shed or refused, or its request head was too large.
+    fn connection_dropped(&self, _reason: DropReason) {}
     /// `GET /sd?query`: Prometheus HTTP service discovery (called on the blocking pool). The
     /// default: it does not exist.
     fn service_discovery(&self, _query: &str) -> OnDemandResponse {
@@ -128,6 +146,8 @@ pub struct ServerSettings {
     pub header_read_timeout: Duration,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Connections of one client (an IPv4 address or an IPv6 /64) served at once.
+    pub max_connections_per_client: usize,
     /// Time open connections get to finish after shutdown starts.
     pub shutdown_grace: Duration,
 }
@@ -136,7 +156,8 @@ impl Default for ServerSettings {
     fn default() -> ServerSettings {
         ServerSettings {
             header_read_timeout: Duration::from_secs(10),
-            max_connections: 256,
+            max_connections: 512,
+            max_connections_per_client: 64,
             shutdown_grace: Duration::from_millis(500),
         }
     }
@@ -386,9 +407,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(settings.header_read_timeout).keep_alive(true);
+    http.timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .keep_alive(true)
+        .max_buf_size(MAX_HEAD_BYTES);
     let graceful = Arc::new(GracefulShutdown::new());
-    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let table = Arc::new(ConnectionTable::new(settings.max_connections, settings.max_connections_per_client));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -402,33 +426,32 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                    tracing::warn!(%peer, limit = settings.max_connections, "too many connections; closing a new one");
-                    continue;
+                let (id, shed) = match table.admit(peer.ip(), Instant::now()) {
+                    Admission::Admitted { id, shed, displaced } => {
+                        for reason in displaced {
+                            site.connection_dropped(reason);
+                        }
+                        (id, shed)
+                    }
+                    Admission::Refused(reason) => {
+                        tracing::debug!(%peer, reason = reason.label(), "connection refused");
+                        site.connection_dropped(reason);
+                        refuse(stream, reason, &settings);
+                        continue;
+                    }
                 };
                 let _ = stream.set_nodelay(true);
-                let tls = security.tls.clone();
                 let connection = Connection {
                     site: Arc::clone(&site),
                     security: Arc::clone(&security),
                     http: http.clone(),
                     graceful: Arc::clone(&graceful),
+                    table: Arc::clone(&table),
+                    id,
                     peer,
                     timeout: settings.header_read_timeout,
                 };
-                tokio::spawn(async move {
-                    match tls {
-                        None => connection.serve(stream).await,
-                        Some(acceptor) => {
-                            match tokio::time::timeout(connection.timeout, acceptor.accept(stream)).await {
-                                Ok(Ok(tls_stream)) => connection.serve(tls_stream).await,
-                                Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                            }
-                        }
-                    }
-                    drop(slot);
-                });
+                tokio::spawn(connection.run(stream, shed));
             }
             () = &mut shutdown => break,
         }
@@ -449,29 +472,185 @@ pub async fn serve(
     }
 }
 
+/// Answers a refused connection with a one-line 503 if its socket takes it at once, and closes
+/// it. Best effort: a flood's sockets are not worth waiting for.
+fn refuse(stream: tokio::net::TcpStream, reason: DropReason, settings: &ServerSettings) {
+    let limit = match reason {
+        DropReason::RefusedClientLimit => {
+            format!("{} connections from your address", settings.max_connections_per_client)
+        }
+        _ => format!("{} connections", settings.max_connections),
+    };
+    let body = format!("too many connections: the limit of {limit} is reached, all busy; retry shortly\n");
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\n\
+         Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.try_write(answer.as_bytes());
+}
+
 /// One accepted connection, plain or TLS.
 struct Connection {
     site: Arc<dyn Site>,
     security: Arc<WebSecurity>,
     http: hyper::server::conn::http1::Builder,
     graceful: Arc<GracefulShutdown>,
+    table: Arc<ConnectionTable>,
+    id: u64,
     peer: SocketAddr,
     timeout: Duration,
 }
 
 impl Connection {
-    async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, stream: S) {
-        let Connection { site, security, http, graceful, peer, timeout } = self;
+    /// Serves the connection until it ends or the table sheds it, then lingers after a 431
+    /// or 400 and leaves the table.
+    async fn run(self, stream: tokio::net::TcpStream, shed: Arc<Notify>) {
+        let (table, id, peer, site) = (Arc::clone(&self.table), self.id, self.peer, Arc::clone(&self.site));
+        // hyper gets a shared handle of the socket and this function keeps one: after hyper
+        // answers a bad request head and drops its handle, closing with unread input would
+        // send a reset that destroys the answer in flight; this handle drains first.
+        let socket = Arc::new(stream);
+        let stream = SharedStream(Arc::clone(&socket));
+        let tls = self.security.tls.clone();
+        let served = async {
+            match tls {
+                None => self.serve(stream).await,
+                Some(acceptor) => match tokio::time::timeout(self.timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => self.serve(tls_stream).await,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        None
+                    }
+                },
+            }
+        };
+        let ending = tokio::select! {
+            ending = served => ending,
+            () = shed.notified() => {
+                tracing::debug!(%peer, "connection shed to make room");
+                None
+            }
+        };
+        table.closed(id);
+        if let Some(error) = ending {
+            if error.is_parse_too_large() {
+                site.connection_dropped(DropReason::HeadTooLarge);
+            }
+            linger(&socket).await;
+        }
+    }
+
+    /// Serves HTTP on the stream; `Some` with the parse error when hyper answered a bad
+    /// request head (the socket should linger).
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, stream: S) -> Option<hyper::Error> {
+        let Connection { site, security, http, graceful, table, id, peer, timeout } = self;
         let service = hyper::service::service_fn(move |request| {
-            let (site, security) = (Arc::clone(&site), Arc::clone(&security));
-            async move { Ok::<_, Infallible>(route(site, security, request, peer, timeout).await) }
+            let (site, security, table) = (Arc::clone(&site), Arc::clone(&security), Arc::clone(&table));
+            async move {
+                table.request_started(id);
+                let response = route(site, security, request, peer, timeout).await;
+                table.request_finished(id, Instant::now());
+                Ok::<_, Infallible>(response)
+            }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         drop(graceful);
-        if let Err(error) = connection.await {
-            tracing::debug!(%peer, %error, "connection ended with an error");
+        match connection.await {
+            Ok(()) => None,
+            Err(error) if error.is_parse() || error.is_parse_too_large() => {
+                tracing::debug!(%peer, %error, "bad request head answered");
+                Some(error)
+            }
+            Err(error) => {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+                None
+            }
         }
     }
+}
+
+/// A TCP stream that hyper reads and writes while [`Connection::run`] keeps a handle of the
+/// same socket for [`linger`]. tokio's owned halves cannot do this: dropping the write half
+/// shuts the socket down, and they give no handle back once hyper has dropped them.
+struct SharedStream(Arc<tokio::net::TcpStream>);
+
+impl AsyncRead for SharedStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffer: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        loop {
+            std::task::ready!(self.0.poll_read_ready(context))?;
+            match self.0.try_read(buffer.initialize_unfilled()) {
+                Ok(count) => {
+                    buffer.advance(count);
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                // The readiness was stale; `poll_read_ready` registers the waker again.
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(error) => return std::task::Poll::Ready(Err(error)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(context))?;
+            match self.0.try_write(data) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return std::task::Poll::Ready(result),
+            }
+        }
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(shutdown_write(&self.0))
+    }
+}
+
+fn shutdown_write(stream: &tokio::net::TcpStream) -> io::Result<()> {
+    socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write)
+}
+
+/// Shuts down writing (the answer hyper wrote goes out, then a FIN) and reads what the client
+/// still sends, for at most [`LINGER_TIME`] and [`LINGER_BYTES`], before the socket closes.
+async fn linger(socket: &tokio::net::TcpStream) {
+    let _ = shutdown_write(socket);
+    let drain = async {
+        let mut buffer = vec![0u8; 16 << 10];
+        let mut read = 0;
+        while read < LINGER_BYTES {
+            if socket.readable().await.is_err() {
+                break;
+            }
+            match socket.try_read(&mut buffer) {
+                Ok(0) => break,
+                Ok(count) => read += count,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
 #[cfg(test)]

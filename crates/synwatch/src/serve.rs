@@ -130,6 +130,10 @@ impl Site for ExporterSite {
         self.0.observe_request(route, status, seconds);
     }
 
+    fn connection_dropped(&self, reason: synwatch_http::DropReason) {
+        self.0.observe_connection_dropped(reason.label());
+    }
+
     fn service_discovery(&self, query: &str) -> synwatch_http::OnDemandResponse {
         match self.0.service_discovery(query) {
             Ok(body) => synwatch_http::OnDemandResponse {
@@ -294,5 +298,11 @@ mod tests {
             let error = parse_shard(bad).unwrap_err();
             assert!(error.contains(reason), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn every_http_drop_reason_has_its_series() {
+        let labels: Vec<&str> = synwatch_http::DropReason::ALL.iter().map(|reason| reason.label()).collect();
+        assert_eq!(labels, synwatch_exporter::metrics::HTTP_DROP_REASONS);
     }
 }

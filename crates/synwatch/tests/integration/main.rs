@@ -9,6 +9,7 @@ mod deployments;
 mod discovery;
 mod docs;
 mod helpers;
+mod http_limits;
 mod lab_scan;
 mod ondemand;
 mod operations;
