@@ -26,6 +26,7 @@ pub mod guard;
 pub mod probe;
 pub mod scans;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -226,6 +227,45 @@ struct ScanSubmission {
     timeout: Option<String>,
     dedupe_key: Option<String>,
     priority: Option<String>,
+}
+
+/// A validated `POST /api/v1/scans` body.
+#[derive(Debug)]
+pub struct ScanBody {
+    /// What to scan and how.
+    pub params: ScanParams,
+    /// `background` (the default) or `interactive`.
+    pub priority: Priority,
+    /// The client's deduplication key, 1 to 200 characters.
+    pub dedupe_key: Option<String>,
+}
+
+/// Parses and validates a `POST /api/v1/scans` body against the config's modules: a pure
+/// function of untrusted bytes (fuzzed by `fuzz/fuzz_targets/scan_body.rs`).
+pub fn parse_scan_body(body: &[u8], modules: &BTreeMap<String, Module>) -> Result<ScanBody, String> {
+    let submission: ScanSubmission = serde_json::from_slice(body).map_err(|error| format!("request body: {error}"))?;
+    let timeout = submission.timeout.as_deref().map(probe::parse_timeout).transpose()?;
+    let ports = submission.ports.as_ref().map(OneOrMany::joined);
+    let params = probe::scan_params(
+        &submission.targets.joined(),
+        ports.as_deref(),
+        submission.module.as_deref(),
+        timeout,
+        false,
+        false,
+        modules,
+    )?;
+    let priority = match submission.priority.as_deref() {
+        None | Some("background") => Priority::Background,
+        Some("interactive") => Priority::Interactive,
+        Some(other) => return Err(format!("priority {other:?}: expected background or interactive")),
+    };
+    if let Some(key) = &submission.dedupe_key
+        && (key.is_empty() || key.len() > 200)
+    {
+        return Err("dedupe_key: expected 1 to 200 characters".into());
+    }
+    Ok(ScanBody { params, priority, dedupe_key: submission.dedupe_key })
 }
 
 /// `"22,80"`, `22`, or a list of either (targets: strings only make sense, numbers are
@@ -595,43 +635,10 @@ impl OnDemand {
         client: std::net::IpAddr,
     ) -> Result<OnDemandAnswer, Refusal> {
         let section = &config.ondemand;
-        let submission: ScanSubmission = serde_json::from_slice(&request.body)
-            .map_err(|error| Refusal::new(400, Outcome::BadRequest, format!("request body: {error}")))?;
-        let timeout = submission
-            .timeout
-            .as_deref()
-            .map(probe::parse_timeout)
-            .transpose()
+        let ScanBody { params, priority, dedupe_key } = parse_scan_body(&request.body, &config.modules)
             .map_err(|reason| Refusal::new(400, Outcome::BadRequest, reason))?;
-        let ports = submission.ports.as_ref().map(OneOrMany::joined);
-        let params = probe::scan_params(
-            &submission.targets.joined(),
-            ports.as_deref(),
-            submission.module.as_deref(),
-            timeout,
-            false,
-            false,
-            &config.modules,
-        )
-        .map_err(|reason| Refusal::new(400, Outcome::BadRequest, reason))?;
-        let priority = match submission.priority.as_deref() {
-            None | Some("background") => Priority::Background,
-            Some("interactive") => Priority::Interactive,
-            Some(other) => {
-                return Err(Refusal::new(
-                    400,
-                    Outcome::BadRequest,
-                    format!("priority {other:?}: expected background or interactive"),
-                ));
-            }
-        };
-        if let Some(key) = &submission.dedupe_key
-            && (key.is_empty() || key.len() > 200)
-        {
-            return Err(Refusal::new(400, Outcome::BadRequest, "dedupe_key: expected 1 to 200 characters"));
-        }
         self.maintain(section, metrics);
-        if let Some(key) = &submission.dedupe_key {
+        if let Some(key) = &dedupe_key {
             let registry = self.registry.lock();
             if let Some(existing) = registry.deduplicated(key, self.epoch.elapsed(), section.dedupe_window) {
                 metrics.probe_requests.with_label_values(&[Outcome::Ok.label()]).inc();
@@ -670,7 +677,7 @@ impl OnDemand {
             ports: params.ports.to_string(),
             module: params.module.clone(),
             priority: if priority == Priority::Interactive { "interactive" } else { "background" },
-            dedupe_key: submission.dedupe_key.clone(),
+            dedupe_key,
             timeout_seconds: deadline.as_secs_f64(),
             client,
         };
