@@ -7,9 +7,10 @@
 //! * `round-trip`: a /16 × port 80 scan where every address listens (a wildcard listener behind
 //!   an AnyIP route): wall time, open ports found, CPU per probe.
 //! * `memory`: peak resident memory of `synwatch scan` over 65,536 hosts × 100 ports.
-//! * `probe-latency`: `/probe` of `synwatch serve` against prometheus-blackbox-exporter's tcp
-//!   prober on the same lab ports (1 host × 3 ports, and a /24 × 3 ports), both over keep-alive
-//!   HTTP connections from inside the scanner namespace.
+//! * `probe-latency`: `/probe` of a probe-only `synwatch serve` (at the default `max_rate`, or
+//!   `--max-rate`) against prometheus-blackbox-exporter's tcp prober on the same lab ports
+//!   (1 host × 3 ports, and a /24 × 3 ports), both over keep-alive HTTP connections from inside
+//!   the scanner namespace.
 //!
 //! * `listener-read`: one reading of the listeners collector (procfs) against `ss -ltunp`.
 //! * `growth`: how a scan's cost grows with the work: 1,024, 65,536 and 1,048,576 probes at one
@@ -103,6 +104,9 @@ enum Bench {
         /// Repetitions of the single-host measurement (the /24 one runs a tenth as often).
         #[arg(long, default_value_t = 200)]
         repetitions: usize,
+        /// The engine's `max_rate` for synwatch; without it, the default a config gets.
+        #[arg(long)]
+        max_rate: Option<u64>,
     },
 }
 
@@ -314,7 +318,7 @@ fn main() -> Result<()> {
         Bench::RoundTrip { rate, wait, retries } => round_trip(&arguments, rate, wait, retries),
         Bench::Memory => memory(&arguments),
         Bench::ExporterMemory => exporter_memory(&arguments),
-        Bench::ProbeLatency { repetitions } => probe_latency(&arguments, repetitions),
+        Bench::ProbeLatency { repetitions, max_rate } => probe_latency(&arguments, repetitions, max_rate),
         Bench::Growth { rate } => growth(&arguments, rate),
         Bench::MetricsRender { .. } | Bench::ListenerRead { .. } => unreachable!("handled above"),
     }
@@ -722,7 +726,7 @@ fn fan_out(address: SocketAddr, requests: &[String], parallel: usize, success: &
     Ok(started.elapsed())
 }
 
-fn probe_latency(arguments: &Arguments, repetitions: usize) -> Result<()> {
+fn probe_latency(arguments: &Arguments, repetitions: usize, max_rate: Option<u64>) -> Result<()> {
     let scratch = std::env::temp_dir().join(format!("lab-bench-probe-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch)?;
@@ -733,12 +737,13 @@ fn probe_latency(arguments: &Arguments, repetitions: usize) -> Result<()> {
         ..LabConfig::default()
     })?;
     let config = scratch.join("synwatch.yaml");
+    let engine = max_rate.map(|rate| format!("engine: {{max_rate: {rate}}}\n")).unwrap_or_default();
     std::fs::write(
         &config,
-        "engine: {max_rate: 200000}\n\
-         targets:\n  - {name: idle, addresses: [127.0.0.1], ports: \"9\", interval: 24h}\n\
-         ondemand:\n  enabled: true\n  allow_targets: [198.18.0.0/24]\n  rate_limit: 100000\n  burst: 100000\n\
-         \x20 max_concurrent: 16\n",
+        format!(
+            "{engine}ondemand:\n  enabled: true\n  allow_targets: [198.18.0.0/24]\n  rate_limit: 100000\n  burst: 100000\n\
+             \x20 max_concurrent: 16\n"
+        ),
     )?;
     let mut serve = lab
         .scanner_command(&arguments.synwatch)
