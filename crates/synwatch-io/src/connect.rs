@@ -31,7 +31,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use synwatch_engine::{PortState, Probe, RecordOutcome};
 
 use crate::engine::{Control, JobState, NewJob, ProbeResult, Shared, finish, lane_finished};
-use crate::lane::{Lane, next_due_probe};
+use crate::lane::{Grant, Lane, next_due_probe, take_tokens};
 
 /// The default in-flight limit for a descriptor limit of `nofile`: three quarters of what is
 /// left after a margin of 64 descriptors for everything else, between 8 and 16,384.
@@ -166,8 +166,13 @@ impl ConnectLoop {
             }
             let room = self.max_inflight.saturating_sub(self.inflight) as u32;
             let want = if self.under_pressure { 0 } else { room.min(self.batch) };
-            let tokens = if want > 0 { self.shared.bucket.lock().take(now, want) } else { 0 };
-            let used = if tokens > 0 { self.fill(now, tokens) } else { 0 };
+            let grant = if want > 0 {
+                take_tokens(&mut self.jobs, &self.shared.bucket, now, want)
+            } else {
+                Grant { tokens: 0, interactive_only: false }
+            };
+            let tokens = grant.tokens;
+            let used = if tokens > 0 { self.fill(now, grant) } else { 0 };
             if tokens > used {
                 self.shared.bucket.lock().give_back(tokens - used);
             }
@@ -225,10 +230,12 @@ impl ConnectLoop {
     }
 
     /// Starts up to `tokens` attempts, round-robin over jobs. Returns how many tokens were used.
-    fn fill(&mut self, now: Duration, tokens: u32) -> u32 {
+    fn fill(&mut self, now: Duration, grant: Grant) -> u32 {
         let mut used = 0;
-        while used < tokens && !self.under_pressure && self.inflight < self.max_inflight {
-            let Some((position, probe)) = next_due_probe(&mut self.jobs, &mut self.next_job, now) else {
+        while used < grant.tokens && !self.under_pressure && self.inflight < self.max_inflight {
+            let Some((position, probe)) =
+                next_due_probe(&mut self.jobs, &mut self.next_job, now, grant.interactive_only)
+            else {
                 break;
             };
             let job = &self.jobs[position];

@@ -39,7 +39,7 @@ use synwatch_engine::{
 use synwatch_wire::{LinkLayer, ParseError, SynFields, SynTemplate, parse_reply};
 
 use crate::connect::{self, ConnectLoop};
-use crate::lane::{Lane, next_due_probe};
+use crate::lane::{Grant, Lane, next_due_probe, take_tokens};
 use crate::privileges;
 use crate::receive::ReplySocket;
 use crate::route::{self, Path, RouteError};
@@ -939,8 +939,9 @@ impl SenderLoop {
                 }
                 continue;
             }
-            let tokens = self.shared.bucket.lock().take(now, self.batch);
-            let used = if tokens > 0 { self.fill(now, tokens) } else { 0 };
+            let grant = take_tokens(&mut self.jobs, &self.shared.bucket, now, self.batch);
+            let tokens = grant.tokens;
+            let used = if tokens > 0 { self.fill(now, grant) } else { 0 };
             if tokens > used {
                 self.shared.bucket.lock().give_back(tokens - used);
             }
@@ -1031,11 +1032,13 @@ impl SenderLoop {
 
     /// Fills transmitter batches with up to `tokens` probes, round-robin over jobs. Returns how
     /// many probes were queued.
-    fn fill(&mut self, now: Duration, tokens: u32) -> u32 {
+    fn fill(&mut self, now: Duration, grant: Grant) -> u32 {
         let timestamp = now.as_micros() as u32;
         let mut used = 0;
-        while used < tokens {
-            let Some((position, probe)) = next_due_probe(&mut self.jobs, &mut self.next_job, now) else {
+        while used < grant.tokens {
+            let Some((position, probe)) =
+                next_due_probe(&mut self.jobs, &mut self.next_job, now, grant.interactive_only)
+            else {
                 break;
             };
             let job = &mut self.jobs[position];

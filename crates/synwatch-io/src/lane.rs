@@ -72,17 +72,52 @@ impl Lane {
     }
 }
 
+/// Tokens granted by [`take_tokens`], and whom they are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Grant {
+    /// How many.
+    pub(crate) tokens: u32,
+    /// Borrowed for interactive lanes (see `TokenBucket::take_interactive`): only they may use
+    /// them, so background scans never send on borrowed tokens.
+    pub(crate) interactive_only: bool,
+}
+
+/// Takes up to `want` tokens from the engine's bucket for the next sends: borrowing when an
+/// interactive lane (an on-demand probe) has a probe due, plainly otherwise.
+pub(crate) fn take_tokens<L: AsMut<Lane>>(
+    lanes: &mut [L],
+    bucket: &parking_lot::Mutex<TokenBucket>,
+    now: Duration,
+    want: u32,
+) -> Grant {
+    let interactive_due = lanes.iter_mut().any(|lane| {
+        let lane = lane.as_mut();
+        lane.priority() == Priority::Interactive && lane.wake_at <= now
+    });
+    let mut bucket = bucket.lock();
+    if interactive_due {
+        Grant { tokens: bucket.take_interactive(now, want), interactive_only: true }
+    } else {
+        Grant { tokens: bucket.take(now, want), interactive_only: false }
+    }
+}
+
 /// The next probe due at `now` with its lane's position, or `None` when no lane has one (each
 /// lane that is waiting records when it wakes). Interactive lanes come first; within a priority
-/// the lanes take turns, round-robin from `cursor`.
+/// the lanes take turns, round-robin from `cursor`. With `interactive_only`, background lanes
+/// are passed over.
 pub(crate) fn next_due_probe<L: AsMut<Lane>>(
     lanes: &mut [L],
     cursor: &mut usize,
     now: Duration,
+    interactive_only: bool,
 ) -> Option<(usize, Probe)> {
     let interactive = lanes.iter_mut().any(|lane| lane.as_mut().priority() == Priority::Interactive);
     if interactive && let Some(found) = next_due_probe_of(lanes, cursor, now, Some(Priority::Interactive)) {
         return Some(found);
+    }
+    if interactive_only {
+        return None;
     }
     next_due_probe_of(lanes, cursor, now, None)
 }
@@ -183,7 +218,7 @@ mod tests {
             Held(lane("25", Priority::Background, None)),
         ];
         let mut cursor = 0;
-        let order: Vec<usize> = std::iter::from_fn(|| next_due_probe(&mut lanes, &mut cursor, Duration::ZERO))
+        let order: Vec<usize> = std::iter::from_fn(|| next_due_probe(&mut lanes, &mut cursor, Duration::ZERO, false))
             .map(|(position, _)| position)
             .collect();
         // The interactive lane's 16 probes go first, then the background lanes take turns.
@@ -201,12 +236,43 @@ mod tests {
         let mut now = Duration::ZERO;
         // 100 ms of a sender polling every 100 µs: a 1000/s cap lets about 100 probes through.
         while now < Duration::from_millis(100) {
-            while next_due_probe(&mut lanes, &mut cursor, now).is_some() {
+            while next_due_probe(&mut lanes, &mut cursor, now, false).is_some() {
                 sent += 1;
             }
             assert!(lanes[0].0.wake_at > now, "a lane out of tokens says when it has one again");
             now += Duration::from_micros(100);
         }
         assert!((95..=101).contains(&sent), "{sent} probes in 100 ms at 1000/s");
+    }
+
+    #[test]
+    fn borrowed_tokens_go_to_interactive_lanes_only() {
+        let rate = 10_000;
+        let bucket = Mutex::new(TokenBucket::new(rate, TokenBucket::default_burst(rate, 256), Duration::ZERO));
+        let mut lanes = vec![Held(lane("1-1000", Priority::Background, None))];
+        let now = Duration::from_millis(1);
+        // Background alone: the plain bucket (2 ms of traffic at most).
+        let grant = take_tokens(&mut lanes, &bucket, now, 256);
+        assert!(!grant.interactive_only && grant.tokens <= 20, "{grant:?}");
+        // An on-demand probe arrives (16 hosts × 10 ports): it borrows a batch at once, for
+        // itself only.
+        lanes.push(Held(lane("1-10", Priority::Interactive, None)));
+        let grant = take_tokens(&mut lanes, &bucket, now, 256);
+        assert!(grant.interactive_only && grant.tokens == 256, "{grant:?}");
+        let mut cursor = 0;
+        let sent: Vec<usize> =
+            std::iter::from_fn(|| next_due_probe(&mut lanes, &mut cursor, now, grant.interactive_only))
+                .take(grant.tokens as usize)
+                .map(|(position, _)| position)
+                .collect();
+        assert_eq!(sent.len(), 160, "the interactive lane's 160 probes, no background one: {sent:?}");
+        assert!(sent.iter().all(|&position| position == 1));
+        bucket.lock().give_back(grant.tokens - 160);
+        // The debt (160 probes less the tokens earned before) holds background back for about
+        // 14 ms at 10,000/s.
+        let grant = take_tokens(&mut lanes, &bucket, now + Duration::from_millis(8), 256);
+        assert_eq!(grant, Grant { tokens: 0, interactive_only: false });
+        let grant = take_tokens(&mut lanes, &bucket, now + Duration::from_millis(20), 256);
+        assert!(grant.tokens > 0 && !grant.interactive_only, "{grant:?}");
     }
 }
