@@ -42,9 +42,9 @@ fn workspace() -> PathBuf {
 /// The package to install: `SYNWATCH_DEB`, else the newest `target/debian/synwatch_*.deb`.
 fn package() -> Option<PathBuf> {
     if let Ok(path) = std::env::var("SYNWATCH_DEB") {
-        return Some(
-            PathBuf::from(&path).canonicalize().unwrap_or_else(|error| panic!("SYNWATCH_DEB={path}: {error}")),
-        );
+        // Tests run in their crate's directory; a relative path is meant from the workspace.
+        let absolute = workspace().join(&path);
+        return Some(absolute.canonicalize().unwrap_or_else(|error| panic!("SYNWATCH_DEB={path}: {error}")));
     }
     let directory = workspace().join("target/debian");
     std::fs::read_dir(directory)
