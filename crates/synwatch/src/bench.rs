@@ -243,24 +243,18 @@ fn process_cpu() -> Duration {
     })
 }
 
-/// CPU time of this process's threads named `name` (from /proc, in clock ticks).
+/// CPU time of this process's threads named `name` (procfs: /proc/self/task/*/stat).
 fn thread_cpu(name: &str) -> Duration {
-    let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as u64;
-    let Ok(tasks) = fs::read_dir("/proc/self/task") else { return Duration::ZERO };
-    let mut ticks = 0;
-    for task in tasks.flatten() {
-        let path = task.path();
-        if fs::read_to_string(path.join("comm")).is_ok_and(|comm| comm.trim() == name)
-            && let Ok(stat) = fs::read_to_string(path.join("stat"))
-            && let Some((_, rest)) = stat.rsplit_once(')')
-        {
-            // After the command: state is field 3; utime and stime are fields 14 and 15.
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            ticks += fields.get(11).and_then(|field| field.parse::<u64>().ok()).unwrap_or(0);
-            ticks += fields.get(12).and_then(|field| field.parse::<u64>().ok()).unwrap_or(0);
-        }
-    }
-    Duration::from_millis(ticks * 1000 / ticks_per_second.max(1))
+    let Ok(tasks) = procfs::process::Process::myself().and_then(|process| process.tasks()) else {
+        return Duration::ZERO;
+    };
+    let ticks: u64 = tasks
+        .flatten()
+        .filter_map(|task| task.stat().ok())
+        .filter(|stat| stat.comm == name)
+        .map(|stat| stat.utime + stat.stime)
+        .sum();
+    Duration::from_millis(ticks * 1000 / procfs::ticks_per_second().max(1))
 }
 
 /// The CPU time that belongs to the scanner: everything but the lab's accept thread.
