@@ -87,6 +87,16 @@ fn root_file_system() -> Result<PathBuf, String> {
             String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or("")
         ));
     }
+    // A root without a machine id boots as a "first boot" every time (each boot is a fresh
+    // snapshot), which runs systemd-firstboot and the first-boot presets and, seen on a fresh
+    // CI machine, left `systemctl` without an answer. One id, set once, makes every boot alike.
+    let output = run(Command::new("chroot").arg(&root).arg("systemd-machine-id-setup"));
+    if !output.status.success() {
+        return Err(format!(
+            "systemd-machine-id-setup in the root failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
     File::create(&marker).map_err(|error| error.to_string())?;
     eprintln!("{TEST}: built the root file system in {:.0} s", started.elapsed().as_secs_f64());
     Ok(root)
@@ -132,17 +142,29 @@ impl Container {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        // `--wait` blocks until boot is finished; `degraded` would name a failed unit.
-        let state = container.sh("systemctl is-system-running --wait");
-        let state = String::from_utf8_lossy(&state.stdout).trim().to_string();
-        if state != "running" {
-            let failed = container.sh("systemctl --failed --no-pager");
-            return Err(format!(
-                "the container's systemd is {state:?}, not running: {}",
-                String::from_utf8_lossy(&failed.stdout)
-            ));
+        // `--wait` blocks until boot is finished; `degraded` would name a failed unit. Right
+        // after the leader appears, its D-Bus may not answer yet: ask again until the deadline.
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let state = container.sh("systemctl is-system-running --wait");
+            let answer = String::from_utf8_lossy(&state.stdout).trim().to_string();
+            match answer.as_str() {
+                "running" => return Ok(container),
+                "degraded" => {
+                    let failed = container.sh("systemctl --failed --no-pager");
+                    return Err(format!(
+                        "the container's systemd is degraded: {}",
+                        String::from_utf8_lossy(&failed.stdout)
+                    ));
+                }
+                _ => last = format!("{answer:?} ({})", String::from_utf8_lossy(&state.stderr).trim()),
+            }
+            std::thread::sleep(Duration::from_millis(500));
         }
-        Ok(container)
+        Err(format!(
+            "the container's systemd did not reach `running` within 60 s (last answer {last}); console:\n{}",
+            container.console_text()
+        ))
     }
 
     fn console_text(&self) -> String {
