@@ -270,7 +270,7 @@ mod tests {
         assert_ne!(ClientKey::of(ip("2001:db8:1:2::1")), ClientKey::of(ip("2001:db8:1:3::1")));
         assert_eq!(ClientKey::of(ip("::ffff:192.0.2.1")), ClientKey::of(ip("192.0.2.1")));
         assert_ne!(ClientKey::of(ip("192.0.2.1")), ClientKey::of(ip("192.0.2.2")));
-        assert_ne!(ClientKey::of(ip("::1")), ClientKey::of(ip("0.0.0.1")));
+        assert_ne!(ClientKey::of(ip("::1")), ClientKey::of(ip("127.0.0.1")));
     }
 
     #[test]
