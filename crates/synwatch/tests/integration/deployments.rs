@@ -12,20 +12,18 @@ use crate::helpers::{Scratch, Serve, free_port, sample, synwatch, wait_until};
 #[test]
 fn issue_17_a_probe_only_exporter_serves_probe_metrics_and_sd_without_targets() {
     let scratch = Scratch::new("issue-17-probe-only");
-    let config = scratch.join("probe-only.yaml");
     // No `targets:` key at all, as a blackbox_exporter user would write it.
-    std::fs::write(
-        &config,
+    let config = scratch.config(
+        "probe-only.yaml",
         "ondemand:\n  enabled: true\n  allow_targets: [127.0.0.0/8]\n  allow_clients: [127.0.0.0/8]\n\
          modules:\n  quick: {retries: 0, wait: 200ms}\n",
-    )
-    .unwrap();
+    );
     let checked = Command::new(synwatch()).arg("check-config").arg(&config).output().unwrap();
     let printed = String::from_utf8_lossy(&checked.stdout);
     assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stderr));
     assert!(printed.contains("targets: []") && printed.contains("enabled: true"), "{printed}");
 
-    let serve = Serve::start(&scratch, &["--config", config.to_str().unwrap()]);
+    let serve = Serve::start(&scratch, &["--config", &config]);
     let (status, _, page) = serve.request("GET", "/", &[], "").unwrap();
     assert_eq!(status, 200);
     assert!(page.contains("No background targets") && page.contains("/probe"), "{page}");
@@ -59,13 +57,11 @@ fn issue_17_a_listeners_only_exporter_reports_local_sockets_without_targets() {
     let scratch = Scratch::new("issue-17-listeners-only");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let config = scratch.join("listeners-only.yaml");
-    std::fs::write(
-        &config,
-        format!("targets: []\nlisteners:\n  enabled: true\n  interval: 200ms\n  include_ports: \"{port}\"\n"),
-    )
-    .unwrap();
-    let serve = Serve::start(&scratch, &["--config", config.to_str().unwrap()]);
+    let config = scratch.config(
+        "listeners-only.yaml",
+        &format!("targets: []\nlisteners:\n  enabled: true\n  interval: 200ms\n  include_ports: \"{port}\"\n"),
+    );
+    let serve = Serve::start(&scratch, &["--config", &config]);
     let prefix = format!("synwatch_listener_up{{protocol=\"tcp\",address=\"127.0.0.1\",port=\"{port}\",process=\"");
     let line = wait_until("the test's own listener in synwatch_listener_up", 30, || {
         serve.metrics().lines().find(|line| line.starts_with(&prefix)).map(str::to_string)
@@ -82,8 +78,7 @@ fn issue_17_a_listeners_only_exporter_reports_local_sockets_without_targets() {
 #[test]
 fn issue_17_a_config_that_would_do_nothing_is_refused_with_the_reason() {
     let scratch = Scratch::new("issue-17-idle");
-    let config = scratch.join("idle.yaml");
-    std::fs::write(&config, "listen: 127.0.0.1:10045\ntargets: []\n").unwrap();
+    let config = scratch.config("idle.yaml", "listen: 127.0.0.1:10045\ntargets: []\n");
     let checked = Command::new(synwatch()).arg("check-config").arg(&config).output().unwrap();
     let stderr = String::from_utf8_lossy(&checked.stderr);
     assert!(!checked.status.success());

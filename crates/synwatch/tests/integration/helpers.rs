@@ -201,6 +201,13 @@ impl Scratch {
     pub fn join(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
+
+    /// Writes a config file `name` holding `text` and returns its path, ready for `--config`.
+    pub fn config(&self, name: &str, text: &str) -> String {
+        let path = self.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
 }
 
 impl Drop for Scratch {

@@ -62,14 +62,12 @@ fn dropped(metrics: &str, reason: &str) -> f64 {
 #[test]
 fn issue_17_a_flood_of_unfinished_heads_does_not_lock_out_a_scrape() {
     let scratch = Scratch::new("issue-17-flood");
-    let config = scratch.join("synwatch.yaml");
-    std::fs::write(
-        &config,
+    let config = scratch.config(
+        "synwatch.yaml",
         "defaults: {interval: 1h, timeout: 20s, retries: 0, wait: 100ms}\n\
          targets:\n  - {name: lo, addresses: [127.0.0.1], ports: \"9\"}\n",
-    )
-    .unwrap();
-    let serve = Serve::start(&scratch, &["--config", config.to_str().unwrap()]);
+    );
+    let serve = Serve::start(&scratch, &["--config", &config]);
     let server = serve.address;
     let before = peak_rss_kib(serve.child.id());
 
@@ -98,9 +96,9 @@ fn issue_17_a_flood_of_unfinished_heads_does_not_lock_out_a_scrape() {
 #[test]
 fn issue_17_an_oversized_request_head_gets_431() {
     let scratch = Scratch::new("issue-17-431");
-    let config = scratch.join("synwatch.yaml");
-    std::fs::write(&config, "targets:\n  - {name: lo, addresses: [127.0.0.1], ports: \"9\", interval: 1h}\n").unwrap();
-    let serve = Serve::start(&scratch, &["--config", config.to_str().unwrap()]);
+    let config = scratch
+        .config("synwatch.yaml", "targets:\n  - {name: lo, addresses: [127.0.0.1], ports: \"9\", interval: 1h}\n");
+    let serve = Serve::start(&scratch, &["--config", &config]);
     let mut stream = TcpStream::connect(serve.address).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut request = b"GET /metrics HTTP/1.1\r\nHost: synwatch\r\nX-Padding: ".to_vec();
