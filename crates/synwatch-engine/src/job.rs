@@ -62,6 +62,20 @@ pub enum FinishReason {
     Cancelled,
 }
 
+impl FinishReason {
+    /// The end reason of a job from the reasons of two of its lanes: the most telling one wins
+    /// (cancelled, then deadline, then a wait that ran out; "all answered" only if both say so).
+    pub fn most_telling(self, other: FinishReason) -> FinishReason {
+        let rank = |reason: FinishReason| match reason {
+            FinishReason::AllAnswered => 0,
+            FinishReason::WaitOver => 1,
+            FinishReason::DeadlineReached => 2,
+            FinishReason::Cancelled => 3,
+        };
+        if rank(other) > rank(self) { other } else { self }
+    }
+}
+
 /// A probe to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Probe {

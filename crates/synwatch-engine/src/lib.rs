@@ -12,12 +12,16 @@
 //! * [`pacing`]: the token bucket.
 //! * [`table`]: the lock-free per-job state table.
 //! * [`job`]: one scan job's schedule (rounds, retries, wait) and reply classification.
+//! * [`scheduler`]: a sending thread's lanes and every decision about them (priorities, rate
+//!   caps, round-robin, deferred probes, timeouts, the end of a lane), which the I/O threads and
+//!   the simulated network of the tests drive alike.
 
 pub mod cookie;
 pub mod job;
 pub mod pacing;
 pub mod permutation;
 pub mod ports;
+pub mod scheduler;
 pub mod table;
 pub mod targets;
 
@@ -28,5 +32,6 @@ pub use job::{
 pub use pacing::TokenBucket;
 pub use permutation::{Permutation, Shard};
 pub use ports::{PortError, PortSet};
+pub use scheduler::{FinishedLane, LaneIndex, LaneProgress, Priority, Scheduler};
 pub use table::{PortState, RecordOutcome, StateTable};
 pub use targets::{AddressRange, ExclusionPolicy, HostSet, TargetError, TargetSpace};

@@ -1,9 +1,11 @@
 //! The scan core driven against a simulated network, deterministically: no sockets, no clock.
 //!
-//! The simulation plays the I/O layer's part (a token bucket, the sender loop, a receiver that
-//! classifies and offers replies to every job) and the network's (per-(host, port) ground
-//! truth, latency with jitter that reorders replies, loss, duplicates, late replies, forged
-//! replies).
+//! The simulation plays the I/O layer's part with the production [`Scheduler`] (the type the
+//! SYN sender and connect() threads of `synwatch-io` drive): it grants tokens from a bucket,
+//! sends what `poll_transmit` hands out, offers replies to every job's matcher as the receiver
+//! thread does, and sleeps until `poll_timeout` or the next arrival. The network plays
+//! per-(host, port) ground truth, latency with jitter that reorders replies, loss, duplicates,
+//! late replies and forged replies.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -13,7 +15,8 @@ use std::time::Duration;
 use synwatch_engine::targets::parse_target;
 use synwatch_engine::{
     Classified, CookieKey, ExclusionPolicy, FinishReason, HostSet, JobCore, JobSettings, NextStep, Permutation,
-    PortSet, PortState, Probe, ReplyMatch, Shard, SourcePortRange, TargetSpace, TokenBucket, classify_reply,
+    PortSet, PortState, Priority, Probe, ReplyMatch, ReplyMatcher, Scheduler, Shard, SourcePortRange, TargetSpace,
+    TokenBucket, classify_reply,
 };
 use synwatch_wire::{QuotedProbe, ReplyRepr, TcpReply, UnreachableReply};
 
@@ -149,6 +152,10 @@ impl Network {
         self.in_flight.insert((at, self.sequence), reply);
     }
 
+    fn next_arrival(&self) -> Option<Duration> {
+        self.in_flight.keys().next().map(|&(at, _)| at)
+    }
+
     fn arrivals_until(&mut self, now: Duration) -> Vec<ReplyRepr> {
         let later = self.in_flight.split_off(&(now, u64::MAX));
         let arrived = std::mem::replace(&mut self.in_flight, later);
@@ -180,68 +187,109 @@ struct RunLog {
     reasons: Vec<Option<FinishReason>>,
     matches: Vec<ReplyMatch>,
     last_send: Duration,
+    /// Each job's matcher (its space and state table), for checking results after the run.
+    matchers: Vec<Arc<ReplyMatcher>>,
+    /// Probes each job's core walks per round.
+    lane_sizes: Vec<u64>,
+    /// The job of each send, in order, with its time.
+    send_order: Vec<(usize, Duration)>,
+    /// Sent as each job's owner reported it through `poll_progress` and `poll_finished`.
+    published_sent: Vec<u64>,
 }
 
-/// Runs jobs to completion under one token bucket, round robin, like the sender thread does.
-fn run(jobs: &mut [JobCore], network: &mut Network, rate: u64) -> RunLog {
+/// A job for [`run_jobs`]: its core, priority and own rate cap.
+struct SimulatedJob {
+    core: JobCore,
+    priority: Priority,
+    rate: Option<u64>,
+}
+
+impl From<JobCore> for SimulatedJob {
+    fn from(core: JobCore) -> SimulatedJob {
+        SimulatedJob { core, priority: Priority::Background, rate: None }
+    }
+}
+
+/// Runs background jobs to completion under one token bucket.
+fn run(jobs: Vec<JobCore>, network: &mut Network, rate: u64) -> RunLog {
+    run_jobs(jobs.into_iter().map(SimulatedJob::from).collect(), network, rate, 64)
+}
+
+/// Runs jobs to completion on one production [`Scheduler`], the way a sending thread drives it,
+/// with batches of `batch` probes of which only the first `batch - 1` fit (the last is deferred
+/// to the next batch, as a full ring defers it).
+fn run_jobs(jobs: Vec<SimulatedJob>, network: &mut Network, rate: u64, batch: u32) -> RunLog {
+    let count = jobs.len();
     let mut log = RunLog {
-        sends_per_index: vec![HashMap::new(); jobs.len()],
-        delivered: vec![HashMap::new(); jobs.len()],
-        finished_at: vec![Duration::ZERO; jobs.len()],
-        reasons: vec![None; jobs.len()],
+        sends_per_index: vec![HashMap::new(); count],
+        delivered: vec![HashMap::new(); count],
+        finished_at: vec![Duration::ZERO; count],
+        reasons: vec![None; count],
+        matchers: jobs.iter().map(|job| Arc::clone(job.core.matcher())).collect(),
+        lane_sizes: jobs.iter().map(|job| job.core.lane_size()).collect(),
+        published_sent: vec![0; count],
         ..RunLog::default()
     };
-    let mut bucket = TokenBucket::new(rate, TokenBucket::default_burst(rate, 64), Duration::ZERO);
-    let step = Duration::from_micros(100);
+    let mut bucket = TokenBucket::new(rate, TokenBucket::default_burst(rate, batch), Duration::ZERO);
+    let mut scheduler = Scheduler::new();
+    for (number, job) in jobs.into_iter().enumerate() {
+        scheduler.add(job.core, number, job.priority, job.rate, Duration::ZERO);
+    }
     let mut now = Duration::ZERO;
-    while log.reasons.iter().any(Option::is_none) {
-        now += step;
+    while !scheduler.is_empty() {
         assert!(now < Duration::from_secs(60), "simulation did not converge");
-        let mut tokens = bucket.take(now, 64);
-        let mut progressed = true;
-        while tokens > 0 && progressed {
-            progressed = false;
-            for (number, job) in jobs.iter_mut().enumerate() {
-                if tokens == 0 || log.reasons[number].is_some() {
-                    continue;
-                }
-                if let NextStep::Send(probe) = job.next_step(now) {
-                    tokens -= 1;
-                    progressed = true;
-                    *log.sends_per_index[number].entry(probe.index).or_default() += 1;
-                    let arrives = network.send(&probe, now);
-                    *log.delivered[number].entry(probe.index).or_default() |= arrives;
-                    log.last_send = now;
-                }
-            }
-        }
-        bucket.give_back(tokens);
         for reply in network.arrivals_until(now) {
             let Some(classified) = classify_reply(&reply, SourcePortRange::DEFAULT) else {
                 continue;
             };
-            let matched = jobs
+            let matched = log
+                .matchers
                 .iter()
-                .map(|job| job.matcher().offer(&classified))
+                .map(|matcher| matcher.offer(&classified))
                 .find(|outcome| !matches!(outcome, ReplyMatch::NotInJob | ReplyMatch::BadCookie))
                 .unwrap_or(ReplyMatch::BadCookie);
             log.matches.push(matched);
         }
-        for (number, job) in jobs.iter_mut().enumerate() {
-            if log.reasons[number].is_none()
-                && let Some(reason) = job.check_finished(now)
-            {
-                log.reasons[number] = Some(reason);
-                log.finished_at[number] = now;
+        while let Some(finished) = scheduler.poll_finished(now) {
+            log.reasons[finished.owner] = Some(finished.reason);
+            log.finished_at[finished.owner] = now;
+            log.published_sent[finished.owner] += finished.progress.newly_sent;
+        }
+        if scheduler.grant(now, batch, &mut bucket) > 0 {
+            let mut room = batch - 1;
+            while let Some((lane, probe)) = scheduler.poll_transmit(now) {
+                if room == 0 {
+                    scheduler.defer(lane, probe);
+                    break;
+                }
+                room -= 1;
+                let number = *scheduler.owner(lane);
+                *log.sends_per_index[number].entry(probe.index).or_default() += 1;
+                let arrives = network.send(&probe, now);
+                *log.delivered[number].entry(probe.index).or_default() |= arrives;
+                log.last_send = now;
+                log.send_order.push((number, now));
             }
         }
+        scheduler.end_batch(&mut bucket);
+        scheduler.poll_progress(|&number, progress| log.published_sent[number] += progress.newly_sent);
+        // Sleep until the scheduler has something to do or a reply arrives, whichever is first
+        // (at least 1 µs, as a real clock moves on).
+        let wake = scheduler.poll_timeout(now, &mut bucket);
+        let arrival = network.next_arrival();
+        let next = [wake, arrival].into_iter().flatten().min().unwrap_or(now);
+        now = next.max(now + Duration::from_micros(1));
+    }
+    for number in 0..count {
+        let sent: u32 = log.sends_per_index[number].values().sum();
+        assert_eq!(log.published_sent[number], u64::from(sent), "job {number}: progress reports match the sends");
     }
     log
 }
 
-fn assert_matches_ground_truth(job: &JobCore, only_delivered: Option<&HashMap<u64, bool>>) {
-    let space = job.matcher().space();
-    let table = job.matcher().table();
+fn assert_matches_ground_truth(matcher: &ReplyMatcher, only_delivered: Option<&HashMap<u64, bool>>) {
+    let space = matcher.space();
+    let table = matcher.table();
     for index in 0..space.len() {
         let (address, port) = space.probe_at(index).unwrap();
         if let Some(delivered) = only_delivered
@@ -257,10 +305,10 @@ fn assert_matches_ground_truth(job: &JobCore, only_delivered: Option<&HashMap<u6
 #[test]
 fn perfect_network_classifies_every_probe_exactly() {
     let space = space(&["198.18.0.0/24", "2001:2::/120"], "22,80,443,8080");
-    let mut jobs = [job(&space, JobSettings { retries: 2, ..JobSettings::default() }, 1)];
+    let jobs = vec![job(&space, JobSettings { retries: 2, ..JobSettings::default() }, 1)];
     let mut network = Network::new(1, 0.0, 0.0);
-    let log = run(&mut jobs, &mut network, 50_000);
-    assert_matches_ground_truth(&jobs[0], None);
+    let log = run(jobs, &mut network, 50_000);
+    assert_matches_ground_truth(&log.matchers[0], None);
     assert_eq!(log.reasons[0], Some(FinishReason::WaitOver), "blackholed probes keep it waiting");
     // Only the blackholed probes were retried, each exactly `retries` more times.
     for (&index, &sends) in &log.sends_per_index[0] {
@@ -280,9 +328,9 @@ fn ends_as_soon_as_everything_answered() {
         wait: Duration::from_secs(5),
         ..JobSettings::default()
     };
-    let mut jobs = [job(&space, settings, 2)];
+    let jobs = vec![job(&space, settings, 2)];
     let mut network = Network::new(2, 0.0, 0.0);
-    let log = run(&mut jobs, &mut network, 100_000);
+    let log = run(jobs, &mut network, 100_000);
     assert_eq!(log.reasons[0], Some(FinishReason::AllAnswered));
     let tail = log.finished_at[0] - log.last_send;
     assert!(tail <= Duration::from_millis(25), "finished {tail:?} after the last send");
@@ -304,17 +352,17 @@ fn space_without_blackholes() -> Arc<TargetSpace> {
 #[test]
 fn with_loss_duplicates_and_reordering_every_delivered_answer_is_right() {
     let space = space(&["198.18.0.0/22"], "22,80,443");
-    let mut jobs = [job(&space, JobSettings { retries: 2, ..JobSettings::default() }, 3)];
+    let jobs = vec![job(&space, JobSettings { retries: 2, ..JobSettings::default() }, 3)];
     let mut network = Network::new(3, 0.05, 0.1);
-    let log = run(&mut jobs, &mut network, 200_000);
-    assert_matches_ground_truth(&jobs[0], Some(&log.delivered[0]));
+    let log = run(jobs, &mut network, 200_000);
+    assert_matches_ground_truth(&log.matchers[0], Some(&log.delivered[0]));
     let open_truth = (0..space.len())
         .filter(|&i| {
             let (address, port) = space.probe_at(i).unwrap();
             Network::behaviour(address, port) == Behaviour::Listen
         })
         .count() as u64;
-    let open_found = jobs[0].matcher().table().count(PortState::Open);
+    let open_found = log.matchers[0].table().count(PortState::Open);
     let open_lost_every_time = (0..space.len())
         .filter(|&i| {
             let (address, port) = space.probe_at(i).unwrap();
@@ -323,7 +371,7 @@ fn with_loss_duplicates_and_reordering_every_delivered_answer_is_right() {
         })
         .count() as u64;
     assert_eq!(open_found + open_lost_every_time, open_truth);
-    assert!(jobs[0].matcher().table().duplicates() > 0, "duplicates were injected");
+    assert!(log.matchers[0].table().duplicates() > 0, "duplicates were injected");
     // With 5 % loss each way and three attempts, about one in a thousand is lost every time.
     assert!(open_lost_every_time * 100 < open_truth, "{open_lost_every_time} of {open_truth} lost");
 }
@@ -331,8 +379,8 @@ fn with_loss_duplicates_and_reordering_every_delivered_answer_is_right() {
 #[test]
 fn forged_stale_and_foreign_replies_are_rejected() {
     let space = space(&["198.18.3.0/28"], "80");
-    let mut jobs =
-        [job(&space, JobSettings { retries: 0, wait: Duration::from_millis(200), ..JobSettings::default() }, 4)];
+    let jobs =
+        vec![job(&space, JobSettings { retries: 0, wait: Duration::from_millis(200), ..JobSettings::default() }, 4)];
     let mut network = Network::new(4, 1.0, 0.0); // every real probe is lost
     // A reply from a previous run (another key), a forged guess, and one for an address
     // outside the job.
@@ -355,8 +403,8 @@ fn forged_stale_and_foreign_replies_are_rejected() {
     network.inject(Duration::from_millis(1), forged(stale.source_port, stale.sequence.wrapping_add(1), target));
     network.inject(Duration::from_millis(2), forged(40000, 1, target));
     network.inject(Duration::from_millis(3), forged(40000, 1, "198.18.4.1".parse().unwrap()));
-    let log = run(&mut jobs, &mut network, 10_000);
-    assert_eq!(jobs[0].matcher().table().answered(), 0);
+    let log = run(jobs, &mut network, 10_000);
+    assert_eq!(log.matchers[0].table().answered(), 0);
     assert_eq!(log.matches, vec![ReplyMatch::BadCookie; 3]);
 }
 
@@ -364,12 +412,12 @@ fn forged_stale_and_foreign_replies_are_rejected() {
 fn late_replies_within_the_wait_are_counted() {
     let space = space(&["198.18.4.0/26"], "80,443");
     let settings = JobSettings { retries: 0, wait: Duration::from_millis(500), ..JobSettings::default() };
-    let mut jobs = [job(&space, settings, 5)];
+    let jobs = vec![job(&space, settings, 5)];
     let mut network = Network::new(5, 0.0, 0.0);
     network.base_latency = Duration::from_millis(300);
     network.jitter = Duration::from_millis(150);
-    run(&mut jobs, &mut network, 100_000);
-    assert_matches_ground_truth(&jobs[0], None);
+    let log = run(jobs, &mut network, 100_000);
+    assert_matches_ground_truth(&log.matchers[0], None);
 }
 
 #[test]
@@ -379,12 +427,12 @@ fn several_jobs_on_one_bucket_each_get_exactly_their_own_results() {
     let second = space(&["198.18.5.0/26"], "80,443");
     let third = space(&["2001:2::/122"], "22,80");
     let settings = JobSettings { retries: 1, wait: Duration::from_millis(300), ..JobSettings::default() };
-    let mut jobs = [job(&first, settings, 6), job(&second, settings, 7), job(&third, settings, 8)];
+    let jobs = vec![job(&first, settings, 6), job(&second, settings, 7), job(&third, settings, 8)];
     let mut network = Network::new(6, 0.0, 0.0);
-    run(&mut jobs, &mut network, 100_000);
-    for job in &jobs {
-        assert_matches_ground_truth(job, None);
-        let table = job.matcher().table();
+    let log = run(jobs, &mut network, 100_000);
+    for matcher in &log.matchers {
+        assert_matches_ground_truth(matcher, None);
+        let table = matcher.table();
         assert_eq!(table.duplicates(), 0, "a reply was recorded in the wrong job");
     }
 }
@@ -401,9 +449,9 @@ fn shards_together_probe_everything_once() {
             wait: Duration::from_millis(50),
             ..JobSettings::default()
         };
-        let mut jobs = [job(&space, settings, 9)];
+        let jobs = vec![job(&space, settings, 9)];
         let mut network = Network::new(9, 0.0, 0.0);
-        let log = run(&mut jobs, &mut network, 100_000);
+        let log = run(jobs, &mut network, 100_000);
         for (probe, sends) in &log.sends_per_index[0] {
             *total.entry(*probe).or_insert(0) += sends;
         }
@@ -482,14 +530,14 @@ fn lanes_split_a_shard_into_disjoint_parts_that_share_one_table() {
     let space = space(&["198.18.8.0/23", "2001:2::8:0/120"], "22,80,443");
     let shard = Shard { index: 1, count: 3 };
     let settings = JobSettings { retries: 2, seed: 5, shard, ..JobSettings::default() };
-    let mut lanes = job(&space, settings, 12).into_lanes(3);
+    let lanes = job(&space, settings, 12).into_lanes(3);
     assert_eq!(lanes.len(), 3);
     let mut network = Network::new(12, 0.0, 0.0);
-    let log = run(&mut lanes, &mut network, 100_000);
+    let log = run(lanes, &mut network, 100_000);
     // Every probe of the shard went out exactly once, from exactly one lane, and nothing else.
     let mut sent_by = HashMap::new();
     for (lane, sends) in log.sends_per_index.iter().enumerate() {
-        assert_eq!(sends.len() as u64, lanes[lane].lane_size());
+        assert_eq!(sends.len() as u64, log.lane_sizes[lane]);
         for (&index, &count) in sends {
             // On a loss-free network only the blackholed probes stay unanswered and are retried.
             let (address, port) = space.probe_at(index).unwrap();
@@ -505,7 +553,7 @@ fn lanes_split_a_shard_into_disjoint_parts_that_share_one_table() {
     assert_eq!(sent, expected);
     // One table: it holds the answers to every lane's probes.
     assert!(log.reasons.iter().all(|reason| *reason == Some(FinishReason::WaitOver)), "{:?}", log.reasons);
-    let table = lanes[0].matcher().table();
+    let table = log.matchers[0].table();
     let blackholed = expected
         .iter()
         .filter(|&&index| {
@@ -525,9 +573,9 @@ fn lanes_split_a_shard_into_disjoint_parts_that_share_one_table() {
 fn lanes_retry_only_their_own_unanswered_probes() {
     let space = space(&["198.18.10.0/22"], "80,443");
     let settings = JobSettings { retries: 2, seed: 6, ..JobSettings::default() };
-    let mut lanes = job(&space, settings, 13).into_lanes(2);
+    let lanes = job(&space, settings, 13).into_lanes(2);
     let mut network = Network::new(13, 0.2, 0.0);
-    let log = run(&mut lanes, &mut network, 200_000);
+    let log = run(lanes, &mut network, 200_000);
     for lane in 0..2 {
         for (&index, &count) in &log.sends_per_index[lane] {
             assert!(!log.sends_per_index[1 - lane].contains_key(&index), "probe {index} sent by both lanes");
@@ -537,7 +585,7 @@ fn lanes_retry_only_their_own_unanswered_probes() {
     let retried = log.sends_per_index.iter().flat_map(|sends| sends.values()).filter(|&&count| count > 1).count();
     assert!(retried > 0, "20 % loss must cause retries");
     for (lane, delivered) in log.delivered.iter().enumerate() {
-        assert_matches_ground_truth(&lanes[lane], Some(delivered));
+        assert_matches_ground_truth(&log.matchers[lane], Some(delivered));
     }
 }
 
@@ -545,10 +593,67 @@ fn lanes_retry_only_their_own_unanswered_probes() {
 fn lanes_of_a_fully_answering_job_all_end_when_the_last_answer_arrives() {
     let space = space_without_blackholes();
     let settings = JobSettings { retries: 2, seed: 7, ..JobSettings::default() };
-    let mut lanes = job(&space, settings, 14).into_lanes(2);
+    let lanes = job(&space, settings, 14).into_lanes(2);
     let mut network = Network::new(14, 0.0, 0.0);
-    let log = run(&mut lanes, &mut network, 100_000);
+    let log = run(lanes, &mut network, 100_000);
     assert!(log.reasons.iter().all(|reason| *reason == Some(FinishReason::AllAnswered)), "{:?}", log.reasons);
     assert_eq!(log.finished_at[0], log.finished_at[1]);
     assert!(log.finished_at[0] < log.last_send + Duration::from_millis(100), "no waiting once all answered");
+}
+
+#[test]
+fn an_interactive_job_overtakes_a_background_scan_and_both_are_exact() {
+    let background = space(&["198.18.12.0/22"], "22,80,443");
+    let interactive = space(&["198.18.13.0/28"], "80,443");
+    let settings = JobSettings { retries: 1, wait: Duration::from_millis(300), ..JobSettings::default() };
+    let jobs = vec![
+        SimulatedJob { core: job(&background, settings, 15), priority: Priority::Background, rate: None },
+        SimulatedJob { core: job(&interactive, settings, 16), priority: Priority::Interactive, rate: None },
+    ];
+    let mut network = Network::new(15, 0.0, 0.0);
+    let log = run_jobs(jobs, &mut network, 50_000, 64);
+    // The interactive job's first round (32 probes) goes out before any background probe.
+    let first: Vec<usize> = log.send_order.iter().take(32).map(|&(job, _)| job).collect();
+    assert_eq!(first, vec![1; 32]);
+    assert_eq!(log.send_order[32].0, 0);
+    for matcher in &log.matchers {
+        assert_matches_ground_truth(matcher, None);
+    }
+    assert!(log.finished_at[1] < log.finished_at[0], "the small interactive job ends first");
+}
+
+#[test]
+fn a_job_rate_cap_paces_it_under_a_faster_global_cap() {
+    let space = space_without_blackholes();
+    let settings = JobSettings { retries: 0, wait: Duration::from_millis(100), ..JobSettings::default() };
+    let probes = space.len();
+    let jobs =
+        vec![SimulatedJob { core: job(&space, settings, 17), priority: Priority::Background, rate: Some(2_000) }];
+    let mut network = Network::new(17, 0.0, 0.0);
+    let log = run_jobs(jobs, &mut network, 1_000_000, 64);
+    assert_matches_ground_truth(&log.matchers[0], None);
+    // The job's bucket starts empty and holds 2 ms of tokens: at 2,000/s the probes take
+    // probes / 2000 seconds, although the global cap would allow 1,000,000/s.
+    let expected = Duration::from_secs_f64(probes as f64 / 2_000.0);
+    let took = log.last_send;
+    assert!(took >= expected.mul_f64(0.98) && took <= expected.mul_f64(1.02), "{took:?} for {probes} probes");
+}
+
+#[test]
+fn probes_deferred_by_full_batches_are_sent_once_and_never_lost() {
+    let space = space(&["198.18.14.0/24", "2001:2::14:0/124"], "22,80");
+    let settings = JobSettings { retries: 2, ..JobSettings::default() };
+    let jobs = vec![job(&space, settings, 18).into(), job(&space, settings, 19).into()];
+    let mut network = Network::new(18, 0.0, 0.0);
+    // Batches of 4 of which 3 fit: every batch defers a probe to the next.
+    let log = run_jobs(jobs, &mut network, 100_000, 4);
+    for (number, matcher) in log.matchers.iter().enumerate() {
+        assert_matches_ground_truth(matcher, None);
+        assert_eq!(log.sends_per_index[number].len() as u64, space.len());
+        for (&index, &sends) in &log.sends_per_index[number] {
+            let (address, port) = space.probe_at(index).unwrap();
+            let expected = if Network::behaviour(address, port) == Behaviour::Blackhole { 3 } else { 1 };
+            assert_eq!(sends, expected, "{address}:{port} of job {number}");
+        }
+    }
 }

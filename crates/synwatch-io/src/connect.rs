@@ -1,10 +1,10 @@
 //! The connect() scanner: the engine's fallback when raw sockets are not allowed.
 //!
 //! One thread runs non-blocking `connect()` calls (socket2) and waits for their outcome with
-//! epoll (nix). It is driven by the same [`JobCore`] schedules as the SYN sender (permutation,
-//! shards, rounds, retries, wait, deadline, cancel), takes its tokens from the same global
-//! bucket and records into the same lock-free state table, so a job's results do not depend on
-//! the mode that ran it.
+//! epoll (nix). It drives the same [`Scheduler`] as the SYN sender (permutation, shards, rounds,
+//! retries, wait, deadline, cancel, priorities, per-job rates), takes its tokens from the same
+//! global bucket and records into the same lock-free state table, so a job's results do not
+//! depend on the mode that ran it.
 //!
 //! * An attempt that connects means open; the socket is closed at once with `SO_LINGER` 0, so
 //!   the kernel answers with a RST and no connection lingers in TIME_WAIT on either side.
@@ -28,10 +28,10 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use synwatch_engine::{PortState, Probe, RecordOutcome};
+use synwatch_engine::{PortState, Probe, RecordOutcome, Scheduler};
 
-use crate::engine::{Control, JobState, NewJob, ProbeResult, Shared, finish, lane_finished};
-use crate::lane::{Grant, Lane, next_due_probe, take_tokens};
+use crate::job::{Control, JobState, NewJob, ProbeResult};
+use crate::shared::Shared;
 
 /// The default in-flight limit for a descriptor limit of `nofile`: three quarters of what is
 /// left after a margin of 64 descriptors for everything else, between 8 and 16,384.
@@ -88,15 +88,10 @@ struct Attempt {
     generation: u64,
 }
 
+/// What the connect() thread keeps with each lane of its scheduler.
 struct ConnectJob {
-    lane: Lane,
+    state: Arc<JobState>,
     attempt_timeout: Duration,
-}
-
-impl AsMut<Lane> for ConnectJob {
-    fn as_mut(&mut self) -> &mut Lane {
-        &mut self.lane
-    }
 }
 
 /// The connect() thread's state.
@@ -106,8 +101,7 @@ pub(crate) struct ConnectLoop {
     epoll: Epoll,
     max_inflight: usize,
     batch: u32,
-    jobs: Vec<ConnectJob>,
-    next_job: usize,
+    scheduler: Scheduler<ConnectJob>,
     slots: Vec<Option<Attempt>>,
     free_slots: Vec<usize>,
     inflight: usize,
@@ -131,8 +125,7 @@ impl ConnectLoop {
             epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io::Error::from)?,
             max_inflight: max_inflight.max(1),
             batch,
-            jobs: Vec::new(),
-            next_job: 0,
+            scheduler: Scheduler::new(),
             slots: Vec::new(),
             free_slots: Vec::new(),
             inflight: 0,
@@ -148,7 +141,7 @@ impl ConnectLoop {
             while let Ok(message) = self.control.try_recv() {
                 self.handle(message);
             }
-            let now = self.shared.epoch.elapsed();
+            let now = self.shared.now();
             self.expire(now);
             self.retire_finished_jobs(now);
             // Pressure is lifted when an attempt completes; with none in flight (descriptors
@@ -156,7 +149,7 @@ impl ConnectLoop {
             if self.inflight == 0 {
                 self.under_pressure = false;
             }
-            if self.jobs.is_empty() {
+            if self.scheduler.is_empty() {
                 match self.control.recv_timeout(Duration::from_millis(50)) {
                     Ok(message) => self.handle(message),
                     Err(RecvTimeoutError::Timeout) => {}
@@ -166,19 +159,12 @@ impl ConnectLoop {
             }
             let room = self.max_inflight.saturating_sub(self.inflight) as u32;
             let want = if self.under_pressure { 0 } else { room.min(self.batch) };
-            let grant = if want > 0 {
-                take_tokens(&mut self.jobs, &self.shared.bucket, now, want)
-            } else {
-                Grant { tokens: 0, interactive_only: false }
-            };
-            let tokens = grant.tokens;
-            let used = if tokens > 0 { self.fill(now, grant) } else { 0 };
-            if tokens > used {
-                self.shared.bucket.lock().give_back(tokens - used);
+            let tokens = if want > 0 { self.scheduler.grant(now, want, &mut self.shared.bucket.lock()) } else { 0 };
+            if tokens > 0 {
+                self.fill(now);
             }
-            for job in &mut self.jobs {
-                job.lane.publish_progress(now);
-            }
+            let used = self.scheduler.end_batch(&mut self.shared.bucket.lock());
+            self.scheduler.poll_progress(|job, progress| job.state.publish_progress(progress, now));
             // Wait for outcomes; not at all if there is more to send right away.
             let wait =
                 if used > 0 && used == tokens && !self.under_pressure { Duration::ZERO } else { self.idle_wait(now) };
@@ -186,15 +172,13 @@ impl ConnectLoop {
                 .epoll
                 .wait(&mut events, EpollTimeout::from(wait.as_millis().min(u128::from(u16::MAX)) as u16))
                 .unwrap_or(0);
-            let now = self.shared.epoch.elapsed();
+            let now = self.shared.now();
             for event in &events[..ready] {
                 self.complete(event.data() as usize, now);
             }
         }
-        for job in &mut self.jobs {
-            job.lane.core.cancel();
-        }
-        let now = self.shared.epoch.elapsed();
+        self.scheduler.cancel_all();
+        let now = self.shared.now();
         self.retire_finished_jobs(now);
     }
 
@@ -205,7 +189,8 @@ impl ConnectLoop {
         let NewJob { core, state, .. } = *new_job;
         let settings = state.settings;
         let attempt_timeout = settings.retry_gap.min(settings.wait).max(Duration::from_millis(100));
-        self.jobs.push(ConnectJob { lane: Lane::new(core, state, self.shared.epoch.elapsed()), attempt_timeout });
+        let (priority, rate) = (state.priority, state.lane_rate);
+        self.scheduler.add(core, ConnectJob { state, attempt_timeout }, priority, rate, self.shared.now());
     }
 
     /// How long to sleep in epoll when nothing can be sent now: until an attempt completes
@@ -217,43 +202,29 @@ impl ConnectLoop {
             wait = wait.min(deadline.saturating_sub(now));
         }
         let can_open = !self.under_pressure && self.inflight < self.max_inflight;
-        if can_open {
-            if self.jobs.iter().any(|job| job.lane.wake_at <= now) {
-                wait = wait.min(self.shared.bucket.lock().time_until_token(now));
-            }
-            if let Some(wake) = self.jobs.iter().map(|job| job.lane.wake_at).filter(|&wake| wake > now).min() {
-                wait = wait.min(wake - now);
-            }
+        if can_open && let Some(timeout) = self.scheduler.poll_timeout(now, &mut self.shared.bucket.lock()) {
+            wait = wait.min(timeout.saturating_sub(now));
         }
         // epoll counts in whole milliseconds: round up so a short wait is not a busy loop.
         wait.max(Duration::from_millis(1))
     }
 
-    /// Starts up to `tokens` attempts, round-robin over jobs. Returns how many tokens were used.
-    fn fill(&mut self, now: Duration, grant: Grant) -> u32 {
-        let mut used = 0;
-        while used < grant.tokens && !self.under_pressure && self.inflight < self.max_inflight {
-            let Some((position, probe)) =
-                next_due_probe(&mut self.jobs, &mut self.next_job, now, grant.interactive_only)
-            else {
+    /// Starts attempts for the probes the scheduler hands out for its grant, while descriptors
+    /// last.
+    fn fill(&mut self, now: Duration) {
+        while !self.under_pressure && self.inflight < self.max_inflight {
+            let Some((lane, probe)) = self.scheduler.poll_transmit(now) else {
                 break;
             };
-            let job = &self.jobs[position];
-            let (state, timeout) = (Arc::clone(&job.lane.state), job.attempt_timeout);
-            match self.start_attempt(state, &probe, now, timeout) {
-                Outcome::Pressure => {
-                    self.jobs[position].lane.carried = Some(probe);
-                    self.under_pressure = true;
-                    self.shared.counters.send_backpressure.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-                _ => {
-                    used += 1;
-                    self.jobs[position].lane.unpublished_sent += 1;
-                }
+            let job = self.scheduler.owner(lane);
+            let (state, timeout) = (Arc::clone(&job.state), job.attempt_timeout);
+            if self.start_attempt(state, &probe, now, timeout) == Outcome::Pressure {
+                self.scheduler.defer(lane, probe);
+                self.under_pressure = true;
+                self.shared.counters.send_backpressure.fetch_add(1, Ordering::Relaxed);
+                break;
             }
         }
-        used
     }
 
     fn start_attempt(&mut self, state: Arc<JobState>, probe: &Probe, now: Duration, timeout: Duration) -> Outcome {
@@ -368,24 +339,20 @@ impl ConnectLoop {
     }
 
     fn retire_finished_jobs(&mut self, now: Duration) {
-        let mut index = 0;
-        while index < self.jobs.len() {
-            let Some(reason) = self.jobs[index].lane.check_over(now) else {
-                index += 1;
-                continue;
-            };
-            let mut lane = self.jobs.swap_remove(index).lane;
+        self.scheduler.cancel_where(|job| job.state.cancel.load(Ordering::Acquire));
+        while let Some(finished) = self.scheduler.poll_finished(now) {
+            let state = finished.owner.state;
             // Attempts still open for this job are abandoned (their probes stay unknown).
             for slot in 0..self.slots.len() {
-                if self.slots[slot].as_ref().is_some_and(|attempt| Arc::ptr_eq(&attempt.state, &lane.state)) {
+                if self.slots[slot].as_ref().is_some_and(|attempt| Arc::ptr_eq(&attempt.state, &state)) {
                     self.take_slot(slot);
                 }
             }
-            lane.publish_progress(now);
+            state.publish_progress(finished.progress, now);
             // Results are recorded on this thread, so once the job is out of the list nothing
             // more can arrive for it and it is reported finished at once.
-            if let Some(summary) = lane_finished(&self.shared, &lane.state, reason) {
-                finish(&lane.state, summary);
+            if let Some(summary) = self.shared.lane_finished(&state, finished.reason) {
+                state.report_finished(summary);
             }
         }
     }
@@ -408,18 +375,10 @@ fn record(
         counters.replies_duplicate.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    let counter = match port_state {
-        PortState::Open => &counters.replies_open,
-        PortState::Closed => &counters.replies_closed,
-        _ => &counters.replies_filtered,
-    };
-    counter.fetch_add(1, Ordering::Relaxed);
     if port_state == PortState::Filtered {
         tracing::debug!(%address, port, reason, "filtered");
     }
-    if let Some(results) = &state.results {
-        let _ = results.send(ProbeResult { index, address, port, state: port_state, rtt: Some(rtt) });
-    }
+    state.first_answer(counters, ProbeResult { index, address, port, state: port_state, rtt: Some(rtt) });
 }
 
 #[cfg(test)]

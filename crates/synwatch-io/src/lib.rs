@@ -1,27 +1,46 @@
 //! The Linux I/O layer of synwatch.
 //!
 //! It owns everything the sans-IO core (`synwatch-engine`) must not touch: sockets, threads and
-//! the clock.
+//! the clock. The threads only drive the core's [`synwatch_engine::Scheduler`]: they ask it for
+//! probes, put bytes on sockets and hand replies back.
 //!
-//! * [`route`]: source address, interface and next hop for a target.
-//! * [`sys`]: the few raw Linux calls (sendmmsg, recvmmsg, TX ring, BPF, packet statistics).
-//! * [`transmit`]: batched transmitters (raw IP + sendmmsg, AF_PACKET TX ring).
-//! * [`receive`]: the kernel-filtered reply socket.
-//! * [`engine`]: the long-lived sender/receiver threads that run many jobs at once.
-//! * [`connect`]: the connect() scanner the engine falls back to without `CAP_NET_RAW`.
+//! * [`Engine`] (module `api`): start, submit, cancel; the public face. Its settings, modes and
+//!   errors are in `config`, its counters in `counters`, a job's request, handle and shared
+//!   state in `job`.
+//! * `sender`: a SYN sender thread (scheduler → transmitters); `receiver`: the reply thread
+//!   (reply socket → the jobs' state tables); [`connect`]: the connect() thread the engine falls
+//!   back to without `CAP_NET_RAW`. `shared` is what these threads share, and the end of a job
+//!   over its lanes.
+//! * `sockets`: the privileged sockets opened at start; `paths`: which transmitter and template a
+//!   job's family uses; [`route`]: source address, interface and next hop for a target.
+//! * [`transmit`]: batched transmitters (raw IP + sendmmsg, AF_PACKET TX ring); [`receive`]: the
+//!   kernel-filtered reply socket; [`sys`]: the few raw Linux calls (sendmmsg, recvmmsg, TX ring,
+//!   BPF, packet statistics).
 //! * [`privileges`]: capability sets, and dropping them once the sockets are open.
+//!
+//! The modules depend on each other in one direction: `api` → the threads (`sender`,
+//! `receiver`, `connect`) → `shared` → `job` → `paths`, `counters`, `route` → `transmit`,
+//! `receive` → `sys`.
 
+mod api;
+mod config;
 pub mod connect;
-pub mod engine;
-mod lane;
+mod counters;
+mod job;
+mod paths;
 pub mod privileges;
 pub mod receive;
+mod receiver;
 pub mod route;
+mod sender;
+mod shared;
+mod sockets;
 pub mod sys;
 pub mod transmit;
 
-pub use engine::{
-    CounterSnapshot, Engine, EngineConfig, EngineError, JobHandle, JobRequest, JobSummary, Mode, Priority, ProbeResult,
-    Progress, RunningMode, SendSpan, TransmitChoice,
-};
+pub use api::Engine;
+pub use config::{EngineConfig, EngineError, Mode, RunningMode, TransmitChoice};
+pub use counters::{CounterSnapshot, Counters};
+pub use job::{JobHandle, JobRequest, JobSummary, ProbeResult, Progress, SendSpan};
 pub use route::Path;
+pub use synwatch_engine::Priority;

@@ -8,8 +8,8 @@
 //! * For IPv4, the next hop comes from the routing table and its hardware address from the
 //!   neighbour table, both read from `/proc/thread-self/net` (per thread, because a thread may
 //!   have entered another network namespace). When the neighbour is not cached, the caller sends
-//!   one probe through the kernel (raw IP socket), which makes the kernel resolve it, and asks
-//!   again (see `Engine`).
+//!   one probe through the kernel (raw IP socket), which makes the kernel resolve it, waits for
+//!   the kernel's neighbour notification ([`NeighbourEvents`]) and asks again (see `paths`).
 //! * IPv6 neighbours are not listed in /proc; IPv6 probes go through the kernel's raw IPv6
 //!   socket, which resolves neighbours itself. Loopback needs no neighbour on either family.
 
@@ -17,7 +17,12 @@ use std::fs;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
 use nix::ifaddrs::getifaddrs;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, socket};
 
 /// Where probes to one family of targets leave from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,6 +212,51 @@ fn parse_ipv4_gateway(table: &str, target: Ipv4Addr, interface: &str) -> Option<
 pub fn ipv4_neighbour(address: Ipv4Addr, interface: &str) -> Option<[u8; 6]> {
     let table = fs::read_to_string("/proc/thread-self/net/arp").ok()?;
     parse_arp(&table, address, interface)
+}
+
+/// A subscription to the kernel's neighbour-table notifications (rtnetlink group
+/// `RTMGRP_NEIGH`), so that a thread waiting for a next hop to be resolved wakes when the table
+/// changes instead of polling it. Written on nix's netlink socket rather than with a netlink
+/// crate: only the wake-up is needed, the messages are not parsed (the table is read again).
+#[derive(Debug)]
+pub struct NeighbourEvents {
+    /// `None` when the socket could not be opened; waits then sleep in short steps.
+    socket: Option<OwnedFd>,
+}
+
+impl NeighbourEvents {
+    /// Subscribes on the calling thread's network namespace. Needs no privilege.
+    pub fn subscribe() -> NeighbourEvents {
+        const RTMGRP_NEIGH: u32 = 4;
+        let opened = socket(AddressFamily::Netlink, SockType::Raw, SockFlag::SOCK_CLOEXEC, SockProtocol::NetlinkRoute)
+            .and_then(|socket| {
+                bind(std::os::fd::AsRawFd::as_raw_fd(&socket), &NetlinkAddr::new(0, RTMGRP_NEIGH)).map(|()| socket)
+            });
+        match opened {
+            Ok(socket) => NeighbourEvents { socket: Some(socket) },
+            Err(error) => {
+                tracing::debug!(%error, "no neighbour notifications; polling the neighbour table");
+                NeighbourEvents { socket: None }
+            }
+        }
+    }
+
+    /// Waits at most `timeout` for a change of the neighbour table (any change: the caller reads
+    /// the table again).
+    pub fn wait(&mut self, timeout: Duration) {
+        let Some(socket) = &self.socket else {
+            std::thread::sleep(timeout.min(Duration::from_millis(10)));
+            return;
+        };
+        let millis = u16::try_from(timeout.as_millis().max(1)).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
+        if matches!(poll(&mut fds, PollTimeout::from(millis)), Ok(ready) if ready > 0) {
+            let mut buffer = [0u8; 8192];
+            while recv(std::os::fd::AsRawFd::as_raw_fd(socket), &mut buffer, MsgFlags::MSG_DONTWAIT)
+                .is_ok_and(|len| len > 0)
+            {}
+        }
+    }
 }
 
 fn parse_arp(table: &str, address: Ipv4Addr, interface: &str) -> Option<[u8; 6]> {

@@ -1,0 +1,144 @@
+//! Which transmitter and probe template each address family of a job uses.
+//!
+//! The TX ring needs the link-layer destination of the next hop, known for routed IPv4 (the
+//! gateway's entry in the neighbour table). When the gateway is not in the table yet, the job's
+//! first probe also goes once through the kernel (a raw IP socket), which makes the kernel
+//! resolve the gateway, and the choice waits for the kernel's neighbour notification (netlink)
+//! instead of polling the table. Loopback and IPv6 go through raw IP sockets and `sendmmsg`.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use synwatch_engine::CookieKey;
+use synwatch_wire::{LinkLayer, SynFields, SynTemplate};
+
+use crate::config::TransmitChoice;
+use crate::route::{self, NeighbourEvents, Path};
+use crate::transmit::{RawIpTransmitter, Transmit};
+
+/// How long a job's submission waits for the kernel to resolve its gateway.
+const NEIGHBOUR_WAIT: Duration = Duration::from_millis(500);
+
+/// Per family: the probe template and the transmitter it goes through.
+#[derive(Debug, Clone)]
+pub(crate) struct Route {
+    pub(crate) template: SynTemplate,
+    pub(crate) transmitter: TransmitterKey,
+}
+
+/// Names one transmitter of a sender thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum TransmitterKey {
+    Raw { ipv6: bool },
+    Ring { interface_index: u32 },
+}
+
+impl Route {
+    /// Raw IP and `sendmmsg` for the family of `first`.
+    pub(crate) fn raw(first: IpAddr) -> Route {
+        Route {
+            template: SynTemplate::for_address(first, LinkLayer::None),
+            transmitter: TransmitterKey::Raw { ipv6: first.is_ipv6() },
+        }
+    }
+}
+
+/// Chooses routes for submitted jobs.
+pub(crate) struct PathChooser {
+    transmit: TransmitChoice,
+    /// Raw sockets kept for sending a job's first probe through the kernel, which makes it
+    /// resolve the next hop (opened at start, before privileges are dropped).
+    warm_up: Mutex<[Option<RawIpTransmitter>; 2]>,
+}
+
+impl PathChooser {
+    pub(crate) fn new(transmit: TransmitChoice, warm_up: [Option<RawIpTransmitter>; 2]) -> PathChooser {
+        PathChooser { transmit, warm_up: Mutex::new(warm_up) }
+    }
+
+    /// Picks the transmitter and template for a path, and names the transmitter.
+    pub(crate) fn choose(
+        &self,
+        path: &Path,
+        first_probe: (IpAddr, u16),
+        cookie_key: &CookieKey,
+    ) -> (Route, &'static str) {
+        let (first, _) = first_probe;
+        if self.transmit == TransmitChoice::Sendmmsg {
+            return (Route::raw(first), "sendmmsg");
+        }
+        // Loopback always goes through the kernel: an IPv4 packet injected on `lo` by AF_PACKET
+        // has no cached route and a loopback source, which the kernel drops as a martian unless
+        // route_localnet is set.
+        let destination_mac = match (path.is_loopback, path.gateway) {
+            (false, Some(IpAddr::V4(gateway))) if !first.is_ipv6() => {
+                route::ipv4_neighbour(gateway, &path.interface).or_else(|| {
+                    // Subscribe before the warm-up, so that its resolution is not missed.
+                    let mut events = NeighbourEvents::subscribe();
+                    warm_up_neighbour(self.warm_up.lock()[0].as_mut(), path, first_probe, cookie_key);
+                    let deadline = Instant::now() + NEIGHBOUR_WAIT;
+                    loop {
+                        if let Some(mac) = route::ipv4_neighbour(gateway, &path.interface) {
+                            return Some(mac);
+                        }
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            return None;
+                        }
+                        events.wait(left);
+                    }
+                })
+            }
+            _ => None,
+        };
+        match destination_mac {
+            Some(destination_mac) => (
+                Route {
+                    template: SynTemplate::for_address(
+                        first,
+                        LinkLayer::Ethernet { source_mac: path.source_mac, destination_mac },
+                    ),
+                    transmitter: TransmitterKey::Ring { interface_index: path.interface_index },
+                },
+                "tx-ring",
+            ),
+            None => {
+                if self.transmit == TransmitChoice::Ring {
+                    tracing::warn!(interface = %path.interface, "the TX ring needs a known next hop; using sendmmsg");
+                }
+                (Route::raw(first), "sendmmsg")
+            }
+        }
+    }
+}
+
+/// Sends the job's first probe through the kernel so that it resolves the next hop. It is the
+/// same (address, port, cookie) the schedule will send, so it probes nothing the user did not
+/// ask for; its reply validates like any other once the job is registered.
+fn warm_up_neighbour(
+    transmitter: Option<&mut RawIpTransmitter>,
+    path: &Path,
+    (target, port): (IpAddr, u16),
+    cookie_key: &CookieKey,
+) {
+    let Some(transmitter) = transmitter else {
+        return;
+    };
+    let template = SynTemplate::for_address(target, LinkLayer::None);
+    let cookie = cookie_key.cookie(path.source, target, port);
+    let fields = SynFields {
+        source: path.source,
+        destination: target,
+        source_port: cookie.source_port,
+        destination_port: port,
+        sequence: cookie.sequence,
+        timestamp_value: 0,
+    };
+    if let Some(slot) = transmitter.slot()
+        && let Ok(len) = template.write(slot, &fields)
+    {
+        transmitter.commit(len, target);
+        let _ = transmitter.flush();
+    }
+}
