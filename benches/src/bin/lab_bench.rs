@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use synwatch_bench::tools::{self, ExternalTool, SynwatchVariant, ToolScan, ZmapPorts};
 use synwatch_lab::{Lab, LabConfig, runner};
 
 #[derive(Debug, Parser)]
@@ -163,10 +164,6 @@ fn in_scanner(lab: &Lab, program: &str, arguments: &[String]) -> Command {
     command
 }
 
-fn strings(items: &[&str]) -> Vec<String> {
-    items.iter().map(|item| item.to_string()).collect()
-}
-
 /// How one tool is to scan.
 struct Scan<'a> {
     targets: &'a str,
@@ -179,113 +176,40 @@ struct Scan<'a> {
     output: &'a str,
 }
 
-/// The command line of one tool for `scan`, inside the lab's scanner namespace.
+/// The command line of one tool for `scan`, inside the lab's scanner namespace; the command
+/// lines themselves come from `synwatch_bench::tools`, as `synwatch bench --compare`'s do.
 fn tool_command(arguments: &Arguments, lab: &Lab, tool: &str, scan: &Scan) -> Result<Command> {
-    let mac = lab.gateway_mac()?;
-    let link = lab.scanner_link().to_string();
-    let synwatch = arguments.synwatch.to_string_lossy().to_string();
-    let (rate, wait, retries) = (scan.rate.to_string(), scan.wait.to_string(), scan.retries.to_string());
     // A "-2t" suffix runs the tool with two sender threads (synwatch and zmap both have them).
-    let (tool, threads) = match tool.strip_suffix("-2t") {
-        Some(base) => (base, "2"),
-        None => (tool, "1"),
+    let (tool, sender_threads) = match tool.strip_suffix("-2t") {
+        Some(base) => (base, 2),
+        None => (tool, 1),
     };
-    let command = match tool {
-        "synwatch-ring" | "synwatch-sendmmsg" | "synwatch-connect" => {
-            // The SYN variants pick the transmitter; the connect() one picks the mode.
-            let (option, value) = match tool {
-                "synwatch-ring" => ("--transmit", "ring"),
-                "synwatch-sendmmsg" => ("--transmit", "sendmmsg"),
-                _ => ("--mode", "connect"),
-            };
-            let wait = format!("{wait}s");
-            in_scanner(
-                lab,
-                &synwatch,
-                &strings(&[
-                    "scan",
-                    scan.targets,
-                    "-p",
-                    scan.ports,
-                    "--rate",
-                    &rate,
-                    "--wait",
-                    &wait,
-                    "--retries",
-                    &retries,
-                    option,
-                    value,
-                    "--sender-threads",
-                    threads,
-                    "--no-progress",
-                    "--format",
-                    "jsonl",
-                    "-o",
-                    scan.output,
-                ]),
-            )
-        }
-        "nmap-st" => in_scanner(
-            lab,
-            "nmap",
-            &strings(&["-sT", "-n", "-Pn", "-p", scan.ports, "--min-rate", &rate, "-oG", scan.output, scan.targets]),
-        ),
-        "masscan" => {
-            // The same command line as `synwatch bench --compare masscan`.
-            let scan = synwatch_bench::tools::ToolScan {
-                target: scan.targets.parse().context("lab_bench targets are IPv4 CIDRs")?,
-                ports: synwatch_engine::PortSet::parse(scan.ports)?.as_slice().to_vec(),
-                rate: scan.rate,
-                retries: scan.retries,
-                wait_seconds: scan.wait,
-                interface: link,
-                source: synwatch_lab::SCANNER_V4,
-                gateway_mac: mac,
-                output: scan.output.to_string(),
-            };
-            let commands = synwatch_bench::tools::commands(synwatch_bench::ExternalTool::Masscan, &scan);
-            in_scanner(lab, &commands[0].argv[0], &commands[0].argv[1..])
-        }
-        "zmap" => {
-            // zmap scans one port per run; a port range becomes that many probes per address
-            // (same packet count). It blocks 198.18.0.0/15 by default: an empty block list lifts
-            // that, inside the lab only.
-            let bounds: Vec<u64> = scan.ports.split('-').filter_map(|port| port.parse().ok()).collect();
-            let per_target = if bounds.len() == 2 { bounds[1] - bounds[0] + 1 } else { 1 };
-            let port = bounds.first().copied().unwrap_or(80).to_string();
-            let probes = (per_target * (u64::from(scan.retries) + 1)).to_string();
-            in_scanner(
-                lab,
-                "zmap",
-                &strings(&[
-                    "-p",
-                    &port,
-                    "-P",
-                    &probes,
-                    "-r",
-                    &rate,
-                    "-c",
-                    &wait,
-                    "-i",
-                    &link,
-                    "-S",
-                    "198.19.255.1",
-                    "-G",
-                    &mac,
-                    "-T",
-                    threads,
-                    "-b",
-                    "/dev/null",
-                    "-o",
-                    scan.output,
-                    "-q",
-                    scan.targets,
-                ]),
-            )
-        }
+    let tool_scan = ToolScan {
+        target: scan.targets.parse().context("lab_bench targets are IPv4 CIDRs")?,
+        ports: synwatch_engine::PortSet::parse(scan.ports)?.as_slice().to_vec(),
+        rate: scan.rate,
+        retries: scan.retries,
+        wait_seconds: scan.wait,
+        interface: lab.scanner_link().to_string(),
+        source: synwatch_lab::SCANNER_V4,
+        gateway_mac: lab.gateway_mac()?,
+        output: scan.output.to_string(),
+        sender_threads,
+        // Send-only and round-trip measure packets: several ports are extra copies of each
+        // probe in one zmap run (its output then names the first port only).
+        zmap_ports: ZmapPorts::CopiesOfTheFirst,
+    };
+    let synwatch = arguments.synwatch.to_string_lossy();
+    let argv = match tool {
+        "synwatch-ring" => tools::synwatch_scan(&synwatch, SynwatchVariant::Ring, &tool_scan),
+        "synwatch-sendmmsg" => tools::synwatch_scan(&synwatch, SynwatchVariant::Sendmmsg, &tool_scan),
+        "synwatch-connect" => tools::synwatch_scan(&synwatch, SynwatchVariant::Connect, &tool_scan),
+        "nmap-st" => tools::commands(ExternalTool::NmapConnect, &tool_scan).remove(0).argv,
+        "masscan" => tools::commands(ExternalTool::Masscan, &tool_scan).remove(0).argv,
+        "zmap" => tools::commands(ExternalTool::Zmap, &tool_scan).remove(0).argv,
         other => bail!("unknown tool {other}"),
     };
-    Ok(command)
+    Ok(in_scanner(lab, &argv[0], &argv[1..]))
 }
 
 fn installed(tool: &str) -> bool {
@@ -819,7 +743,6 @@ fn probe_latency(arguments: &Arguments, repetitions: usize, max_rate: Option<u64
 
 /// One size of the growth table: `hosts` × `ports` of a lab with 1 % of its probes open.
 fn growth(arguments: &Arguments, rate: u64) -> Result<()> {
-    use synwatch_bench::tools::{self, ExternalTool, ToolScan};
     use synwatch_bench::{LabFamily, LabPlan};
     println!(
         "| probes | tool | wall s (median of {}) | CPU s | CPU µs per probe | peak RSS MiB | open found |",
@@ -866,6 +789,8 @@ fn growth(arguments: &Arguments, rate: u64) -> Result<()> {
                             source: synwatch_lab::SCANNER_V4,
                             gateway_mac: lab.gateway_mac()?,
                             output: output.clone(),
+                            sender_threads: 1,
+                            zmap_ports: ZmapPorts::OneRunPerPort,
                         };
                         // masscan may stay in "waiting -N secs" after its wait: `timeout` stops
                         // it with SIGINT (which flushes its output) 5 s after its probes and wait.

@@ -1,11 +1,15 @@
-//! The scanners `--compare` runs beside synwatch in the lab: their command lines for one step
-//! and the readers of what they write. Pure: the binary runs the commands inside the lab's
-//! scanner namespace and hands the files' text in.
+//! Every scanner the benchmarks run in the lab, in one place: their command lines for one step
+//! and the readers of what they write. `synwatch bench --compare` and `lab_bench` both take
+//! their command lines from here. Pure: the callers run the commands inside the lab's scanner
+//! namespace and hand the files' text in.
 //!
 //! * masscan: `-oL` list output (`open tcp 80 198.18.0.7 1700000000`).
 //! * zmap (2.x scans one port per run): one run per port, one address per line of output, and
-//!   its metadata JSON for replies, receive drops and send failures.
-//! * nmap: a SYN scan (`-sS`, it runs as root in the lab) with grepable output (`-oG`).
+//!   its metadata JSON for replies, receive drops and send failures; or, for send-only
+//!   measurements, one run whose extra probes replace the other ports ([`ZmapPorts`]).
+//! * nmap: a SYN scan (`-sS`, it runs as root in the lab) with grepable output (`-oG`); nmap's
+//!   connect() scan (`-sT`), the baseline of synwatch's connect() mode.
+//! * synwatch itself, as a process ([`synwatch_scan`]), for `lab_bench`.
 //!
 //! The lab is IPv4 for them: zmap 2 scans IPv4 only, so the comparison keeps to one family.
 
@@ -23,6 +27,20 @@ pub enum ExternalTool {
     Zmap,
     /// nmap's SYN scan (Debian package `nmap`).
     Nmap,
+    /// nmap's connect() scan (`-sT`): `lab_bench`'s baseline for the connect() mode (not a
+    /// `--compare` choice: `synwatch bench` measures SYN scans).
+    NmapConnect,
+}
+
+/// How a zmap step covers several ports (zmap 2 scans one port per run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ZmapPorts {
+    /// One run per port, one after the other (results per port).
+    #[default]
+    OneRunPerPort,
+    /// One run on the first port with as many copies of each probe as there are ports (the
+    /// same packet count in one run): for send-only measurements, where nothing answers.
+    CopiesOfTheFirst,
 }
 
 /// A `--compare` list that names something else.
@@ -43,6 +61,7 @@ impl ExternalTool {
             ExternalTool::Masscan => "masscan",
             ExternalTool::Zmap => "zmap",
             ExternalTool::Nmap => "nmap",
+            ExternalTool::NmapConnect => "nmap-st",
         }
     }
 
@@ -86,6 +105,53 @@ pub struct ToolScan {
     pub gateway_mac: String,
     /// Where the tool writes its results (zmap: a prefix, one file per port).
     pub output: String,
+    /// Sender threads (synwatch `--sender-threads`, zmap `-T`; the others have one).
+    pub sender_threads: u32,
+    /// How zmap covers several ports.
+    pub zmap_ports: ZmapPorts,
+}
+
+/// Which synwatch [`synwatch_scan`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SynwatchVariant {
+    /// SYN scans through the TX ring (`--transmit ring`).
+    Ring,
+    /// SYN scans through raw IP sockets and `sendmmsg` (`--transmit sendmmsg`).
+    Sendmmsg,
+    /// The connect() mode (`--mode connect`).
+    Connect,
+}
+
+/// The `synwatch scan` command line for `scan` (`binary` is the synwatch to measure): JSON lines
+/// to `scan.output`, no progress line.
+pub fn synwatch_scan(binary: &str, variant: SynwatchVariant, scan: &ToolScan) -> Vec<String> {
+    let (option, value) = match variant {
+        SynwatchVariant::Ring => ("--transmit", "ring"),
+        SynwatchVariant::Sendmmsg => ("--transmit", "sendmmsg"),
+        SynwatchVariant::Connect => ("--mode", "connect"),
+    };
+    strings(&[
+        binary,
+        "scan",
+        &scan.target.to_string(),
+        "-p",
+        &port_list(&scan.ports),
+        "--rate",
+        &scan.rate.to_string(),
+        "--wait",
+        &format!("{}s", scan.wait_seconds),
+        "--retries",
+        &scan.retries.to_string(),
+        option,
+        value,
+        "--sender-threads",
+        &scan.sender_threads.to_string(),
+        "--no-progress",
+        "--format",
+        "jsonl",
+        "-o",
+        &scan.output,
+    ])
 }
 
 /// One command to run: the program and its arguments, plus the files it writes.
@@ -139,47 +205,53 @@ pub fn commands(tool: ExternalTool, scan: &ToolScan) -> Vec<ToolCommand> {
             metadata: None,
             port: None,
         }],
-        ExternalTool::Zmap => scan
-            .ports
-            .iter()
-            .map(|&port| {
-                let output = format!("{}.{port}", scan.output);
-                let metadata = format!("{}.{port}.json", scan.output);
-                let probes = (scan.retries + 1).to_string();
-                // zmap blocks 198.18.0.0/15 by default; an empty block list lifts that, in the
-                // lab only.
-                ToolCommand {
-                    argv: strings(&[
-                        "zmap",
-                        "-p",
-                        &port.to_string(),
-                        "-P",
-                        &probes,
-                        "-r",
-                        &rate,
-                        "-c",
-                        &wait,
-                        "-i",
-                        &scan.interface,
-                        "-S",
-                        &source,
-                        "-G",
-                        &scan.gateway_mac,
-                        "-b",
-                        "/dev/null",
-                        "-o",
-                        &output,
-                        "-m",
-                        &metadata,
-                        "-q",
-                        &target,
-                    ]),
-                    output,
-                    metadata: Some(metadata),
-                    port: Some(port),
-                }
-            })
-            .collect(),
+        ExternalTool::Zmap => {
+            let (runs, copies) = match scan.zmap_ports {
+                ZmapPorts::OneRunPerPort => (scan.ports.clone(), 1),
+                ZmapPorts::CopiesOfTheFirst => (scan.ports.first().copied().into_iter().collect(), scan.ports.len()),
+            };
+            runs.iter()
+                .map(|&port| {
+                    let output = format!("{}.{port}", scan.output);
+                    let metadata = format!("{}.{port}.json", scan.output);
+                    let probes = ((scan.retries as usize + 1) * copies).to_string();
+                    // zmap blocks 198.18.0.0/15 by default; an empty block list lifts that, in the
+                    // lab only.
+                    ToolCommand {
+                        argv: strings(&[
+                            "zmap",
+                            "-p",
+                            &port.to_string(),
+                            "-P",
+                            &probes,
+                            "-r",
+                            &rate,
+                            "-c",
+                            &wait,
+                            "-i",
+                            &scan.interface,
+                            "-S",
+                            &source,
+                            "-G",
+                            &scan.gateway_mac,
+                            "-T",
+                            &scan.sender_threads.max(1).to_string(),
+                            "-b",
+                            "/dev/null",
+                            "-o",
+                            &output,
+                            "-m",
+                            &metadata,
+                            "-q",
+                            &target,
+                        ]),
+                        output,
+                        metadata: Some(metadata),
+                        port: Some(port),
+                    }
+                })
+                .collect()
+        }
         ExternalTool::Nmap => {
             let wait = format!("{}ms", scan.wait_seconds * 1000);
             vec![ToolCommand {
@@ -211,6 +283,24 @@ pub fn commands(tool: ExternalTool, scan: &ToolScan) -> Vec<ToolCommand> {
                 port: None,
             }]
         }
+        ExternalTool::NmapConnect => vec![ToolCommand {
+            argv: strings(&[
+                "nmap",
+                "-sT",
+                "-n",
+                "-Pn",
+                "-p",
+                &port_list(&scan.ports),
+                "--min-rate",
+                &rate,
+                "-oG",
+                &scan.output,
+                &target,
+            ]),
+            output: scan.output.clone(),
+            metadata: None,
+            port: None,
+        }],
     }
 }
 
@@ -234,7 +324,7 @@ pub fn parse_open(tool: ExternalTool, text: &str, port: Option<u16>) -> BTreeSet
                     open.insert((address, port));
                 }
             }
-            ExternalTool::Nmap => {
+            ExternalTool::Nmap | ExternalTool::NmapConnect => {
                 // Host: 198.18.0.7 ()\tPorts: 80/open/tcp//http///, 443/closed/tcp//https///
                 let Some(rest) = line.strip_prefix("Host: ") else { continue };
                 let Some(address) = rest.split_whitespace().next().and_then(|text| text.parse().ok()) else {
@@ -292,6 +382,8 @@ mod tests {
             source: Ipv4Addr::new(198, 19, 255, 1),
             gateway_mac: "02:00:00:00:00:02".into(),
             output: "/tmp/step".into(),
+            sender_threads: 1,
+            zmap_ports: ZmapPorts::OneRunPerPort,
         }
     }
 
@@ -317,7 +409,21 @@ mod tests {
         assert_eq!(zmap.iter().map(|command| command.port).collect::<Vec<_>>(), [Some(80), Some(443)]);
         let argv = zmap[1].argv.join(" ");
         assert!(argv.starts_with("zmap -p 443 -P 1 -r 50000 -c 1 -i swlab0s -S 198.19.255.1"), "{argv}");
+        assert!(argv.contains("-G 02:00:00:00:00:02 -T 1 -b /dev/null"), "{argv}");
         assert!(argv.ends_with("-b /dev/null -o /tmp/step.443 -m /tmp/step.443.json -q 198.18.0.0/24"), "{argv}");
+        // Send-only: one run, a copy of each probe per port, two threads.
+        let send_only = ToolScan { zmap_ports: ZmapPorts::CopiesOfTheFirst, sender_threads: 2, ..scan() };
+        let zmap = commands(ExternalTool::Zmap, &send_only);
+        assert_eq!(zmap.len(), 1);
+        let argv = zmap[0].argv.join(" ");
+        assert!(argv.starts_with("zmap -p 80 -P 2 -r 50000") && argv.contains("-T 2"), "{argv}");
+        let connect = commands(ExternalTool::NmapConnect, &scan())[0].argv.join(" ");
+        assert_eq!(connect, "nmap -sT -n -Pn -p 80,443 --min-rate 50000 -oG /tmp/step 198.18.0.0/24");
+        let synwatch = synwatch_scan("/bin/synwatch", SynwatchVariant::Connect, &send_only).join(" ");
+        assert_eq!(
+            synwatch,
+            "/bin/synwatch scan 198.18.0.0/24 -p 80,443 --rate 50000 --wait 1s --retries 0 --mode connect --sender-threads 2 --no-progress --format jsonl -o /tmp/step"
+        );
         let nmap = commands(ExternalTool::Nmap, &scan())[0].argv.join(" ");
         assert!(nmap.starts_with("nmap -sS -n -Pn -p 80,443 --min-rate 50000 --max-rate 50000 --max-retries 0"));
         assert!(nmap.ends_with("-oG /tmp/step 198.18.0.0/24"), "{nmap}");

@@ -32,7 +32,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use ipnetwork::IpNetwork;
 use synwatch_bench::plot::{human_rate, render_svg};
-use synwatch_bench::tools::{self, ToolScan};
+use synwatch_bench::tools::{self, ToolScan, ZmapPorts};
 use synwatch_bench::{
     ExternalTool, LabFamily, LabPlan, Repetition, StepReport, SweepReport, ToolReport, parse_ramp, parse_rates,
 };
@@ -461,6 +461,8 @@ fn sweep_tool(
                 source: synwatch_lab::SCANNER_V4,
                 gateway_mac: gateway_mac.clone(),
                 output: scratch.join(format!("{}-{rate}-{number}", tool.name())).to_string_lossy().into_owned(),
+                sender_threads: 1,
+                zmap_ports: ZmapPorts::OneRunPerPort,
             };
             let Some(repetition) = tool_step(lab, plan, truth, tool, &scan, scratch)? else { break };
             if repetition.stopped {
