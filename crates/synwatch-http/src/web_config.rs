@@ -114,9 +114,10 @@ impl WebSecurity {
         let raw: RawWebConfig = if text.trim().is_empty() {
             RawWebConfig { tls_server_config: None, basic_auth_users: BTreeMap::new(), bearer_tokens: Vec::new() }
         } else {
-            serde_yaml::from_str(text).map_err(|error| {
-                let (line, column) = error.location().map_or((1, 1), |location| (location.line(), location.column()));
-                let message = error.to_string();
+            serde_saphyr::from_str(text).map_err(|error| {
+                let (line, column) =
+                    error.location().map_or((1, 1), |location| (location.line() as usize, location.column() as usize));
+                let message = error.without_snippet().to_string();
                 let message = match message.find(" at line ") {
                     Some(cut) => message[..cut].to_string(),
                     None => message,
@@ -336,7 +337,7 @@ mod tests {
     fn bad_web_configs_are_rejected_with_their_position() {
         let base = Path::new("/nonexistent");
         let cases = [
-            ("tls_server_config: {cert_file: a.crt}\n", "web.yml:1:20", "key_file"),
+            ("tls_server_config: {cert_file: a.crt}\n", "web.yml:1:21", "key_file"),
             ("basic_auth_users:\n  alice: plain-text\n", "web.yml:2:3", "not a bcrypt hash"),
             ("bearer_tokens: [short]\n", "web.yml:1:1", "16 characters"),
             ("basic_auth_user: {}\n", "web.yml:1:1", "unknown field"),

@@ -4,7 +4,7 @@
 //! (addresses, port specifications, durations such as `30s` or `5m`, rates), and nothing is
 //! coerced: a duration must be a string with a unit, a port a number from 1 to 65535 or a
 //! specification string. Every error names `file:line:column` and what was expected. Values are
-//! validated inside their `Deserialize` implementations so that serde_yaml attaches the position
+//! validated inside their `Deserialize` implementations so that the YAML layer (`yaml`) attaches the position
 //! of the offending value to the error.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,9 +18,13 @@ use serde::{Deserialize, Serialize, Serializer};
 use synwatch_engine::targets::parse_target;
 use synwatch_engine::{AddressRange, ExclusionPolicy, HostSet, PortSet, Shard, TargetError, TargetSpace};
 
+mod yaml;
+
+use yaml::{NodePositions, Step, from_yaml};
+
 /// The config `synwatch serve` runs without a file: loopback only, common ports, every minute.
 /// It is `configs/synwatch.yaml`, so the shipped example and the default cannot drift apart.
-pub const EMBEDDED_DEFAULT: &str = include_str!("../../../configs/synwatch.yaml");
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../../../configs/synwatch.yaml");
 
 /// A rejected config: where, and what was expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -421,16 +425,13 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     if text.trim().is_empty() {
         return Err(at(1, 1, "the config is empty; expected a mapping with at least `targets`".into()));
     }
-    let raw: RawConfig = serde_yaml::from_str(text).map_err(|error| {
-        let (line, column) = error.location().map_or((1, 1), |location| (location.line(), location.column()));
-        // serde_yaml appends " at line L column C" to some messages; the prefix already says it.
-        let message = error.to_string();
-        let message = match message.find(" at line ") {
-            Some(cut) => message[..cut].to_string(),
-            None => message,
-        };
-        at(line, column, message)
-    })?;
+    let raw: RawConfig = from_yaml(text).map_err(|error| at(error.position.0, error.position.1, error.message))?;
+    // Errors found after deserialization point at the node concerned, located by the parser.
+    let key_at = |path: &[Step]| NodePositions::of(text).and_then(|nodes| nodes.key(path)).unwrap_or((1, 1));
+    let name_of_target = |index: usize| {
+        let path = [Step::Key("targets".into()), Step::Item(index), Step::Key("name".into())];
+        NodePositions::of(text).and_then(|nodes| nodes.value(&path)).unwrap_or((1, 1))
+    };
     let defaults = Defaults {
         interval: raw.defaults.interval.map_or(Duration::from_secs(300), |value| value.0),
         timeout: raw.defaults.timeout.map_or(Duration::from_secs(120), |value| value.0),
@@ -439,9 +440,9 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     };
     let mut names = BTreeSet::new();
     let mut targets = Vec::with_capacity(raw.targets.len());
-    for target in raw.targets {
+    for (index, target) in raw.targets.into_iter().enumerate() {
         if !names.insert(target.name.0.clone()) {
-            let (line, column) = nth_name_position(text, &target.name.0, 2).unwrap_or((1, 1));
+            let (line, column) = name_of_target(index);
             return Err(at(line, column, format!("duplicate target name {:?}; names must be unique", target.name.0)));
         }
         let target = Target {
@@ -464,11 +465,11 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         // Addresses that are all excluded (multicast, say) or a space too large are found only
         // once addresses and ports are combined; the error points at the target's name.
         if let Err(error) = target.space() {
-            let (line, column) = nth_name_position(text, &target.name, 1).unwrap_or((1, 1));
+            let (line, column) = name_of_target(index);
             return Err(at(line, column, format!("target {:?}: {error}", target.name)));
         }
         if let Some(problem) = target.expect.as_ref().and_then(|expect| expectation_problem(expect, &target.ports)) {
-            let (line, column) = nth_name_position(text, &target.name, 1).unwrap_or((1, 1));
+            let (line, column) = name_of_target(index);
             return Err(at(line, column, format!("target {:?}: {problem}", target.name)));
         }
         targets.push(target);
@@ -500,7 +501,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         dedupe_window: raw_ondemand.dedupe_window.map_or(defaults_ondemand.dedupe_window, |value| value.0),
     };
     if ondemand.enabled && ondemand.allow_targets.is_empty() {
-        let (line, column) = key_position(text, "ondemand").unwrap_or((1, 1));
+        let (line, column) = key_at(&[Step::Key("ondemand".into())]);
         return Err(at(
             line,
             column,
@@ -536,7 +537,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         concurrency: raw_dns.concurrency.map_or(dns_defaults.concurrency, |value| value.0 as usize),
     };
     if dns.min_ttl > dns.max_ttl {
-        let (line, column) = key_position(text, "dns").unwrap_or((1, 1));
+        let (line, column) = key_at(&[Step::Key("dns".into())]);
         return Err(at(line, column, "dns.min_ttl is longer than dns.max_ttl".into()));
     }
     let listener_defaults = ListenersSection::default();
@@ -555,14 +556,14 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         forbid_listening: raw_listeners.forbid_listening.into_iter().map(|item| item.0).collect(),
     };
     if let Some(problem) = listener_policy_problem(&listeners) {
-        let (line, column) = key_position(text, "listeners").unwrap_or((1, 1));
+        let (line, column) = key_at(&[Step::Key("listeners".into())]);
         return Err(at(line, column, problem));
     }
     // A config without background targets is a probe-only exporter (blackbox_exporter style,
     // driven by `/probe`) or a listeners-only one (this host's own sockets); with neither it
     // would do nothing at all, which is surely a mistake.
     if targets.is_empty() && !ondemand.enabled && !listeners.enabled {
-        let (line, column) = key_position(text, "targets").unwrap_or((1, 1));
+        let (line, column) = key_at(&[Step::Key("targets".into())]);
         return Err(at(
             line,
             column,
@@ -630,35 +631,10 @@ fn listener_policy_problem(listeners: &ListenersSection) -> Option<String> {
 /// The config as YAML, as it will run (defaults applied). There are no secrets in it yet; when
 /// there are (issue 5's tokens), they are redacted here.
 pub fn render_effective(config: &Config) -> String {
-    serde_yaml::to_string(config).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
-}
-
-/// The position of the first top-level `key:` in the text.
-fn key_position(text: &str, key: &str) -> Option<(usize, usize)> {
-    text.lines()
-        .position(|line| line.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with(':')))
-        .map(|line| (line + 1, 1))
-}
-
-/// The position of the `n`-th `name: <name>` in the text (for the duplicate-name error, which
-/// is found after parsing, when serde_yaml's positions are gone).
-fn nth_name_position(text: &str, name: &str, n: usize) -> Option<(usize, usize)> {
-    let mut seen = 0;
-    for (number, line) in text.lines().enumerate() {
-        let Some(key) = line.find("name:") else {
-            continue;
-        };
-        let value = line[key + 5..].trim().trim_matches(|c| c == '"' || c == '\'');
-        let value = value.split(['}', ',', '#']).next().unwrap_or("").trim().trim_matches(|c| c == '"' || c == '\'');
-        if value == name {
-            seen += 1;
-            if seen == n {
-                let column = key + 5 + line[key + 5..].find(|c: char| !c.is_whitespace()).unwrap_or(0);
-                return Some((number + 1, column + 1));
-            }
-        }
-    }
-    None
+    // Long port lists stay on one line, as a user writes them, not folded with `>-`.
+    let mut options = serde_saphyr::SerializerOptions::default();
+    options.prefer_block_scalars = false;
+    serde_saphyr::to_string_with_options(config, options).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
 }
 
 #[derive(Deserialize)]

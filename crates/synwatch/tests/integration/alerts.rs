@@ -12,16 +12,17 @@ fn packaging() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging")
 }
 
-fn rules() -> serde_yaml::Value {
-    serde_yaml::from_str(&std::fs::read_to_string(packaging().join("prometheus/synwatch.rules.yml")).unwrap()).unwrap()
+fn rules() -> serde_json::Value {
+    serde_saphyr::from_str(&std::fs::read_to_string(packaging().join("prometheus/synwatch.rules.yml")).unwrap())
+        .unwrap()
 }
 
-fn alert_names(rules: &serde_yaml::Value) -> Vec<(String, String)> {
+fn alert_names(rules: &serde_json::Value) -> Vec<(String, String)> {
     rules["groups"]
-        .as_sequence()
+        .as_array()
         .unwrap()
         .iter()
-        .flat_map(|group| group["rules"].as_sequence().unwrap())
+        .flat_map(|group| group["rules"].as_array().unwrap())
         .map(|rule| (rule["alert"].as_str().unwrap().to_string(), rule["expr"].as_str().unwrap().to_string()))
         .collect()
 }
@@ -44,15 +45,16 @@ fn issue_6_alert_rules_pass_promtool_and_every_alert_has_a_firing_unit_test() {
     for name in wanted {
         assert!(alerts.iter().any(|(alert, _)| alert == name), "the rules have no {name}");
     }
-    let unit_tests: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(packaging().join("prometheus/synwatch.rules.test.yml")).unwrap())
-            .unwrap();
+    let unit_tests: serde_json::Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(packaging().join("prometheus/synwatch.rules.test.yml")).unwrap(),
+    )
+    .unwrap();
     let firing: BTreeSet<&str> = unit_tests["tests"]
-        .as_sequence()
+        .as_array()
         .unwrap()
         .iter()
-        .flat_map(|case| case["alert_rule_test"].as_sequence().unwrap())
-        .filter(|check| check["exp_alerts"].as_sequence().is_some_and(|alerts| !alerts.is_empty()))
+        .flat_map(|case| case["alert_rule_test"].as_array().unwrap())
+        .filter(|check| check["exp_alerts"].as_array().is_some_and(|alerts| !alerts.is_empty()))
         .map(|check| check["alertname"].as_str().unwrap())
         .collect();
     for (alert, _) in &alerts {

@@ -28,26 +28,29 @@ const PROBE_KEY: &str = "zz_not_a_key";
 
 /// The YAML that puts an unknown key at `path`.
 fn probe_at(path: &[Step]) -> String {
-    let mut value = serde_yaml::Value::Mapping(
-        [(serde_yaml::Value::from(PROBE_KEY), serde_yaml::Value::from(1))].into_iter().collect(),
-    );
+    let mut value = serde_json::json!({ PROBE_KEY: 1 });
     for step in path.iter().rev() {
         value = match step {
-            Step::Key(key) => {
-                serde_yaml::Value::Mapping([(serde_yaml::Value::from(key.as_str()), value)].into_iter().collect())
-            }
-            Step::Item => serde_yaml::Value::Sequence(vec![value]),
-            Step::Entry => serde_yaml::Value::Mapping([(serde_yaml::Value::from("name"), value)].into_iter().collect()),
+            Step::Key(key) => serde_json::json!({ key.as_str(): value }),
+            Step::Item => serde_json::json!([value]),
+            Step::Entry => serde_json::json!({ "name": value }),
         };
     }
-    serde_yaml::to_string(&value).unwrap()
+    serde_saphyr::to_string(&value).unwrap()
 }
 
 /// The keys serde lists when it meets the unknown key at `path`, if that is a struct there.
 fn keys_at(parse: &dyn Fn(&str) -> Result<(), String>, path: &[Step]) -> Option<Vec<String>> {
     let error = parse(&probe_at(path)).err()?;
     let rest = error.split(&format!("unknown field `{PROBE_KEY}`, expected")).nth(1)?;
-    Some(rest.split('`').skip(1).step_by(2).map(str::to_string).collect())
+    // "one of a, b, c" (serde-saphyr) or "one of `a`, `b`" (serde), or "`a`" / "nothing".
+    let list = rest.trim().strip_prefix("one of ").unwrap_or(rest.trim());
+    Some(
+        list.split(", ")
+            .map(|name| name.trim().trim_matches('`').to_string())
+            .filter(|name| !name.is_empty() && name != "nothing" && !name.contains(' '))
+            .collect(),
+    )
 }
 
 /// Every key path of a config format, as the reference writes them: `engine.max_rate`,

@@ -343,24 +343,24 @@ fn issue_8_serve_shards_split_the_hosts_and_refuse_bad_shards() {
     }
 }
 
-fn manifest(name: &str) -> serde_yaml::Value {
-    serde_yaml::from_str(&read(&format!("packaging/kubernetes/{name}")))
+fn manifest(name: &str) -> serde_json::Value {
+    serde_saphyr::from_str(&read(&format!("packaging/kubernetes/{name}")))
         .unwrap_or_else(|error| panic!("{name}: {error}"))
 }
 
 /// `value[key][key]...`, or a panic naming the path.
-fn at<'a>(value: &'a serde_yaml::Value, path: &[&str]) -> &'a serde_yaml::Value {
+fn at<'a>(value: &'a serde_json::Value, path: &[&str]) -> &'a serde_json::Value {
     path.iter().fold(value, |value, key| match key.parse::<usize>() {
         Ok(index) => value.get(index).unwrap_or_else(|| panic!("no [{index}] in {path:?}")),
         Err(_) => value.get(*key).unwrap_or_else(|| panic!("no {key} in {path:?}")),
     })
 }
 
-fn text(value: &serde_yaml::Value, path: &[&str]) -> String {
+fn text(value: &serde_json::Value, path: &[&str]) -> String {
     match at(value, path) {
-        serde_yaml::Value::String(text) => text.clone(),
-        serde_yaml::Value::Number(number) => number.to_string(),
-        serde_yaml::Value::Bool(flag) => flag.to_string(),
+        serde_json::Value::String(text) => text.clone(),
+        serde_json::Value::Number(number) => number.to_string(),
+        serde_json::Value::Bool(flag) => flag.to_string(),
         other => panic!("{path:?} is not a scalar: {other:?}"),
     }
 }
@@ -376,8 +376,8 @@ fn issue_8_kubernetes_manifests_agree_and_a_pods_command_line_runs_its_shard() {
     let pod_labels = at(&set, &["spec", "template", "metadata", "labels"]);
     assert_eq!(at(&set, &["spec", "selector", "matchLabels"]), pod_labels);
     assert_eq!(at(&service, &["spec", "selector"]), pod_labels);
-    let service_labels = at(&service, &["metadata", "labels"]).as_mapping().unwrap();
-    for (key, value) in at(&monitor, &["spec", "selector", "matchLabels"]).as_mapping().unwrap() {
+    let service_labels = at(&service, &["metadata", "labels"]).as_object().unwrap();
+    for (key, value) in at(&monitor, &["spec", "selector", "matchLabels"]).as_object().unwrap() {
         assert_eq!(service_labels.get(key), Some(value), "the ServiceMonitor selects the Service by {key:?}");
     }
     assert_eq!(text(&set, &["spec", "serviceName"]), text(&service, &["metadata", "name"]));
@@ -390,7 +390,7 @@ fn issue_8_kubernetes_manifests_agree_and_a_pods_command_line_runs_its_shard() {
     let container_port = text(container, &["ports", "0", "containerPort"]);
     // The arguments: --listen on the container port, --shard of the replica count, POD_NAME.
     let args: Vec<String> =
-        at(container, &["args"]).as_sequence().unwrap().iter().map(|arg| arg.as_str().unwrap().to_string()).collect();
+        at(container, &["args"]).as_array().unwrap().iter().map(|arg| arg.as_str().unwrap().to_string()).collect();
     let flag = |name: &str| {
         args.iter()
             .find_map(|arg| arg.strip_prefix(&format!("--{name}=")))
@@ -405,7 +405,7 @@ fn issue_8_kubernetes_manifests_agree_and_a_pods_command_line_runs_its_shard() {
     // Least privilege: non-root, NET_RAW only.
     assert_eq!(text(&set, &["spec", "template", "spec", "securityContext", "runAsNonRoot"]), "true");
     let capabilities = at(container, &["securityContext", "capabilities"]);
-    assert_eq!(serde_yaml::to_string(capabilities).unwrap(), "drop:\n- ALL\nadd:\n- NET_RAW\n");
+    assert_eq!(*capabilities, serde_json::json!({"drop": ["ALL"], "add": ["NET_RAW"]}));
     assert_eq!(text(container, &["securityContext", "readOnlyRootFilesystem"]), "true");
     // The ConfigMap's config is the loopback-only default, word for word.
     let config = text(&config_map, &["data", "synwatch.yaml"]);
