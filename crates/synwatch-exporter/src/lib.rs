@@ -1,7 +1,9 @@
 //! The exporter side of synwatch: what `synwatch serve` scans, when, what it remembers and what
 //! it serves. It does no HTTP and opens no socket: the HTTP crate (`synwatch-http`) serves what
 //! it renders, and the engine (`synwatch-io`), started by the binary, scans through the
-//! [`Scanner`] trait.
+//! [`Scanner`] trait. On-demand requests arrive and are answered in the HTTP crate's site
+//! vocabulary (`synwatch_http::site`: a routed operation in, a typed reply or refusal out); the
+//! status codes, headers and content types they become are the HTTP crate's alone.
 //!
 //! * [`config`]: the strict YAML configuration, with `file:line:column` errors.
 //! * [`hostnames`]: reverse DNS names of responding hosts (the resolver is handed in).
@@ -29,5 +31,4 @@ pub mod state;
 
 pub use config::{Config, ConfigError, EMBEDDED_DEFAULT, load, parse};
 pub use metrics::{BuildInfo, CONTENT_TYPE};
-pub use ondemand::{OnDemandAnswer, OnDemandRequest};
 pub use service::{Exporter, ExporterOptions, ReloadReport, RunningScan, ScanOrder, ScanProgress, Scanner};

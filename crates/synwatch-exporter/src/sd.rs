@@ -23,9 +23,6 @@ use synwatch_engine::PortSet;
 
 use crate::ondemand::query_pairs;
 
-/// The Content-Type of the answer.
-pub const SD_CONTENT_TYPE: &str = "application/json";
-
 /// What a `/sd` request asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SdFilter {

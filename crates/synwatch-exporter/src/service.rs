@@ -28,11 +28,12 @@ use crate::config::{self, Config, ConfigError, Target};
 use crate::hostnames::{HostnameCache, ResolverFactory, ReverseResolver};
 use crate::listeners::{ListenerSnapshot, ListenerTracker};
 use crate::metrics::{BuildInfo, HostView, Metrics, TargetView};
-use crate::ondemand::{OnDemand, OnDemandAnswer, OnDemandRequest, Outcome, ScannerFactory};
+use crate::ondemand::{OnDemand, Outcome, ScannerFactory};
 use crate::policy::PolicyReport;
 use crate::results::{Endpoints, ScanResults};
 use crate::schedule::{Schedule, ScheduledTarget};
 use crate::state::{ScanAttempt, StateStore, TargetRecord, unix_seconds};
+use synwatch_http::site::{OnDemandRequest, RefusalKind, Reply};
 
 /// A scan to start.
 #[derive(Debug, Clone)]
@@ -460,16 +461,17 @@ impl Exporter {
     }
 
     /// Answers an on-demand request (`/probe`, `/api/v1/scans...`); blocks while a probe runs.
-    pub fn ondemand(&self, request: &OnDemandRequest) -> OnDemandAnswer {
+    pub fn ondemand(&self, request: &OnDemandRequest) -> Reply {
         let config = self.config();
         self.inner.ondemand.handle(&config, &self.inner.metrics, request)
     }
 
-    /// Counts an on-demand request the HTTP layer refused before it got here (401, 429 of the
-    /// password checks).
-    pub fn ondemand_refused(&self, status: u16) {
-        let outcome = if status == 401 { Outcome::Unauthorized } else { Outcome::RateLimited };
-        self.inner.ondemand.refused(&self.inner.metrics, outcome);
+    /// Counts an on-demand request that starts or stops work, refused by the HTTP layer before
+    /// it got here (authentication, or too many password checks at once).
+    pub fn ondemand_refused(&self, kind: RefusalKind) {
+        if let Some(outcome) = Outcome::of_refusal(kind) {
+            self.inner.ondemand.refused(&self.inner.metrics, outcome);
+        }
     }
 
     /// Counts one answered HTTP request.

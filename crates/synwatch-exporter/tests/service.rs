@@ -341,18 +341,26 @@ fn a_scan_past_its_timeout_fails_and_keeps_the_previous_results() {
 
 fn api(exporter: &Exporter, method: &str, path_and_query: &str, body: &str) -> (u16, serde_json::Value, String) {
     let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
-    let answer = exporter.ondemand(&synwatch_exporter::OnDemandRequest {
-        method: method.into(),
-        path: path.into(),
-        query: query.into(),
-        peer: "127.0.0.1".parse().unwrap(),
-        forwarded_for: Vec::new(),
-        scrape_timeout: None,
-        body: body.as_bytes().to_vec(),
-    });
-    let text = String::from_utf8(answer.body).unwrap();
+    // The HTTP crate's own router and reply mapping, without a socket.
+    let (status, body) = match synwatch_http::site::route_ondemand(method, path) {
+        Ok(operation) => {
+            let reply = exporter.ondemand(&synwatch_http::OnDemandRequest {
+                operation,
+                query: query.into(),
+                peer: "127.0.0.1".parse().unwrap(),
+                forwarded_for: Vec::new(),
+                scrape_timeout: None,
+                body: body.as_bytes().to_vec().into(),
+            });
+            let (status, _, _, body) = reply.into_parts();
+            (status, body)
+        }
+        Err(synwatch_http::site::NoOperation::WrongMethod { allow }) => (405, format!("use {allow}").into_bytes()),
+        Err(synwatch_http::site::NoOperation::NotFound) => (404, b"not found".to_vec()),
+    };
+    let text = String::from_utf8(body).unwrap();
     let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
-    (answer.status, json, text)
+    (status, json, text)
 }
 
 /// Issue 5's scans API: submit, dedupe, page the results, cancel, list, forget after retention,
@@ -430,7 +438,7 @@ fn issue_5_scans_api_submits_dedupes_pages_cancels_and_forgets() {
         ("POST", "/api/v1/scans", r#"{"targets": "192.0.2.1", "ports": "22", "colour": 1}"#, 400, "unknown field"),
         ("POST", "/api/v1/scans", r#"{"targets": "198.51.100.1", "ports": "22"}"#, 403, "allow_targets"),
         ("POST", "/api/v1/scans", r#"{"targets": "192.0.2.1", "ports": "22", "priority": "urgent"}"#, 400, "priority"),
-        ("DELETE", "/api/v1/scans", "", 405, "use GET or POST"),
+        ("DELETE", "/api/v1/scans", "", 405, "GET, HEAD, POST"),
         ("GET", "/api/v1/scans/ffff", "", 404, "no scan"),
         ("GET", "/api/v1/scans?state=sleeping", "", 400, "state="),
         ("GET", &format!("/api/v1/scans/{third}?limit=99999"), "", 400, "limit"),

@@ -4,8 +4,10 @@
 //!
 //! Routes: `/` (landing page, HTML), `/metrics`, `/-/healthy`, `/-/ready` (503 with the reason
 //! until the site is ready), `POST /-/reload` (loopback peers only), and the on-demand routes
-//! `/probe` and `/api/v1/scans...`, which are handed whole to [`Site::ondemand`] (the site
-//! decides whether they exist, who may call them and what they do). Anything else is answered
+//! `/probe` and `/api/v1/scans...`, which are routed to a typed [`Operation`] here and answered
+//! by [`Site::ondemand`] with a typed [`Reply`] (the site decides whether they are enabled, who
+//! may call them and what they do; this crate alone turns the reply into a status, headers and
+//! a body, see [`site`]). Anything else is answered
 //! with a 4xx and a one-line reason: 404 for an unknown path, 405 with `Allow` for a wrong
 //! method, 403 for a reload from another host, 401 with a challenge when a web config requires
 //! credentials (on every route but `/-/healthy` and `/-/ready`, which carry no data and serve
@@ -23,12 +25,13 @@
 //! loop. Every answered request is reported to [`Site::observe`] with its route and status.
 
 pub mod connections;
+pub mod site;
 pub mod web_config;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,9 +49,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 pub use connections::DropReason;
+pub use site::{Body as ReplyBody, OnDemandRequest, Operation, Refusal, RefusalKind, Reply, Site};
 pub use web_config::{AuthVerdict, Authenticator, WebConfigError, WebSecurity};
 
 use connections::{Admission, ConnectionTable};
+
+/// The Content-Type of `/sd` (Prometheus HTTP service discovery).
+pub const SD_CONTENT_TYPE: &str = "application/json";
 
 /// Largest request body accepted (the scans API's JSON).
 pub const MAX_BODY_BYTES: usize = 64 << 10;
@@ -61,82 +68,6 @@ pub const MAX_HEAD_BYTES: usize = 32 << 10;
 /// sends before it closes, and how much it reads at most.
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 8 << 20;
-
-/// An on-demand request as the site sees it.
-#[derive(Debug, Clone)]
-pub struct OnDemandRequest {
-    /// `GET`, `POST`, ...
-    pub method: String,
-    /// The path, e.g. `/probe` or `/api/v1/scans/7`.
-    pub path: String,
-    /// The raw query string (percent-encoded), empty when none.
-    pub query: String,
-    /// The direct peer.
-    pub peer: IpAddr,
-    /// Every `X-Forwarded-For` header value, in order.
-    pub forwarded_for: Vec<String>,
-    /// `X-Prometheus-Scrape-Timeout-Seconds`, when sent.
-    pub scrape_timeout: Option<String>,
-    /// The request body (at most [`MAX_BODY_BYTES`]).
-    pub body: Bytes,
-}
-
-/// The site's answer to an on-demand request.
-#[derive(Debug, Clone)]
-pub struct OnDemandResponse {
-    /// HTTP status.
-    pub status: u16,
-    /// Content-Type.
-    pub content_type: &'static str,
-    /// The body.
-    pub body: Vec<u8>,
-    /// `Retry-After` in seconds (429).
-    pub retry_after: Option<u64>,
-    /// `Allow` (405).
-    pub allow: Option<&'static str>,
-}
-
-impl OnDemandResponse {
-    /// A plain-text answer.
-    pub fn text(status: u16, body: impl Into<String>) -> OnDemandResponse {
-        OnDemandResponse {
-            status,
-            content_type: "text/plain; charset=utf-8",
-            body: body.into().into_bytes(),
-            retry_after: None,
-            allow: None,
-        }
-    }
-}
-
-/// What the server serves.
-pub trait Site: Send + Sync + 'static {
-    /// The landing page, HTML.
-    fn landing_page(&self) -> String;
-    /// The `/metrics` body and its Content-Type.
-    fn metrics(&self) -> (Vec<u8>, &'static str);
-    /// `Ok` when ready to serve meaningful metrics, else the reason.
-    fn ready(&self) -> Result<(), String>;
-    /// Reloads the configuration: `Ok` with a summary, or the rejection.
-    fn reload(&self) -> Result<String, String>;
-    /// Answers `/probe` and `/api/v1/scans...` (called on the blocking pool; may wait for a
-    /// scan). The default: they do not exist.
-    fn ondemand(&self, request: OnDemandRequest) -> OnDemandResponse {
-        OnDemandResponse::text(404, format!("not found: {}\n", request.path))
-    }
-    /// A request to an on-demand route was refused before reaching [`Site::ondemand`]
-    /// (authentication), with this status.
-    fn ondemand_refused(&self, _route: &'static str, _status: u16) {}
-    /// One request was answered.
-    fn observe(&self, _route: &'static str, _status: u16, _seconds: f64) {}
-    /// A connection was shed or refused, or its request head was too large.
-    fn connection_dropped(&self, _reason: DropReason) {}
-    /// `GET /sd?query`: Prometheus HTTP service discovery (called on the blocking pool). The
-    /// default: it does not exist.
-    fn service_discovery(&self, _query: &str) -> OnDemandResponse {
-        OnDemandResponse::text(404, "not found: /sd\n")
-    }
-}
 
 /// Server limits.
 #[derive(Debug, Clone, Copy)]
@@ -261,6 +192,7 @@ async fn authorize(
         return None;
     }
     let verdict = authenticator.check(head.headers.get(AUTHORIZATION).map(HeaderValue::as_bytes)).await;
+    let verdict_was_busy = verdict == AuthVerdict::Busy;
     let refusal = match verdict {
         AuthVerdict::Allowed => return None,
         AuthVerdict::Denied(reason) => {
@@ -280,8 +212,11 @@ async fn authorize(
             response
         }
     };
-    if is_ondemand(route) {
-        site.ondemand_refused(route, refusal.status().as_u16());
+    if let Ok(operation) = site::route_ondemand(head.method.as_str(), head.path)
+        && operation.starts_or_stops_work()
+    {
+        let kind = if verdict_was_busy { RefusalKind::RateLimited } else { RefusalKind::Unauthorized };
+        site.ondemand_refused(&operation, kind);
     }
     Some(refusal)
 }
@@ -295,12 +230,18 @@ async fn route_parts(site: Arc<dyn Site>, head: &RequestHead<'_>, body: Bytes, p
         response
     };
     if is_ondemand(route_label(path)) {
+        let operation = match site::route_ondemand(method.as_str(), path) {
+            Ok(operation) => operation,
+            Err(site::NoOperation::WrongMethod { allow }) => return wrong_method(allow),
+            Err(site::NoOperation::NotFound) => {
+                return text(StatusCode::NOT_FOUND, format!("not found: {path}; {ENDPOINTS}\n"));
+            }
+        };
         let header_text = |name: &str| -> Vec<String> {
             head.headers.get_all(name).iter().filter_map(|value| value.to_str().ok()).map(str::to_string).collect()
         };
         let request = OnDemandRequest {
-            method: method.as_str().to_string(),
-            path: path.to_string(),
+            operation,
             query: head.query.to_string(),
             peer: peer.ip().to_canonical(),
             forwarded_for: header_text("x-forwarded-for"),
@@ -308,16 +249,14 @@ async fn route_parts(site: Arc<dyn Site>, head: &RequestHead<'_>, body: Bytes, p
             body,
         };
         return match tokio::task::spawn_blocking(move || site.ondemand(request)).await {
-            Ok(answer) => {
-                let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                let mut response = text(status, answer.body);
-                response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(answer.content_type));
+            Ok(reply) => {
+                let (status, content_type, retry_after, body) = reply.into_parts();
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let mut response = text(status, body);
+                response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
                 response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                if let Some(seconds) = answer.retry_after {
+                if let Some(seconds) = retry_after {
                     response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
-                }
-                if let Some(allow) = answer.allow {
-                    response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
                 }
                 response
             }
@@ -352,13 +291,14 @@ async fn route_parts(site: Arc<dyn Site>, head: &RequestHead<'_>, body: Bytes, p
         "/sd" => {
             let query = head.query.to_string();
             match tokio::task::spawn_blocking(move || site.service_discovery(&query)).await {
-                Ok(answer) => {
-                    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                    let mut response = text(status, answer.body);
-                    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(answer.content_type));
+                Ok(Some(Ok(body))) => {
+                    let mut response = text(StatusCode::OK, body);
+                    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(SD_CONTENT_TYPE));
                     response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
                     response
                 }
+                Ok(Some(Err(reason))) => text(StatusCode::BAD_REQUEST, format!("bad /sd request: {reason}\n")),
+                Ok(None) => text(StatusCode::NOT_FOUND, "not found: /sd\n"),
                 Err(error) => {
                     tracing::error!(%error, "/sd failed");
                     text(StatusCode::INTERNAL_SERVER_ERROR, "service discovery failed; see the log\n")

@@ -98,32 +98,12 @@ impl Site for ExporterSite {
         self.0.ready()
     }
 
-    fn ondemand(&self, request: synwatch_http::OnDemandRequest) -> synwatch_http::OnDemandResponse {
-        let request = synwatch_exporter::OnDemandRequest {
-            method: request.method,
-            path: request.path,
-            query: request.query,
-            peer: request.peer,
-            forwarded_for: request.forwarded_for,
-            scrape_timeout: request.scrape_timeout,
-            body: request.body.to_vec(),
-        };
-        let answer = self.0.ondemand(&request);
-        synwatch_http::OnDemandResponse {
-            status: answer.status,
-            content_type: answer.content_type,
-            body: answer.body,
-            retry_after: answer.retry_after,
-            allow: answer.allow,
-        }
+    fn ondemand(&self, request: synwatch_http::OnDemandRequest) -> synwatch_http::Reply {
+        self.0.ondemand(&request)
     }
 
-    fn ondemand_refused(&self, route: &'static str, status: u16) {
-        // The outcome counter covers requests that start or stop work; reads of the scans API
-        // are counted in synwatch_api_requests_total only.
-        if route == "/probe" || route == "/api/v1/scans" || route.ends_with("/cancel") {
-            self.0.ondemand_refused(status);
-        }
+    fn ondemand_refused(&self, _operation: &synwatch_http::Operation, kind: synwatch_http::RefusalKind) {
+        self.0.ondemand_refused(kind);
     }
 
     fn observe(&self, route: &'static str, status: u16, seconds: f64) {
@@ -134,17 +114,8 @@ impl Site for ExporterSite {
         self.0.observe_connection_dropped(reason.label());
     }
 
-    fn service_discovery(&self, query: &str) -> synwatch_http::OnDemandResponse {
-        match self.0.service_discovery(query) {
-            Ok(body) => synwatch_http::OnDemandResponse {
-                status: 200,
-                content_type: synwatch_exporter::sd::SD_CONTENT_TYPE,
-                body,
-                retry_after: None,
-                allow: None,
-            },
-            Err(reason) => synwatch_http::OnDemandResponse::text(400, format!("bad /sd request: {reason}\n")),
-        }
+    fn service_discovery(&self, query: &str) -> Option<Result<Vec<u8>, String>> {
+        Some(self.0.service_discovery(query))
     }
 
     fn reload(&self) -> Result<String, String> {

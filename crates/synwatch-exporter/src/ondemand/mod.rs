@@ -2,6 +2,8 @@
 //! (`/api/v1/scans...`), with every guard in front of them. Both are off unless
 //! `ondemand.enabled` is true; when on, every request passes, in this order:
 //!
+//! (Statuses below are what the HTTP crate makes of each [`RefusalKind`].)
+//!
 //! 1. authentication (in the HTTP crate, from the web config file: 401 `unauthorized`);
 //! 2. the client's address (`X-Forwarded-For` believed only from `trusted_proxies`) against
 //!    `allow_clients` (403 `forbidden`);
@@ -36,6 +38,7 @@ use serde::Deserialize;
 use serde_json::json;
 use siphasher::sip::SipHasher13;
 use synwatch_engine::{ExclusionPolicy, HostSet, JobSettings, PortState, Shard, TargetSpace};
+use synwatch_http::site::{Body, OnDemandRequest, Operation, Refusal, RefusalKind, Reply};
 use synwatch_io::Priority;
 
 use crate::config::{Config, ModeSetting, Module, OnDemandSection};
@@ -45,70 +48,6 @@ use crate::state::unix_seconds;
 use guard::{RateLimiter, RetryAfter};
 use probe::ScanParams;
 use scans::{ApiScan, ScanDescription, ScanRegistry, ScanStatus};
-
-/// An on-demand request, as the HTTP layer hands it over.
-#[derive(Debug, Clone)]
-pub struct OnDemandRequest {
-    /// `GET`, `POST`, ...
-    pub method: String,
-    /// The path.
-    pub path: String,
-    /// The raw query string.
-    pub query: String,
-    /// The direct peer.
-    pub peer: std::net::IpAddr,
-    /// `X-Forwarded-For` values, in order.
-    pub forwarded_for: Vec<String>,
-    /// `X-Prometheus-Scrape-Timeout-Seconds`.
-    pub scrape_timeout: Option<String>,
-    /// The body.
-    pub body: Vec<u8>,
-}
-
-/// The answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OnDemandAnswer {
-    /// HTTP status.
-    pub status: u16,
-    /// Content-Type.
-    pub content_type: &'static str,
-    /// Body.
-    pub body: Vec<u8>,
-    /// `Retry-After` seconds.
-    pub retry_after: Option<u64>,
-    /// `Allow` header (405).
-    pub allow: Option<&'static str>,
-}
-
-const TEXT: &str = "text/plain; charset=utf-8";
-const JSON: &str = "application/json";
-const METRICS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-impl OnDemandAnswer {
-    fn text(status: u16, body: impl Into<String>) -> OnDemandAnswer {
-        let mut body = body.into();
-        if !body.ends_with('\n') {
-            body.push('\n');
-        }
-        OnDemandAnswer { status, content_type: TEXT, body: body.into_bytes(), retry_after: None, allow: None }
-    }
-
-    fn json(status: u16, value: &serde_json::Value) -> OnDemandAnswer {
-        let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
-        body.push(b'\n');
-        OnDemandAnswer { status, content_type: JSON, body, retry_after: None, allow: None }
-    }
-
-    fn with_retry_after(mut self, seconds: u64) -> OnDemandAnswer {
-        self.retry_after = Some(seconds);
-        self
-    }
-
-    fn with_allow(mut self, allow: &'static str) -> OnDemandAnswer {
-        self.allow = Some(allow);
-        self
-    }
-}
 
 /// The outcome label of `synwatch_probe_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +82,21 @@ impl Outcome {
         Outcome::TooLarge,
         Outcome::Error,
     ];
+
+    /// The outcome a refusal is counted as, when it is counted (a scan id that is not known, or
+    /// on-demand scans being disabled, count as no outcome).
+    pub fn of_refusal(kind: RefusalKind) -> Option<Outcome> {
+        match kind {
+            RefusalKind::BadRequest => Some(Outcome::BadRequest),
+            RefusalKind::TooLarge => Some(Outcome::TooLarge),
+            RefusalKind::Unauthorized => Some(Outcome::Unauthorized),
+            RefusalKind::Forbidden => Some(Outcome::Forbidden),
+            RefusalKind::RateLimited => Some(Outcome::RateLimited),
+            RefusalKind::Concurrency => Some(Outcome::Concurrency),
+            RefusalKind::Failed => Some(Outcome::Error),
+            RefusalKind::Disabled | RefusalKind::NotFound => None,
+        }
+    }
 
     /// The label value.
     pub fn label(self) -> &'static str {
@@ -192,28 +146,6 @@ impl Drop for InflightSlot<'_> {
     fn drop(&mut self) {
         let now = self.ondemand.inflight.fetch_sub(1, Ordering::AcqRel) - 1;
         self.metrics.ondemand_inflight.set(now as i64);
-    }
-}
-
-/// A refusal: status, outcome, reason, and `Retry-After`.
-struct Refusal {
-    status: u16,
-    outcome: Outcome,
-    reason: String,
-    retry_after: Option<u64>,
-}
-
-impl Refusal {
-    fn new(status: u16, outcome: Outcome, reason: impl Into<String>) -> Refusal {
-        Refusal { status, outcome, reason: reason.into(), retry_after: None }
-    }
-
-    fn into_answer(self) -> OnDemandAnswer {
-        let answer = OnDemandAnswer::text(self.status, self.reason);
-        match self.retry_after {
-            Some(seconds) => answer.with_retry_after(seconds),
-            None => answer,
-        }
     }
 }
 
@@ -347,48 +279,34 @@ impl OnDemand {
     }
 
     /// Answers one request (blocking: a probe waits for its scan).
-    pub fn handle(&self, config: &Config, metrics: &Metrics, request: &OnDemandRequest) -> OnDemandAnswer {
+    pub fn handle(&self, config: &Config, metrics: &Metrics, request: &OnDemandRequest) -> Reply {
         let section = &config.ondemand;
         if !section.enabled {
-            return OnDemandAnswer::text(
-                404,
-                format!("not found: {}; on-demand scans are disabled (ondemand.enabled: false)", request.path),
-            );
+            return Reply::Refused(Refusal::new(
+                RefusalKind::Disabled,
+                "not found: on-demand scans are disabled (ondemand.enabled: false)",
+            ));
         }
-        let is_probe = request.path == "/probe";
-        let starts_or_stops_work = is_probe || request.method == "POST";
-        let answer = match self.admit_client(section, request, starts_or_stops_work) {
-            Err(refusal) => Err(refusal),
-            Ok(client) => match (request.method.as_str(), request.path.as_str()) {
-                (_, "/probe") if !matches!(request.method.as_str(), "GET" | "HEAD") => {
-                    Ok(OnDemandAnswer::text(405, "use GET on /probe").with_allow("GET, HEAD"))
+        let work = request.operation.starts_or_stops_work();
+        let reply = match self.admit_client(section, request, work) {
+            Err(refusal) => Reply::Refused(refusal),
+            Ok(client) => match &request.operation {
+                Operation::Probe => self.probe(config, metrics, request, client).unwrap_or_else(Reply::Refused),
+                Operation::SubmitScan => {
+                    self.submit_scan(config, metrics, request, client).unwrap_or_else(Reply::Refused)
                 }
-                (_, "/probe") => self.probe(config, metrics, request, client),
-                ("POST", "/api/v1/scans") => self.submit_scan(config, metrics, request, client),
-                ("GET" | "HEAD", "/api/v1/scans") => Ok(self.list_scans(config, metrics, &request.query)),
-                (_, "/api/v1/scans") => {
-                    Ok(OnDemandAnswer::text(405, "use GET or POST on /api/v1/scans").with_allow("GET, HEAD, POST"))
-                }
-                (method, path) => match path.strip_prefix("/api/v1/scans/") {
-                    Some(rest) => match (method, rest.strip_suffix("/cancel")) {
-                        ("POST", Some(id)) => Ok(self.cancel_scan(id)),
-                        (_, Some(_)) => Ok(OnDemandAnswer::text(405, "use POST to cancel").with_allow("POST")),
-                        ("GET" | "HEAD", None) => Ok(self.scan_status(config, metrics, rest, &request.query)),
-                        (_, None) => Ok(OnDemandAnswer::text(405, "use GET on a scan").with_allow("GET, HEAD")),
-                    },
-                    None => Ok(OnDemandAnswer::text(404, format!("not found: {path}"))),
-                },
+                Operation::ListScans => self.list_scans(config, metrics, &request.query),
+                Operation::ScanStatus { id } => self.scan_status(config, metrics, id, &request.query),
+                Operation::CancelScan { id } => self.cancel_scan(id),
             },
         };
-        match answer {
-            Ok(answer) => answer,
-            Err(refusal) => {
-                if starts_or_stops_work {
-                    metrics.probe_requests.with_label_values(&[refusal.outcome.label()]).inc();
-                }
-                refusal.into_answer()
-            }
+        if work
+            && let Reply::Refused(refusal) = &reply
+            && let Some(outcome) = Outcome::of_refusal(refusal.kind)
+        {
+            metrics.probe_requests.with_label_values(&[outcome.label()]).inc();
         }
+        reply
     }
 
     /// Steps 2 and 3: who asks, and whether they may now.
@@ -399,11 +317,10 @@ impl OnDemand {
         rate_limited: bool,
     ) -> Result<std::net::IpAddr, Refusal> {
         let client = guard::client_address(request.peer, &request.forwarded_for, &section.trusted_proxies)
-            .map_err(|reason| Refusal::new(400, Outcome::BadRequest, reason))?;
+            .map_err(|reason| Refusal::new(RefusalKind::BadRequest, reason))?;
         if !section.allow_clients.is_empty() && !guard::allowed(&section.allow_clients, client) {
             return Err(Refusal::new(
-                403,
-                Outcome::Forbidden,
+                RefusalKind::Forbidden,
                 format!("client {client} is not in ondemand.allow_clients"),
             ));
         }
@@ -422,16 +339,14 @@ impl OnDemand {
             // A reload may have changed the limits.
             limiter.configure(section.rate_limit, section.burst, section.global_rate_limit, section.global_burst);
             if let Err(RetryAfter(seconds)) = limiter.check(client, now) {
-                let mut refusal = Refusal::new(
-                    429,
-                    Outcome::RateLimited,
+                return Err(Refusal::new(
+                    RefusalKind::RateLimited,
                     format!(
                         "rate limit: {} request(s)/s per client (burst {}), {}/s overall (burst {}); retry in {seconds} s",
                         section.rate_limit, section.burst, section.global_rate_limit, section.global_burst
                     ),
-                );
-                refusal.retry_after = Some(seconds);
-                return Err(refusal);
+                )
+                .retry_after(seconds));
             }
         }
         Ok(client)
@@ -447,19 +362,17 @@ impl OnDemand {
         for range in &params.targets {
             if !guard::range_allowed(&section.allow_targets, range) {
                 return Err(Refusal::new(
-                    403,
-                    Outcome::Forbidden,
+                    RefusalKind::Forbidden,
                     format!("target {range} is not inside ondemand.allow_targets; nothing was scanned"),
                 ));
             }
         }
         let hosts = HostSet::build(params.targets.clone(), Vec::new(), ExclusionPolicy::Default)
-            .map_err(|error| Refusal::new(400, Outcome::BadRequest, format!("target: {error}")))?;
+            .map_err(|error| Refusal::new(RefusalKind::BadRequest, format!("target: {error}")))?;
         let probes = u128::from(hosts.len()) * params.ports.len() as u128;
         if probes > u128::from(section.max_probes_per_request) {
             return Err(Refusal::new(
-                400,
-                Outcome::TooLarge,
+                RefusalKind::TooLarge,
                 format!(
                     "{} host(s) x {} port(s) = {probes} probes, over ondemand.max_probes_per_request = {}",
                     hosts.len(),
@@ -469,20 +382,18 @@ impl OnDemand {
             ));
         }
         let space = TargetSpace::new(hosts, params.ports.clone())
-            .map_err(|error| Refusal::new(400, Outcome::BadRequest, error.to_string()))?;
+            .map_err(|error| Refusal::new(RefusalKind::BadRequest, error.to_string()))?;
         let max = section.max_concurrent;
         if self
             .inflight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| (now < max).then_some(now + 1))
             .is_err()
         {
-            let mut refusal = Refusal::new(
-                429,
-                Outcome::Concurrency,
+            return Err(Refusal::new(
+                RefusalKind::Concurrency,
                 format!("{max} on-demand scan(s) are running (ondemand.max_concurrent); retry shortly"),
-            );
-            refusal.retry_after = Some(1);
-            return Err(refusal);
+            )
+            .retry_after(1));
         }
         metrics.ondemand_inflight.set(self.inflight.load(Ordering::Acquire) as i64);
         Ok((Arc::new(space), InflightSlot { ondemand: self, metrics }))
@@ -530,14 +441,14 @@ impl OnDemand {
         metrics: &Metrics,
         request: &OnDemandRequest,
         client: std::net::IpAddr,
-    ) -> Result<OnDemandAnswer, Refusal> {
+    ) -> Result<Reply, Refusal> {
         let started = Instant::now();
         let section = &config.ondemand;
         let pairs = query_pairs(&request.query);
         let params = probe::parse_probe_query(&pairs, &config.modules)
-            .map_err(|reason| Refusal::new(400, Outcome::BadRequest, reason))?;
+            .map_err(|reason| Refusal::new(RefusalKind::BadRequest, reason))?;
         let (deadline, bounds) = probe::probe_deadline(section, &params, request.scrape_timeout.as_deref())
-            .map_err(|reason| Refusal::new(400, Outcome::BadRequest, reason))?;
+            .map_err(|reason| Refusal::new(RefusalKind::BadRequest, reason))?;
         let (space, slot) = self.admit_scan(section, metrics, &params)?;
         let mut log = Vec::new();
         let mut note = |line: String| {
@@ -616,15 +527,9 @@ impl OnDemand {
             let mut body = log.join("\n");
             body.push_str("\n\nMetrics that would have been returned:\n");
             body.push_str(&rendered);
-            return Ok(OnDemandAnswer::text(200, body));
+            return Ok(Reply::Done(Body::Text(body)));
         }
-        Ok(OnDemandAnswer {
-            status: 200,
-            content_type: METRICS_TEXT,
-            body: rendered.into_bytes(),
-            retry_after: None,
-            allow: None,
-        })
+        Ok(Reply::Done(Body::Metrics(rendered)))
     }
 
     fn submit_scan(
@@ -633,20 +538,19 @@ impl OnDemand {
         metrics: &Metrics,
         request: &OnDemandRequest,
         client: std::net::IpAddr,
-    ) -> Result<OnDemandAnswer, Refusal> {
+    ) -> Result<Reply, Refusal> {
         let section = &config.ondemand;
         let ScanBody { params, priority, dedupe_key } = parse_scan_body(&request.body, &config.modules)
-            .map_err(|reason| Refusal::new(400, Outcome::BadRequest, reason))?;
+            .map_err(|reason| Refusal::new(RefusalKind::BadRequest, reason))?;
         self.maintain(section, metrics);
         if let Some(key) = &dedupe_key {
             let registry = self.registry.lock();
             if let Some(existing) = registry.deduplicated(key, self.epoch.elapsed(), section.dedupe_window) {
                 metrics.probe_requests.with_label_values(&[Outcome::Ok.label()]).inc();
-                return Ok(OnDemandAnswer::json(
-                    202,
-                    &json!({"id": existing.id, "state": existing.status.name(), "deduplicated": true,
+                return Ok(Reply::Accepted(Body::Json(
+                    json!({"id": existing.id, "state": existing.status.name(), "deduplicated": true,
                             "url": format!("/api/v1/scans/{}", existing.id)}),
-                ));
+                )));
             }
         }
         let (space, slot) = self.admit_scan(section, metrics, &params)?;
@@ -668,7 +572,7 @@ impl OnDemand {
                     rate: params.preset.rate,
                 })
             })
-            .map_err(|error| Refusal::new(500, Outcome::Error, format!("the scan could not start: {error}")))?;
+            .map_err(|error| Refusal::new(RefusalKind::Failed, format!("the scan could not start: {error}")))?;
         // The slot stays taken while the scan runs; `maintain` gives it back when it ends.
         std::mem::forget(slot);
         let id = format!("{:016x}", self.settings(&params.preset).seed);
@@ -695,10 +599,9 @@ impl OnDemand {
         };
         self.registry.lock().insert(scan, self.epoch.elapsed());
         metrics.probe_requests.with_label_values(&[Outcome::Ok.label()]).inc();
-        Ok(OnDemandAnswer::json(
-            202,
-            &json!({"id": id, "state": "running", "deduplicated": false, "url": format!("/api/v1/scans/{id}")}),
-        ))
+        Ok(Reply::Accepted(Body::Json(
+            json!({"id": id, "state": "running", "deduplicated": false, "url": format!("/api/v1/scans/{id}")}),
+        )))
     }
 
     fn summary(scan: &ApiScan) -> serde_json::Value {
@@ -723,7 +626,7 @@ impl OnDemand {
         })
     }
 
-    fn scan_status(&self, config: &Config, metrics: &Metrics, id: &str, query: &str) -> OnDemandAnswer {
+    fn scan_status(&self, config: &Config, metrics: &Metrics, id: &str, query: &str) -> Reply {
         self.maintain(&config.ondemand, metrics);
         let pairs = query_pairs(query);
         let get = |name: &str| query_value(&pairs, name);
@@ -734,7 +637,10 @@ impl OnDemand {
             "answered" => &[PortState::Open, PortState::Closed, PortState::Filtered],
             "all" => &[PortState::Open, PortState::Closed, PortState::Filtered, PortState::Unknown],
             other => {
-                return OnDemandAnswer::text(400, format!("results={other:?}: expected open, closed, answered or all"));
+                return refuse(
+                    RefusalKind::BadRequest,
+                    format!("results={other:?}: expected open, closed, answered or all"),
+                );
             }
         };
         let number = |name: &str, default: u64, max: u64| -> Result<u64, String> {
@@ -748,11 +654,11 @@ impl OnDemand {
         };
         let (offset, limit) = match (number("offset", 0, u64::MAX), number("limit", 1000, 10_000)) {
             (Ok(offset), Ok(limit)) => (offset, limit),
-            (Err(reason), _) | (_, Err(reason)) => return OnDemandAnswer::text(400, reason),
+            (Err(reason), _) | (_, Err(reason)) => return refuse(RefusalKind::BadRequest, reason),
         };
         let registry = self.registry.lock();
         let Some(scan) = registry.get(id) else {
-            return OnDemandAnswer::text(404, format!("no scan {id:?} (unknown, or dropped after retention)"));
+            return refuse(RefusalKind::NotFound, format!("no scan {id:?} (unknown, or dropped after retention)"));
         };
         let mut summary = OnDemand::summary(scan);
         let mut items = Vec::new();
@@ -774,21 +680,21 @@ impl OnDemand {
             "filter": filter, "offset": offset, "limit": limit, "matched": matched,
             "items": items, "next_offset": if next < matched { Some(next) } else { None },
         });
-        OnDemandAnswer::json(200, &summary)
+        Reply::Done(Body::Json(summary))
     }
 
-    fn cancel_scan(&self, id: &str) -> OnDemandAnswer {
+    fn cancel_scan(&self, id: &str) -> Reply {
         let registry = self.registry.lock();
         if !registry.cancel(id) {
-            return OnDemandAnswer::text(404, format!("no scan {id:?}"));
+            return refuse(RefusalKind::NotFound, format!("no scan {id:?}"));
         }
         let state = registry.get(id).map_or("cancelled", |scan| {
             if scan.status == ScanStatus::Running { "cancelling" } else { scan.status.name() }
         });
-        OnDemandAnswer::json(202, &json!({"id": id, "state": state}))
+        Reply::Accepted(Body::Json(json!({"id": id, "state": state})))
     }
 
-    fn list_scans(&self, config: &Config, metrics: &Metrics, query: &str) -> OnDemandAnswer {
+    fn list_scans(&self, config: &Config, metrics: &Metrics, query: &str) -> Reply {
         self.maintain(&config.ondemand, metrics);
         let pairs = query_pairs(query);
         let get = |name: &str| query_value(&pairs, name);
@@ -797,8 +703,8 @@ impl OnDemand {
             Some(text) => match ScanStatus::parse(text) {
                 Some(status) => Some(status),
                 None => {
-                    return OnDemandAnswer::text(
-                        400,
+                    return refuse(
+                        RefusalKind::BadRequest,
                         format!("state={text:?}: expected running, done, timed_out or cancelled"),
                     );
                 }
@@ -807,11 +713,11 @@ impl OnDemand {
         let limit = match get("limit").map(str::parse::<usize>) {
             None => 100,
             Some(Ok(limit)) if (1..=1000).contains(&limit) => limit,
-            Some(_) => return OnDemandAnswer::text(400, "limit: expected 1 to 1000"),
+            Some(_) => return refuse(RefusalKind::BadRequest, "limit: expected 1 to 1000"),
         };
         let registry = self.registry.lock();
         let scans: Vec<serde_json::Value> = registry.list(status, limit).into_iter().map(OnDemand::summary).collect();
-        OnDemandAnswer::json(200, &json!({"scans": scans, "kept": registry.len()}))
+        Reply::Done(Body::Json(json!({"scans": scans, "kept": registry.len()})))
     }
 
     /// Running API scans.
@@ -823,6 +729,11 @@ impl OnDemand {
     pub fn refused(&self, metrics: &Metrics, outcome: Outcome) {
         metrics.probe_requests.with_label_values(&[outcome.label()]).inc();
     }
+}
+
+/// A refusal as a reply.
+fn refuse(kind: RefusalKind, reason: impl Into<String>) -> Reply {
+    Reply::Refused(Refusal::new(kind, reason))
 }
 
 /// The decoded `name=value` pairs of a query string.
