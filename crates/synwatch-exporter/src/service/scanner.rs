@@ -1,0 +1,130 @@
+//! How the exporter reaches the engine: the [`Scanner`] and [`RunningScan`] traits, implemented
+//! for `synwatch_io::Engine` and its `JobHandle`, and in the tests for a simulated network, so
+//! that the exporter is tested without sockets.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use synwatch_engine::{FinishReason, JobSettings, PortState, TargetSpace};
+use synwatch_io::{CounterSnapshot, Engine, JobHandle, JobRequest, Priority};
+
+/// A scan to start.
+#[derive(Debug, Clone)]
+pub struct ScanOrder {
+    /// What to scan.
+    pub space: Arc<TargetSpace>,
+    /// Retries, waits, seed.
+    pub settings: JobSettings,
+    /// Cut off after this long.
+    pub timeout: Duration,
+    /// Interactive (on-demand probes) goes first.
+    pub priority: Priority,
+    /// The job's own rate cap.
+    pub rate: Option<u64>,
+}
+
+impl ScanOrder {
+    /// A background scan without its own rate cap.
+    pub fn background(space: Arc<TargetSpace>, settings: JobSettings, timeout: Duration) -> ScanOrder {
+        ScanOrder { space, settings, timeout, priority: Priority::Background, rate: None }
+    }
+}
+
+/// A running scan's progress.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanProgress {
+    /// Probes sent, retries included.
+    pub sent: u64,
+    /// Probes sent at least once.
+    pub distinct_sent: u64,
+    /// Probes answered.
+    pub answered: u64,
+    /// The current round (0 = first pass).
+    pub round: u32,
+}
+
+/// The engine as the exporter uses it.
+pub trait Scanner: Send + Sync {
+    /// Starts a scan.
+    fn start(&self, order: ScanOrder) -> Result<Box<dyn RunningScan>, String>;
+    /// The engine's counters.
+    fn counters(&self) -> CounterSnapshot;
+    /// `syn` or `connect`.
+    fn mode_name(&self) -> &'static str;
+    /// Whether the engine's threads are all alive.
+    fn is_running(&self) -> bool;
+    /// Changes the global rate cap.
+    fn set_rate(&self, rate: u64);
+}
+
+/// A scan in progress.
+pub trait RunningScan: Send {
+    /// Why it ended, once it has.
+    fn finished(&self) -> Option<FinishReason>;
+    /// Asks it to stop.
+    fn cancel(&self);
+    /// The state of probe `index` (meaningful once finished).
+    fn state(&self, index: u64) -> PortState;
+    /// Progress so far.
+    fn progress(&self) -> ScanProgress;
+    /// Waits at most `timeout` for the end (the default polls every millisecond).
+    fn wait(&self, timeout: Duration) -> Option<FinishReason> {
+        let until = Instant::now() + timeout;
+        loop {
+            if let Some(reason) = self.finished() {
+                return Some(reason);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+impl Scanner for Engine {
+    fn start(&self, order: ScanOrder) -> Result<Box<dyn RunningScan>, String> {
+        let request = JobRequest {
+            priority: order.priority,
+            rate: order.rate,
+            ..JobRequest::new(order.space, order.settings, Some(order.timeout))
+        };
+        match self.submit(request) {
+            Ok(handle) => Ok(Box::new(handle)),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+    fn counters(&self) -> CounterSnapshot {
+        Engine::counters(self)
+    }
+    fn mode_name(&self) -> &'static str {
+        self.mode().name()
+    }
+    fn is_running(&self) -> bool {
+        Engine::is_running(self)
+    }
+    fn set_rate(&self, rate: u64) {
+        Engine::set_rate(self, rate);
+    }
+}
+
+impl RunningScan for JobHandle {
+    fn finished(&self) -> Option<FinishReason> {
+        self.summary().map(|summary| summary.reason)
+    }
+    fn cancel(&self) {
+        JobHandle::cancel(self);
+    }
+    fn state(&self, index: u64) -> PortState {
+        self.table().get(index)
+    }
+    fn progress(&self) -> ScanProgress {
+        let progress = JobHandle::progress(self);
+        // Round 0 sends each probe once; a later round means every probe was sent.
+        let distinct_sent = if progress.round > 0 { progress.total } else { progress.sent.min(progress.total) };
+        ScanProgress { sent: progress.sent, distinct_sent, answered: progress.answered, round: progress.round }
+    }
+    fn wait(&self, timeout: Duration) -> Option<FinishReason> {
+        self.wait_timeout(timeout).map(|summary| summary.reason)
+    }
+}

@@ -1,0 +1,238 @@
+//! The `synwatch-schedule` thread: starts the scans the [`Schedule`] says are due, on the
+//! shared engine, collects the finished ones, folds them into the target table and saves the
+//! state.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use synwatch_engine::{FinishReason, JobSettings, Shard, TargetSpace};
+
+use crate::results::ScanResults;
+use crate::schedule::{Schedule, ScheduledTarget};
+use crate::state::{ScanAttempt, TargetRecord, unix_seconds};
+
+use super::Inner;
+use super::scanner::{RunningScan, ScanOrder};
+use super::targets::{detail_allotments, fold_scan};
+
+struct Running {
+    name: String,
+    scan: Box<dyn RunningScan>,
+    space: Arc<TargetSpace>,
+    started: Instant,
+}
+
+pub(super) struct SchedulerLoop {
+    inner: Arc<Inner>,
+    schedule: Schedule,
+    running: Vec<Running>,
+    scans_started: u64,
+}
+
+impl SchedulerLoop {
+    pub(super) fn new(inner: Arc<Inner>) -> SchedulerLoop {
+        let schedule = Schedule::new(inner.seed);
+        SchedulerLoop { inner, schedule, running: Vec::new(), scans_started: 0 }
+    }
+
+    fn now(&self) -> Duration {
+        self.inner.epoch.elapsed()
+    }
+
+    /// Hands the current targets to the schedule; cancels scans of removed targets.
+    fn apply_config(&mut self) {
+        let config = Arc::clone(&self.inner.config.read());
+        let now = self.now();
+        let now_unix = unix_seconds(SystemTime::now());
+        let table = self.inner.targets();
+        let targets: Vec<ScheduledTarget> = table
+            .entries()
+            .iter()
+            // A target whose shard is empty in this replica is not scheduled at all.
+            .filter(|entry| entry.space.is_some())
+            .map(|entry| {
+                let target = &entry.target;
+                // After a restart, a target scanned recently waits for the rest of its interval.
+                let first_due = entry.record.as_ref().and_then(|record| record.last_attempt).and_then(|attempt| {
+                    let age = Duration::from_secs_f64((now_unix - attempt.timestamp).max(0.0));
+                    target.settings.interval.checked_sub(age).map(|left| now + left)
+                });
+                ScheduledTarget { name: target.name.clone(), interval: target.settings.interval, first_due }
+            })
+            .collect();
+        for name in self.schedule.set_targets(&targets, now) {
+            if let Some(running) = self.running.iter().find(|running| running.name == name) {
+                running.scan.cancel();
+            }
+        }
+        if config.resolve_hostnames {
+            self.inner.request_all_lookups(&config);
+        } else {
+            self.inner.hostnames.clear();
+            self.inner.metrics.dns_cache_entries.set(0);
+        }
+    }
+
+    pub(super) fn run(mut self) {
+        self.apply_config();
+        loop {
+            {
+                let mut control = self.inner.control.lock();
+                if control.shutdown {
+                    break;
+                }
+                if std::mem::take(&mut control.config_changed) {
+                    drop(control);
+                    self.apply_config();
+                }
+            }
+            self.collect_finished();
+            let now = self.now();
+            self.schedule.poll(now);
+            let slots = self.inner.config.read().engine.max_concurrent_scans;
+            while self.running.len() < slots {
+                let Some(name) = self.schedule.start_next(now) else { break };
+                self.start_scan(name);
+            }
+            let metrics = &self.inner.metrics;
+            metrics.queue_length.set(self.schedule.queue_length() as i64);
+            metrics.scans_running.set(self.running.len() as i64);
+            // Ended API scans give their on-demand slot back here (and on API requests).
+            let config = Arc::clone(&self.inner.config.read());
+            self.inner.ondemand.maintain(&config.ondemand, metrics);
+            let mut sleep = self.inner.tick;
+            if self.running.is_empty()
+                && self.inner.ondemand.scans_running() == 0
+                && let Some(due) = self.schedule.next_due()
+            {
+                sleep = due.saturating_sub(self.now()).clamp(Duration::from_millis(1), Duration::from_secs(1));
+            }
+            let mut control = self.inner.control.lock();
+            if !control.shutdown && !control.config_changed {
+                self.inner.wake.wait_for(&mut control, sleep);
+            }
+        }
+        self.stop();
+    }
+
+    fn start_scan(&mut self, name: String) {
+        let table = self.inner.targets();
+        let Some((target, Some(space))) = table.get(&name).map(|entry| (&entry.target, entry.space.clone())) else {
+            self.schedule.finished(&name, self.now());
+            return;
+        };
+        self.scans_started += 1;
+        let settings = JobSettings {
+            retries: target.settings.retries,
+            retry_gap: target.settings.wait.max(Duration::from_millis(100)),
+            wait: target.settings.wait,
+            seed: self.inner.seed ^ self.scans_started.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            shard: Shard::WHOLE,
+        };
+        let started = Instant::now();
+        match self.inner.scanner.start(ScanOrder::background(Arc::clone(&space), settings, target.settings.timeout)) {
+            Ok(scan) => {
+                tracing::debug!(target = %name, probes = space.len(), "scan started");
+                self.running.push(Running { name, scan, space, started });
+            }
+            Err(error) => {
+                tracing::warn!(target = %name, %error, "scan could not start");
+                self.record_attempt(&name, started, None);
+                self.schedule.finished(&name, self.now());
+            }
+        }
+    }
+
+    fn collect_finished(&mut self) {
+        let mut index = 0;
+        while index < self.running.len() {
+            let Some(reason) = self.running[index].scan.finished() else {
+                index += 1;
+                continue;
+            };
+            let running = self.running.swap_remove(index);
+            let success = matches!(reason, FinishReason::AllAnswered | FinishReason::WaitOver);
+            if success {
+                let results =
+                    ScanResults::from_fn(Arc::clone(&running.space), |probe| running.scan.state(probe).finalized());
+                self.record_attempt(&running.name, running.started, Some(results));
+            } else {
+                tracing::warn!(target = %running.name, ?reason, "scan did not complete; the previous results stay");
+                self.record_attempt(&running.name, running.started, None);
+            }
+            self.schedule.finished(&running.name, self.now());
+        }
+    }
+
+    /// Folds a scan's end into the target's record ([`fold_scan`]), counts it and its changes,
+    /// checks the details budget, asks for the names of the responding hosts and saves.
+    fn record_attempt(&mut self, name: &str, started: Instant, results: Option<ScanResults>) {
+        let metrics = &self.inner.metrics;
+        let duration = started.elapsed();
+        let success = results.is_some();
+        let attempt = ScanAttempt {
+            timestamp: unix_seconds(SystemTime::now()),
+            duration_seconds: duration.as_secs_f64(),
+            success,
+        };
+        let config = Arc::clone(&self.inner.config.read());
+        // The table is replaced by the scheduler thread (here) and by reloads, serialized by
+        // `reloading`, so that a reload in between cannot lose this record.
+        let _serialized = self.inner.reloading.lock();
+        let table = self.inner.targets();
+        let Some(entry) = table.get(name) else {
+            return; // Removed by a reload while it ran: its series are already gone.
+        };
+        let folded = fold_scan(entry.record.as_deref(), results, entry.space.as_ref(), attempt);
+        let Some(table) = table.with_record(name, folded.record, config.details_budget) else { return };
+        metrics.scan_duration.with_label_values(&[name]).observe(duration.as_secs_f64());
+        metrics.scans.with_label_values(&[name, if success { "success" } else { "failure" }]).inc();
+        if let Some(changes) = folded.changes {
+            metrics.port_changes.with_label_values(&[name, "opened"]).inc_by(changes.opened);
+            metrics.port_changes.with_label_values(&[name, "closed"]).inc_by(changes.closed);
+            if changes.opened + changes.closed > 0 {
+                tracing::info!(target = %name, opened = changes.opened, closed = changes.closed, "ports changed");
+            }
+        }
+        if success && let Some(position) = table.entries().iter().position(|entry| entry.target.name == name) {
+            let (allotted, wanted) = detail_allotments(&table, config.details_budget)[position];
+            if wanted > allotted {
+                let refused = wanted - allotted;
+                metrics.details_dropped.inc_by(refused);
+                tracing::warn!(target = %name, refused, budget = config.details_budget, "details_budget reached");
+            }
+        }
+        let table = Arc::new(table);
+        *self.inner.targets.write() = Arc::clone(&table);
+        drop(_serialized);
+        if success && let Some(entry) = table.get(name) {
+            self.inner.request_lookups(&config, entry.responding());
+        }
+        tracing::info!(target = %name, success, seconds = duration.as_secs_f64(), "scan ended");
+        self.save(&table.records());
+    }
+
+    fn save(&self, records: &BTreeMap<String, Arc<TargetRecord>>) {
+        let Some(store) = &self.inner.store else { return };
+        if let Err(error) = store.save(records) {
+            self.inner.metrics.state_writes_failed.inc();
+            tracing::error!(path = %store.path().display(), %error, "cannot save the state");
+        }
+    }
+
+    /// Shutdown: cancel every scan, wait briefly for them to stop, save the state.
+    fn stop(mut self) {
+        for running in &self.running {
+            running.scan.cancel();
+        }
+        self.inner.ondemand.cancel_all();
+        let deadline = Instant::now() + Duration::from_millis(500);
+        for running in &self.running {
+            running.scan.wait(deadline.saturating_duration_since(Instant::now()));
+        }
+        self.running.clear();
+        self.save(&self.inner.targets().records());
+        tracing::info!("scheduler stopped; state saved");
+    }
+}
