@@ -328,22 +328,16 @@ impl OnDemand {
             let now = self.epoch.elapsed();
             let mut limiter = self.limiter.lock();
             let limiter = limiter.get_or_insert_with(|| {
-                RateLimiter::new(
-                    section.rate_limit,
-                    section.burst,
-                    section.global_rate_limit,
-                    section.global_burst,
-                    now,
-                )
+                RateLimiter::new(section.rate_limit, section.burst, section.global_rate(), section.global_burst(), now)
             });
             // A reload may have changed the limits.
-            limiter.configure(section.rate_limit, section.burst, section.global_rate_limit, section.global_burst);
+            limiter.configure(section.rate_limit, section.burst, section.global_rate(), section.global_burst());
             if let Err(RetryAfter(seconds)) = limiter.check(client, now) {
                 return Err(Refusal::new(
                     RefusalKind::RateLimited,
                     format!(
                         "rate limit: {} request(s)/s per client (burst {}), {}/s overall (burst {}); retry in {seconds} s",
-                        section.rate_limit, section.burst, section.global_rate_limit, section.global_burst
+                        section.rate_limit, section.burst, section.global_rate(), section.global_burst()
                     ),
                 )
                 .retry_after(seconds));

@@ -73,7 +73,7 @@ impl TargetTable {
             .targets
             .iter()
             .map(|target| {
-                let space = target.shard_space(shard).map(Arc::new);
+                let space = target.shard_space(shard);
                 let record = match (records.get(&target.name), &space) {
                     (Some(record), Some(space)) => Some(match &record.results {
                         Some(results) if **results.space() != **space => Arc::new(TargetRecord {
