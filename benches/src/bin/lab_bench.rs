@@ -505,14 +505,9 @@ fn exporter_memory(arguments: &Arguments) -> Result<()> {
         .spawn()
     {
         std::thread::sleep(Duration::from_secs(2));
+        let client = http_client();
         for _ in 0..3 {
-            use std::io::{Read, Write};
-            if let Ok(mut stream) = std::net::TcpStream::connect("127.0.0.1:19115") {
-                let _ = stream.write_all(
-                    b"GET /probe?module=tcp_connect&target=127.0.0.1:22 HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n",
-                );
-                let _ = stream.read_to_end(&mut Vec::new());
-            }
+            let _ = client.get("http://127.0.0.1:19115/probe?module=tcp_connect&target=127.0.0.1:22").call();
         }
         std::thread::sleep(Duration::from_secs(1));
         let rss = status_kib(blackbox.id(), "VmRSS");
@@ -576,43 +571,21 @@ fn exporter_memory(arguments: &Arguments) -> Result<()> {
     Ok(())
 }
 
-/// A keep-alive HTTP/1.1 client: one connection, requests one after the other.
-struct KeepAlive {
-    reader: std::io::BufReader<std::net::TcpStream>,
+/// An HTTP client (ureq) that keeps its connection alive between requests and takes error
+/// statuses as answers.
+fn http_client() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
 }
 
-impl KeepAlive {
-    fn connect(address: SocketAddr) -> Result<KeepAlive> {
-        let stream = std::net::TcpStream::connect(address)?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        Ok(KeepAlive { reader: std::io::BufReader::new(stream) })
-    }
-
-    /// Sends a GET and reads the answer; returns the status and the body.
-    fn get(&mut self, path: &str) -> Result<(u16, String)> {
-        use std::io::{BufRead, Read, Write};
-        write!(self.reader.get_mut(), "GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n")?;
-        let mut line = String::new();
-        self.reader.read_line(&mut line)?;
-        let status = line.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
-        let mut length = 0;
-        loop {
-            line.clear();
-            self.reader.read_line(&mut line)?;
-            if line.trim().is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse()?;
-            }
-        }
-        let mut body = vec![0; length];
-        self.reader.read_exact(&mut body)?;
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    }
+/// Sends a GET and reads the answer; returns the status and the body.
+fn get(client: &ureq::Agent, address: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut response = client.get(format!("http://{address}{path}")).call()?;
+    let status = response.status().as_u16();
+    Ok((status, response.body_mut().with_config().limit(64 << 20).read_to_string()?))
 }
 
 fn sample_value(body: &str, name: &str) -> Option<f64> {
@@ -620,10 +593,12 @@ fn sample_value(body: &str, name: &str) -> Option<f64> {
 }
 
 /// Runs `requests` through `parallel` keep-alive connections (each takes the next request until
-/// none is left) and returns the wall time; every answer must be 200 with `success` = 1.
+/// none is left) and returns the wall time (each connection's opening included); every answer
+/// must be 200 with `success` = 1.
 fn fan_out(address: SocketAddr, requests: &[String], parallel: usize, success: &str) -> Result<Duration> {
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut clients = (0..parallel).map(|_| KeepAlive::connect(address)).collect::<Result<Vec<_>>>()?;
+    // One client per worker: each keeps one connection alive, opened by its first request.
+    let mut clients: Vec<ureq::Agent> = (0..parallel).map(|_| http_client()).collect();
     let started = Instant::now();
     std::thread::scope(|scope| -> Result<()> {
         let workers: Vec<_> = clients
@@ -634,7 +609,7 @@ fn fan_out(address: SocketAddr, requests: &[String], parallel: usize, success: &
                     loop {
                         let index = next.fetch_add(1, Ordering::Relaxed);
                         let Some(path) = requests.get(index) else { return Ok(()) };
-                        let (status, body) = client.get(path)?;
+                        let (status, body) = get(client, address, path)?;
                         if status != 200 || sample_value(&body, success) != Some(1.0) {
                             bail!("{path}: {status}\n{body}");
                         }
@@ -718,8 +693,7 @@ fn probe_latency(arguments: &Arguments, repetitions: usize, max_rate: Option<u64
             synwatch_times.push(fan_out(synwatch_address, &synwatch_24, 1, "probe_success")?.as_secs_f64());
         }
         // The synwatch answer must have found every port open.
-        let mut client = KeepAlive::connect(synwatch_address)?;
-        let (_, body) = client.get(&synwatch_24[0])?;
+        let (_, body) = get(&http_client(), synwatch_address, &synwatch_24[0])?;
         let open = sample_value(&body, "probe_ports_open").unwrap_or(0.0);
         if open != 768.0 {
             bail!("synwatch found {open} of 768 open ports:\n{body}");

@@ -3,8 +3,8 @@
 //! `synwatch serve`, a Prometheus server and a small HTTP client.
 
 use std::collections::BTreeSet;
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -131,7 +131,8 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A minimal HTTP/1.1 client for the tests (one request per connection): status and body.
+/// One request (ureq, a fresh connection): status and body. Refusals (4xx, 5xx) are answers
+/// here, not errors.
 pub fn http(method: &str, address: SocketAddr, path: &str) -> io::Result<(u16, String)> {
     http_with(method, address, path, &[], "").map(|(status, _, body)| (status, body))
 }
@@ -147,26 +148,33 @@ pub fn http_with(
     headers: &[(&str, &str)],
     body: &str,
 ) -> io::Result<Answer> {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(5)))
+        .timeout_global(Some(Duration::from_secs(20)))
+        .max_idle_connections(0)
+        .build()
+        .into();
+    let mut request = ureq::http::Request::builder().method(method).uri(format!("http://{address}{path}"));
     for (name, value) in headers {
-        request += &format!("{name}: {value}\r\n");
+        request = request.header(*name, *value);
     }
-    request += &format!("Content-Length: {}\r\n\r\n{body}", body.len());
-    stream.write_all(request.as_bytes())?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let status = response.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let headers = head
-        .lines()
-        .skip(1)
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+    // GET and HEAD carry no body.
+    let body = if matches!(method, "GET" | "HEAD") { Vec::new() } else { body.as_bytes().to_vec() };
+    let request = request.body(body).map_err(io::Error::other)?;
+    let mut response = agent.run(request).map_err(io::Error::other)?;
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(name, value)| (name.as_str().to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
         .collect();
-    Ok((status, headers, body.to_string()))
+    let body = if method == "HEAD" {
+        String::new()
+    } else {
+        response.body_mut().with_config().limit(64 << 20).read_to_string().map_err(io::Error::other)?
+    };
+    Ok((status, headers, body))
 }
 
 /// The value of the sample whose name and labels are exactly `series` in exposition text.
