@@ -234,6 +234,8 @@ fn issue_5_deadline_holds_on_a_filtered_range() {
 }
 
 /// A keep-alive HTTP/1.1 client bound to one source address: (status, body) per request.
+/// Written here rather than with ureq, which cannot bind a connection's source address, and
+/// the flood needs forty distinct clients (127.0.0.x) for the per-client limits.
 struct Client {
     reader: BufReader<TcpStream>,
 }
