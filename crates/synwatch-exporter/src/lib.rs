@@ -16,6 +16,8 @@
 //! * [`service`]: the running exporter (scheduler thread, reload, readiness, landing page).
 //! * [`ondemand`]: `/probe` and the scans API, and their guards.
 //! * [`policy`]: the expected-port policy of targets.
+//! * [`query`]: URL query strings.
+//! * [`scanner`]: the [`Scanner`] trait the engine is reached through.
 
 pub mod config;
 pub mod hostnames;
@@ -23,7 +25,9 @@ pub mod listeners;
 pub mod metrics;
 pub mod ondemand;
 pub mod policy;
+pub mod query;
 pub mod results;
+pub mod scanner;
 pub mod schedule;
 pub mod sd;
 pub mod service;
@@ -31,4 +35,5 @@ pub mod state;
 
 pub use config::{Config, ConfigError, EMBEDDED_DEFAULT, load, parse};
 pub use metrics::{BuildInfo, CONTENT_TYPE};
-pub use service::{Exporter, ExporterOptions, ReloadReport, RunningScan, ScanOrder, ScanProgress, Scanner};
+pub use scanner::{RunningScan, ScanOrder, ScanProgress, Scanner};
+pub use service::{Exporter, ExporterOptions, ReloadReport};

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use synwatch_engine::PortSet;
 
-use crate::ondemand::query_pairs;
+use crate::query::query_pairs;
 
 /// What a `/sd` request asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

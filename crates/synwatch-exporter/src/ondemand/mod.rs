@@ -42,76 +42,13 @@ use synwatch_http::site::{Body, OnDemandRequest, Operation, Refusal, RefusalKind
 use synwatch_io::Priority;
 
 use crate::config::{Config, ModeSetting, Module, OnDemandSection};
-use crate::metrics::Metrics;
-use crate::service::{ScanOrder, Scanner};
+use crate::metrics::{Metrics, Outcome};
+use crate::query::{query_pairs, query_value};
+use crate::scanner::{ScanOrder, Scanner};
 use crate::state::unix_seconds;
 use guard::{RateLimiter, RetryAfter};
 use probe::ScanParams;
 use scans::{ApiScan, ScanDescription, ScanRegistry, ScanStatus};
-
-/// The outcome label of `synwatch_probe_requests_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Scanned (whatever the scan found).
-    Ok,
-    /// Bad parameters.
-    BadRequest,
-    /// No or wrong credentials.
-    Unauthorized,
-    /// Client or target not allowed.
-    Forbidden,
-    /// Over the rate limit.
-    RateLimited,
-    /// Too many on-demand jobs running.
-    Concurrency,
-    /// More probes than `max_probes_per_request`.
-    TooLarge,
-    /// The scan could not start (no route, engine stopped).
-    Error,
-}
-
-impl Outcome {
-    /// Every outcome, for zero-initialized series.
-    pub const ALL: [Outcome; 8] = [
-        Outcome::Ok,
-        Outcome::BadRequest,
-        Outcome::Unauthorized,
-        Outcome::Forbidden,
-        Outcome::RateLimited,
-        Outcome::Concurrency,
-        Outcome::TooLarge,
-        Outcome::Error,
-    ];
-
-    /// The outcome a refusal is counted as, when it is counted (a scan id that is not known, or
-    /// on-demand scans being disabled, count as no outcome).
-    pub fn of_refusal(kind: RefusalKind) -> Option<Outcome> {
-        match kind {
-            RefusalKind::BadRequest => Some(Outcome::BadRequest),
-            RefusalKind::TooLarge => Some(Outcome::TooLarge),
-            RefusalKind::Unauthorized => Some(Outcome::Unauthorized),
-            RefusalKind::Forbidden => Some(Outcome::Forbidden),
-            RefusalKind::RateLimited => Some(Outcome::RateLimited),
-            RefusalKind::Concurrency => Some(Outcome::Concurrency),
-            RefusalKind::Failed => Some(Outcome::Error),
-            RefusalKind::Disabled | RefusalKind::NotFound => None,
-        }
-    }
-
-    /// The label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::BadRequest => "bad_request",
-            Outcome::Unauthorized => "unauthorized",
-            Outcome::Forbidden => "forbidden",
-            Outcome::RateLimited => "rate_limited",
-            Outcome::Concurrency => "concurrency",
-            Outcome::TooLarge => "too_large",
-            Outcome::Error => "error",
-        }
-    }
-}
 
 /// Builds a scanner for a mode the primary engine does not run (the connect() mode, which needs
 /// no privilege, started on first use).
@@ -728,14 +665,4 @@ impl OnDemand {
 /// A refusal as a reply.
 fn refuse(kind: RefusalKind, reason: impl Into<String>) -> Reply {
     Reply::Refused(Refusal::new(kind, reason))
-}
-
-/// The decoded `name=value` pairs of a query string.
-pub(crate) fn query_pairs(query: &str) -> Vec<(String, String)> {
-    form_urlencoded::parse(query.as_bytes()).into_owned().collect()
-}
-
-/// The first value of `name` among `pairs`.
-pub(crate) fn query_value<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    pairs.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
 }

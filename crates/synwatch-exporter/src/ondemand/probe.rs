@@ -82,7 +82,7 @@ pub fn parse_probe_query(
             return Err(format!("parameter {name:?} is given more than once"));
         }
     }
-    let get = |name: &str| super::query_value(pairs, name);
+    let get = |name: &str| crate::query::query_value(pairs, name);
     let target = get("target").ok_or("missing parameter target (addresses, CIDRs or ranges)")?;
     scan_params(
         target,

@@ -15,7 +15,7 @@ use serde::Serialize;
 use synwatch_engine::{FinishReason, PortState, TargetSpace};
 
 use crate::results::ScanResults;
-use crate::service::RunningScan;
+use crate::scanner::RunningScan;
 
 /// Where a scan is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

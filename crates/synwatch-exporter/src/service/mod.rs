@@ -2,8 +2,9 @@
 //! their results into the target table, counts changes and saves the state; plus reload,
 //! readiness, the landing page and the `/metrics` text for the HTTP crate to serve.
 //!
-//! * [`scanner`]: the [`Scanner`] trait the engine is reached through (implemented for
-//!   `synwatch_io::Engine` and, in the tests, for a simulated network).
+//! The engine is reached through [`crate::scanner::Scanner`] (implemented for
+//! `synwatch_io::Engine` and, in the tests, for a simulated network).
+//!
 //! * `targets`: the target table (per target: config, space, record, derived views) and the
 //!   pure fold of a finished scan into a record.
 //! * `scheduling`: the scheduler thread; `dns_thread` and `listeners_thread`: the helpers.
@@ -18,7 +19,6 @@
 mod dns_thread;
 mod landing;
 mod listeners_thread;
-pub mod scanner;
 mod scheduling;
 mod targets;
 
@@ -37,11 +37,12 @@ use synwatch_http::site::{OnDemandRequest, RefusalKind, Reply};
 use crate::config::{self, Config, ConfigError};
 use crate::hostnames::{HostnameCache, ResolverFactory};
 use crate::listeners::ListenerSnapshot;
+use crate::metrics::Outcome;
 use crate::metrics::{BuildInfo, HostView, Metrics, TargetView};
-use crate::ondemand::{OnDemand, Outcome, ScannerFactory};
+use crate::ondemand::{OnDemand, ScannerFactory};
 use crate::state::{StateStore, TargetRecord, unix_seconds};
 
-pub use scanner::{RunningScan, ScanOrder, ScanProgress, Scanner};
+use crate::scanner::Scanner;
 use targets::{TargetTable, detail_allotments};
 
 /// How the exporter is set up.

@@ -13,8 +13,8 @@ use crate::schedule::{Schedule, ScheduledTarget};
 use crate::state::{ScanAttempt, TargetRecord, unix_seconds};
 
 use super::Inner;
-use super::scanner::{RunningScan, ScanOrder};
 use super::targets::{detail_allotments, fold_scan};
+use crate::scanner::{RunningScan, ScanOrder};
 
 struct Running {
     name: String,

@@ -2,6 +2,7 @@
 //! [`helpers`], one module per area.
 
 mod alerts;
+mod architecture;
 mod bench;
 mod cli;
 mod connect_mode;

@@ -1,0 +1,271 @@
+//! The families `/metrics` writes by hand from the last known results (see the parent module
+//! for why): per target, per open port, per responding host, per local listener.
+
+use std::io::Write;
+
+use synwatch_engine::PortState;
+
+use crate::hostnames::HostnameCache;
+use crate::listeners::ListenerSnapshot;
+use crate::results::ScanResults;
+
+use super::TargetView;
+
+/// The families `/metrics` writes by hand (beyond the registry), in the order it writes them.
+/// The test `rendered_families_are_listed` keeps this list true.
+pub const RENDERED_FAMILIES: &[&str] = &[
+    "synwatch_target_ports",
+    "synwatch_target_hosts_responding",
+    "synwatch_target_last_scan_success",
+    "synwatch_target_last_scan_timestamp_seconds",
+    "synwatch_target_last_scan_duration_seconds",
+    "synwatch_target_scan_interval_seconds",
+    "synwatch_target_unexpected_open_ports",
+    "synwatch_target_expected_ports_missing",
+    "synwatch_port_policy_violation",
+    "synwatch_port_open",
+    "synwatch_host_info",
+    "synwatch_listener_up",
+    "synwatch_listeners_expected_missing",
+    "synwatch_listeners_forbidden",
+    "synwatch_listener_policy_violation",
+];
+
+pub(super) fn header(output: &mut Vec<u8>, name: &str, help: &str) {
+    let _ = writeln!(output, "# HELP {name} {help}\n# TYPE {name} gauge");
+}
+
+/// Writes `text` as a label value: backslash, double quote and newline escaped, as the text
+/// format requires. Process names and DNS names come from outside and may hold any of them.
+pub(super) fn push_label_value(output: &mut Vec<u8>, text: &str) {
+    for byte in text.bytes() {
+        match byte {
+            b'\\' => output.extend_from_slice(b"\\\\"),
+            b'"' => output.extend_from_slice(b"\\\""),
+            b'\n' => output.extend_from_slice(b"\\n"),
+            _ => output.push(byte),
+        }
+    }
+}
+
+/// `synwatch_host_info{target,ip,hostname} 1` for each responding host, at most `limit` in all;
+/// the hostname is the reverse-DNS name, or the address while none is known.
+pub(super) fn render_host_info(
+    targets: &[TargetView<'_>],
+    hostnames: &HostnameCache,
+    limit: u64,
+    output: &mut Vec<u8>,
+) {
+    header(
+        output,
+        "synwatch_host_info",
+        "Always 1 for each host that answered the last completed scan; hostname is its reverse DNS name (or its address).",
+    );
+    let mut written = 0u64;
+    for target in targets {
+        for &address in target.responding {
+            if written >= limit {
+                return;
+            }
+            written += 1;
+            let ip = address.to_string();
+            let name = hostnames.name(address);
+            output.extend_from_slice(b"synwatch_host_info{target=\"");
+            output.extend_from_slice(target.name.as_bytes());
+            output.extend_from_slice(b"\",ip=\"");
+            output.extend_from_slice(ip.as_bytes());
+            output.extend_from_slice(b"\",hostname=\"");
+            push_label_value(output, name.as_deref().unwrap_or(&ip));
+            output.extend_from_slice(b"\"} 1\n");
+        }
+    }
+}
+
+/// The local listeners and their policy.
+pub(super) fn render_listeners(snapshot: &ListenerSnapshot, output: &mut Vec<u8>) {
+    header(
+        output,
+        "synwatch_listener_up",
+        "1 while this host has the listening socket, 0 for listeners.forget_after after it went away.",
+    );
+    let mut digits = itoa::Buffer::new();
+    for (key, up) in &snapshot.listeners {
+        output.extend_from_slice(b"synwatch_listener_up{protocol=\"");
+        output.extend_from_slice(key.protocol.name().as_bytes());
+        output.extend_from_slice(b"\",address=\"");
+        output.extend_from_slice(key.address.to_string().as_bytes());
+        output.extend_from_slice(b"\",port=\"");
+        output.extend_from_slice(digits.format(key.port).as_bytes());
+        output.extend_from_slice(b"\",process=\"");
+        push_label_value(output, &key.process);
+        output.extend_from_slice(if *up { b"\"} 1\n" } else { b"\"} 0\n" });
+    }
+    header(
+        output,
+        "synwatch_listeners_expected_missing",
+        "Ports in listeners.expect_listening with no listening socket.",
+    );
+    let _ = writeln!(output, "synwatch_listeners_expected_missing {}", snapshot.expected_missing);
+    header(output, "synwatch_listeners_forbidden", "Ports in listeners.forbid_listening with a listening socket.");
+    let _ = writeln!(output, "synwatch_listeners_forbidden {}", snapshot.forbidden);
+    header(
+        output,
+        "synwatch_listener_policy_violation",
+        "1 for each port that breaks the listener policy (kind: expected_missing or forbidden_listening).",
+    );
+    for (protocol, port, kind) in &snapshot.violations {
+        let _ = writeln!(
+            output,
+            "synwatch_listener_policy_violation{{protocol=\"{}\",port=\"{port}\",kind=\"{}\"}} 1",
+            protocol.name(),
+            kind.label()
+        );
+    }
+}
+
+/// The per-target families, straight from the results.
+pub fn render_targets(targets: &[TargetView<'_>], output: &mut Vec<u8>) {
+    header(
+        output,
+        "synwatch_target_ports",
+        "Ports of the last completed scan by state; the states sum to the ports scanned.",
+    );
+    for target in targets {
+        if let Some(results) = target.results {
+            let counts = results.counts();
+            for (state, count) in [("open", counts.open), ("closed", counts.closed), ("filtered", counts.filtered)] {
+                let _ =
+                    writeln!(output, "synwatch_target_ports{{target=\"{}\",state=\"{state}\"}} {count}", target.name);
+            }
+        }
+    }
+    header(
+        output,
+        "synwatch_target_hosts_responding",
+        "Hosts that answered at least one probe with SYN-ACK or RST in the last completed scan.",
+    );
+    for target in targets {
+        if let Some(results) = target.results {
+            let _ = writeln!(
+                output,
+                "synwatch_target_hosts_responding{{target=\"{}\"}} {}",
+                target.name,
+                results.hosts_responding()
+            );
+        }
+    }
+    let attempts = [
+        (
+            "synwatch_target_last_scan_success",
+            "1 if the last scan of the target completed, 0 if it failed or timed out.",
+        ),
+        ("synwatch_target_last_scan_timestamp_seconds", "When the last scan of the target ended."),
+        ("synwatch_target_last_scan_duration_seconds", "How long the last scan of the target ran."),
+    ];
+    for (index, (name, help)) in attempts.iter().enumerate() {
+        header(output, name, help);
+        for target in targets {
+            if let Some(attempt) = target.last_attempt {
+                let value = match index {
+                    0 => f64::from(u8::from(attempt.success)),
+                    1 => attempt.timestamp,
+                    _ => attempt.duration_seconds,
+                };
+                let _ = writeln!(output, "{name}{{target=\"{}\"}} {value}", target.name);
+            }
+        }
+    }
+    header(output, "synwatch_target_scan_interval_seconds", "The configured time between two scans of the target.");
+    for target in targets {
+        let _ = writeln!(
+            output,
+            "synwatch_target_scan_interval_seconds{{target=\"{}\"}} {}",
+            target.name, target.interval_seconds
+        );
+    }
+    let policy_counts = [
+        (
+            "synwatch_target_unexpected_open_ports",
+            "Open ports (over all hosts) the target's expect: policy does not allow.",
+        ),
+        (
+            "synwatch_target_expected_ports_missing",
+            "Ports in the target's expect.open found closed or filtered (over the hosts they apply to).",
+        ),
+    ];
+    for (index, (name, help)) in policy_counts.iter().enumerate() {
+        header(output, name, help);
+        for target in targets {
+            if let Some(policy) = target.policy {
+                let value = if index == 0 { policy.unexpected_open } else { policy.expected_missing };
+                let _ = writeln!(output, "{name}{{target=\"{}\"}} {value}", target.name);
+            }
+        }
+    }
+    header(
+        output,
+        "synwatch_port_policy_violation",
+        "1 for each port that breaks the target's expect: policy (kind: unexpected_open or expected_missing), within details_budget.",
+    );
+    let mut digits = itoa::Buffer::new();
+    for target in targets {
+        let Some(policy) = target.policy else { continue };
+        for violation in policy.violations.iter().take(target.violation_series as usize) {
+            output.extend_from_slice(b"synwatch_port_policy_violation{target=\"");
+            output.extend_from_slice(target.name.as_bytes());
+            output.extend_from_slice(b"\",ip=\"");
+            output.extend_from_slice(violation.address.to_string().as_bytes());
+            output.extend_from_slice(b"\",port=\"");
+            output.extend_from_slice(digits.format(violation.port).as_bytes());
+            output.extend_from_slice(b"\",kind=\"");
+            output.extend_from_slice(violation.kind.label().as_bytes());
+            output.extend_from_slice(b"\"} 1\n");
+        }
+    }
+    header(
+        output,
+        "synwatch_port_open",
+        "1 if the port answered SYN-ACK in the last completed scan, 0 if closed or filtered (targets with details: true).",
+    );
+    for target in targets {
+        if let Some(results) = target.results {
+            render_port_open(target.name, results, target.detail_series, output);
+        }
+    }
+}
+
+pub(super) fn render_port_open(name: &str, results: &ScanResults, limit: u64, output: &mut Vec<u8>) {
+    let space = results.space();
+    let ports = space.ports().as_slice();
+    let port_count = ports.len() as u64;
+    let mut written = 0u64;
+    let mut address_text = String::with_capacity(48);
+    let mut digits = itoa::Buffer::new();
+    for host in 0..space.hosts().len() {
+        if written >= limit {
+            return;
+        }
+        let Some(address) = space.hosts().address_at(host) else {
+            return;
+        };
+        address_text.clear();
+        let _ = std::fmt::Write::write_fmt(&mut address_text, format_args!("{address}"));
+        for (slot, port) in ports.iter().enumerate() {
+            let state = results.get(host * port_count + slot as u64);
+            if state == PortState::Unknown {
+                continue;
+            }
+            if written >= limit {
+                return;
+            }
+            written += 1;
+            output.extend_from_slice(b"synwatch_port_open{target=\"");
+            output.extend_from_slice(name.as_bytes());
+            output.extend_from_slice(b"\",ip=\"");
+            output.extend_from_slice(address_text.as_bytes());
+            output.extend_from_slice(b"\",port=\"");
+            output.extend_from_slice(digits.format(*port).as_bytes());
+            output.extend_from_slice(if state == PortState::Open { b"\"} 1\n" } else { b"\"} 0\n" });
+        }
+    }
+}
