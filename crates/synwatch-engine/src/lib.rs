@@ -32,6 +32,6 @@ pub use job::{
 pub use pacing::TokenBucket;
 pub use permutation::{Permutation, Shard};
 pub use ports::{PortError, PortSet};
-pub use scheduler::{FinishedLane, LaneIndex, LaneProgress, Priority, Scheduler};
+pub use scheduler::{BatchEnd, FinishedLane, LaneIndex, LaneProgress, Priority, Scheduler};
 pub use table::{PortState, RecordOutcome, StateTable};
 pub use targets::{AddressRange, ExclusionPolicy, HostSet, TargetError, TargetSpace};

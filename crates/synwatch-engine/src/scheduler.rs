@@ -15,7 +15,8 @@
 //!    [`Scheduler::poll_transmit`] until `None`, handing each probe to the network; a probe that
 //!    found no room goes back with [`Scheduler::defer`] (sent first next time), one that could
 //!    not be sent at all with [`Scheduler::forgo`] (it stays unknown and is retried by the next
-//!    round); [`Scheduler::end_batch`] returns the unused tokens.
+//!    round); [`Scheduler::end_batch`] says how many tokens were used and how many go back to
+//!    the bucket (the caller locks it only when some do).
 //! 4. [`Scheduler::poll_progress`] to publish what was sent, and sleep until
 //!    [`Scheduler::poll_timeout`] or an event (a new job, a reply that may end one).
 //!
@@ -53,6 +54,15 @@ pub struct LaneProgress {
     pub newly_sent: u64,
     /// The lane's current round (0 = first pass).
     pub round: u32,
+}
+
+/// The tokens of a batch's grant, at its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchEnd {
+    /// Spent on probes handed out.
+    pub used: u32,
+    /// Not spent: to be given back to the bucket.
+    pub unused: u32,
 }
 
 /// A lane that is over.
@@ -198,9 +208,12 @@ impl<T> Scheduler<T> {
 
     /// Takes up to `want` tokens from the global `bucket` for the next batch: borrowing when an
     /// interactive lane has a probe due, plainly otherwise. Returns how many were granted.
-    /// Tokens of an earlier grant not given back are given back first.
+    /// Tokens of an earlier grant not ended are given back first.
     pub fn grant(&mut self, now: Duration, want: u32, bucket: &mut TokenBucket) -> u32 {
-        self.end_batch(bucket);
+        let earlier = self.end_batch();
+        if earlier.unused > 0 {
+            bucket.give_back(earlier.unused);
+        }
         let interactive_due =
             self.lanes.iter().any(|lane| lane.priority == Priority::Interactive && lane.wake_at <= now);
         let granted = if interactive_due { bucket.take_interactive(now, want) } else { bucket.take(now, want) };
@@ -208,14 +221,11 @@ impl<T> Scheduler<T> {
         granted
     }
 
-    /// Ends the batch: gives the unused tokens of the grant back to `bucket` and returns how many
-    /// were used.
-    pub fn end_batch(&mut self, bucket: &mut TokenBucket) -> u32 {
+    /// Ends the batch: how many tokens of the grant were used, and how many the caller gives
+    /// back to the bucket ([`TokenBucket::give_back`]).
+    pub fn end_batch(&mut self) -> BatchEnd {
         let Grant { granted, remaining, .. } = std::mem::take(&mut self.grant);
-        if remaining > 0 {
-            bucket.give_back(remaining);
-        }
-        granted - remaining
+        BatchEnd { used: granted - remaining, unused: remaining }
     }
 
     /// Tokens of the current grant not yet used.
@@ -273,14 +283,14 @@ impl<T> Scheduler<T> {
         }
     }
 
-    /// When the scheduler next has something to do, given the global `bucket`: when a token
-    /// comes if a lane has a probe due now, else when the first waiting lane wakes (and a token
-    /// is there). `None` without lanes. A lane that ends because every probe was answered has
-    /// no timeout: the I/O layer wakes the thread when the last answer arrives.
-    pub fn poll_timeout(&self, now: Duration, bucket: &mut TokenBucket) -> Option<Duration> {
+    /// When the scheduler next has something to do: when the first waiting lane wakes, or, if
+    /// a lane has a probe due now, when the global bucket has a token (`time_until_token`, asked
+    /// only then, so the caller locks the shared bucket only then). `None` without lanes. A lane
+    /// that ends because every probe was answered has no timeout: the I/O layer wakes the
+    /// thread when the last answer arrives.
+    pub fn poll_timeout(&self, now: Duration, time_until_token: impl FnOnce() -> Duration) -> Option<Duration> {
         let earliest = self.lanes.iter().map(|lane| lane.wake_at).min()?;
-        let token_at = now + bucket.time_until_token(now);
-        Some(earliest.max(token_at))
+        if earliest > now { Some(earliest) } else { Some(now + time_until_token()) }
     }
 
     /// Whether any lane has a probe due at `now`.
@@ -352,7 +362,7 @@ mod tests {
             while let Some((lane, _)) = scheduler.poll_transmit(now) {
                 order.push(*scheduler.owner(lane));
             }
-            scheduler.end_batch(bucket);
+            bucket.give_back(scheduler.end_batch().unused);
             if order.len() == before {
                 return order;
             }
@@ -383,7 +393,7 @@ mod tests {
         // 100 ms of a sender polling every 100 µs: a 1000/s cap lets about 100 probes through.
         while now < Duration::from_millis(100) {
             sent += drain(&mut scheduler, now, &mut bucket).len();
-            let timeout = scheduler.poll_timeout(now, &mut bucket).unwrap();
+            let timeout = scheduler.poll_timeout(now, || bucket.time_until_token(now)).unwrap();
             assert!(timeout > now, "a lane out of tokens says when it has one again");
             now += Duration::from_micros(100);
         }
@@ -400,7 +410,9 @@ mod tests {
         // Background alone: the plain bucket (2 ms of traffic at most).
         let granted = scheduler.grant(now, 256, &mut bucket);
         assert!(granted <= 20, "{granted}");
-        assert_eq!(scheduler.end_batch(&mut bucket), 0);
+        let end = scheduler.end_batch();
+        assert_eq!(end.used, 0);
+        bucket.give_back(end.unused);
         // An on-demand probe arrives (16 hosts × 10 ports): it borrows a batch at once, for
         // itself only.
         scheduler.add(core("1-10"), "interactive", Priority::Interactive, None, now);
@@ -411,7 +423,8 @@ mod tests {
         }
         assert_eq!(sent.len(), 160, "the interactive lane's 160 probes, no background one: {sent:?}");
         assert!(sent.iter().all(|&owner| owner == "interactive"));
-        assert_eq!(scheduler.end_batch(&mut bucket), 160);
+        assert_eq!(scheduler.end_batch(), BatchEnd { used: 160, unused: 96 });
+        bucket.give_back(96);
         assert!(scheduler.poll_finished(now).is_none(), "the interactive lane waits for its replies");
         scheduler.cancel_where(|owner| *owner == "interactive");
         let finished = scheduler.poll_finished(now).unwrap();
@@ -436,7 +449,7 @@ mod tests {
         assert_eq!(scheduler.poll_transmit(SECOND).unwrap().1, first, "it goes out first next time");
         let (lane, _) = scheduler.poll_transmit(SECOND).unwrap();
         scheduler.forgo(lane);
-        assert_eq!(scheduler.end_batch(&mut bucket), 1);
+        assert_eq!(scheduler.end_batch(), BatchEnd { used: 1, unused: 3 });
         let mut reported = Vec::new();
         scheduler.poll_progress(|owner, progress| reported.push((*owner, progress)));
         assert_eq!(reported, vec![("job", LaneProgress { newly_sent: 1, round: 0 })]);

@@ -271,11 +271,11 @@ fn run_jobs(jobs: Vec<SimulatedJob>, network: &mut Network, rate: u64, batch: u3
                 log.send_order.push((number, now));
             }
         }
-        scheduler.end_batch(&mut bucket);
+        bucket.give_back(scheduler.end_batch().unused);
         scheduler.poll_progress(|&number, progress| log.published_sent[number] += progress.newly_sent);
         // Sleep until the scheduler has something to do or a reply arrives, whichever is first
         // (at least 1 µs, as a real clock moves on).
-        let wake = scheduler.poll_timeout(now, &mut bucket);
+        let wake = scheduler.poll_timeout(now, || bucket.time_until_token(now));
         let arrival = network.next_arrival();
         let next = [wake, arrival].into_iter().flatten().min().unwrap_or(now);
         now = next.max(now + Duration::from_micros(1));

@@ -163,7 +163,11 @@ impl ConnectLoop {
             if tokens > 0 {
                 self.fill(now);
             }
-            let used = self.scheduler.end_batch(&mut self.shared.bucket.lock());
+            let batch = self.scheduler.end_batch();
+            if batch.unused > 0 {
+                self.shared.bucket.lock().give_back(batch.unused);
+            }
+            let used = batch.used;
             self.scheduler.poll_progress(|job, progress| job.state.publish_progress(progress, now));
             // Wait for outcomes; not at all if there is more to send right away.
             let wait =
@@ -202,7 +206,8 @@ impl ConnectLoop {
             wait = wait.min(deadline.saturating_sub(now));
         }
         let can_open = !self.under_pressure && self.inflight < self.max_inflight;
-        if can_open && let Some(timeout) = self.scheduler.poll_timeout(now, &mut self.shared.bucket.lock()) {
+        let bucket = &self.shared.bucket;
+        if can_open && let Some(timeout) = self.scheduler.poll_timeout(now, || bucket.lock().time_until_token(now)) {
             wait = wait.min(timeout.saturating_sub(now));
         }
         // epoll counts in whole milliseconds: round up so a short wait is not a busy loop.

@@ -93,7 +93,11 @@ impl SenderLoop {
             if tokens > 0 {
                 self.fill(now);
             }
-            let used = self.scheduler.end_batch(&mut self.shared.bucket.lock());
+            let batch = self.scheduler.end_batch();
+            if batch.unused > 0 {
+                self.shared.bucket.lock().give_back(batch.unused);
+            }
+            let used = batch.used;
             self.scheduler.poll_progress(|job, progress| job.state.publish_progress(progress, now));
             match self.flush_all() {
                 true => backoff = Duration::from_micros(20),
@@ -108,7 +112,8 @@ impl SenderLoop {
             }
             if used == 0 {
                 let now = self.shared.now();
-                let timeout = self.scheduler.poll_timeout(now, &mut self.shared.bucket.lock()).unwrap_or(now);
+                let bucket = &self.shared.bucket;
+                let timeout = self.scheduler.poll_timeout(now, || bucket.lock().time_until_token(now)).unwrap_or(now);
                 let pause = timeout.saturating_sub(now).min(Duration::from_millis(5));
                 if tokens > 0 || pause > Duration::from_micros(60) {
                     // Nothing to send yet (jobs between rounds or waiting): sleep, but wake for

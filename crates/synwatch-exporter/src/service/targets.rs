@@ -116,7 +116,7 @@ impl TargetTable {
     pub(crate) fn with_record(&self, name: &str, record: TargetRecord, details_budget: usize) -> Option<TargetTable> {
         let mut table = self.clone();
         let entry = table.entries.iter_mut().find(|entry| entry.target.name == name)?;
-        let results_changed = record.results != entry.record.as_ref().and_then(|old| old.results.clone());
+        let results_changed = record.results.as_ref() != entry.results();
         entry.record = Some(Arc::new(record));
         if results_changed || entry.derived.is_none() {
             entry.derived =
