@@ -241,6 +241,22 @@ enum Phase {
     Finished(FinishReason),
 }
 
+/// How far into a job's shard [`first_probe_of_family`] looks for a probe of a family.
+const FIRST_PROBE_SEARCH: u64 = 1 << 16;
+
+/// The first probe of the job's shard (in its permutation order) whose address is of the given
+/// family, among the shard's first 65,536: the probe the job sends first for that family, so
+/// sending it early (to make the kernel resolve a next hop) probes nothing outside the job.
+/// `None` when the family is absent or rarer than that.
+pub fn first_probe_of_family(space: &TargetSpace, settings: &JobSettings, ipv6: bool) -> Option<(IpAddr, u16)> {
+    let len = space.len();
+    let permutation = Permutation::new(len, settings.seed);
+    let shard = settings.shard;
+    (0..shard.size(len).min(FIRST_PROBE_SEARCH))
+        .filter_map(|k| space.probe_at(permutation.at(shard.position(k))))
+        .find(|(address, _)| address.is_ipv6() == ipv6)
+}
+
 /// The sender-side schedule of one job.
 #[derive(Debug)]
 pub struct JobCore {

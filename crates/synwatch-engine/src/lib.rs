@@ -28,6 +28,7 @@ pub mod targets;
 pub use cookie::{CookieKey, ProbeCookie, SourcePortRange};
 pub use job::{
     Classified, FinishReason, JobCore, JobSettings, NextStep, Probe, ReplyMatch, ReplyMatcher, classify_reply,
+    first_probe_of_family,
 };
 pub use pacing::TokenBucket;
 pub use permutation::{Permutation, Shard};

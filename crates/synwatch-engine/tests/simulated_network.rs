@@ -16,7 +16,7 @@ use synwatch_engine::targets::parse_target;
 use synwatch_engine::{
     Classified, CookieKey, ExclusionPolicy, FinishReason, HostSet, JobCore, JobSettings, NextStep, Permutation,
     PortSet, PortState, Priority, Probe, ReplyMatch, ReplyMatcher, Scheduler, Shard, SourcePortRange, TargetSpace,
-    TokenBucket, classify_reply,
+    TokenBucket, classify_reply, first_probe_of_family,
 };
 use synwatch_wire::{QuotedProbe, ReplyRepr, TcpReply, UnreachableReply};
 
@@ -656,4 +656,25 @@ fn probes_deferred_by_full_batches_are_sent_once_and_never_lost() {
             assert_eq!(sends, expected, "{address}:{port} of job {number}");
         }
     }
+}
+
+#[test]
+fn the_first_probe_of_a_family_is_the_one_the_shard_sends_first() {
+    let mixed = space(&["198.18.20.0/24", "2001:2::20:0/124"], "22,80");
+    for index in 0..3 {
+        let shard = Shard { index, count: 3 };
+        let settings = JobSettings { seed: 5, shard, retries: 0, ..JobSettings::default() };
+        let mut core = job(&mixed, settings, 20);
+        let mut first_sent = [None, None];
+        while let NextStep::Send(probe) = core.next_step(Duration::ZERO) {
+            first_sent[usize::from(probe.address.is_ipv6())].get_or_insert((probe.address, probe.port));
+        }
+        for ipv6 in [false, true] {
+            let found = first_probe_of_family(&mixed, &settings, ipv6);
+            assert_eq!(found, first_sent[usize::from(ipv6)], "shard {index}, IPv6 {ipv6}");
+            assert!(found.is_some_and(|(address, _)| address.is_ipv6() == ipv6));
+        }
+    }
+    let v4_only = space(&["198.18.21.0/28"], "80");
+    assert_eq!(first_probe_of_family(&v4_only, &JobSettings::default(), true), None);
 }

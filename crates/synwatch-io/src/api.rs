@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use parking_lot::{Condvar, Mutex};
-use synwatch_engine::{CookieKey, JobCore, TargetSpace, TokenBucket};
+use synwatch_engine::{CookieKey, JobCore, TargetSpace, TokenBucket, first_probe_of_family};
 
 use crate::config::{EngineConfig, EngineError, Mode, RunningMode};
 use crate::connect::{self, ConnectLoop};
@@ -181,7 +181,7 @@ impl Engine {
             if !present {
                 continue;
             }
-            let (first, first_port) = first_probe(&request.space, ipv6).expect("the family is present");
+            let (first, _) = lowest_probe(&request.space, ipv6).expect("the family is present");
             let source_override =
                 self.config.source_addresses.iter().copied().find(|address| address.is_ipv6() == ipv6);
             let path = route::resolve_path(first, self.config.interface.as_deref(), source_override)?;
@@ -191,7 +191,9 @@ impl Engine {
                 paths.push((path, "connect"));
                 continue;
             }
-            let (route, kind) = self.paths.choose(&path, (first, first_port), &cookie_key);
+            // The job's own first probe of the family, should the next hop need resolving.
+            let own_first = first_probe_of_family(&request.space, &request.settings, ipv6);
+            let (route, kind) = self.paths.choose(&path, first, own_first, &cookie_key);
             routes[usize::from(ipv6)] = Some(route);
             paths.push((path, kind));
         }
@@ -261,9 +263,10 @@ impl Drop for Engine {
     }
 }
 
-/// The first probe of a family: the family's lowest address and the lowest port. Ranges are
-/// sorted, so this is the first range of the family, not a walk over hosts.
-fn first_probe(space: &TargetSpace, ipv6: bool) -> Option<(IpAddr, u16)> {
+/// The lowest probe of a family: the family's lowest address and the lowest port (the path is
+/// resolved for it). Ranges are sorted, so this is the first range of the family, not a walk
+/// over hosts.
+fn lowest_probe(space: &TargetSpace, ipv6: bool) -> Option<(IpAddr, u16)> {
     let range = space.hosts().ranges().iter().find(|range| range.is_ipv6 == ipv6)?;
     Some((range.first_address(), space.ports().port_at(0)?))
 }

@@ -2,9 +2,10 @@
 //!
 //! The TX ring needs the link-layer destination of the next hop, known for routed IPv4 (the
 //! gateway's entry in the neighbour table). When the gateway is not in the table yet, the job's
-//! first probe also goes once through the kernel (a raw IP socket), which makes the kernel
-//! resolve the gateway, and the choice waits for the kernel's neighbour notification (netlink)
-//! instead of polling the table. Loopback and IPv6 go through raw IP sockets and `sendmmsg`.
+//! first probe of the family (in its own shard) also goes once through the kernel (a raw IP
+//! socket), which makes the kernel resolve the gateway, and the choice waits for the kernel's
+//! neighbour notification (netlink) instead of polling the table. Loopback and IPv6 go through
+//! raw IP sockets and `sendmmsg`.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -57,14 +58,17 @@ impl PathChooser {
         PathChooser { transmit, warm_up: Mutex::new(warm_up) }
     }
 
-    /// Picks the transmitter and template for a path, and names the transmitter.
+    /// Picks the transmitter and template for a path (of the family of `first`), and names the
+    /// transmitter. `own_first_probe` is the job's first probe of the family, sent ahead
+    /// through the kernel when the gateway is not known; without one (a family too rare in
+    /// the job to find it quickly) an unknown gateway means raw IP sockets.
     pub(crate) fn choose(
         &self,
         path: &Path,
-        first_probe: (IpAddr, u16),
+        first: IpAddr,
+        own_first_probe: Option<(IpAddr, u16)>,
         cookie_key: &CookieKey,
     ) -> (Route, &'static str) {
-        let (first, _) = first_probe;
         if self.transmit == TransmitChoice::Sendmmsg {
             return (Route::raw(first), "sendmmsg");
         }
@@ -74,9 +78,10 @@ impl PathChooser {
         let destination_mac = match (path.is_loopback, path.gateway) {
             (false, Some(IpAddr::V4(gateway))) if !first.is_ipv6() => {
                 route::ipv4_neighbour(gateway, &path.interface).or_else(|| {
+                    let probe = own_first_probe?;
                     // Subscribe before the warm-up, so that its resolution is not missed.
                     let mut events = NeighbourEvents::subscribe();
-                    warm_up_neighbour(self.warm_up.lock()[0].as_mut(), path, first_probe, cookie_key);
+                    warm_up_neighbour(self.warm_up.lock()[0].as_mut(), path, probe, cookie_key);
                     let deadline = Instant::now() + NEIGHBOUR_WAIT;
                     loop {
                         if let Some(mac) = route::ipv4_neighbour(gateway, &path.interface) {
@@ -114,8 +119,8 @@ impl PathChooser {
 }
 
 /// Sends the job's first probe through the kernel so that it resolves the next hop. It is the
-/// same (address, port, cookie) the schedule will send, so it probes nothing the user did not
-/// ask for; its reply validates like any other once the job is registered.
+/// same (address, port, cookie) the schedule sends first, in the job's own shard, so it probes
+/// nothing the job would not; its reply validates like any other once the job is registered.
 fn warm_up_neighbour(
     transmitter: Option<&mut RawIpTransmitter>,
     path: &Path,
