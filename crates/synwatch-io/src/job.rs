@@ -149,7 +149,11 @@ impl JobState {
             _ => &counters.replies_filtered,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        if self.matcher.table().answered() >= self.shard_size && !self.woken.swap(true, Ordering::AcqRel) {
+        // Only SYN jobs have sender threads to wake (a connect() thread records its own answers).
+        if !self.wakers.is_empty()
+            && self.matcher.table().answered() >= self.shard_size
+            && !self.woken.swap(true, Ordering::AcqRel)
+        {
             for waker in &self.wakers {
                 let _ = waker.try_send(Control::Wake);
             }
