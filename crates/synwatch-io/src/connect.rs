@@ -31,7 +31,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use synwatch_engine::{PortState, Probe, RecordOutcome, Scheduler};
 
 use crate::job::{Control, JobState, NewJob, ProbeResult};
-use crate::shared::Shared;
+use crate::shared::{LaneOwner, Shared};
 
 /// The default in-flight limit for a descriptor limit of `nofile`: three quarters of what is
 /// left after a margin of 64 descriptors for everything else, between 8 and 16,384.
@@ -92,6 +92,12 @@ struct Attempt {
 struct ConnectJob {
     state: Arc<JobState>,
     attempt_timeout: Duration,
+}
+
+impl LaneOwner for ConnectJob {
+    fn job(&self) -> &JobState {
+        &self.state
+    }
 }
 
 /// The connect() thread's state.
@@ -163,12 +169,7 @@ impl ConnectLoop {
             if tokens > 0 {
                 self.fill(now);
             }
-            let batch = self.scheduler.end_batch();
-            if batch.unused > 0 {
-                self.shared.bucket.lock().give_back(batch.unused);
-            }
-            let used = batch.used;
-            self.scheduler.poll_progress(|job, progress| job.state.publish_progress(progress, now));
+            let used = self.shared.end_batch(&mut self.scheduler, now);
             // Wait for outcomes; not at all if there is more to send right away.
             let wait =
                 if used > 0 && used == tokens && !self.under_pressure { Duration::ZERO } else { self.idle_wait(now) };

@@ -19,7 +19,7 @@ use synwatch_wire::{LinkLayer, SynFields, SynTemplate};
 
 use crate::job::{Control, JobState, JobSummary, NewJob};
 use crate::paths::{Route, TransmitterKey};
-use crate::shared::Shared;
+use crate::shared::{LaneOwner, Shared};
 use crate::sockets::Transmitters;
 use crate::transmit::{Flush, RingTransmitter};
 
@@ -37,6 +37,12 @@ enum Queued {
     NoRoom,
     /// It cannot be sent (no route or transmitter for its family, an unwritable packet).
     NotSent,
+}
+
+impl LaneOwner for ActiveJob {
+    fn job(&self) -> &JobState {
+        &self.state
+    }
 }
 
 pub(crate) struct SenderLoop {
@@ -93,12 +99,7 @@ impl SenderLoop {
             if tokens > 0 {
                 self.fill(now);
             }
-            let batch = self.scheduler.end_batch();
-            if batch.unused > 0 {
-                self.shared.bucket.lock().give_back(batch.unused);
-            }
-            let used = batch.used;
-            self.scheduler.poll_progress(|job, progress| job.state.publish_progress(progress, now));
+            let used = self.shared.end_batch(&mut self.scheduler, now);
             match self.flush_all() {
                 true => backoff = Duration::from_micros(20),
                 false => {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
-use synwatch_engine::{FinishReason, TokenBucket};
+use synwatch_engine::{FinishReason, Scheduler, TokenBucket};
 
 use crate::counters::Counters;
 use crate::job::{JobState, JobSummary, SendSpan};
@@ -25,7 +25,23 @@ pub(crate) struct Shared {
     pub(crate) next_job_id: AtomicU64,
 }
 
+/// What a sending thread keeps with each lane of its scheduler: at least the job's shared state.
+pub(crate) trait LaneOwner {
+    fn job(&self) -> &JobState;
+}
+
 impl Shared {
+    /// Ends a thread's batch: gives the unused tokens back to the global bucket (locking it
+    /// only then), publishes what each lane sent, and returns how many tokens were used.
+    pub(crate) fn end_batch<T: LaneOwner>(&self, scheduler: &mut Scheduler<T>, now: Duration) -> u32 {
+        let batch = scheduler.end_batch();
+        if batch.unused > 0 {
+            self.bucket.lock().give_back(batch.unused);
+        }
+        scheduler.poll_progress(|owner, progress| owner.job().publish_progress(progress, now));
+        batch.used
+    }
+
     pub(crate) fn new(bucket: TokenBucket) -> Shared {
         Shared {
             epoch: Instant::now(),
