@@ -255,3 +255,37 @@ fn several_jobs_at_once_each_get_exactly_their_own_results() {
         }
     }
 }
+
+/// The gateway's hardware address unknown when each scan starts (the scanner's neighbour table
+/// flushed): the job's own first probe goes through the kernel, the engine waits for the
+/// kernel's neighbour notification (rtnetlink), then sends through the TX ring; the results are
+/// exact, and each shard reports only its own probes.
+#[test]
+fn issue_18_an_unresolved_gateway_is_resolved_by_the_jobs_own_first_probe() {
+    let Some(lab) = lab_with("issue_18_an_unresolved_gateway_is_resolved", "198.18.24.0/24", &PORTS, 20, &[], &[], 0)
+    else {
+        return;
+    };
+    let mut found = BTreeSet::new();
+    for shard in ["1/2", "2/2"] {
+        let flushed = lab.scanner_command("ip").args(["neigh", "flush", "dev", lab.scanner_link()]).status().unwrap();
+        assert!(flushed.success());
+        let table = lab.scanner_command("cat").arg("/proc/net/arp").output().unwrap();
+        let table = String::from_utf8_lossy(&table.stdout).to_string();
+        assert!(
+            table.lines().skip(1).all(|line| line.split_whitespace().nth(2) == Some("0x0")),
+            "the gateway is still resolved: {table}"
+        );
+        let output = scan_in_lab(
+            &lab,
+            &["198.18.24.0/24", "-p", "22,80,443", "--seed", "7", "--shard", shard, "--wait", "300ms", "-v"],
+        );
+        assert_success(&output);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("via tx-ring"), "the TX ring after the gateway was resolved: {stderr}");
+        let this_shard = parse_jsonl(&output);
+        assert_eq!(this_shard.len(), 256 * 3 / 2, "shard {shard} reports its own probes only");
+        found.extend(this_shard);
+    }
+    assert_eq!(found, lab.ground_truth(&[net("198.18.24.0/24")], &PORTS));
+}
