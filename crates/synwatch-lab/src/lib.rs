@@ -19,6 +19,10 @@
 //! A [`Lab`] tears itself down when dropped, including while a failing test unwinds; labs left
 //! by a killed process are removed by the next [`Lab::build`] (their owner pid is in the name).
 //!
+//! With [`LabConfig::field`] the target side is the [`field`] lab instead: a responder thread
+//! answers for the model's ranges with simulated round trips, loss, firewalls and middleboxes,
+//! and the target kernel owns none of those addresses.
+//!
 //! The benchmark runners' helpers (program lookup, `wait4` accounting, the link sampler) are in
 //! [`runner`].
 //!
@@ -38,6 +42,7 @@ use ipnetwork::IpNetwork;
 use nix::sched::{CloneFlags, setns};
 use socket2::{Domain, Socket, Type};
 
+pub mod field;
 pub mod runner;
 
 /// The scanner's address on the lab link.
@@ -83,6 +88,12 @@ pub struct LabConfig {
     /// Take the target side's link down after set-up, so nothing answers (send-only
     /// measurements). Implies `static_neighbour`.
     pub target_link_down: bool,
+    /// Simulate this network on the target side (the field lab): its responder answers for
+    /// the model's ranges, which must not overlap `target_ranges`.
+    pub field: Option<field::FieldModel>,
+    /// How the field lab's simulator keeps its books (per-(host, port) SYN counts cost memory
+    /// at benchmark sizes).
+    pub field_options: field::SimulatorOptions,
 }
 
 /// What the lab says a probe should find.
@@ -119,6 +130,8 @@ pub struct Lab {
     listeners: Arc<Mutex<Vec<(SocketAddr, Socket)>>>,
     /// The accept-queue drainer: its stop flag and thread.
     drainer: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    /// The field lab's responder, when the lab simulates a network.
+    responder: Option<field::Responder>,
 }
 
 /// Accepts and closes at once every connection on the listeners, until `stop`. Without it a
@@ -225,8 +238,16 @@ impl Lab {
                 .spawn(move || drain_accept_queues(listeners, stop))
                 .map_err(|error| LabError(format!("starting the accept thread: {error}")))?
         };
-        let mut lab =
-            Lab { config, scanner, target, scanner_link, target_link, listeners, drainer: Some((stop, drainer)) };
+        let mut lab = Lab {
+            config,
+            scanner,
+            target,
+            scanner_link,
+            target_link,
+            listeners,
+            drainer: Some((stop, drainer)),
+            responder: None,
+        };
         ip(&["netns", "add", &lab.scanner])?;
         ip(&["netns", "add", &lab.target])?;
         lab.set_up()?;
@@ -289,6 +310,13 @@ impl Lab {
         if self.config.target_link_down {
             in_namespace(&t, "ip", &["link", "set", target_link, "down"])?;
         }
+        if let Some(model) = self.config.field.clone() {
+            let simulator = field::Simulator::new(model, self.config.field_options)
+                .map_err(|error| LabError(format!("the field model: {error}")))?;
+            let responder = field::Responder::start(&t, target_link, simulator)
+                .map_err(|error| LabError(format!("starting the field responder: {error}")))?;
+            self.responder = Some(responder);
+        }
         Ok(())
     }
 
@@ -312,7 +340,18 @@ impl Lab {
                 format!("  ip daddr {range} reject with icmp type admin-prohibited\n")
             };
         }
-        rules += " }\n}\n";
+        rules += " }\n";
+        if let Some(model) = &self.config.field {
+            // The simulated addresses are the responder's: the kernel must not route them (it
+            // would answer ICMP host unreachable). Dropped before routing, after the capture.
+            rules += " chain field {\n  type filter hook prerouting priority -300; policy accept;\n";
+            for range in &model.ranges {
+                let family = if range.range.is_ipv6() { "ip6" } else { "ip" };
+                rules += &format!("  {family} daddr {} drop\n", range.range);
+            }
+            rules += &format!("  ip daddr {} drop\n  ip6 daddr {} drop\n }}\n", model.router_v4, model.router_v6);
+        }
+        rules += "}\n";
         let path = std::env::temp_dir().join(format!("{}.nft", self.target));
         std::fs::write(&path, rules).map_err(|error| LabError(format!("writing {path:?}: {error}")))?;
         let result = in_namespace(&self.target, "nft", &["-f", &path.to_string_lossy()]);
@@ -333,17 +372,8 @@ impl Lab {
 
     /// Transmitted plus transmit-dropped packets of the scanner's link, read in its namespace.
     pub fn scanner_link_transmitted(&self) -> Result<u64, LabError> {
-        let link = self.scanner_link.clone();
-        let text = run_in_namespace(&self.scanner, || std::fs::read_to_string("/proc/thread-self/net/dev"))
-            .and_then(|text| text)
-            .map_err(|error| LabError(format!("reading /proc/net/dev: {error}")))?;
-        let line = text
-            .lines()
-            .find(|line| line.trim_start().starts_with(&format!("{link}:")))
-            .ok_or_else(|| LabError(format!("{link} not in /proc/net/dev")))?;
-        let fields: Vec<u64> =
-            line.split(':').nth(1).unwrap_or("").split_whitespace().filter_map(|field| field.parse().ok()).collect();
-        Ok(fields.get(9).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0))
+        Ok(read_link_counter(&self.scanner, &self.scanner_link, 9)?
+            + read_link_counter(&self.scanner, &self.scanner_link, 11)?)
     }
 
     /// SYNs (connection attempts and SYN probes) that reached the target side since the lab
@@ -455,6 +485,23 @@ impl Lab {
         if listeners.iter().any(|(listening, _)| listens(listening)) { Expected::Open } else { Expected::Closed }
     }
 
+    /// The field lab's responder (its simulator's counters, per-port SYN counts and clock), when
+    /// the lab simulates a network.
+    pub fn field(&self) -> Option<&field::Responder> {
+        self.responder.as_ref()
+    }
+
+    /// The field lab's model.
+    pub fn field_model(&self) -> Option<&field::FieldModel> {
+        self.config.field.as_ref()
+    }
+
+    /// Transmitted packets of the target side's link (the replies the targets sent), read in
+    /// its namespace.
+    pub fn target_link_transmitted(&self) -> Result<u64, LabError> {
+        read_link_counter(&self.target, &self.target_link, 9)
+    }
+
     /// Ground truth for every address of `ranges` × `ports`: the set of (address, port, state).
     pub fn ground_truth(&self, ranges: &[IpNetwork], ports: &[u16]) -> BTreeSet<(IpAddr, u16, Expected)> {
         let mut truth = BTreeSet::new();
@@ -471,6 +518,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        drop(self.responder.take());
         if let Some((stop, drainer)) = self.drainer.take() {
             stop.store(true, Ordering::Release);
             let _ = drainer.join();
@@ -480,6 +528,21 @@ impl Drop for Lab {
         let _ = ip(&["netns", "del", &self.scanner]);
         let _ = ip(&["netns", "del", &self.target]);
     }
+}
+
+/// Field `index` of `link`'s line in /proc/net/dev, read in `namespace` (0: received bytes, 1:
+/// received packets, 9: transmitted packets, 11: transmit drops).
+fn read_link_counter(namespace: &str, link: &str, index: usize) -> Result<u64, LabError> {
+    let text = run_in_namespace(namespace, || std::fs::read_to_string("/proc/thread-self/net/dev"))
+        .and_then(|text| text)
+        .map_err(|error| LabError(format!("reading /proc/net/dev: {error}")))?;
+    let line = text
+        .lines()
+        .find(|line| line.trim_start().starts_with(&format!("{link}:")))
+        .ok_or_else(|| LabError(format!("{link} not in /proc/net/dev")))?;
+    let fields: Vec<u64> =
+        line.split(':').nth(1).unwrap_or("").split_whitespace().filter_map(|field| field.parse().ok()).collect();
+    Ok(fields.get(index).copied().unwrap_or(0))
 }
 
 /// Runs `work` on a new thread that has entered the named network namespace.

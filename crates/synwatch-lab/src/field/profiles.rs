@@ -1,0 +1,117 @@
+//! The named profiles: `lan`, `internet` and `hostile`, each a seeded [`FieldModel`] over
+//! 198.18.0.0/16 and 2001:2::/64 (the part of 198.18.0.0/15 and 2001:2::/48 not taken by the
+//! lab link).
+//!
+//! * `lan`: 0.2 ms, no loss, every host up, 5 % of ports open and the rest closed: a scanner
+//!   must be exact here.
+//! * `internet`: log-normal round trips around 80 ms (up to 300 ms), 5 ms jitter, 1 % loss each
+//!   way, 70 % of hosts silent, 2 % unreachable (the router's ICMP), 0.5 % SYN proxies, 0.3 %
+//!   tarpits; on up hosts 8 % open, 15 % filtered, 3 % prohibited by the host, 2 % by the
+//!   router, the rest closed; ICMP limited like Linux (1,000/s, burst 50, per source).
+//! * `hostile`: log-normal around 150 ms (up to 400 ms), 20 ms jitter, bursty loss (about 5 %
+//!   each way), a firewall dropping SYNs beyond 5,000/s per source (burst 500), 60 % silent,
+//!   2 % tarpits, 1 % SYN proxies, 1 % duplicated replies and 2 % late replies (5 s).
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnetwork::IpNetwork;
+
+use super::model::{FieldModel, HostMix, LateReplies, Loss, PortMix, RangeModel, RateLimit, RttDistribution};
+
+/// The profiles' names.
+pub const PROFILES: [&str; 3] = ["lan", "internet", "hostile"];
+
+/// The IPv4 range every profile covers.
+pub const FIELD_V4: &str = "198.18.0.0/16";
+/// The IPv6 range every profile covers.
+pub const FIELD_V6: &str = "2001:2::/64";
+
+/// The router of every profile (inside the benchmarking ranges, outside the simulated /16s).
+pub const ROUTER_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 254, 1);
+/// The router's IPv6 address.
+pub const ROUTER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0xfffe, 0, 0, 0, 1);
+
+/// Linux's default ICMP error limit (`icmp_msgs_per_sec` 1,000, `icmp_msgs_burst` 50).
+pub const LINUX_ICMP_LIMIT: RateLimit = RateLimit { per_second: 1000.0, burst: 50.0 };
+
+fn both_families(range: impl Fn(IpNetwork) -> RangeModel) -> Vec<RangeModel> {
+    [FIELD_V4, FIELD_V6].iter().map(|text| range(text.parse().expect("a valid CIDR"))).collect()
+}
+
+/// The profile called `name`, with `seed`.
+pub fn profile(name: &str, seed: u64) -> Option<FieldModel> {
+    let base = |name: &str, ranges| FieldModel {
+        name: name.to_string(),
+        seed,
+        ranges,
+        forward_loss: Loss::None,
+        reverse_loss: Loss::None,
+        icmp_limit: LINUX_ICMP_LIMIT,
+        router_v4: ROUTER_V4,
+        router_v6: ROUTER_V6,
+        duplicate_percent: 0.0,
+        late: LateReplies { percent: 0.0, delay_ms: 5000.0 },
+        changes: Vec::new(),
+    };
+    let model = match name {
+        "lan" => base(
+            "lan",
+            both_families(|range| RangeModel {
+                range,
+                rtt: RttDistribution::Fixed { ms: 0.2 },
+                jitter_ms: 0.0,
+                hosts: HostMix::default(),
+                ports: PortMix { open: 5.0, ..PortMix::default() },
+                firewall: None,
+            }),
+        ),
+        "internet" => FieldModel {
+            forward_loss: Loss::Random { percent: 1.0 },
+            reverse_loss: Loss::Random { percent: 1.0 },
+            ..base(
+                "internet",
+                both_families(|range| RangeModel {
+                    range,
+                    rtt: RttDistribution::LogNormal { median_ms: 80.0, sigma: 0.5, max_ms: 300.0 },
+                    jitter_ms: 5.0,
+                    hosts: HostMix { silent: 70.0, unreachable: 2.0, synproxy: 0.5, tarpit: 0.3 },
+                    ports: PortMix { open: 8.0, filtered: 15.0, prohibited_by_host: 3.0, prohibited_by_router: 2.0 },
+                    firewall: None,
+                }),
+            )
+        },
+        "hostile" => {
+            // About 6 % of packets fall in the bad state, which loses 75 % of them: ~5 % mean.
+            let bursty = Loss::Bursty {
+                good_to_bad_percent: 2.0,
+                bad_to_good_percent: 30.0,
+                loss_good_percent: 0.3,
+                loss_bad_percent: 75.0,
+            };
+            FieldModel {
+                forward_loss: bursty,
+                reverse_loss: bursty,
+                duplicate_percent: 1.0,
+                late: LateReplies { percent: 2.0, delay_ms: 5000.0 },
+                ..base(
+                    "hostile",
+                    both_families(|range| RangeModel {
+                        range,
+                        rtt: RttDistribution::LogNormal { median_ms: 150.0, sigma: 0.6, max_ms: 400.0 },
+                        jitter_ms: 20.0,
+                        hosts: HostMix { silent: 60.0, unreachable: 3.0, synproxy: 1.0, tarpit: 2.0 },
+                        ports: PortMix {
+                            open: 8.0,
+                            filtered: 20.0,
+                            prohibited_by_host: 3.0,
+                            prohibited_by_router: 3.0,
+                        },
+                        firewall: Some(RateLimit { per_second: 5000.0, burst: 500.0 }),
+                    }),
+                )
+            }
+        }
+        _ => return None,
+    };
+    Some(model)
+}
