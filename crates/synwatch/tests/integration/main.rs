@@ -9,6 +9,7 @@ mod connect_mode;
 mod deployments;
 mod discovery;
 mod docs;
+mod field_lab;
 mod helpers;
 mod http_limits;
 mod lab_scan;

@@ -1,0 +1,208 @@
+//! The field lab (a simulated Internet behind the veth, answered by the lab's responder from a
+//! seeded model): exactness in the `lan` profile, and in `internet` and `hostile` the recall,
+//! false opens and duration of today's engine recorded against the model's ground truth, with
+//! the responder's own counters showing what was probed (nothing outside the targets, retries
+//! only where nothing answered).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use ipnetwork::IpNetwork;
+use synwatch_lab::field::{SimulatorOptions, TrueState, profile};
+use synwatch_lab::{Expected, Lab, LabConfig};
+
+use crate::helpers::{assert_success, net, parse_jsonl, scan_in_lab};
+
+fn field_lab(test: &str, profile_name: &str, seed: u64) -> Option<Lab> {
+    let config = LabConfig {
+        field: Some(profile(profile_name, seed).expect("a profile")),
+        field_options: SimulatorOptions::default(),
+        ..LabConfig::default()
+    };
+    synwatch_lab::lab_or_skip(test, config)
+}
+
+/// The model's truth for `targets` × `ports`.
+fn truth(lab: &Lab, targets: &[IpNetwork], ports: &[u16]) -> BTreeMap<(IpAddr, u16), TrueState> {
+    let model = lab.field_model().expect("a field lab");
+    let now = lab.field().expect("a responder").elapsed();
+    let mut truth = BTreeMap::new();
+    for target in targets {
+        for address in target.iter() {
+            for &port in ports {
+                truth.insert((address, port), model.truth(address, port, now));
+            }
+        }
+    }
+    truth
+}
+
+/// What a scan found, scored against the truth.
+#[derive(Debug)]
+struct Score {
+    probes: usize,
+    real_open: usize,
+    found_open: usize,
+    false_open_suspect: usize,
+    wrong_closed: usize,
+    wall: Duration,
+}
+
+fn score(
+    truth: &BTreeMap<(IpAddr, u16), TrueState>,
+    found: &BTreeSet<(IpAddr, u16, Expected)>,
+    wall: Duration,
+) -> Score {
+    let mut score =
+        Score { probes: truth.len(), real_open: 0, found_open: 0, false_open_suspect: 0, wrong_closed: 0, wall };
+    score.real_open = truth.values().filter(|state| **state == TrueState::Open).count();
+    for &(address, port, state) in found {
+        let true_state =
+            truth.get(&(address, port)).copied().unwrap_or_else(|| panic!("{address}:{port} was not scanned"));
+        match (state, true_state) {
+            (Expected::Open, TrueState::Open) => score.found_open += 1,
+            (Expected::Open, TrueState::Suspect) => score.false_open_suspect += 1,
+            (Expected::Open, other) => panic!("{address}:{port} reported open but is {other:?}"),
+            (Expected::Closed, TrueState::Closed) => {}
+            (Expected::Closed, _) => score.wrong_closed += 1,
+            (Expected::Filtered, _) => {}
+        }
+    }
+    score
+}
+
+/// Every (host, port) got between one and `retries + 1` SYNs, and no SYN went anywhere else.
+fn assert_probed_only(
+    lab: &Lab,
+    truth: &BTreeMap<(IpAddr, u16), TrueState>,
+    retries: u32,
+) -> BTreeMap<(IpAddr, u16), u32> {
+    let responder = lab.field().expect("a responder");
+    let simulator = responder.simulator();
+    let counts: BTreeMap<(IpAddr, u16), u32> =
+        simulator.syns_per_port().iter().map(|(key, count)| (*key, *count)).collect();
+    for (key, count) in &counts {
+        assert!(truth.contains_key(key), "{key:?} was probed but is not a target");
+        assert!((1..=retries + 1).contains(count), "{key:?} got {count} SYNs");
+    }
+    assert_eq!(counts.len(), truth.len(), "every target was probed");
+    assert_eq!(simulator.counters().outside, 0);
+    counts
+}
+
+#[test]
+fn field_lab_lan_profile_scans_are_exact_in_both_families_and_answered_probes_are_never_retried() {
+    let Some(lab) = field_lab("field_lab_lan_profile_scans_are_exact", "lan", 21) else { return };
+    let targets = [net("198.18.4.0/22"), net("2001:2::4:0/118")];
+    let ports = [22u16, 80, 443];
+    let truth = truth(&lab, &targets, &ports);
+    let expected: BTreeSet<(IpAddr, u16, Expected)> = truth
+        .iter()
+        .map(|(&(address, port), state)| {
+            let state = match state {
+                TrueState::Open => Expected::Open,
+                TrueState::Closed => Expected::Closed,
+                other => panic!("lan has no {other:?}"),
+            };
+            (address, port, state)
+        })
+        .collect();
+    let output = scan_in_lab(
+        &lab,
+        &["198.18.4.0/22,2001:2::4:0/118", "-p", "22,80,443", "--rate", "50000", "--retries", "2", "--wait", "500ms"],
+    );
+    assert_success(&output);
+    assert_eq!(parse_jsonl(&output), expected, "the lan profile is exact");
+    let counts = assert_probed_only(&lab, &truth, 2);
+    let retried: Vec<_> = counts.iter().filter(|(_, count)| **count > 1).collect();
+    assert!(retried.is_empty(), "every probe was answered, so none was retried: {retried:?}");
+    let open = expected.iter().filter(|entry| entry.2 == Expected::Open).count();
+    assert!(open > 100, "5 % of 6,144 probes open: {open}");
+}
+
+#[test]
+fn field_lab_connect_mode_completes_handshakes_with_the_responder() {
+    let Some(lab) = field_lab("field_lab_connect_mode_completes_handshakes", "lan", 22) else { return };
+    let targets = [net("198.18.9.0/26"), net("2001:2::9:0/122")];
+    let ports = [80u16, 443, 8080, 9100];
+    let truth = truth(&lab, &targets, &ports);
+    let output = scan_in_lab(
+        &lab,
+        &[
+            "198.18.9.0/26,2001:2::9:0/122",
+            "-p",
+            "80,443,8080,9100",
+            "--mode",
+            "connect",
+            "--rate",
+            "5000",
+            "--wait",
+            "500ms",
+        ],
+    );
+    assert_success(&output);
+    let found = parse_jsonl(&output);
+    let score = score(&truth, &found, Duration::ZERO);
+    assert_eq!(score.found_open, score.real_open, "{score:?}");
+    let closed = found.iter().filter(|entry| entry.2 == Expected::Closed).count();
+    assert_eq!(closed, truth.values().filter(|state| **state == TrueState::Closed).count());
+    // The kernel's handshake ACKs and the closing RSTs came back to the responder, unanswered.
+    let counters = lab.field().unwrap().simulator().counters();
+    assert!(counters.taken_quietly >= score.real_open as u64, "{counters:?}");
+}
+
+#[test]
+fn field_lab_internet_and_hostile_profiles_record_recall_false_opens_and_duration() {
+    for (name, seed) in [("internet", 31u64), ("hostile", 32)] {
+        let Some(lab) = field_lab("field_lab_internet_and_hostile_profiles", name, seed) else { return };
+        let targets = [net("198.18.32.0/22")];
+        let ports = [22u16, 80, 443, 3306, 5432, 6379, 8080, 9100];
+        let truth = truth(&lab, &targets, &ports);
+        let started = Instant::now();
+        let output =
+            scan_in_lab(&lab, &["198.18.32.0/22", "-p", "22,80,443,3306,5432,6379,8080,9100", "--rate", "20000"]);
+        let wall = started.elapsed();
+        assert_success(&output);
+        let score = score(&truth, &parse_jsonl(&output), wall);
+        let counts = assert_probed_only(&lab, &truth, 2);
+        let counters = lab.field().unwrap().simulator().counters();
+        let recall = score.found_open as f64 / score.real_open as f64;
+        let suspect = truth.values().filter(|state| **state == TrueState::Suspect).count();
+        eprintln!(
+            "field lab {name}: {} probes, {} SYNs sent, recall {:.2} % ({} of {} open), {} false opens from SYN proxies and tarpits ({} such pairs), {} wrongly closed, {:.2} s; responder {counters:?}",
+            score.probes,
+            counts.values().map(|count| u64::from(*count)).sum::<u64>(),
+            recall * 100.0,
+            score.found_open,
+            score.real_open,
+            score.false_open_suspect,
+            suspect,
+            score.wrong_closed,
+            score.wall.as_secs_f64()
+        );
+        // Three tries against 1 % loss each way lose about one open port in 100,000. In hostile,
+        // 20,000/s from one source is four times what its firewall lets through, and today's
+        // engine does not slow down (it found about 64 %): the floor only catches a regression;
+        // the RTT-adaptive timing issue sets the target.
+        let floor = if name == "internet" { 0.99 } else { 0.50 };
+        assert!(recall >= floor, "{name}: recall {recall}");
+        assert!(score.real_open > 50 && suspect > 0, "the profile has open ports and middleboxes");
+        // Silent (host, port)s were sent every try.
+        let silent_tries: Vec<u32> = truth
+            .iter()
+            .filter(|(key, state)| {
+                **state == TrueState::Filtered
+                    && lab.field_model().unwrap().host_kind(key.0) == Some(synwatch_lab::field::HostKind::Silent)
+            })
+            .map(|(key, _)| counts[key])
+            .collect();
+        assert!(!silent_tries.is_empty() && silent_tries.iter().all(|tries| *tries == 3));
+        if name == "hostile" {
+            assert!(
+                counters.dropped_by_firewall == 0,
+                "at 20,000/s over a /22 the 5,000/s firewall is per source: {counters:?}"
+            );
+        }
+    }
+}
