@@ -11,10 +11,14 @@
 //! * The open share is of all probes: each (host, port) of the hosts left answers a SYN-ACK with
 //!   probability `open_percent`, drawn from a seeded hash, so the same seed gives the same lab.
 //!   Everything else is closed (the target kernel's RST).
+//! * With a field model ([`LabPlan::field`], `--lab-profile`), the field lab's responder plays
+//!   the targets instead, and the open ground truth is the model's real services (SYN proxies'
+//!   and tarpits' SYN-ACKs are false opens); the shares above are then the model's.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnetwork::IpNetwork;
+use synwatch_lab::field::{FieldModel, TrueState};
 
 /// The first IPv4 address of the lab's targets.
 pub const LAB_V4_START: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
@@ -71,6 +75,8 @@ pub struct LabPlan {
     pub loss_percent: u8,
     /// Seed of the open (host, port) draw.
     pub seed: u64,
+    /// The field lab's model, when the targets are simulated (`--lab-profile`).
+    pub field: Option<Box<FieldModel>>,
 }
 
 /// A plan that cannot be built.
@@ -202,6 +208,19 @@ impl LabPlan {
 
     /// The listening (address, port)s: the lab's open ground truth.
     pub fn open_endpoints(&self) -> Vec<SocketAddr> {
+        if let Some(model) = &self.field {
+            let mut open = Vec::new();
+            for range in self.target_ranges() {
+                for address in range.iter() {
+                    for &port in &self.ports {
+                        if model.truth(address, port, std::time::Duration::ZERO) == TrueState::Open {
+                            open.push(SocketAddr::new(address, port));
+                        }
+                    }
+                }
+            }
+            return open;
+        }
         let threshold = (self.open_percent * 10_000.0).round() as u64;
         let answering = self.hosts - self.filtered_hosts();
         let mut open = Vec::new();
@@ -240,6 +259,7 @@ mod tests {
             filtered_percent: 25.0,
             loss_percent: 0,
             seed: 7,
+            field: None,
         }
     }
 

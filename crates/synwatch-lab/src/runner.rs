@@ -52,6 +52,73 @@ pub fn wait_child(pid: i32, block: bool) -> io::Result<Option<ChildUsage>> {
     }))
 }
 
+/// CPU time of this process's threads named `name` (procfs: /proc/self/task/*/stat).
+pub fn thread_cpu(name: &str) -> Duration {
+    let Ok(tasks) = procfs::process::Process::myself().and_then(|process| process.tasks()) else {
+        return Duration::ZERO;
+    };
+    let ticks: u64 = tasks
+        .flatten()
+        .filter_map(|task| task.stat().ok())
+        .filter(|stat| stat.comm == name)
+        .map(|stat| stat.utime + stat.stime)
+        .sum();
+    Duration::from_millis(ticks * 1000 / procfs::ticks_per_second().max(1))
+}
+
+/// How a measured program's run ended ([`wait_child_until`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildEnd {
+    /// Exit status, or 128 + the signal that ended it.
+    pub status: i32,
+    /// Its CPU time.
+    pub cpu: Duration,
+    /// It was sent SIGINT: past its deadline, or `give_up` said so.
+    pub stopped: bool,
+}
+
+/// Waits for our child `pid` (`wait4`, for its CPU time). Once `deadline` passes (or
+/// `give_up` returns true) it calls `nudge` every 200 ms (masscan's capture thread sleeps until
+/// a packet arrives, so a packet to the scanner lets it exit by itself), sends SIGINT 5 s later,
+/// and SIGKILL 10 s after that.
+pub fn wait_child_until(
+    pid: libc::pid_t,
+    deadline: Instant,
+    nudge: &dyn Fn(),
+    give_up: &dyn Fn() -> bool,
+) -> io::Result<ChildEnd> {
+    use nix::sys::signal::{Signal, kill};
+    let (mut overdue, mut signalled, mut nudged): (Option<Instant>, Option<Instant>, Option<Instant>) =
+        (None, None, None);
+    loop {
+        if let Some(usage) = wait_child(pid, false)? {
+            return Ok(ChildEnd { status: usage.status, cpu: usage.cpu, stopped: signalled.is_some() });
+        }
+        let now = Instant::now();
+        let child = nix::unistd::Pid::from_raw(pid);
+        if overdue.is_none() && (now >= deadline || give_up()) {
+            overdue = Some(now);
+        }
+        if let Some(since) = overdue {
+            if nudged.is_none_or(|at| now.duration_since(at) >= Duration::from_millis(200)) {
+                nudge();
+                nudged = Some(Instant::now());
+            }
+            match signalled {
+                None if now.duration_since(since) >= Duration::from_secs(5) => {
+                    let _ = kill(child, Signal::SIGINT);
+                    signalled = Some(now);
+                }
+                Some(at) if now.duration_since(at) >= Duration::from_secs(10) => {
+                    let _ = kill(child, Signal::SIGKILL);
+                }
+                _ => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The scanner link's transmit counter sampled while some work ran.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LinkSample {

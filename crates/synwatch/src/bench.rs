@@ -44,15 +44,28 @@ pub struct BenchArgs {
     /// Lab address families: v4, v6 or both.
     #[arg(long, default_value = "v4", value_parser = parse_family, requires = "lab")]
     lab_family: LabFamily,
-    /// Share of the lab's probes that find an open port, percent.
-    #[arg(long, default_value_t = 5.0, requires = "lab")]
-    lab_open: f64,
-    /// Share of the lab's hosts that drop every packet (filtered), percent.
-    #[arg(long, default_value_t = 0.0, requires = "lab")]
-    lab_filtered: f64,
-    /// Share of TCP packets the lab's targets drop at random, percent.
-    #[arg(long, default_value_t = 0, requires = "lab")]
-    lab_loss: u8,
+    /// Simulate a network instead of the lab's kernel targets: lan, internet or hostile (the
+    /// field lab: round trips, loss, ICMP limits, firewalls, SYN proxies and tarpits).
+    #[arg(long, value_parser = parse_profile, requires = "lab")]
+    lab_profile: Option<String>,
+    /// Share of the lab's probes that find an open port, percent (default 5; with a profile,
+    /// of the up hosts' ports, default the profile's).
+    #[arg(long, requires = "lab")]
+    lab_open: Option<f64>,
+    /// Share of the lab's hosts that drop every packet (filtered), percent (default 0; with a
+    /// profile, the silent hosts, default the profile's).
+    #[arg(long, requires = "lab")]
+    lab_filtered: Option<f64>,
+    /// Share of TCP packets the lab's targets drop at random, percent (default 0; with a
+    /// profile, random loss each way instead of the profile's).
+    #[arg(long, requires = "lab")]
+    lab_loss: Option<u8>,
+    /// With a profile: every host's round trip, fixed (for example 50ms).
+    #[arg(long, value_parser = crate::durations::parse_cli_duration, requires = "lab_profile")]
+    lab_rtt: Option<Duration>,
+    /// With a profile: every reply's extra delay is uniform up to this.
+    #[arg(long, value_parser = crate::durations::parse_cli_duration, requires = "lab_profile")]
+    lab_jitter: Option<Duration>,
     /// Seed of the lab's open ports.
     #[arg(long, default_value_t = 1, requires = "lab")]
     lab_seed: u64,
@@ -108,6 +121,14 @@ pub struct BenchArgs {
     /// Scan the named targets at rates above 10k/s: you own them and the path can take it.
     #[arg(long)]
     confirm_targets: bool,
+}
+
+fn parse_profile(text: &str) -> Result<String, String> {
+    if synwatch_lab::field::profiles::PROFILES.contains(&text) {
+        Ok(text.to_string())
+    } else {
+        Err(format!("expected one of {}", synwatch_lab::field::profiles::PROFILES.join(", ")))
+    }
 }
 
 fn parse_family(text: &str) -> Result<LabFamily, String> {
@@ -172,14 +193,31 @@ fn check_arguments(args: &BenchArgs, rates: &[u64]) -> Result<()> {
 fn lab_plan(args: &BenchArgs) -> Result<LabPlan> {
     let ports =
         PortSet::parse(args.ports.as_deref().unwrap_or("80")).map_err(|error| usage(format!("--ports: {error}")))?;
+    let field = args.lab_profile.as_deref().map(|name| {
+        let mut model = synwatch_lab::field::profile(name, args.lab_seed).expect("checked by the parser");
+        let knobs = synwatch_lab::field::profiles::Knobs {
+            rtt: args.lab_rtt,
+            jitter: args.lab_jitter,
+            loss_percent: args.lab_loss.map(f64::from),
+            open_percent: args.lab_open,
+            silent_percent: args.lab_filtered,
+        };
+        knobs.apply(&mut model);
+        Box::new(model)
+    });
+    if let Some(model) = &field {
+        model.validate().map_err(|error| usage(format!("--lab-profile: {error}")))?;
+    }
     let plan = LabPlan {
         hosts: args.lab_hosts,
         family: args.lab_family,
         ports: ports.as_slice().to_vec(),
-        open_percent: args.lab_open,
-        filtered_percent: args.lab_filtered,
-        loss_percent: args.lab_loss,
+        // With a profile these shares are the model's (applied above).
+        open_percent: if field.is_some() { 0.0 } else { args.lab_open.unwrap_or(5.0) },
+        filtered_percent: if field.is_some() { 0.0 } else { args.lab_filtered.unwrap_or(0.0) },
+        loss_percent: if field.is_some() { 0 } else { args.lab_loss.unwrap_or(0) },
         seed: args.lab_seed,
+        field,
     };
     plan.validate().map_err(|error| usage(error.to_string()))?;
     Ok(plan)

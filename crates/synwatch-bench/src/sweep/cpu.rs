@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use synwatch_lab::runner::thread_cpu;
+
 use super::error::{Context, SweepError, usage};
 
 /// Raises the soft descriptor limit to the hard one and checks that `needed` fit.
@@ -31,22 +33,8 @@ fn process_cpu() -> Duration {
     })
 }
 
-/// CPU time of this process's threads named `name` (procfs: /proc/self/task/*/stat).
-fn thread_cpu(name: &str) -> Duration {
-    let Ok(tasks) = procfs::process::Process::myself().and_then(|process| process.tasks()) else {
-        return Duration::ZERO;
-    };
-    let ticks: u64 = tasks
-        .flatten()
-        .filter_map(|task| task.stat().ok())
-        .filter(|stat| stat.comm == name)
-        .map(|stat| stat.utime + stat.stime)
-        .sum();
-    Duration::from_millis(ticks * 1000 / procfs::ticks_per_second().max(1))
-}
-
-/// The CPU time that belongs to the scanner: everything but the lab's accept thread, which
-/// plays the targets' side.
+/// The CPU time that belongs to the scanner: everything but the lab's accept thread and the
+/// field lab's responder, which play the targets' side.
 pub(crate) fn scanner_cpu() -> Duration {
-    process_cpu().saturating_sub(thread_cpu("lab-accept"))
+    process_cpu().saturating_sub(thread_cpu("lab-accept")).saturating_sub(thread_cpu("field-responder"))
 }

@@ -10,55 +10,18 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
-use synwatch_lab::{Lab, runner};
+use synwatch_lab::Lab;
+use synwatch_lab::runner::{self, ChildEnd};
 
 use super::error::{Context, SweepError, failed};
 use super::{SweepOptions, interrupted, progress, report_repetition};
 use crate::tools::{self, ExternalTool, ToolScan, ZmapPorts};
 use crate::{LabPlan, Repetition, StepReport, ToolReport};
 
-/// How a compared program's run ended.
-struct ChildEnd {
-    status: i32,
-    cpu: Duration,
-    /// It was sent SIGINT: past its deadline, or the sweep was interrupted.
-    stopped: bool,
-}
-
-/// Waits for a child (`wait4`, for its CPU time). Once `deadline` passes (or the sweep is
-/// interrupted) it calls `nudge` every 200 ms, sends SIGINT 5 s later, and SIGKILL 10 s after
-/// that.
+/// Waits for a compared program: past its deadline (or once the sweep is interrupted) the lab
+/// nudges the scanner, then SIGINT and SIGKILL follow ([`runner::wait_child_until`]).
 fn wait_child(pid: libc::pid_t, deadline: Instant, nudge: &dyn Fn()) -> Result<ChildEnd, SweepError> {
-    use nix::sys::signal::{Signal, kill};
-    let (mut overdue, mut signalled, mut nudged): (Option<Instant>, Option<Instant>, Option<Instant>) =
-        (None, None, None);
-    loop {
-        if let Some(usage) = runner::wait_child(pid, false).context("wait4")? {
-            return Ok(ChildEnd { status: usage.status, cpu: usage.cpu, stopped: signalled.is_some() });
-        }
-        let now = Instant::now();
-        let child = nix::unistd::Pid::from_raw(pid);
-        if overdue.is_none() && (now >= deadline || interrupted()) {
-            overdue = Some(now);
-        }
-        if let Some(since) = overdue {
-            if nudged.is_none_or(|at| now.duration_since(at) >= Duration::from_millis(200)) {
-                nudge();
-                nudged = Some(Instant::now());
-            }
-            match signalled {
-                None if now.duration_since(since) >= Duration::from_secs(5) => {
-                    let _ = kill(child, Signal::SIGINT);
-                    signalled = Some(now);
-                }
-                Some(at) if now.duration_since(at) >= Duration::from_secs(10) => {
-                    let _ = kill(child, Signal::SIGKILL);
-                }
-                _ => {}
-            }
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    runner::wait_child_until(pid, deadline, nudge, &interrupted).context("wait4")
 }
 
 /// Runs every step of one compared program.

@@ -141,6 +141,16 @@ fn catch_interrupts() -> Result<(), SweepError> {
 }
 
 fn lab_description(plan: &LabPlan, open: usize) -> String {
+    if let Some(model) = &plan.field {
+        return format!(
+            "field lab `{}` (seed {}): {} hosts × {} port(s) ({} probes), {open} really open",
+            model.name,
+            model.seed,
+            plan.hosts * plan.target_ranges().len() as u32,
+            plan.ports.len(),
+            plan.probes()
+        );
+    }
     let families = match plan.family {
         LabFamily::V4 => "IPv4",
         LabFamily::V6 => "IPv6",
@@ -179,7 +189,9 @@ pub fn run(options: &SweepOptions) -> Result<SweepReport, SweepError> {
                 return Err(failed(format!("--lab needs root, iproute2 and nftables: {reason}")));
             }
             let open = plan.open_endpoints();
-            cpu::ensure_descriptors(open.len() as u64 + 256)?;
+            if plan.field.is_none() {
+                cpu::ensure_descriptors(open.len() as u64 + 256)?;
+            }
             let includes: Vec<AddressRange> = plan
                 .target_ranges()
                 .iter()
@@ -189,15 +201,28 @@ pub fn run(options: &SweepOptions) -> Result<SweepReport, SweepError> {
             let space = build_space(includes, &port_list.join(","))?;
             let description = lab_description(plan, open.len());
             progress(&format!("building the {description}"));
-            let lab = Lab::build(LabConfig {
-                target_ranges: plan.target_ranges(),
-                listeners: open.clone(),
-                blackholed: plan.filtered_ranges(),
-                loss_percent: plan.loss_percent,
-                static_neighbour: true,
-                ..LabConfig::default()
-            })
-            .context("building the lab")?;
+            let config = match &plan.field {
+                // The simulated targets: nothing listens in the target namespace, and the
+                // responder keeps no per-port books (a /16 × many ports would be millions).
+                Some(model) => LabConfig {
+                    field: Some(model.as_ref().clone()),
+                    field_options: synwatch_lab::field::SimulatorOptions {
+                        count_per_port: false,
+                        ..synwatch_lab::field::SimulatorOptions::default()
+                    },
+                    static_neighbour: true,
+                    ..LabConfig::default()
+                },
+                None => LabConfig {
+                    target_ranges: plan.target_ranges(),
+                    listeners: open.clone(),
+                    blackholed: plan.filtered_ranges(),
+                    loss_percent: plan.loss_percent,
+                    static_neighbour: true,
+                    ..LabConfig::default()
+                },
+            };
+            let lab = Lab::build(config).context("building the lab")?;
             let truth: HashSet<SocketAddr> = open.into_iter().collect();
             let sweep = Sweep { rates: options.rates.clone(), space, settings, truth: Some(truth), description };
             for &mode in modes.iter().take_while(|_| !interrupted()) {

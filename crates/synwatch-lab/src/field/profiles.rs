@@ -115,3 +115,43 @@ pub fn profile(name: &str, seed: u64) -> Option<FieldModel> {
     };
     Some(model)
 }
+
+/// Overrides of a profile's knobs (`synwatch bench --lab-rtt` and friends); `None` keeps the
+/// profile's value.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Knobs {
+    /// Every host's round trip, fixed.
+    pub rtt: Option<std::time::Duration>,
+    /// Every range's jitter.
+    pub jitter: Option<std::time::Duration>,
+    /// Random loss each way, percent (replaces bursty loss).
+    pub loss_percent: Option<f64>,
+    /// Share of open ports on up hosts, percent.
+    pub open_percent: Option<f64>,
+    /// Share of silent hosts, percent.
+    pub silent_percent: Option<f64>,
+}
+
+impl Knobs {
+    /// Applies the overrides to `model`.
+    pub fn apply(&self, model: &mut FieldModel) {
+        for range in &mut model.ranges {
+            if let Some(rtt) = self.rtt {
+                range.rtt = RttDistribution::Fixed { ms: rtt.as_secs_f64() * 1000.0 };
+            }
+            if let Some(jitter) = self.jitter {
+                range.jitter_ms = jitter.as_secs_f64() * 1000.0;
+            }
+            if let Some(open) = self.open_percent {
+                range.ports.open = open;
+            }
+            if let Some(silent) = self.silent_percent {
+                range.hosts.silent = silent;
+            }
+        }
+        if let Some(percent) = self.loss_percent {
+            model.forward_loss = Loss::Random { percent };
+            model.reverse_loss = Loss::Random { percent };
+        }
+    }
+}

@@ -77,6 +77,7 @@ fn issue_7_a_short_lab_sweep_finds_the_ground_truth_in_both_modes_and_families()
         filtered_percent: 12.5,
         loss_percent: 0,
         seed: 3,
+        field: None,
     };
     let truth = plan.open_endpoints().len() as u64;
     let answering_probes = u64::from(plan.hosts - plan.filtered_hosts()) * 2 * 2;

@@ -29,6 +29,8 @@ use clap::{Parser, Subcommand};
 use synwatch_bench::tools::{self, ExternalTool, SynwatchVariant, ToolScan, ZmapPorts};
 use synwatch_lab::{Lab, LabConfig, runner};
 
+mod field;
+
 #[derive(Debug, Parser)]
 struct Arguments {
     /// The synwatch binary to measure (build it with `cargo build --release`).
@@ -99,6 +101,40 @@ enum Bench {
         /// Requested rate for every tool and size.
         #[arg(long, default_value_t = 200_000)]
         rate: u64,
+    },
+    /// The field lab side by side: in each profile one range small enough for nmap, every tool
+    /// as its users run it, scored against the model (wall time, recall, false opens, SYNs).
+    Field {
+        /// Profiles, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "lan,internet,hostile")]
+        profiles: Vec<String>,
+        /// The scanned range (IPv4, inside 198.18.0.0/16).
+        #[arg(long, default_value = "198.18.32.0/22")]
+        target: String,
+        /// Ports.
+        #[arg(long, default_value = "22,80,443,3306,5432,6379,8080,9100")]
+        ports: String,
+        /// Rate of the tools that take one.
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+        /// The profiles' seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Tools: synwatch, synwatch-connect, zmap, masscan, nmap-ss (`-sS -T4`), nmap-st (`-sT -T4`).
+        #[arg(long, value_delimiter = ',', default_value = field::FIELD_TOOLS)]
+        field_tools: Vec<String>,
+    },
+    /// The field responder's answer rate in `lan`, with synwatch and zmap as the sender.
+    FieldSpeed {
+        /// Ports per address of 198.18.0.0/16.
+        #[arg(long, default_value_t = 16)]
+        ports: u16,
+        /// Requested rate.
+        #[arg(long, default_value_t = 2_000_000)]
+        rate: u64,
+        /// Senders: synwatch, synwatch-2t, zmap.
+        #[arg(long, value_delimiter = ',', default_value = "synwatch,synwatch-2t,zmap")]
+        senders: Vec<String>,
     },
     /// `/probe` latency against prometheus-blackbox-exporter's tcp prober, in the lab.
     ProbeLatency {
@@ -244,6 +280,10 @@ fn main() -> Result<()> {
         Bench::ExporterMemory => exporter_memory(&arguments),
         Bench::ProbeLatency { repetitions, max_rate } => probe_latency(&arguments, repetitions, max_rate),
         Bench::Growth { rate } => growth(&arguments, rate),
+        Bench::Field { ref profiles, ref target, ref ports, rate, seed, ref field_tools } => {
+            field::field_table(&arguments, profiles, target, ports, rate, seed, field_tools)
+        }
+        Bench::FieldSpeed { ports, rate, ref senders } => field::field_speed(&arguments, ports, rate, senders),
         Bench::MetricsRender { .. } | Bench::ListenerRead { .. } => unreachable!("handled above"),
     }
 }
@@ -732,6 +772,7 @@ fn growth(arguments: &Arguments, rate: u64) -> Result<()> {
             filtered_percent: 0.0,
             loss_percent: 0,
             seed: 1,
+            field: None,
         };
         let open = plan.open_endpoints();
         let lab = Lab::build(LabConfig {

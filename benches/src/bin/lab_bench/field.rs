@@ -1,0 +1,358 @@
+//! `lab_bench field` and `lab_bench field-speed`: the field lab (a simulated network answered by
+//! the lab's responder, `synwatch_lab::field`) side by side.
+//!
+//! * `field`: in each profile, one range small enough for nmap, every tool as its users run it
+//!   (synwatch's defaults; zmap one run per port with a 1 s cooldown; masscan `--wait 1`; nmap
+//!   `-T4`), scored against the model: wall time, open recall, false opens (SYN proxies and
+//!   tarpits reported open) and SYNs sent (counted by the responder).
+//! * `field-speed`: the responder's answer rate (the target link's transmit counter, between
+//!   10 % and 90 % of the replies) and its CPU, with synwatch and zmap as the sender, in `lan`.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ipnetwork::IpNetwork;
+use synwatch_bench::tools::{self, ExternalTool, ToolScan, ZmapPorts};
+use synwatch_lab::field::profiles::Knobs;
+use synwatch_lab::field::{SimulatorOptions, TrueState, profile};
+use synwatch_lab::{Lab, LabConfig, runner};
+
+use super::{Arguments, median};
+
+/// The tools of the side-by-side table.
+pub const FIELD_TOOLS: &str = "synwatch,synwatch-connect,zmap,masscan,nmap-ss,nmap-st";
+
+fn field_lab(name: &str, seed: u64, knobs: &Knobs) -> Result<Lab> {
+    let mut model = profile(name, seed).with_context(|| format!("no profile {name:?} (lan, internet, hostile)"))?;
+    knobs.apply(&mut model);
+    let options = SimulatorOptions { count_per_port: false, ..SimulatorOptions::default() };
+    Ok(Lab::build(LabConfig {
+        field: Some(model),
+        field_options: options,
+        static_neighbour: true,
+        ..LabConfig::default()
+    })?)
+}
+
+/// One tool's command lines (zmap: one per port) and which reader parses each output file.
+fn commands(
+    arguments: &Arguments,
+    lab: &Lab,
+    tool: &str,
+    scan: &ToolScan,
+) -> Result<Vec<(tools::ToolCommand, Option<ExternalTool>)>> {
+    let synwatch = arguments.synwatch.to_string_lossy().to_string();
+    let strings = |items: &[&str]| items.iter().map(|item| item.to_string()).collect::<Vec<_>>();
+    let ports = scan.ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+    let (target, rate) = (scan.target.to_string(), scan.rate.to_string());
+    let single = |argv: Vec<String>, reader| {
+        vec![(tools::ToolCommand { argv, output: scan.output.clone(), metadata: None, port: None }, reader)]
+    };
+    Ok(match tool {
+        // synwatch as its users run it: the default retries, retry gap and wait.
+        "synwatch" | "synwatch-connect" => {
+            let mut argv = strings(&[
+                &synwatch,
+                "scan",
+                &target,
+                "-p",
+                &ports,
+                "--rate",
+                &rate,
+                "--no-progress",
+                "--format",
+                "jsonl",
+                "-o",
+                &scan.output,
+            ]);
+            if tool == "synwatch-connect" {
+                argv.extend(strings(&["--mode", "connect"]));
+            }
+            single(argv, None)
+        }
+        "zmap" => tools::commands(ExternalTool::Zmap, scan)
+            .into_iter()
+            .map(|command| (command, Some(ExternalTool::Zmap)))
+            .collect(),
+        "masscan" => tools::commands(ExternalTool::Masscan, scan)
+            .into_iter()
+            .map(|command| (command, Some(ExternalTool::Masscan)))
+            .collect(),
+        "nmap-ss" => single(
+            strings(&[
+                "nmap",
+                "-sS",
+                "-T4",
+                "-n",
+                "-Pn",
+                "-p",
+                &ports,
+                "-e",
+                lab.scanner_link(),
+                "-S",
+                &scan.source.to_string(),
+                "-oG",
+                &scan.output,
+                &target,
+            ]),
+            Some(ExternalTool::Nmap),
+        ),
+        "nmap-st" => single(
+            strings(&["nmap", "-sT", "-T4", "-n", "-Pn", "-p", &ports, "-oG", &scan.output, &target]),
+            Some(ExternalTool::NmapConnect),
+        ),
+        other => bail!("unknown field tool {other} (expected some of {FIELD_TOOLS})"),
+    })
+}
+
+fn synwatch_open(text: &str) -> BTreeSet<(IpAddr, u16)> {
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|value| value["state"] == "open")
+        .filter_map(|value| Some((value["ip"].as_str()?.parse().ok()?, value["port"].as_u64()? as u16)))
+        .collect()
+}
+
+/// One run: wall time, CPU, opens found, SYNs the network received.
+struct FieldRun {
+    wall: Duration,
+    cpu: Duration,
+    found: BTreeSet<(IpAddr, u16)>,
+    syns: u64,
+}
+
+fn run_tool(arguments: &Arguments, lab: &Lab, tool: &str, scan: &ToolScan, probes: u64) -> Result<FieldRun> {
+    let mut run = FieldRun { wall: Duration::ZERO, cpu: Duration::ZERO, found: BTreeSet::new(), syns: 0 };
+    let syns_before = lab.syns_received()?;
+    let started = Instant::now();
+    for (command, reader) in commands(arguments, lab, tool, scan)? {
+        let _ = std::fs::remove_file(&command.output);
+        let stderr_path = format!("{}.stderr", command.output);
+        let mut child = lab
+            .scanner_command(&command.argv[0])
+            .args(&command.argv[1..])
+            .current_dir(std::env::temp_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path)?)
+            .spawn()
+            .with_context(|| format!("starting {}", command.argv[0]))?;
+        // masscan: past its probes, its wait and 2 s it is nudged, then stopped; everything
+        // else gets a generous deadline.
+        let sending = Duration::from_secs_f64(probes as f64 / scan.rate as f64);
+        let deadline = Instant::now()
+            + if tool == "masscan" {
+                sending + Duration::from_secs(scan.wait_seconds + 2)
+            } else {
+                Duration::from_secs(600)
+            };
+        let ended = runner::wait_child_until(child.id() as libc::pid_t, deadline, &|| lab.nudge_scanner(), &|| false)?;
+        let _ = child.try_wait();
+        if ended.status != 0 && !ended.stopped {
+            let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+            bail!("{} exited with status {}: {}", command.argv.join(" "), ended.status, stderr.trim());
+        }
+        let _ = std::fs::remove_file(&stderr_path);
+        run.cpu += ended.cpu;
+        let text = std::fs::read_to_string(&command.output).unwrap_or_default();
+        run.found.extend(match reader {
+            None => synwatch_open(&text),
+            Some(tool) => tools::parse_open(tool, &text, command.port),
+        });
+        let _ = std::fs::remove_file(&command.output);
+        if let Some(metadata) = &command.metadata {
+            let _ = std::fs::remove_file(metadata);
+        }
+    }
+    run.wall = started.elapsed();
+    run.syns = lab.syns_received()?.saturating_sub(syns_before);
+    Ok(run)
+}
+
+fn tool_scan(
+    lab: &Lab,
+    target: ipnetwork::Ipv4Network,
+    ports: Vec<u16>,
+    rate: u64,
+    output: String,
+) -> Result<ToolScan> {
+    Ok(ToolScan {
+        target,
+        ports,
+        rate,
+        retries: 0,
+        wait_seconds: 1,
+        interface: lab.scanner_link().to_string(),
+        source: synwatch_lab::SCANNER_V4,
+        gateway_mac: lab.gateway_mac()?,
+        output,
+        sender_threads: 1,
+        zmap_ports: ZmapPorts::OneRunPerPort,
+    })
+}
+
+/// The side-by-side table of every profile.
+pub fn field_table(
+    arguments: &Arguments,
+    profiles: &[String],
+    target: &str,
+    ports: &str,
+    rate: u64,
+    seed: u64,
+    tool_list: &[String],
+) -> Result<()> {
+    let target: ipnetwork::Ipv4Network = target.parse().context("--target is an IPv4 CIDR inside 198.18.0.0/16")?;
+    let ports = synwatch_engine::PortSet::parse(ports)?.as_slice().to_vec();
+    let probes = u64::from(target.size()) * ports.len() as u64;
+    let output =
+        std::env::temp_dir().join(format!("lab-bench-field-{}", std::process::id())).to_string_lossy().to_string();
+    println!(
+        "{target} × {} ports ({probes} probes), {rate}/s where a tool takes a rate, medians of {} runs",
+        ports.len(),
+        arguments.runs
+    );
+    println!();
+    println!("| profile | tool | wall s | open found | recall % | false opens | SYNs sent | SYNs per probe | CPU s |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for name in profiles {
+        let lab = field_lab(name, seed, &Knobs::default())?;
+        let model = lab.field_model().expect("a field lab").clone();
+        let mut truth_open = BTreeSet::new();
+        for address in IpNetwork::V4(target).iter() {
+            for &port in &ports {
+                if model.truth(address, port, Duration::ZERO) == TrueState::Open {
+                    truth_open.insert((address, port));
+                }
+            }
+        }
+        for tool in tool_list {
+            let program = match tool.as_str() {
+                "nmap-ss" | "nmap-st" => "nmap",
+                other if other.starts_with("synwatch") => "sh",
+                other => other,
+            };
+            if !runner::program_installed(program) {
+                println!("| {name} | {tool} | not installed | | | | | | |");
+                continue;
+            }
+            let mut runs = Vec::new();
+            for _ in 0..arguments.runs {
+                let scan = tool_scan(&lab, target, ports.clone(), rate, output.clone())?;
+                runs.push(run_tool(arguments, &lab, tool, &scan, probes)?);
+            }
+            let found_true = |run: &FieldRun| run.found.intersection(&truth_open).count() as f64;
+            let wall = median(runs.iter().map(|run| run.wall.as_secs_f64()).collect());
+            let found = median(runs.iter().map(|run| run.found.len() as f64).collect());
+            let recall =
+                median(runs.iter().map(|run| found_true(run) * 100.0 / truth_open.len().max(1) as f64).collect());
+            let false_opens = median(runs.iter().map(|run| run.found.len() as f64 - found_true(run)).collect());
+            let syns = median(runs.iter().map(|run| run.syns as f64).collect());
+            let cpu = median(runs.iter().map(|run| run.cpu.as_secs_f64()).collect());
+            println!(
+                "| {name} | {tool} | {wall:.2} | {found:.0} | {recall:.2} | {false_opens:.0} | {syns:.0} | {:.2} | {cpu:.2} |",
+                syns / probes as f64
+            );
+        }
+        let counters = lab.field().expect("a responder").simulator().counters();
+        eprintln!("{name}: {} really open; responder {counters:?}", truth_open.len());
+    }
+    Ok(())
+}
+
+/// The responder's answer rate with synwatch and zmap sending as fast as they can in `lan`.
+pub fn field_speed(arguments: &Arguments, ports: u16, rate: u64, tool_list: &[String]) -> Result<()> {
+    let lab = field_lab("lan", 1, &Knobs::default())?;
+    let target: ipnetwork::Ipv4Network = "198.18.0.0/16".parse().expect("valid");
+    let port_list: Vec<u16> = (1..=ports).collect();
+    let probes = u64::from(target.size()) * u64::from(ports);
+    let output = std::env::temp_dir()
+        .join(format!("lab-bench-field-speed-{}", std::process::id()))
+        .to_string_lossy()
+        .to_string();
+    println!(
+        "lan profile, {target} × {ports} ports ({probes} probes), requested {rate}/s, medians of {} runs",
+        arguments.runs
+    );
+    println!();
+    println!("| sender | probes/s sent | replies/s (responder) | replies | responder CPU s | responder µs per reply |");
+    println!("|---|---|---|---|---|---|");
+    for tool in tool_list {
+        let mut rows = Vec::new();
+        for _ in 0..arguments.runs {
+            let cpu_before = runner::thread_cpu("field-responder");
+            let replies_before = lab.target_link_transmitted()?;
+            let (result, sent) = lab.sample_link(|| -> Result<_> {
+                let (wall, answer_rate) = sample_target_link(&lab, || {
+                    let mut scan = tool_scan(&lab, target, port_list.clone(), rate, output.clone())?;
+                    let argv = match tool.as_str() {
+                        "synwatch" | "synwatch-2t" => {
+                            scan.sender_threads = if tool.ends_with("-2t") { 2 } else { 1 };
+                            tools::synwatch_scan(
+                                &arguments.synwatch.to_string_lossy(),
+                                tools::SynwatchVariant::Ring,
+                                &scan,
+                            )
+                        }
+                        "zmap" => {
+                            // One run with a copy of each probe per port: the same packets.
+                            scan.zmap_ports = ZmapPorts::CopiesOfTheFirst;
+                            tools::commands(ExternalTool::Zmap, &scan).remove(0).argv
+                        }
+                        other => bail!("field-speed senders are synwatch, synwatch-2t and zmap, not {other}"),
+                    };
+                    let mut command = lab.scanner_command(&argv[0]);
+                    command.args(&argv[1..]);
+                    let (wall, _, _) = super::measure(command, false)?;
+                    Ok(wall)
+                })?;
+                Ok((wall, answer_rate))
+            });
+            let (_wall, answer_rate) = result?;
+            let replies = lab.target_link_transmitted()?.saturating_sub(replies_before);
+            let cpu = runner::thread_cpu("field-responder").saturating_sub(cpu_before);
+            rows.push((sent.rate().unwrap_or(0.0), answer_rate.unwrap_or(0.0), replies as f64, cpu.as_secs_f64()));
+        }
+        let sent = median(rows.iter().map(|row| row.0).collect());
+        let answers = median(rows.iter().map(|row| row.1).collect());
+        let replies = median(rows.iter().map(|row| row.2).collect());
+        let cpu = median(rows.iter().map(|row| row.3).collect());
+        println!(
+            "| {tool} | {sent:.0} | {answers:.0} | {replies:.0} | {cpu:.2} | {:.2} |",
+            cpu * 1e6 / replies.max(1.0)
+        );
+    }
+    Ok(())
+}
+
+/// Runs `work` while sampling the target link's transmit counter every 2 ms; returns the
+/// work's result and the reply rate between the 10 % and 90 % marks of the replies.
+fn sample_target_link<R>(lab: &Lab, work: impl FnOnce() -> Result<R>) -> Result<(R, Option<f64>)> {
+    let running = std::sync::atomic::AtomicBool::new(true);
+    let (samples, result) = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut samples = Vec::new();
+            while running.load(std::sync::atomic::Ordering::Acquire) {
+                if let Ok(count) = lab.target_link_transmitted() {
+                    samples.push((Instant::now(), count));
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            samples
+        });
+        let result = work();
+        running.store(false, std::sync::atomic::Ordering::Release);
+        (sampler.join().expect("the sampler panicked"), result)
+    });
+    let result = result?;
+    let first = samples.first().map_or(0, |sample| sample.1);
+    let total = samples.last().map_or(0, |sample| sample.1) - first;
+    let at = |share: f64| samples.iter().find(|(_, count)| (count - first) as f64 >= share * total as f64).copied();
+    let rate = match (at(0.1), at(0.9)) {
+        (Some(low), Some(high)) if high.0 > low.0 => Some((high.1 - low.1) as f64 / (high.0 - low.0).as_secs_f64()),
+        _ => None,
+    };
+    Ok((result, rate))
+}
