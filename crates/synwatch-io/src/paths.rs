@@ -16,7 +16,7 @@ use synwatch_wire::{LinkLayer, SynFields, SynTemplate};
 
 use crate::config::TransmitChoice;
 use crate::route::{self, NeighbourEvents, Path};
-use crate::transmit::{Flush, RawIpTransmitter, Transmit};
+use crate::transmit::{RawIpTransmitter, Transmit};
 
 /// How long a job's submission waits for the kernel to resolve its gateway.
 const NEIGHBOUR_WAIT: Duration = Duration::from_millis(500);
@@ -26,9 +26,6 @@ const NEIGHBOUR_WAIT: Duration = Duration::from_millis(500);
 pub(crate) struct Route {
     pub(crate) template: SynTemplate,
     pub(crate) transmitter: TransmitterKey,
-    /// The job's first probe of the family when the warm-up already sent it through the
-    /// kernel: the first round counts it as sent instead of sending it a second time.
-    pub(crate) sent_by_warm_up: Option<(IpAddr, u16)>,
 }
 
 /// Names one transmitter of a sender thread.
@@ -44,7 +41,6 @@ impl Route {
         Route {
             template: SynTemplate::for_address(first, LinkLayer::None),
             transmitter: TransmitterKey::Raw { ipv6: first.is_ipv6() },
-            sent_by_warm_up: None,
         }
     }
 }
@@ -79,16 +75,13 @@ impl PathChooser {
         // Loopback always goes through the kernel: an IPv4 packet injected on `lo` by AF_PACKET
         // has no cached route and a loopback source, which the kernel drops as a martian unless
         // route_localnet is set.
-        let mut sent_by_warm_up = None;
         let destination_mac = match (path.is_loopback, path.gateway) {
             (false, Some(IpAddr::V4(gateway))) if !first.is_ipv6() => {
                 route::ipv4_neighbour(gateway, &path.interface).or_else(|| {
                     let probe = own_first_probe?;
                     // Subscribe before the warm-up, so that its resolution is not missed.
                     let mut events = NeighbourEvents::subscribe();
-                    if warm_up_neighbour(self.warm_up.lock()[0].as_mut(), path, probe, cookie_key) {
-                        sent_by_warm_up = Some(probe);
-                    }
+                    warm_up_neighbour(self.warm_up.lock()[0].as_mut(), path, probe, cookie_key);
                     let deadline = Instant::now() + NEIGHBOUR_WAIT;
                     loop {
                         if let Some(mac) = route::ipv4_neighbour(gateway, &path.interface) {
@@ -112,7 +105,6 @@ impl PathChooser {
                         LinkLayer::Ethernet { source_mac: path.source_mac, destination_mac },
                     ),
                     transmitter: TransmitterKey::Ring { interface_index: path.interface_index },
-                    sent_by_warm_up,
                 },
                 "tx-ring",
             ),
@@ -120,7 +112,7 @@ impl PathChooser {
                 if self.transmit == TransmitChoice::Ring {
                     tracing::warn!(interface = %path.interface, "the TX ring needs a known next hop; using sendmmsg");
                 }
-                (Route { sent_by_warm_up, ..Route::raw(first) }, "sendmmsg")
+                (Route::raw(first), "sendmmsg")
             }
         }
     }
@@ -129,15 +121,14 @@ impl PathChooser {
 /// Sends the job's first probe through the kernel so that it resolves the next hop. It is the
 /// same (address, port, cookie) the schedule sends first, in the job's own shard, so it probes
 /// nothing the job would not; its reply validates like any other once the job is registered.
-/// Returns whether it was sent.
 fn warm_up_neighbour(
     transmitter: Option<&mut RawIpTransmitter>,
     path: &Path,
     (target, port): (IpAddr, u16),
     cookie_key: &CookieKey,
-) -> bool {
+) {
     let Some(transmitter) = transmitter else {
-        return false;
+        return;
     };
     let template = SynTemplate::for_address(target, LinkLayer::None);
     let cookie = cookie_key.cookie(path.source, target, port);
@@ -153,7 +144,6 @@ fn warm_up_neighbour(
         && let Ok(len) = template.write(slot, &fields)
     {
         transmitter.commit(len, target);
-        return matches!(transmitter.flush(), Ok(Flush::Done { sent } | Flush::Backpressure { sent }) if sent > 0);
+        let _ = transmitter.flush();
     }
-    false
 }

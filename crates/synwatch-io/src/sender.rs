@@ -190,11 +190,6 @@ impl SenderLoop {
             let route = &self.scheduler.owner(lane).routes[usize::from(probe.address.is_ipv6())];
             let queued = match route {
                 None => Queued::NotSent,
-                // The warm-up sent this one already (the first round only: retries are sent).
-                Some(route) if probe.round == 0 && route.sent_by_warm_up == Some((probe.address, probe.port)) => {
-                    self.shared.counters.packets_sent.fetch_add(1, Ordering::Relaxed);
-                    Queued::Yes
-                }
                 Some(route) => match self.transmitters.get_mut(&route.transmitter) {
                     None => {
                         self.shared.counters.send_errors.fetch_add(1, Ordering::Relaxed);
