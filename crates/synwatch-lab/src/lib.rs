@@ -311,6 +311,15 @@ impl Lab {
             in_namespace(&t, "ip", &["link", "set", target_link, "down"])?;
         }
         if let Some(model) = self.config.field.clone() {
+            // The scanner side's receive work (its kernel's IP and TCP input, the scanner's
+            // capture) runs in a NAPI thread of its own, as a real NIC's receive runs on the
+            // scanner host's cores; otherwise the veth does it inside the responder's sends and
+            // the responder would measure the scanner's kernel. GRO turns on the veth's NAPI
+            // (nothing merges: SYN-ACKs, RSTs and ICMP are not coalesced), and the veth uses it
+            // only for frames from a sender without TSO.
+            in_namespace(&s, "ethtool", &["-K", scanner_link, "gro", "on"])?;
+            in_namespace(&t, "ethtool", &["-K", target_link, "tso", "off"])?;
+            in_namespace(&s, "sh", &["-c", &format!("echo 1 > /sys/class/net/{scanner_link}/threaded")])?;
             let simulator = field::Simulator::new(model, self.config.field_options)
                 .map_err(|error| LabError(format!("the field model: {error}")))?;
             let responder = field::Responder::start(&t, target_link, simulator)

@@ -350,3 +350,22 @@ fn models_outside_the_lab_ranges_or_with_bad_shares_are_refused() {
     }
     assert!(profile("moon", 1).is_none());
 }
+
+#[test]
+fn a_reply_written_into_a_used_buffer_carries_none_of_its_bytes() {
+    let model = lossless(profile("lan", 2).unwrap());
+    let mut simulator = Simulator::new(model.clone(), SimulatorOptions::default()).unwrap();
+    let host: IpAddr = "198.18.0.9".parse().unwrap();
+    simulator.handle_frame(Duration::ZERO, &syn_frame(host, 80, 5));
+    let mut clean = [0u8; 256];
+    let mut dirty = [0xffu8; 256];
+    let mut lengths = Vec::new();
+    simulator.poll_transmit(Duration::from_millis(5), |reply| {
+        lengths.push(write_reply(reply, &mut clean).unwrap());
+        assert_eq!(write_reply(reply, &mut dirty), lengths.last().copied());
+    });
+    assert_eq!(lengths.len(), 1);
+    assert_eq!(&clean[..lengths[0]], &dirty[..lengths[0]], "the reply is the same whatever the buffer held");
+    // IPv4: no fragment offset, so the scanner's kernel does not try to reassemble it.
+    assert_eq!(u16::from_be_bytes([clean[14 + 6], clean[14 + 7]]) & 0x3fff, 0);
+}

@@ -323,7 +323,72 @@ pub fn field_speed(arguments: &Arguments, ports: u16, rate: u64, tool_list: &[St
             "| {tool} | {sent:.0} | {answers:.0} | {replies:.0} | {cpu:.2} | {:.2} |",
             cpu * 1e6 / replies.max(1.0)
         );
+        let responder = lab.field().expect("a responder");
+        eprintln!(
+            "{tool}: responder {:?}, receive ring drops {}, send errors {}",
+            responder.simulator().counters(),
+            responder.ring_drops(),
+            responder.send_errors()
+        );
     }
+    responder_capacity(arguments, &lab, &output)
+}
+
+/// The responder's capacity on one core: paused, its receive ring fills with 196,608 probes
+/// (synwatch sends them and exits); resumed, the time it takes to answer them all, with nothing
+/// else sending.
+fn responder_capacity(arguments: &Arguments, lab: &Lab, output: &str) -> Result<()> {
+    let responder = lab.field().expect("a responder");
+    let probes = 196_608u64;
+    assert!(probes as usize <= synwatch_lab::field::Responder::RING_FRAMES);
+    let mut rows = Vec::new();
+    for _ in 0..arguments.runs {
+        responder.set_paused(true);
+        let syns_before = responder.simulator().counters().syns;
+        let drops_before = responder.ring_drops();
+        let scan = ToolScan {
+            retries: 0,
+            wait_seconds: 0,
+            ..tool_scan(lab, "198.18.0.0/16".parse().expect("valid"), vec![1, 2, 3], 1_000_000, output.to_string())?
+        };
+        let argv = tools::synwatch_scan(&arguments.synwatch.to_string_lossy(), tools::SynwatchVariant::Ring, &scan);
+        let mut command = lab.scanner_command(&argv[0]);
+        command.args(&argv[1..]);
+        super::measure(command, false)?;
+        let replies_before = lab.target_link_transmitted()?;
+        let cpu_before = runner::thread_cpu("field-responder");
+        let started = Instant::now();
+        responder.set_paused(false);
+        let (mut last, mut last_change) = (0u64, Instant::now());
+        let answered = loop {
+            std::thread::sleep(Duration::from_millis(1));
+            let syns = responder.simulator().counters().syns - syns_before;
+            let replies = lab.target_link_transmitted()?.saturating_sub(replies_before);
+            if replies != last {
+                (last, last_change) = (replies, Instant::now());
+            }
+            if (syns > 0 && replies >= syns) || last_change.elapsed() > Duration::from_secs(1) {
+                break (replies, last_change.duration_since(started));
+            }
+        };
+        let cpu = runner::thread_cpu("field-responder").saturating_sub(cpu_before);
+        let dropped = responder.ring_drops() - drops_before;
+        rows.push((answered.0 as f64, answered.1.as_secs_f64(), cpu.as_secs_f64(), dropped as f64));
+    }
+    let replies = median(rows.iter().map(|row| row.0).collect());
+    let seconds = median(rows.iter().map(|row| row.1).collect());
+    let cpu = median(rows.iter().map(|row| row.2).collect());
+    let dropped = median(rows.iter().map(|row| row.3).collect());
+    println!();
+    println!(
+        "| responder capacity (ring filled, then drained) | replies | seconds | replies/s | CPU µs per reply | ring drops |"
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| 196,608 probes waiting | {replies:.0} | {seconds:.3} | {:.0} | {:.2} | {dropped:.0} |",
+        replies / seconds,
+        cpu * 1e6 / replies.max(1.0)
+    );
     Ok(())
 }
 

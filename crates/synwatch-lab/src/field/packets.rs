@@ -226,6 +226,10 @@ fn write_ip_header(
 /// returns its length; `None` only for a buffer too short or mixed families.
 pub fn write_reply(reply: &Reply, buffer: &mut [u8]) -> Option<usize> {
     let probe = &reply.probe;
+    // Buffers are reused: every byte a field setter does not write (the fragment offset, the
+    // urgent pointer, ICMP's unused word) must be zero, not the last frame's.
+    let buffer = buffer.get_mut(..MAX_REPLY_LEN)?;
+    buffer.fill(0);
     let is_ipv6 = probe.source.is_ipv6();
     {
         let mut ethernet = MutableEthernetPacket::new(buffer.get_mut(..14)?)?;

@@ -1,7 +1,10 @@
 //! The responder thread: the field lab's I/O. It enters the target namespace, opens an
 //! AF_PACKET socket on the target side of the veth, and loops: wait (poll) until a frame
-//! arrives or the next reply is due, read frames in batches (`recvmmsg`, 64 at a time) into the
+//! arrives or the next reply is due, read every frame the kernel has put in the socket's RX
+//! ring (`PACKET_RX_RING`, TPACKET_V2: no copy and no system call per frame) into the
 //! [`Simulator`], write the replies due into frames and send them in batches (`sendmmsg`).
+//! TPACKET_V2 rather than V3: V3 hands frames over a block at a time, after up to a
+//! millisecond, which would add a millisecond to the `lan` profile's 0.2 ms.
 //!
 //! The target namespace's kernel owns none of the simulated addresses, and an nftables rule
 //! there drops their packets before routing (the capture sees them first), so the kernel never
@@ -20,6 +23,8 @@ use super::packets::{MAX_REPLY_LEN, write_reply};
 use super::simulator::Simulator;
 
 const BATCH: usize = 64;
+/// How long the responder lets frames gather after a small round.
+const GATHER: Duration = Duration::from_micros(50);
 const FRAME_BUFFER: usize = 2048;
 /// `PACKET_IGNORE_OUTGOING` (Linux 4.20): the socket does not see the frames it sends.
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
@@ -32,6 +37,8 @@ pub struct Responder {
     thread: Option<JoinHandle<io::Result<()>>>,
     started: Instant,
     send_errors: Arc<std::sync::atomic::AtomicU64>,
+    ring_drops: Arc<std::sync::atomic::AtomicU64>,
+    paused: Arc<AtomicBool>,
 }
 
 fn check(result: libc::c_int, what: &str) -> io::Result<libc::c_int> {
@@ -90,7 +97,103 @@ fn packet_socket(interface: &str) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Buffers and message headers for one `recvmmsg` or `sendmmsg` batch.
+/// The socket's receive ring: `FRAME_COUNT` slots of `FRAME_SLOT` bytes the kernel fills and
+/// hands over one by one through each slot's status word.
+struct ReceiveRing {
+    map: *mut u8,
+    length: usize,
+    next: usize,
+}
+
+/// A slot holds the kernel's header and a frame of up to ~190 bytes: every probe (an IPv6 SYN
+/// with options is 94 bytes); a longer frame is cut short and not taken for a probe.
+const FRAME_SLOT: usize = 256;
+const RING_BLOCK: usize = 1 << 22;
+const RING_BLOCKS: usize = 16;
+const FRAME_COUNT: usize = RING_BLOCK / FRAME_SLOT * RING_BLOCKS;
+/// `TPACKET_V2` of `enum tpacket_versions`.
+const TPACKET_V2: libc::c_int = 1;
+
+impl ReceiveRing {
+    fn new(fd: &OwnedFd) -> io::Result<ReceiveRing> {
+        set_option(fd, libc::SOL_PACKET, libc::PACKET_VERSION, TPACKET_V2, "PACKET_VERSION")?;
+        let request = libc::tpacket_req {
+            tp_block_size: RING_BLOCK as u32,
+            tp_block_nr: RING_BLOCKS as u32,
+            tp_frame_size: FRAME_SLOT as u32,
+            tp_frame_nr: FRAME_COUNT as u32,
+        };
+        // SAFETY: the request is a valid tpacket_req that outlives the call.
+        let result = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_RX_RING,
+                (&request as *const libc::tpacket_req).cast(),
+                std::mem::size_of::<libc::tpacket_req>() as libc::socklen_t,
+            )
+        };
+        check(result, "PACKET_RX_RING")?;
+        let length = RING_BLOCK * RING_BLOCKS;
+        // SAFETY: maps the ring the kernel just made for this socket; unmapped in Drop.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                length,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(io::Error::other(format!("mmap of the RX ring: {}", io::Error::last_os_error())));
+        }
+        Ok(ReceiveRing { map: map.cast(), length, next: 0 })
+    }
+
+    /// Hands every frame the kernel has filled, in order, to `each` (at most `limit`), giving
+    /// each slot back after; returns how many there were.
+    fn drain(&mut self, limit: usize, mut each: impl FnMut(&[u8])) -> usize {
+        let mut count = 0;
+        while count < limit {
+            // SAFETY: `next` < FRAME_COUNT, so the slot lies inside the mapping, and a slot
+            // starts with its tpacket2_hdr (the kernel's layout for TPACKET_V2).
+            let slot = unsafe { self.map.add(self.next * FRAME_SLOT) };
+            let header = slot.cast::<libc::tpacket2_hdr>();
+            // SAFETY: the status word is shared with the kernel; read it volatile.
+            let status = unsafe { std::ptr::read_volatile(std::ptr::addr_of!((*header).tp_status)) };
+            if status & libc::TP_STATUS_USER == 0 {
+                break;
+            }
+            std::sync::atomic::fence(Ordering::Acquire);
+            // SAFETY: the kernel filled the header before handing the slot over.
+            let (mac, snaplen) = unsafe { (usize::from((*header).tp_mac), (*header).tp_snaplen as usize) };
+            // The kernel keeps the frame inside its slot; checked anyway, so a bad header can
+            // only drop a frame.
+            if mac + snaplen <= FRAME_SLOT {
+                // SAFETY: inside the slot, just checked; the kernel does not write a slot it
+                // has handed over until it is given back below.
+                each(unsafe { std::slice::from_raw_parts(slot.add(mac), snaplen) });
+            }
+            std::sync::atomic::fence(Ordering::Release);
+            // SAFETY: gives the slot back to the kernel.
+            unsafe { std::ptr::write_volatile(std::ptr::addr_of_mut!((*header).tp_status), libc::TP_STATUS_KERNEL) };
+            self.next = (self.next + 1) % FRAME_COUNT;
+            count += 1;
+        }
+        count
+    }
+}
+
+impl Drop for ReceiveRing {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.map.cast(), self.length) };
+    }
+}
+
+/// Buffers and message headers for one `sendmmsg` batch.
 struct Batch {
     buffers: Vec<[u8; FRAME_BUFFER]>,
     lengths: [usize; BATCH],
@@ -118,37 +221,6 @@ impl Batch {
             header.msg_hdr.msg_iov = iovec;
             header.msg_hdr.msg_iovlen = 1;
         }
-    }
-
-    /// Receives up to a batch; returns how many frames came.
-    fn receive(&mut self, fd: &OwnedFd) -> io::Result<usize> {
-        for (header, iovec) in self.headers.iter_mut().zip(self.iovecs.iter_mut()) {
-            iovec.iov_len = FRAME_BUFFER;
-            header.msg_len = 0;
-        }
-        // SAFETY: every header points at its own live iovec and buffer of FRAME_BUFFER bytes.
-        let count = unsafe {
-            libc::recvmmsg(
-                fd.as_raw_fd(),
-                self.headers.as_mut_ptr(),
-                BATCH as u32,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if count < 0 {
-            let error = io::Error::last_os_error();
-            return if error.kind() == io::ErrorKind::WouldBlock { Ok(0) } else { Err(error) };
-        }
-        let count = count as usize;
-        for index in 0..count {
-            self.lengths[index] = (self.headers[index].msg_len as usize).min(FRAME_BUFFER);
-        }
-        Ok(count)
-    }
-
-    fn frame(&self, index: usize) -> &[u8] {
-        &self.buffers[index][..self.lengths[index]]
     }
 
     /// The next free buffer to write a frame into, or `None` when the batch is full.
@@ -197,27 +269,34 @@ impl Responder {
         let simulator = Arc::new(Mutex::new(simulator));
         let stop = Arc::new(AtomicBool::new(false));
         let send_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let ring_drops = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let paused = Arc::new(AtomicBool::new(false));
         let namespace_file = std::fs::File::open(format!("/run/netns/{namespace}"))?;
         let (ready_sender, ready) = std::sync::mpsc::channel::<io::Result<()>>();
         let started = Instant::now();
         let thread = {
-            let (simulator, stop, send_errors) = (Arc::clone(&simulator), Arc::clone(&stop), Arc::clone(&send_errors));
+            let (simulator, stop, pause) = (Arc::clone(&simulator), Arc::clone(&stop), Arc::clone(&paused));
+            let counters = (Arc::clone(&send_errors), Arc::clone(&ring_drops));
             let interface = interface.to_string();
             std::thread::Builder::new().name("field-responder".into()).spawn(move || {
+                // The ring is in place before the lab is ready: a frame that arrives before it is
+                // queued on the socket, where the responder never reads.
                 let opened = setns(&namespace_file, CloneFlags::CLONE_NEWNET)
                     .map_err(io::Error::from)
-                    .and_then(|()| packet_socket(&interface));
-                let fd = match opened {
-                    Ok(fd) => {
+                    .and_then(|()| packet_socket(&interface))
+                    .and_then(|fd| ReceiveRing::new(&fd).map(|ring| (fd, ring)));
+                prefer_this_thread();
+                let (fd, ring) = match opened {
+                    Ok(opened) => {
                         let _ = ready_sender.send(Ok(()));
-                        fd
+                        opened
                     }
                     Err(error) => {
                         let _ = ready_sender.send(Err(io::Error::new(error.kind(), error.to_string())));
                         return Err(error);
                     }
                 };
-                serve(&fd, &simulator, &stop, &send_errors, started)
+                serve(&fd, ring, &simulator, (&stop, &pause), (&counters.0, &counters.1), started)
             })?
         };
         match ready.recv() {
@@ -228,7 +307,7 @@ impl Responder {
             }
             Err(_) => return Err(io::Error::other("the responder thread ended before it was ready")),
         }
-        Ok(Responder { simulator, stop, thread: Some(thread), started, send_errors })
+        Ok(Responder { simulator, stop, thread: Some(thread), started, send_errors, ring_drops, paused })
     }
 
     /// The simulator, for reading its counters and per-port SYN counts (the responder waits
@@ -246,6 +325,22 @@ impl Responder {
     pub fn send_errors(&self) -> u64 {
         self.send_errors.load(Ordering::Relaxed)
     }
+
+    /// Frames the kernel dropped because the receive ring was full (the responder fell
+    /// behind): probes the simulated network never saw.
+    pub fn ring_drops(&self) -> u64 {
+        self.ring_drops.load(Ordering::Relaxed)
+    }
+
+    /// Pauses or resumes the responder. Paused, it reads nothing: arriving frames wait in the
+    /// receive ring (262,144 of them), so a benchmark can fill the ring and then time how fast
+    /// the responder empties it, which is its capacity on one core with nothing else running.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Release);
+    }
+
+    /// Frames the receive ring holds at most.
+    pub const RING_FRAMES: usize = FRAME_COUNT;
 
     /// Stops the thread and returns how it ended.
     pub fn stop(mut self) -> io::Result<()> {
@@ -267,61 +362,125 @@ impl Drop for Responder {
     }
 }
 
+/// Gives the responder a real-time priority (SCHED_FIFO 10) when the process may: the lab's
+/// targets then keep up first and a CPU-starved scanner slows down itself, instead of the
+/// network silently losing probes to a full receive ring. The thread sleeps whenever it has
+/// nothing to do, so it never takes more than one core. Without the privilege it runs as it is.
+fn prefer_this_thread() {
+    let parameter = libc::sched_param { sched_priority: 10 };
+    // SAFETY: changes only the calling thread's scheduling (pid 0 is the caller on Linux).
+    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &parameter) };
+}
+
 fn serve(
     fd: &OwnedFd,
+    mut receive: ReceiveRing,
     simulator: &Mutex<Simulator>,
-    stop: &AtomicBool,
-    send_errors: &std::sync::atomic::AtomicU64,
+    (stop, paused): (&AtomicBool, &AtomicBool),
+    (send_errors, ring_drops): (&std::sync::atomic::AtomicU64, &std::sync::atomic::AtomicU64),
     started: Instant,
 ) -> io::Result<()> {
-    let mut receive = Batch::new();
     let mut transmit = Batch::new();
     while !stop.load(Ordering::Acquire) {
-        let now = started.elapsed();
-        let wait = simulator
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .poll_timeout(now)
-            .map_or(Duration::from_millis(10), |due| due.saturating_sub(now).min(Duration::from_millis(10)));
-        let mut descriptor = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // Rounded up to whole milliseconds, so a wait shorter than one is not a busy loop (a
-        // reply is at most a millisecond late, well under any profile's jitter) unless it is
-        // due now.
-        let timeout = if wait.is_zero() { 0 } else { wait.as_micros().div_ceil(1000) as libc::c_int };
-        // SAFETY: one valid pollfd.
-        let polled = unsafe { libc::poll(&mut descriptor, 1, timeout) };
-        if polled < 0 {
-            let error = io::Error::last_os_error();
-            if error.kind() != io::ErrorKind::Interrupted {
-                return Err(error);
-            }
+        if paused.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
         }
-        let mut simulator = simulator.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Up to 16 batches before sending, so replies are not held up by a flood of probes.
-        for _ in 0..16 {
-            let count = receive.receive(fd)?;
+        let received = {
+            let mut simulator = simulator.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Up to 1,024 frames before sending, so replies are not held up by a flood of
+            // probes.
             let now = started.elapsed();
-            for index in 0..count {
-                simulator.handle_frame(now, receive.frame(index));
+            let received = receive.drain(1024, |frame| simulator.handle_frame(now, frame));
+            let mut failed = 0;
+            simulator.poll_transmit(started.elapsed(), |reply| {
+                if transmit.next_buffer().is_none() {
+                    failed += transmit.flush(fd);
+                }
+                let buffer = transmit.next_buffer().expect("flushed above");
+                if let Some(length) = write_reply(reply, buffer) {
+                    transmit.commit(length);
+                }
+            });
+            failed += transmit.flush(fd);
+            if failed > 0 {
+                send_errors.fetch_add(failed, Ordering::Relaxed);
             }
-            if count < BATCH {
-                break;
-            }
+            received
+        };
+        if received > 0 {
+            ring_drops.fetch_add(take_ring_drops(fd), Ordering::Relaxed);
         }
-        let mut failed = 0;
-        simulator.poll_transmit(started.elapsed(), |reply| {
-            if transmit.next_buffer().is_none() {
-                failed += transmit.flush(fd);
-            }
-            let buffer = transmit.next_buffer().expect("flushed above");
-            if let Some(length) = write_reply(reply, buffer) {
-                transmit.commit(length);
-            }
-        });
-        failed += transmit.flush(fd);
-        if failed > 0 {
-            send_errors.fetch_add(failed, Ordering::Relaxed);
+        if received >= 1024 {
+            // More is waiting: go round again at once.
+            continue;
         }
+        if received > 0 {
+            // A few frames: let more gather before the next round. Every round costs a wake-up
+            // and two system calls, so at high rates small rounds cost more than the frames;
+            // 50 µs is a quarter of the lan profile's round trip.
+            std::thread::sleep(GATHER);
+            continue;
+        }
+        wait_for_work(fd, simulator, started)?;
+    }
+    ring_drops.fetch_add(take_ring_drops(fd), Ordering::Relaxed);
+    Ok(())
+}
+
+/// Frames dropped since the last call (`PACKET_STATISTICS` resets its counts when read).
+fn take_ring_drops(fd: &OwnedFd) -> u64 {
+    let mut stats = libc::tpacket_stats { tp_packets: 0, tp_drops: 0 };
+    let mut length = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `length` bytes into `stats`.
+    let result = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            (&mut stats as *mut libc::tpacket_stats).cast(),
+            &mut length,
+        )
+    };
+    if result < 0 { 0 } else { u64::from(stats.tp_drops) }
+}
+
+/// Sleeps until a frame arrives or the next reply falls due (at most 10 ms, to see `stop`).
+fn wait_for_work(fd: &OwnedFd, simulator: &Mutex<Simulator>, started: Instant) -> io::Result<()> {
+    let now = started.elapsed();
+    let wait = simulator
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .poll_timeout(now)
+        .map_or(Duration::from_millis(10), |due| due.saturating_sub(now).min(Duration::from_millis(10)));
+    let mut descriptor = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // Rounded up to whole milliseconds, so a wait shorter than one is not a busy loop (a
+    // reply is at most a millisecond late, well under any profile's jitter) unless it is
+    // due now.
+    let timeout = if wait.is_zero() { 0 } else { wait.as_micros().div_ceil(1000) as libc::c_int };
+    // SAFETY: one valid pollfd.
+    let polled = unsafe { libc::poll(&mut descriptor, 1, timeout) };
+    if polled < 0 {
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+    if descriptor.revents & libc::POLLERR != 0 {
+        // A failed send leaves an error on the socket, and poll() reports it at once until it
+        // is read: read it, or the thread would spin.
+        let mut error: libc::c_int = 0;
+        let mut length = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: the kernel writes one c_int into `error`.
+        unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                (&mut error as *mut libc::c_int).cast(),
+                &mut length,
+            )
+        };
     }
     Ok(())
 }
