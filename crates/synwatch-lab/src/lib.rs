@@ -190,10 +190,11 @@ pub fn lab_available() -> Result<(), String> {
     if !nix::unistd::geteuid().is_root() {
         return Err("not root".into());
     }
-    for program in ["ip", "nft"] {
-        let found = Command::new(program).arg("-V").output().is_ok_and(|output| output.status.success());
+    for (program, package) in [("ip", "iproute2"), ("nft", "nftables"), ("ethtool", "ethtool")] {
+        let found = Command::new(program).arg("--version").output().is_ok_and(|output| output.status.success())
+            || Command::new(program).arg("-V").output().is_ok_and(|output| output.status.success());
         if !found {
-            return Err(format!("`{program}` is not installed (Debian: iproute2, nftables)"));
+            return Err(format!("`{program}` is not installed (Debian: {package})"));
         }
     }
     Ok(())

@@ -44,7 +44,11 @@ fn commands(
     tool: &str,
     scan: &ToolScan,
 ) -> Result<Vec<(tools::ToolCommand, Option<ExternalTool>)>> {
-    let synwatch = arguments.synwatch.to_string_lossy().to_string();
+    // Absolute: the tools run in the temporary directory (masscan writes paused.conf there).
+    let synwatch = std::fs::canonicalize(&arguments.synwatch)
+        .with_context(|| format!("{}", arguments.synwatch.display()))?
+        .to_string_lossy()
+        .to_string();
     let strings = |items: &[&str]| items.iter().map(|item| item.to_string()).collect::<Vec<_>>();
     let ports = scan.ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
     let (target, rate) = (scan.target.to_string(), scan.rate.to_string());
@@ -194,16 +198,27 @@ fn tool_scan(
     })
 }
 
+/// What `lab_bench field` is asked to run.
+pub struct FieldTable<'a> {
+    /// Profiles, in order.
+    pub profiles: &'a [String],
+    /// The scanned IPv4 range.
+    pub target: &'a str,
+    /// Ports.
+    pub ports: &'a str,
+    /// Rate of the tools that take one.
+    pub rate: u64,
+    /// The profiles' seed.
+    pub seed: u64,
+    /// Tools, in order.
+    pub tools: &'a [String],
+    /// Where to write each profile's ground truth.
+    pub ground_truth: Option<&'a std::path::Path>,
+}
+
 /// The side-by-side table of every profile.
-pub fn field_table(
-    arguments: &Arguments,
-    profiles: &[String],
-    target: &str,
-    ports: &str,
-    rate: u64,
-    seed: u64,
-    tool_list: &[String],
-) -> Result<()> {
+pub fn field_table(arguments: &Arguments, table: &FieldTable<'_>) -> Result<()> {
+    let FieldTable { profiles, target, ports, rate, seed, tools: tool_list, ground_truth } = *table;
     let target: ipnetwork::Ipv4Network = target.parse().context("--target is an IPv4 CIDR inside 198.18.0.0/16")?;
     let ports = synwatch_engine::PortSet::parse(ports)?.as_slice().to_vec();
     let probes = u64::from(target.size()) * ports.len() as u64;
@@ -220,6 +235,13 @@ pub fn field_table(
     for name in profiles {
         let lab = field_lab(name, seed, &Knobs::default())?;
         let model = lab.field_model().expect("a field lab").clone();
+        if let Some(directory) = ground_truth {
+            // The model and its truth for the scanned range, for scorers outside this crate.
+            let path = directory.join(format!("field-{name}.jsonl"));
+            let file =
+                std::io::BufWriter::new(std::fs::File::create(&path).with_context(|| path.display().to_string())?);
+            synwatch_lab::field::ground_truth_json(&model, &[IpNetwork::V4(target)], &ports, Duration::ZERO, file)?;
+        }
         let mut truth_open = BTreeSet::new();
         for address in IpNetwork::V4(target).iter() {
             for &port in &ports {

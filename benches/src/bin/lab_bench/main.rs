@@ -123,6 +123,9 @@ enum Bench {
         /// Tools: synwatch, synwatch-connect, zmap, masscan, nmap-ss (`-sS -T4`), nmap-st (`-sT -T4`).
         #[arg(long, value_delimiter = ',', default_value = field::FIELD_TOOLS)]
         field_tools: Vec<String>,
+        /// Write each profile's model and ground truth for the range to DIR/field-PROFILE.jsonl.
+        #[arg(long, value_name = "DIR")]
+        ground_truth: Option<PathBuf>,
     },
     /// The field responder's answer rate in `lan`, with synwatch and zmap as the sender.
     FieldSpeed {
@@ -280,8 +283,17 @@ fn main() -> Result<()> {
         Bench::ExporterMemory => exporter_memory(&arguments),
         Bench::ProbeLatency { repetitions, max_rate } => probe_latency(&arguments, repetitions, max_rate),
         Bench::Growth { rate } => growth(&arguments, rate),
-        Bench::Field { ref profiles, ref target, ref ports, rate, seed, ref field_tools } => {
-            field::field_table(&arguments, profiles, target, ports, rate, seed, field_tools)
+        Bench::Field { ref profiles, ref target, ref ports, rate, seed, ref field_tools, ref ground_truth } => {
+            let table = field::FieldTable {
+                profiles,
+                target,
+                ports,
+                rate,
+                seed,
+                tools: field_tools,
+                ground_truth: ground_truth.as_deref(),
+            };
+            field::field_table(&arguments, &table)
         }
         Bench::FieldSpeed { ports, rate, ref senders } => field::field_speed(&arguments, ports, rate, senders),
         Bench::MetricsRender { .. } | Bench::ListenerRead { .. } => unreachable!("handled above"),
