@@ -176,7 +176,9 @@ fn run_tool(arguments: &Arguments, lab: &Lab, tool: &str, scan: &ToolScan, probe
     Ok(run)
 }
 
-fn tool_scan(
+/// One tool's scan of `target` × `ports` in the lab (no retries, a 1 s wait, one thread, zmap
+/// one run per port); callers change what they need.
+pub fn tool_scan(
     lab: &Lab,
     target: ipnetwork::Ipv4Network,
     ports: Vec<u16>,

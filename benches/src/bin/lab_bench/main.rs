@@ -806,19 +806,7 @@ fn growth(arguments: &Arguments, rate: u64) -> Result<()> {
                     "masscan" | "zmap" => {
                         let external = if tool == "masscan" { ExternalTool::Masscan } else { ExternalTool::Zmap };
                         let ipnetwork::IpNetwork::V4(network) = target else { bail!("the growth lab is IPv4") };
-                        let scan = ToolScan {
-                            target: network,
-                            ports: plan.ports.clone(),
-                            rate,
-                            retries: 0,
-                            wait_seconds: 1,
-                            interface: lab.scanner_link().to_string(),
-                            source: synwatch_lab::SCANNER_V4,
-                            gateway_mac: lab.gateway_mac()?,
-                            output: output.clone(),
-                            sender_threads: 1,
-                            zmap_ports: ZmapPorts::OneRunPerPort,
-                        };
+                        let scan = field::tool_scan(&lab, network, plan.ports.clone(), rate, output.clone())?;
                         // masscan may stay in "waiting -N secs" after its wait: `timeout` stops
                         // it with SIGINT (which flushes its output) 5 s after its probes and wait.
                         let seconds = (plan.probes() / rate + 6).to_string();
