@@ -209,7 +209,7 @@ pub fn lab_or_skip(test: &str, config: LabConfig) -> Option<Lab> {
             panic!("{test}: SYNWATCH_REQUIRE_LAB=1 but no lab can be built here: {reason}");
         }
         eprintln!(
-            "skipping {test}: no network lab ({reason}); run as root with iproute2 and nftables, or set SYNWATCH_REQUIRE_LAB=1 to make this a failure"
+            "skipping {test}: no network lab ({reason}); run as root with iproute2, nftables and ethtool, or set SYNWATCH_REQUIRE_LAB=1 to make this a failure"
         );
         return None;
     }
@@ -480,7 +480,8 @@ impl Lab {
         before != listeners.len()
     }
 
-    /// What a probe to `address:port` should find.
+    /// What a probe to `address:port` should find in the kernel lab (in a field lab the truth
+    /// is the model's: [`field::FieldModel::truth`]).
     pub fn expected(&self, address: IpAddr, port: u16) -> Expected {
         let inside = |ranges: &[IpNetwork]| ranges.iter().any(|range| range.contains(address));
         if inside(&self.config.blackholed) || inside(&self.config.prohibited) {

@@ -35,7 +35,7 @@ pub struct BenchArgs {
     /// --lab.
     #[arg(value_name = "TARGET")]
     targets: Vec<String>,
-    /// Build a namespace lab and sweep against it (needs root, iproute2 and nftables).
+    /// Build a namespace lab and sweep against it (needs root, iproute2, nftables and ethtool).
     #[arg(long)]
     lab: bool,
     /// Lab hosts per address family: a power of two up to 65536.

@@ -274,7 +274,7 @@ fn main() -> Result<()> {
         return listener_read(readings, sockets);
     }
     if let Err(reason) = synwatch_lab::lab_available() {
-        bail!("the lab needs root, iproute2 and nftables: {reason}");
+        bail!("the lab needs root, iproute2, nftables and ethtool: {reason}");
     }
     match arguments.command {
         Bench::SendOnly { ports } => send_only(&arguments, ports),

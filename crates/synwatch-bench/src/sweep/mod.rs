@@ -186,7 +186,7 @@ pub fn run(options: &SweepOptions) -> Result<SweepReport, SweepError> {
                 return Err(usage("--compare runs on an IPv4 lab (zmap 2 scans IPv4 only): use --lab-family v4"));
             }
             if let Err(reason) = synwatch_lab::lab_available() {
-                return Err(failed(format!("--lab needs root, iproute2 and nftables: {reason}")));
+                return Err(failed(format!("--lab needs root, iproute2, nftables and ethtool: {reason}")));
             }
             let open = plan.open_endpoints();
             if plan.field.is_none() {

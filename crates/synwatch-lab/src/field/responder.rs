@@ -91,8 +91,8 @@ fn packet_socket(interface: &str) -> io::Result<OwnedFd> {
     };
     check(bound, "bind(AF_PACKET)")?;
     set_option(&fd, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, 1, "PACKET_IGNORE_OUTGOING")?;
-    // Room for bursts at a million frames per second while the thread is busy sending.
-    set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 64 << 20, "SO_RCVBUFFORCE")?;
+    // Frames arrive through the RX ring (its size is the receive room); sends get room for
+    // bursts of replies.
     set_option(&fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 16 << 20, "SO_SNDBUFFORCE")?;
     Ok(fd)
 }
