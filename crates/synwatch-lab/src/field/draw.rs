@@ -30,6 +30,10 @@ pub(crate) enum Purpose {
     Duplicate = 8,
     Late = 9,
     InitialSequence = 10,
+    /// Moves a direction's Gilbert–Elliott chain (its loss draw is `ForwardLoss` or
+    /// `ReverseLoss`).
+    ForwardLossState = 11,
+    ReverseLossState = 12,
 }
 
 fn address_bits(address: IpAddr) -> u128 {

@@ -171,7 +171,8 @@ impl Simulator {
             return;
         };
         let (jitter_ms, firewall, network) = (range.jitter_ms, range.firewall, range.range.network());
-        let (move_draw, loss_draw) = (self.draw(Purpose::ForwardLoss, address), self.draw(Purpose::Late, probe.source));
+        let (move_draw, loss_draw) =
+            (self.draw(Purpose::ForwardLossState, address), self.draw(Purpose::ForwardLoss, address));
         let forward = self.model.forward_loss;
         if self.forward_chain.lose(&forward, move_draw, loss_draw) {
             self.counters.lost_forward += 1;
@@ -215,7 +216,7 @@ impl Simulator {
             }
         }
         let (move_draw, loss_draw) =
-            (self.draw(Purpose::ReverseLoss, address), self.draw(Purpose::Duplicate, probe.source));
+            (self.draw(Purpose::ReverseLossState, address), self.draw(Purpose::ReverseLoss, address));
         let reverse = self.model.reverse_loss;
         if self.reverse_chain.lose(&reverse, move_draw, loss_draw) {
             self.counters.lost_reverse += 1;
