@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use synwatch_lab::field::model::{HostMix, Loss, PortMix, RateLimit, ScheduledChange};
 use synwatch_lab::field::{
-    FieldModel, PortBehaviour, ReplyKind, Simulator, SimulatorOptions, TrueState, ground_truth_json, parse_segment,
-    profile, write_reply,
+    FieldModel, PortBehaviour, Simulator, SimulatorOptions, TrueState, ground_truth_json, parse_segment, profile,
+    write_reply,
 };
 use synwatch_wire::{LinkLayer, ReplyRepr, SynFields, SynTemplate, parse_reply};
 
@@ -270,7 +270,6 @@ fn syn_proxies_and_tarpits_answer_every_port_with_their_fingerprints() {
         let parsed_probe = parse_segment(&syn_frame(host, 80, 1)).unwrap();
         assert!(parsed_probe.is_syn() && parsed_probe.offered.sack_permitted && parsed_probe.offered.window_scale);
     }
-    assert_eq!(ReplyKind::ProxySynAck, ReplyKind::ProxySynAck);
 }
 
 #[test]
@@ -329,7 +328,7 @@ fn malformed_frames_never_panic_and_are_not_answered() {
     }
     // Every reply written from whatever was accepted is still a frame synwatch parses.
     for (_, frame) in drain(&mut simulator, Duration::ZERO, Duration::from_millis(5), Duration::from_millis(1)) {
-        let _ = parse_reply(&frame[14..]);
+        assert!(parse_reply(&frame[14..]).is_ok(), "a reply synwatch cannot parse: {frame:?}");
     }
     assert!(simulator.counters().not_tcp > 0);
 }

@@ -25,7 +25,8 @@ use super::simulator::Simulator;
 const BATCH: usize = 64;
 /// How long the responder lets frames gather after a small round.
 const GATHER: Duration = Duration::from_micros(50);
-const FRAME_BUFFER: usize = 2048;
+/// A send buffer holds the longest reply.
+const FRAME_BUFFER: usize = MAX_REPLY_LEN;
 /// `PACKET_IGNORE_OUTGOING` (Linux 4.20): the socket does not see the frames it sends.
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 
@@ -225,7 +226,7 @@ impl Batch {
 
     /// The next free buffer to write a frame into, or `None` when the batch is full.
     fn next_buffer(&mut self) -> Option<&mut [u8]> {
-        (self.filled < BATCH).then(|| &mut self.buffers[self.filled][..MAX_REPLY_LEN.max(1)])
+        (self.filled < BATCH).then(|| &mut self.buffers[self.filled][..])
     }
 
     fn commit(&mut self, length: usize) {
