@@ -5,9 +5,16 @@
 //! ours only if its ports and acknowledgement (or the quoted sequence of an ICMP error) match
 //! the cookie recomputed from its own addresses, so no per-probe state is needed and replies to
 //! another run, another job, or a forger without the key are rejected.
+//!
+//! The low [`STAMP_BITS`] bits of the sequence number carry the probe's send time instead (in
+//! milliseconds of the engine's clock, modulo 4.096 s; [`ProbeCookie::stamped`]), so every
+//! reply, a RST or an ICMP error as much as a SYN-ACK, tells its round trip without per-probe
+//! state ([`stamp_age`]). The check then compares the other 20 bits of the sequence and the
+//! source port: about 34 bits with the default port range, against masscan's 32.
 
 use std::hash::Hasher;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use siphasher::sip::SipHasher13;
 
@@ -43,6 +50,33 @@ pub struct ProbeCookie {
     pub source_port: u16,
     /// The probe's initial sequence number.
     pub sequence: u32,
+}
+
+/// Bits of the sequence number that carry the send time (see the module doc).
+pub const STAMP_BITS: u32 = 12;
+const STAMP_MASK: u32 = (1 << STAMP_BITS) - 1;
+
+fn stamp_millis(now: Duration) -> u32 {
+    (now.as_millis() as u64 & u64::from(STAMP_MASK)) as u32
+}
+
+impl ProbeCookie {
+    /// The cookie with the send time `now` in the low bits of its sequence number.
+    pub fn stamped(self, now: Duration) -> ProbeCookie {
+        ProbeCookie { sequence: (self.sequence & !STAMP_MASK) | stamp_millis(now), ..self }
+    }
+
+    /// Whether a reply's implied sequence number is this cookie's, whatever its stamp.
+    pub fn matches_sequence(self, sequence: u32) -> bool {
+        (self.sequence ^ sequence) & !STAMP_MASK == 0
+    }
+}
+
+/// How long ago, at `now`, the probe with this (stamped) sequence number was sent: exact to a
+/// millisecond for replies within 4.096 s of their probe, aliased beyond.
+pub fn stamp_age(sequence: u32, now: Duration) -> Duration {
+    let age = stamp_millis(now).wrapping_sub(sequence) & STAMP_MASK;
+    Duration::from_millis(u64::from(age))
 }
 
 /// A job's cookie key.
@@ -109,6 +143,22 @@ mod tests {
         assert_ne!(cookie, key.cookie(local, remote, 81));
         assert_ne!(cookie, key.cookie(local, "192.0.2.2".parse().unwrap(), 80));
         assert!(SourcePortRange::DEFAULT.contains(cookie.source_port));
+    }
+
+    #[test]
+    fn stamps_carry_the_send_time_and_leave_the_check_alone() {
+        let key = CookieKey::new([3; 16], SourcePortRange::DEFAULT);
+        let local: IpAddr = "192.0.2.100".parse().unwrap();
+        let cookie = key.cookie(local, "192.0.2.1".parse().unwrap(), 443);
+        let sent = Duration::from_millis(123_456);
+        let stamped = cookie.stamped(sent);
+        assert!(cookie.matches_sequence(stamped.sequence));
+        assert!(!cookie.matches_sequence(stamped.sequence ^ (1 << STAMP_BITS)));
+        assert_eq!(stamp_age(stamped.sequence, sent + Duration::from_millis(37)), Duration::from_millis(37));
+        // Across the stamp's wrap (4.096 s) the age is still right.
+        let near_wrap = cookie.stamped(Duration::from_millis(4095));
+        assert_eq!(stamp_age(near_wrap.sequence, Duration::from_millis(4098)), Duration::from_millis(3));
+        assert_eq!(stamp_age(stamped.sequence, sent), Duration::ZERO);
     }
 
     #[test]

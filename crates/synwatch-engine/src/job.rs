@@ -3,34 +3,52 @@
 //! A job is split in two along the thread boundary of the I/O layer:
 //!
 //! * [`JobCore`] is the schedule, owned and mutated by the sender thread alone. It walks the
-//!   job's shard of the permutation in rounds: round 0 sends every probe, each later round (up to
-//!   `retries`) starts `retry_gap` after the previous one ended and re-sends only the probes still
-//!   unknown in the state table. After the last round it waits `wait` for late replies. It ends as
-//!   soon as every probe has an answer, at its deadline, or when cancelled.
-//! * [`ReplyMatcher`] is immutable and shared (`Arc`) with the receiver thread: it maps a
-//!   [`Classified`] reply back to its probe index, checks the cookie, and records the state in the
-//!   lock-free [`StateTable`].
+//!   job's shard of the permutation in rounds: round 0 sends every probe, each later round
+//!   re-sends only the probes still unknown in the state table. Rounds `1..=retries` re-send
+//!   every unknown probe; up to `host_up_retries` more rounds re-send only those of hosts that
+//!   answered on some port (an up host's silence is more likely loss than a filter). After the
+//!   last round it waits for late replies. It ends as soon as every probe has an answer, at its
+//!   deadline, or when cancelled.
+//! * [`ReplyMatcher`] (in `matcher.rs`) is the half shared with the receiver thread.
+//!
+//! The time between rounds and the wait at the end are, by default ([`TimeSetting::Auto`]),
+//! learned from those round trips. At the end of each round the core surveys the groups
+//! ([`GroupKey`]) that still have unknown probes; the next round starts when the slowest of
+//! those groups' timeouts has passed since the round's last send (so every probe is retried no
+//! sooner than its group's timeout), and the job's wait ends when `wait_factor` times that
+//! timeout has passed since the last send, re-evaluated then in case late replies raised an
+//! estimate, and at most `max_wait` after the last send. A fixed `retry_gap` or `wait` replaces
+//! the learned time.
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use synwatch_wire::ReplyRepr;
-
-use crate::cookie::{CookieKey, ProbeCookie, SourcePortRange};
+use crate::cookie::{CookieKey, ProbeCookie};
+use crate::matcher::ReplyMatcher;
 use crate::permutation::{Permutation, Shard};
-use crate::table::{PortState, RecordOutcome, StateTable};
+use crate::table::PortState;
 use crate::targets::TargetSpace;
+use crate::timing::{GroupKey, RttMemory, TimeSetting, TimingBounds};
+
+/// The most extra retries a host that answered can get.
+pub const MAX_HOST_UP_RETRIES: u32 = 8;
 
 /// The knobs of one job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JobSettings {
     /// How many times an unanswered probe is sent again (default 2).
     pub retries: u32,
-    /// Time between the end of one round and the start of the next (default 1 s).
-    pub retry_gap: Duration,
-    /// Time to wait for late replies after the last send (default 1 s).
-    pub wait: Duration,
+    /// How many more times an unanswered probe of a host that answered on another port is sent
+    /// again (default 2, at most [`MAX_HOST_UP_RETRIES`]).
+    pub host_up_retries: u32,
+    /// Time between the end of one round and the start of the next (default: learned).
+    pub retry_gap: TimeSetting,
+    /// Time to wait for late replies after the last send (default: learned).
+    pub wait: TimeSetting,
+    /// The bounds of the learned times.
+    pub timing: TimingBounds,
     /// The permutation seed. Shards of one scan must share it.
     pub seed: u64,
     /// Which shard of the permutation this job sends.
@@ -41,8 +59,10 @@ impl Default for JobSettings {
     fn default() -> JobSettings {
         JobSettings {
             retries: 2,
-            retry_gap: Duration::from_secs(1),
-            wait: Duration::from_secs(1),
+            host_up_retries: 2,
+            retry_gap: TimeSetting::Auto,
+            wait: TimeSetting::Auto,
+            timing: TimingBounds::DEFAULT,
             seed: 0,
             shard: Shard::WHOLE,
         }
@@ -104,140 +124,36 @@ pub enum NextStep {
     Done(FinishReason),
 }
 
-/// A reply reduced to what matching needs, independent of any job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Classified {
-    /// Our address the probe came from.
-    pub local: IpAddr,
-    /// Our source port.
-    pub local_port: u16,
-    /// The probed address.
-    pub remote: IpAddr,
-    /// The probed port.
-    pub remote_port: u16,
-    /// The probe's sequence number as implied by the reply (ack − 1, or the quoted one).
-    pub probe_sequence: u32,
-    /// The state this reply means.
-    pub state: PortState,
-    /// The echoed TCP timestamp of a SYN-ACK (our send time in microseconds).
-    pub timestamp_echo: Option<u32>,
-}
+/// How many groups the survey at a round's end lists; beyond them the fallback timeout
+/// stands in for the rest.
+const SURVEY_GROUP_CAPACITY: usize = 1 << 16;
 
-/// Decides what a parsed packet means, before knowing which job it belongs to.
-///
-/// * SYN-ACK → open; RST with ACK → closed; ICMP/ICMPv6 destination unreachable quoting a TCP
-///   segment → filtered (every code: network, host, protocol, port unreachable and the
-///   administratively prohibited ones all mean the port cannot be reached).
-/// * Anything to a port outside our source range, our own outgoing SYNs, or other TCP segments
-///   are not replies: `None`.
-pub fn classify_reply(reply: &ReplyRepr, ports: SourcePortRange) -> Option<Classified> {
-    match reply {
-        ReplyRepr::Tcp(tcp) => {
-            if !ports.contains(tcp.destination_port) {
-                return None;
-            }
-            let state = if tcp.is_syn_ack() {
-                PortState::Open
-            } else if tcp.is_rst() && tcp.flags & synwatch_wire::reply::tcp_flags::ACK != 0 {
-                PortState::Closed
-            } else {
-                return None;
-            };
-            Some(Classified {
-                local: tcp.destination,
-                local_port: tcp.destination_port,
-                remote: tcp.source,
-                remote_port: tcp.source_port,
-                probe_sequence: tcp.acknowledgement.wrapping_sub(1),
-                state,
-                timestamp_echo: if state == PortState::Open { tcp.timestamp_echo } else { None },
-            })
-        }
-        ReplyRepr::Unreachable(icmp) => {
-            if !ports.contains(icmp.probe.source_port) {
-                return None;
-            }
-            Some(Classified {
-                local: icmp.probe.source,
-                local_port: icmp.probe.source_port,
-                remote: icmp.probe.destination,
-                remote_port: icmp.probe.destination_port,
-                probe_sequence: icmp.probe.sequence,
-                state: PortState::Filtered,
-                timestamp_echo: None,
-            })
-        }
-    }
-}
-
-/// The result of offering a classified reply to a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplyMatch {
-    /// The (address, port) is not in this job's space, or the local address is not the job's.
-    NotInJob,
-    /// It is in the space but the cookie does not match: forged, stale, or another job's.
-    BadCookie,
-    /// A valid reply; `outcome` says whether it was the first answer for `index`.
-    Matched {
-        /// The probe index.
-        index: u64,
-        /// First answer or duplicate.
-        outcome: RecordOutcome,
-    },
-}
-
-/// The part of a job shared with the receiver thread.
-#[derive(Debug)]
-pub struct ReplyMatcher {
-    space: Arc<TargetSpace>,
-    cookie_key: CookieKey,
-    sources: [Option<IpAddr>; 2],
-    table: StateTable,
-}
-
-impl ReplyMatcher {
-    /// The job's target space.
-    pub fn space(&self) -> &TargetSpace {
-        &self.space
-    }
-
-    /// The job's state table.
-    pub fn table(&self) -> &StateTable {
-        &self.table
-    }
-
-    /// The cookie key.
-    pub fn cookie_key(&self) -> &CookieKey {
-        &self.cookie_key
-    }
-
-    /// Our source address for a family, if the job has targets of that family.
-    pub fn source_for(&self, ipv6: bool) -> Option<IpAddr> {
-        self.sources[usize::from(ipv6)]
-    }
-
-    /// Validates `reply` against this job and records it.
-    #[inline]
-    pub fn offer(&self, reply: &Classified) -> ReplyMatch {
-        if self.source_for(reply.remote.is_ipv6()) != Some(reply.local) {
-            return ReplyMatch::NotInJob;
-        }
-        let Some(index) = self.space.index_of(reply.remote, reply.remote_port) else {
-            return ReplyMatch::NotInJob;
-        };
-        let expected = self.cookie_key.cookie(reply.local, reply.remote, reply.remote_port);
-        if expected.source_port != reply.local_port || expected.sequence != reply.probe_sequence {
-            return ReplyMatch::BadCookie;
-        }
-        ReplyMatch::Matched { index, outcome: self.table.record(index, reply.state) }
-    }
+/// The groups of a lane's unknown probes at the end of a round, and whether the next round
+/// has a probe to send.
+#[derive(Debug, Clone, Default)]
+struct Survey {
+    groups: Vec<GroupKey>,
+    /// More groups than [`SURVEY_GROUP_CAPACITY`] had unknown probes.
+    overflow: bool,
+    next_round_has_probes: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Sending,
-    BetweenRounds { next_round_at: Duration },
-    Waiting { until: Duration },
+    /// The next round starts at `next_round_at`; a learned gap is re-evaluated at
+    /// `recheck_at`, since the estimates arrive with the replies of the round just sent.
+    BetweenRounds {
+        next_round_at: Duration,
+        recheck_at: Duration,
+    },
+    /// Waiting for late replies until `until`; a learned wait is re-evaluated at `recheck_at`
+    /// and when it runs out (a late reply may have raised an estimate), up to `latest`.
+    Waiting {
+        until: Duration,
+        latest: Duration,
+        recheck_at: Duration,
+    },
     Finished(FinishReason),
 }
 
@@ -274,11 +190,16 @@ pub struct JobCore {
     phase: Phase,
     deadline: Option<Duration>,
     probes_sent: u64,
+    /// When the lane last sent a probe.
+    last_send: Duration,
+    /// The survey of the last round's end.
+    survey: Survey,
 }
 
 impl JobCore {
     /// A job over `space`, sending from `source_v4` / `source_v6` (needed for each family the
-    /// space has), keyed by `cookie_key`, ending at `deadline` at the latest.
+    /// space has), keyed by `cookie_key`, ending at `deadline` at the latest, with a memory of
+    /// its own (see [`JobCore::with_memory`]).
     pub fn new(
         space: Arc<TargetSpace>,
         settings: JobSettings,
@@ -286,11 +207,24 @@ impl JobCore {
         sources: [Option<IpAddr>; 2],
         deadline: Option<Duration>,
     ) -> JobCore {
+        JobCore::with_memory(space, settings, cookie_key, sources, deadline, Arc::new(RttMemory::new()))
+    }
+
+    /// [`JobCore::new`], with timeouts falling back on (and, at the end, teaching) the engine's
+    /// `memory` of round trips.
+    pub fn with_memory(
+        space: Arc<TargetSpace>,
+        settings: JobSettings,
+        cookie_key: CookieKey,
+        sources: [Option<IpAddr>; 2],
+        deadline: Option<Duration>,
+        memory: Arc<RttMemory>,
+    ) -> JobCore {
         let len = space.len();
         let permutation = Permutation::new(len, settings.seed);
         let shard_size = settings.shard.size(len);
-        let table = StateTable::new(len);
-        let matcher = Arc::new(ReplyMatcher { space, cookie_key, sources, table });
+        let settings = JobSettings { host_up_retries: settings.host_up_retries.min(MAX_HOST_UP_RETRIES), ..settings };
+        let matcher = Arc::new(ReplyMatcher::new(space, cookie_key, sources, settings.timing, memory));
         JobCore {
             matcher,
             permutation,
@@ -303,6 +237,8 @@ impl JobCore {
             phase: Phase::Sending,
             deadline,
             probes_sent: 0,
+            last_send: Duration::ZERO,
+            survey: Survey::default(),
         }
     }
 
@@ -324,6 +260,7 @@ impl JobCore {
                     permutation: self.permutation.clone(),
                     lane,
                     lane_size: lane.size(total),
+                    survey: Survey::default(),
                     ..self
                 }
             })
@@ -357,7 +294,7 @@ impl JobCore {
 
     /// Probes of the shard still without an answer.
     pub fn outstanding(&self) -> u64 {
-        self.shard_size.saturating_sub(self.matcher.table.answered())
+        self.shard_size.saturating_sub(self.matcher.table().answered())
     }
 
     /// Why the job ended, if it has.
@@ -386,7 +323,7 @@ impl JobCore {
             FinishReason::AllAnswered
         } else if self.deadline.is_some_and(|deadline| now >= deadline) {
             FinishReason::DeadlineReached
-        } else if matches!(self.phase, Phase::Waiting { until } if now >= until) {
+        } else if self.wait_over(now) {
             FinishReason::WaitOver
         } else {
             return None;
@@ -404,27 +341,32 @@ impl JobCore {
         loop {
             match self.phase {
                 Phase::Sending => {
-                    if let Some(probe) = self.next_probe_of_round() {
+                    if let Some(probe) = self.next_probe_of_round(now) {
                         self.probes_sent += 1;
+                        self.last_send = now;
                         return NextStep::Send(probe);
                     }
-                    self.phase = if self.round < self.settings.retries {
-                        Phase::BetweenRounds { next_round_at: now + self.settings.retry_gap }
-                    } else {
-                        Phase::Waiting { until: now + self.settings.wait }
-                    };
+                    self.phase = self.after_round(now);
                 }
-                Phase::BetweenRounds { next_round_at } => {
+                Phase::BetweenRounds { mut next_round_at, mut recheck_at } => {
+                    if now >= recheck_at && now < next_round_at {
+                        next_round_at = self.last_send + self.learned_timeout(now);
+                        recheck_at = now + self.recheck_interval();
+                        self.phase = Phase::BetweenRounds { next_round_at, recheck_at };
+                    }
                     if now < next_round_at {
-                        return NextStep::WaitUntil(self.capped_by_deadline(next_round_at));
+                        return NextStep::WaitUntil(self.capped_by_deadline(next_round_at.min(recheck_at)));
                     }
                     self.round += 1;
                     self.next_in_round = 0;
                     self.phase = Phase::Sending;
                 }
-                Phase::Waiting { until } => {
-                    if now < until {
-                        return NextStep::WaitUntil(self.capped_by_deadline(until));
+                Phase::Waiting { .. } => {
+                    if !self.wait_over(now) {
+                        let Phase::Waiting { until, recheck_at, .. } = self.phase else {
+                            unreachable!("still waiting")
+                        };
+                        return NextStep::WaitUntil(self.capped_by_deadline(until.min(recheck_at)));
                     }
                     self.phase = Phase::Finished(FinishReason::WaitOver);
                 }
@@ -437,19 +379,138 @@ impl JobCore {
         self.deadline.map_or(time, |deadline| time.min(deadline))
     }
 
-    /// The next probe of the current round, skipping (in retry rounds) answered ones.
-    fn next_probe_of_round(&mut self) -> Option<Probe> {
-        let table = &self.matcher.table;
+    /// Tells the lane, at `now`, that no answer to any probe it has sent can still arrive (the
+    /// connect() threads know it: every attempt completed or timed out). A learned gap then
+    /// ends at once, and so does a learned wait; fixed ones are kept. Returns whether the lane
+    /// has something to do now.
+    pub fn settle(&mut self, now: Duration) -> bool {
+        match self.phase {
+            Phase::BetweenRounds { next_round_at, .. }
+                if self.settings.retry_gap == TimeSetting::Auto && now < next_round_at =>
+            {
+                self.phase = Phase::BetweenRounds { next_round_at: now, recheck_at: now };
+                true
+            }
+            Phase::Waiting { .. } if self.settings.wait == TimeSetting::Auto => {
+                self.phase = Phase::Waiting { until: now, latest: now, recheck_at: now };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The last round: `retries`, plus `host_up_retries` for the probes of up hosts.
+    fn last_round(&self) -> u32 {
+        self.settings.retries + self.settings.host_up_retries
+    }
+
+    /// Whether round `round` sends probe `index` (round 0 sends every probe).
+    fn sends_in_round(&self, round: u32, index: u64) -> bool {
+        round == 0
+            || (self.matcher.table().get(index) == PortState::Unknown
+                && (round <= self.settings.retries || self.matcher.host_up(index)))
+    }
+
+    /// The slowest timeout, at `now`, of the groups the last survey found unknown probes in.
+    fn learned_timeout(&self, now: Duration) -> Duration {
+        self.matcher.slowest_timeout(&self.survey.groups, self.survey.overflow, now).0
+    }
+
+    /// How often a learned gap or wait is re-evaluated: half the minimum timeout.
+    fn recheck_interval(&self) -> Duration {
+        self.settings.timing.min / 2
+    }
+
+    /// The phase after the sends of a round: the gap before the next round, or the wait.
+    fn after_round(&mut self, now: Duration) -> Phase {
+        let next_round = self.round + 1;
+        self.survey = self.survey(next_round);
+        if next_round <= self.last_round() && self.survey.next_round_has_probes {
+            return match self.settings.retry_gap {
+                TimeSetting::Fixed(gap) => Phase::BetweenRounds { next_round_at: now + gap, recheck_at: Duration::MAX },
+                TimeSetting::Auto => Phase::BetweenRounds {
+                    next_round_at: self.last_send + self.learned_timeout(now),
+                    recheck_at: now + self.recheck_interval(),
+                },
+            };
+        }
+        match self.settings.wait {
+            TimeSetting::Fixed(wait) => {
+                Phase::Waiting { until: now + wait, latest: now + wait, recheck_at: Duration::MAX }
+            }
+            TimeSetting::Auto if self.survey.groups.is_empty() && !self.survey.overflow => {
+                // Nothing of this lane is unknown: no reply to wait for.
+                Phase::Waiting { until: now, latest: now, recheck_at: now }
+            }
+            TimeSetting::Auto => {
+                let latest = self.last_send + self.settings.timing.max_wait;
+                let until = (self.last_send + self.learned_timeout(now) * self.settings.timing.wait_factor).min(latest);
+                Phase::Waiting { until, latest, recheck_at: now + self.recheck_interval() }
+            }
+        }
+    }
+
+    /// Whether the wait for late replies is over at `now`. A learned wait is re-evaluated
+    /// every [`JobCore::recheck_interval`] and when it runs out.
+    fn wait_over(&mut self, now: Duration) -> bool {
+        let Phase::Waiting { until, latest, recheck_at } = self.phase else {
+            return false;
+        };
+        if self.settings.wait.fixed().is_some() {
+            return now >= until;
+        }
+        if now >= latest {
+            return true;
+        }
+        if now < until && now < recheck_at {
+            return false;
+        }
+        let renewed = (self.last_send + self.learned_timeout(now) * self.settings.timing.wait_factor).min(latest);
+        if renewed <= now {
+            return true;
+        }
+        self.phase = Phase::Waiting { until: renewed, latest, recheck_at: now + self.recheck_interval() };
+        false
+    }
+
+    /// The groups with unknown probes in the lane, and whether round `next_round` has a probe.
+    fn survey(&self, next_round: u32) -> Survey {
+        let mut groups = HashSet::new();
+        let mut survey = Survey::default();
+        for position_in_lane in 0..self.lane_size {
+            let index = self.permutation.at(self.lane.position(position_in_lane));
+            if self.matcher.table().get(index) != PortState::Unknown {
+                continue;
+            }
+            if !survey.next_round_has_probes && self.sends_in_round(next_round, index) {
+                survey.next_round_has_probes = true;
+            }
+            let Some((address, _)) = self.matcher.space().probe_at(index) else {
+                continue;
+            };
+            if groups.len() < SURVEY_GROUP_CAPACITY {
+                groups.insert(GroupKey::of(address));
+            } else if !groups.contains(&GroupKey::of(address)) {
+                survey.overflow = true;
+            }
+        }
+        survey.groups = groups.into_iter().collect();
+        survey
+    }
+
+    /// The next probe of the current round, skipping (in retry rounds) answered ones and, in
+    /// the host-up rounds, those of hosts that never answered. The probe is stamped with `now`.
+    fn next_probe_of_round(&mut self, now: Duration) -> Option<Probe> {
         while self.next_in_round < self.lane_size {
             let position = self.lane.position(self.next_in_round);
             self.next_in_round += 1;
             let index = self.permutation.at(position);
-            if self.round > 0 && table.get(index) != PortState::Unknown {
+            if !self.sends_in_round(self.round, index) {
                 continue;
             }
-            let (address, port) = self.matcher.space.probe_at(index)?;
+            let (address, port) = self.matcher.space().probe_at(index)?;
             let source = self.matcher.source_for(address.is_ipv6())?;
-            let cookie = self.matcher.cookie_key.cookie(source, address, port);
+            let cookie = self.matcher.cookie_key().cookie(source, address, port).stamped(now);
             return Some(Probe { index, address, port, source, cookie, round: self.round });
         }
         None

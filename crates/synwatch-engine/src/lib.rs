@@ -11,28 +11,33 @@
 //!   so replies are validated without per-probe state.
 //! * [`pacing`]: the token bucket.
 //! * [`table`]: the lock-free per-job state table.
-//! * [`job`]: one scan job's schedule (rounds, retries, wait) and reply classification.
+//! * [`timing`]: round-trip estimates per network group, job and engine, and the timeouts
+//!   they give.
+//! * [`job`]: one scan job's schedule (rounds, retries, learned or fixed waits).
+//! * [`matcher`]: reply classification and the job's half shared with the receiver (cookie
+//!   check, state table, hosts seen up, round-trip samples).
 //! * [`scheduler`]: a sending thread's lanes and every decision about them (priorities, rate
 //!   caps, round-robin, deferred probes, timeouts, the end of a lane), which the I/O threads and
 //!   the simulated network of the tests drive alike.
 
 pub mod cookie;
 pub mod job;
+pub mod matcher;
 pub mod pacing;
 pub mod permutation;
 pub mod ports;
 pub mod scheduler;
 pub mod table;
 pub mod targets;
+pub mod timing;
 
-pub use cookie::{CookieKey, ProbeCookie, SourcePortRange};
-pub use job::{
-    Classified, FinishReason, JobCore, JobSettings, NextStep, Probe, ReplyMatch, ReplyMatcher, classify_reply,
-    first_probe_of_family,
-};
+pub use cookie::{CookieKey, ProbeCookie, STAMP_BITS, SourcePortRange, stamp_age};
+pub use job::{FinishReason, JobCore, JobSettings, MAX_HOST_UP_RETRIES, NextStep, Probe, first_probe_of_family};
+pub use matcher::{Classified, ReplyMatch, ReplyMatcher, TimingReport, classify_reply};
 pub use pacing::TokenBucket;
 pub use permutation::{Permutation, Shard};
 pub use ports::{PortError, PortSet};
 pub use scheduler::{BatchEnd, FinishedLane, LaneIndex, LaneProgress, Priority, Scheduler};
 pub use table::{PortState, RecordOutcome, StateTable};
 pub use targets::{AddressRange, ExclusionPolicy, HostSet, TargetError, TargetSpace};
+pub use timing::{GroupKey, RttEstimate, RttMemory, RttTable, TimeSetting, TimeoutSource, TimingBounds};

@@ -191,6 +191,16 @@ impl<T> Scheduler<T> {
         }
     }
 
+    /// Tells the lanes whose owner data says so that no answer to their probes can still
+    /// arrive ([`JobCore::settle`]); those with something to do now wake at `now`.
+    pub fn settle_where(&mut self, mut settled: impl FnMut(&T) -> bool, now: Duration) {
+        for lane in &mut self.lanes {
+            if settled(&lane.owner) && lane.core.settle(now) {
+                lane.wake_at = now;
+            }
+        }
+    }
+
     /// Cancels every lane (the engine is stopping).
     pub fn cancel_all(&mut self) {
         self.cancel_where(|_| true);

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use synwatch_engine::TimeSetting;
 use synwatch_exporter::config::{ModeSetting, parse, render_effective};
 use synwatch_exporter::{EMBEDDED_DEFAULT, load};
 
@@ -23,6 +24,10 @@ targets:
     ports: [22, 443, \"8080-8081\"]
     retries: 0
     wait: 0s
+  - name: learned
+    addresses: [192.0.2.200]
+    ports: \"22\"
+    retry_gap: 250ms
 ";
 
 #[test]
@@ -32,17 +37,23 @@ fn a_full_config_is_read_with_defaults_applied() {
     assert_eq!(config.engine.mode, ModeSetting::Connect);
     assert_eq!(config.engine.max_rate, 20_000);
     assert_eq!(config.details_budget, 500);
-    assert_eq!(config.targets.len(), 2);
+    assert_eq!(config.targets.len(), 3);
     let dmz = &config.targets[0];
     assert_eq!(dmz.settings.interval, Duration::from_secs(60));
     assert_eq!(dmz.settings.timeout, Duration::from_secs(120));
-    assert_eq!(dmz.settings.wait, Duration::from_secs(2));
+    assert_eq!(dmz.settings.wait, TimeSetting::Fixed(Duration::from_secs(2)));
+    assert_eq!(dmz.settings.retry_gap, TimeSetting::Auto, "the learned gap is the default");
     assert!(dmz.details);
     assert_eq!(dmz.ports.len(), 3 + 101);
     assert_eq!(dmz.addresses.iter().map(|range| range.len()).sum::<u128>(), 16 + 1 + 11);
     let web = &config.targets[1];
     assert_eq!(web.settings.interval, Duration::from_secs(300));
-    assert_eq!((web.settings.retries, web.settings.wait), (0, Duration::ZERO));
+    assert_eq!((web.settings.retries, web.settings.wait), (0, TimeSetting::Fixed(Duration::ZERO)));
+    let learned = &config.targets[2];
+    assert_eq!(learned.settings.retry_gap, TimeSetting::Fixed(Duration::from_millis(250)));
+    assert_eq!(learned.settings.wait, TimeSetting::Fixed(Duration::from_secs(2)), "defaults.wait applies");
+    let embedded = parse(EMBEDDED_DEFAULT, "embedded").unwrap();
+    assert_eq!((embedded.defaults.wait, embedded.defaults.retry_gap), (TimeSetting::Auto, TimeSetting::Auto));
     assert_eq!(web.ports.to_string(), "22,443,8080-8081");
     assert!(!web.details);
     // The effective config reads back as the same config.

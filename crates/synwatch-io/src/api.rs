@@ -199,7 +199,14 @@ impl Engine {
         }
         let submitted = Instant::now();
         let deadline = request.timeout.map(|timeout| self.shared.now() + timeout);
-        let core = JobCore::new(Arc::clone(&request.space), request.settings, cookie_key, sources, deadline);
+        let core = JobCore::with_memory(
+            Arc::clone(&request.space),
+            request.settings,
+            cookie_key,
+            sources,
+            deadline,
+            Arc::clone(&self.shared.rtt_memory),
+        );
         let threads = self.controls.len() as u64;
         let lane_count = core.shard_size().div_ceil(MIN_PROBES_PER_LANE).clamp(1, threads);
         // Lanes go to consecutive threads, starting from one that depends on the job, so that
@@ -239,6 +246,7 @@ impl Engine {
                 Vec::new()
             },
             woken: AtomicBool::new(false),
+            attempts_in_flight: AtomicUsize::new(0),
         });
         self.shared.register(&state);
         if lane_count > 1 {

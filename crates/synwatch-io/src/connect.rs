@@ -10,9 +10,13 @@
 //!   the kernel answers with a RST and no connection lingers in TIME_WAIT on either side.
 //! * `ECONNREFUSED` means closed; `EHOSTUNREACH`, `ENETUNREACH` (an ICMP error, or no route) and
 //!   `EACCES`/`EPERM` (a local firewall) mean filtered, the reason logged at debug level.
-//! * An attempt with no outcome after the job's attempt timeout (the smaller of `retry_gap` and
-//!   `wait`, so every attempt of a round is over before the next round re-sends) is abandoned:
-//!   the probe stays unknown, is retried in the next round, and is filtered in the end.
+//! * An attempt with no outcome after its timeout (its network group's learned timeout, see
+//!   `synwatch_engine::timing`, or a fixed `retry_gap`) is abandoned: the probe stays unknown,
+//!   is retried in the next round, and is filtered in the end. A completed attempt's time is a
+//!   round-trip sample like a SYN-ACK's.
+//! * A job none of whose attempts is open can get no more answers: its learned gap between
+//!   rounds and its learned wait end at once (`Scheduler::settle_where`), since a connect()
+//!   scan has no late replies to wait for.
 //! * At most `max_inflight` attempts are open at once. `EMFILE`, `ENFILE`, `ENOBUFS` and
 //!   `EADDRNOTAVAIL` (no free descriptor, buffer or local port) keep the probe and pause opening
 //!   until an attempt completes: they slow the scan down and never lose a probe.
@@ -91,7 +95,8 @@ struct Attempt {
 /// What the connect() thread keeps with each lane of its scheduler.
 struct ConnectJob {
     state: Arc<JobState>,
-    attempt_timeout: Duration,
+    /// A fixed timeout for every attempt, or `None`: each attempt's group's learned one.
+    attempt_timeout: Option<Duration>,
 }
 
 impl LaneOwner for ConnectJob {
@@ -192,8 +197,9 @@ impl ConnectLoop {
             return;
         };
         let NewJob { core, state, .. } = *new_job;
-        let settings = state.settings;
-        let attempt_timeout = settings.retry_gap.min(settings.wait).max(Duration::from_millis(100));
+        // A fixed retry gap fixes the attempts' timeout too; otherwise each attempt times out
+        // after its group's learned timeout.
+        let attempt_timeout = state.settings.retry_gap.fixed().map(|gap| gap.max(Duration::from_millis(100)));
         let (priority, rate) = (state.priority, state.lane_rate);
         self.scheduler.add(core, ConnectJob { state, attempt_timeout }, priority, rate, self.shared.now());
     }
@@ -223,7 +229,8 @@ impl ConnectLoop {
                 break;
             };
             let job = self.scheduler.owner(lane);
-            let (state, timeout) = (Arc::clone(&job.state), job.attempt_timeout);
+            let state = Arc::clone(&job.state);
+            let timeout = job.attempt_timeout.unwrap_or_else(|| state.matcher.timeout_for(probe.address, now));
             if self.start_attempt(state, &probe, now, timeout) == Outcome::Pressure {
                 self.scheduler.defer(lane, probe);
                 self.under_pressure = true;
@@ -260,16 +267,8 @@ impl ConnectLoop {
             Outcome::Pending => {}
             Outcome::Answer(port_state, reason) => {
                 counters.packets_sent.fetch_add(1, Ordering::Relaxed);
-                record(
-                    &self.shared,
-                    &state,
-                    probe.index,
-                    probe.address,
-                    probe.port,
-                    port_state,
-                    reason,
-                    Duration::ZERO,
-                );
+                // Decided at once by the local stack: no round trip to learn from.
+                record(&self.shared, &state, probe.index, probe.address, probe.port, port_state, reason, None);
                 return outcome;
             }
             Outcome::NoAnswer => {
@@ -304,12 +303,16 @@ impl ConnectLoop {
             generation,
         });
         self.inflight += 1;
+        if let Some(attempt) = &self.slots[slot] {
+            attempt.state.attempts_in_flight.fetch_add(1, Ordering::AcqRel);
+        }
         Outcome::Pending
     }
 
     /// Takes an attempt out of its slot (closing happens when it is dropped).
     fn take_slot(&mut self, slot: usize) -> Option<Attempt> {
         let attempt = self.slots.get_mut(slot)?.take()?;
+        attempt.state.attempts_in_flight.fetch_sub(1, Ordering::AcqRel);
         self.free_slots.push(slot);
         self.inflight -= 1;
         self.under_pressure = false;
@@ -327,7 +330,16 @@ impl ConnectLoop {
         };
         if let Outcome::Answer(port_state, reason) = outcome {
             let rtt = now.saturating_sub(attempt.started);
-            record(&self.shared, &attempt.state, attempt.index, attempt.address, attempt.port, port_state, reason, rtt);
+            record(
+                &self.shared,
+                &attempt.state,
+                attempt.index,
+                attempt.address,
+                attempt.port,
+                port_state,
+                reason,
+                Some(rtt),
+            );
         }
     }
 
@@ -346,6 +358,8 @@ impl ConnectLoop {
 
     fn retire_finished_jobs(&mut self, now: Duration) {
         self.scheduler.cancel_where(|job| job.state.cancel.load(Ordering::Acquire));
+        // A job with no attempt open can get no more answers: its learned gap or wait is over.
+        self.scheduler.settle_where(|job| job.state.attempts_in_flight.load(Ordering::Acquire) == 0, now);
         while let Some(finished) = self.scheduler.poll_finished(now) {
             let state = finished.owner.state;
             // Attempts still open for this job are abandoned (their probes stay unknown).
@@ -374,17 +388,20 @@ fn record(
     port: u16,
     port_state: PortState,
     reason: &'static str,
-    rtt: Duration,
+    rtt: Option<Duration>,
 ) {
     let counters = &shared.counters;
-    if state.matcher.table().record(index, port_state) == RecordOutcome::Duplicate {
+    if state.matcher.record(index, address, port_state, rtt) == RecordOutcome::Duplicate {
         counters.replies_duplicate.fetch_add(1, Ordering::Relaxed);
         return;
     }
     if port_state == PortState::Filtered {
         tracing::debug!(%address, port, reason, "filtered");
     }
-    state.first_answer(counters, ProbeResult { index, address, port, state: port_state, rtt: Some(rtt) });
+    if let Some(rtt) = rtt {
+        counters.observe_rtt(state.priority, rtt);
+    }
+    state.first_answer(counters, ProbeResult { index, address, port, state: port_state, rtt });
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 use synwatch_engine::{
     FinishReason, JobCore, JobSettings, LaneProgress, Permutation, PortState, Priority, ReplyMatcher, StateTable,
-    TargetSpace,
+    TargetSpace, TimingReport,
 };
 
 use crate::counters::Counters;
@@ -43,6 +43,8 @@ pub struct JobSummary {
     pub duration: Duration,
     /// How fast the first round went out: what the job actually sent at (see [`SendSpan`]).
     pub first_round: SendSpan,
+    /// The round trips the job measured and the last timeout it used.
+    pub timing: TimingReport,
 }
 
 /// The probes of a job's first round (every probe once) and the time from the first of them
@@ -120,6 +122,8 @@ pub(crate) struct JobState {
     /// sender's next poll.
     pub(crate) wakers: Vec<Sender<Control>>,
     pub(crate) woken: AtomicBool,
+    /// connect() attempts of the job still open, over all its lanes.
+    pub(crate) attempts_in_flight: AtomicUsize,
 }
 
 impl JobState {

@@ -40,7 +40,7 @@ pub mod transmit;
 
 pub use api::Engine;
 pub use config::{EngineConfig, EngineError, Mode, RunningMode, TransmitChoice};
-pub use counters::{CounterSnapshot, Counters};
+pub use counters::{CounterSnapshot, Counters, RTT_BUCKETS, RttHistogramSnapshot};
 pub use job::{JobHandle, JobRequest, JobSummary, ProbeResult, Progress, SendSpan};
 pub use route::Path;
 pub use synwatch_engine::Priority;

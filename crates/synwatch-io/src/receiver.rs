@@ -9,6 +9,7 @@
 //! An idle receiver therefore costs a finishing job nothing, which keeps small on-demand probes
 //! within a millisecond of their last answer.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -34,6 +35,8 @@ impl ReceiverLoop {
 
     pub(crate) fn run(mut self) {
         let mut last_drop_read = Instant::now();
+        // Round-trip samples of the batch, per job of the snapshot.
+        let mut samples: Vec<Vec<(IpAddr, Duration)>> = Vec::new();
         while !self.shared.stop.load(Ordering::Acquire) {
             let counters = &self.shared.counters;
             let received = self.socket.receive();
@@ -43,11 +46,17 @@ impl ReceiverLoop {
             // The job list and the clock are read after the (blocking) receive: a job submitted
             // while we waited must see its replies, and round-trip times must not be negative.
             let jobs = Arc::clone(&self.shared.jobs.read());
-            let now_micros = self.shared.now().as_micros() as u32;
+            let now = self.shared.now();
+            samples.resize_with(jobs.len(), Vec::new);
             match received {
                 Ok(_) => {
                     for packet in self.socket.packets() {
-                        handle_packet(packet, &jobs, self.ports, counters, now_micros);
+                        handle_packet(packet, &jobs, self.ports, counters, now, &mut samples);
+                    }
+                    // One lock per job and batch, not per packet.
+                    for (job, job_samples) in jobs.iter().zip(samples.iter_mut()) {
+                        job.matcher.take_samples(job_samples);
+                        job_samples.clear();
                     }
                 }
                 Err(error) => {
@@ -68,7 +77,14 @@ impl ReceiverLoop {
 }
 
 /// Parses, classifies and records one packet.
-fn handle_packet(packet: &[u8], jobs: &[Arc<JobState>], ports: SourcePortRange, counters: &Counters, now_micros: u32) {
+fn handle_packet(
+    packet: &[u8],
+    jobs: &[Arc<JobState>],
+    ports: SourcePortRange,
+    counters: &Counters,
+    now: Duration,
+    samples: &mut [Vec<(IpAddr, Duration)>],
+) {
     let reply = match parse_reply(packet) {
         Ok(reply) => reply,
         Err(ParseError::NotRelevant) => return,
@@ -81,20 +97,20 @@ fn handle_packet(packet: &[u8], jobs: &[Arc<JobState>], ports: SourcePortRange, 
         return;
     };
     let mut bad_cookie = false;
-    for job in jobs {
-        match job.matcher.offer(&classified) {
+    for (job, job_samples) in jobs.iter().zip(samples.iter_mut()) {
+        match job.matcher.offer(&classified, now) {
             ReplyMatch::NotInJob => {}
             ReplyMatch::BadCookie => bad_cookie = true,
-            ReplyMatch::Matched { index, outcome } => {
+            ReplyMatch::Matched { index, outcome, rtt } => {
                 if outcome == RecordOutcome::Duplicate {
                     counters.replies_duplicate.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
-                let rtt = classified
-                    .timestamp_echo
-                    .map(|echo| now_micros.wrapping_sub(echo))
-                    .filter(|&micros| micros < 60_000_000)
-                    .map(|micros| Duration::from_micros(u64::from(micros)));
+                counters.observe_rtt(job.priority, rtt);
+                job_samples.push((classified.remote, rtt));
+                // The stream reports the echoed timestamp's round trip only, as before: it is
+                // exact to the microsecond, the sequence's stamp to the millisecond.
+                let rtt = classified.timestamp_echo.map(|_| rtt);
                 job.first_answer(
                     counters,
                     ProbeResult {

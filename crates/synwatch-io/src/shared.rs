@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
-use synwatch_engine::{FinishReason, Scheduler, TokenBucket};
+use synwatch_engine::{FinishReason, RttMemory, Scheduler, TokenBucket};
 
 use crate::counters::Counters;
 use crate::job::{JobState, JobSummary, SendSpan};
@@ -23,6 +23,8 @@ pub(crate) struct Shared {
     pub(crate) receiver_phase: AtomicU64,
     pub(crate) counters: Counters,
     pub(crate) next_job_id: AtomicU64,
+    /// The round trips learned by finished jobs, for the next ones.
+    pub(crate) rtt_memory: Arc<RttMemory>,
 }
 
 /// What a sending thread keeps with each lane of its scheduler: at least the job's shared state.
@@ -51,6 +53,7 @@ impl Shared {
             receiver_phase: AtomicU64::new(0),
             counters: Counters::default(),
             next_job_id: AtomicU64::new(1),
+            rtt_memory: Arc::new(RttMemory::new()),
         }
     }
 
@@ -87,7 +90,9 @@ impl Shared {
         }
         let (first, last) =
             (state.first_batch_at.load(Ordering::Relaxed), state.first_round_last_batch_at.load(Ordering::Relaxed));
+        state.matcher.remember(self.now());
         Some(JobSummary {
+            timing: state.matcher.timing_report(),
             reason,
             probes_sent: state.probes_sent.load(Ordering::Relaxed),
             duration: state.submitted.elapsed(),

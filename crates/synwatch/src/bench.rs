@@ -15,7 +15,7 @@ use synwatch_bench::plot::human_rate;
 use synwatch_bench::sweep::build_space;
 use synwatch_bench::{ExternalTool, LabFamily, LabPlan, Outputs, SweepError, SweepOptions, SweepTargets};
 use synwatch_bench::{parse_ramp, parse_rates};
-use synwatch_engine::{JobSettings, PortSet, Shard};
+use synwatch_engine::{JobSettings, PortSet, Shard, TimeSetting};
 use synwatch_io::{Mode, TransmitChoice};
 
 use crate::UsageError;
@@ -94,12 +94,17 @@ pub struct BenchArgs {
     /// retries hide that (and recover it: try your config's retries to see how much).
     #[arg(long, default_value_t = 0)]
     retries: u32,
-    /// Pause between rounds when retrying.
-    #[arg(long, default_value = "1s", value_parser = crate::durations::parse_cli_duration)]
-    retry_gap: Duration,
-    /// Wait for late replies after the last probe of each scan.
-    #[arg(long, default_value = "1s", value_parser = crate::durations::parse_cli_duration)]
-    wait: Duration,
+    /// Extra re-sends for the unanswered probes of hosts that answered on another port (none by
+    /// default, for the same reason as --retries).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=8))]
+    host_up_retries: u32,
+    /// Pause between rounds when retrying: auto (learned) or a duration.
+    #[arg(long, default_value = "auto", value_parser = crate::durations::parse_time_setting)]
+    retry_gap: TimeSetting,
+    /// Wait for late replies after the last probe of each scan: a duration (the compared
+    /// programs get the same cooldown), or auto (learned; they get 1 s).
+    #[arg(long, default_value = "1s", value_parser = crate::durations::parse_time_setting)]
+    wait: TimeSetting,
     /// Sender threads (connect threads in connect mode).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     sender_threads: u32,
@@ -247,10 +252,12 @@ fn options(args: &BenchArgs) -> Result<(SweepOptions, Outputs)> {
         modes: args.mode.clone(),
         settings: JobSettings {
             retries: args.retries,
+            host_up_retries: args.host_up_retries,
             retry_gap: args.retry_gap,
             wait: args.wait,
             seed: 0,
             shard: Shard::WHOLE,
+            ..JobSettings::default()
         },
         sender_threads: args.sender_threads as usize,
         transmit: args.transmit,

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use synwatch_engine::TimeSetting;
+
 /// Parses a command-line duration: seconds when it is a plain number, else humantime.
 pub fn parse_cli_duration(text: &str) -> Result<Duration, String> {
     let trimmed = text.trim();
@@ -21,9 +23,36 @@ pub fn parse_cli_duration(text: &str) -> Result<Duration, String> {
     })
 }
 
+/// Parses `auto` (learned from the network) or a command-line duration (fixed).
+pub fn parse_time_setting(text: &str) -> Result<TimeSetting, String> {
+    if text.trim() == "auto" {
+        return Ok(TimeSetting::Auto);
+    }
+    parse_cli_duration(text).map(TimeSetting::Fixed).map_err(|error| format!("{error}, or auto"))
+}
+
+/// Parses a duration that must be above zero (a timeout bound).
+pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_cli_duration(text)? {
+        duration if duration.is_zero() => Err(format!("{text:?}: must be above zero")),
+        duration => Ok(duration),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_settings_are_auto_or_a_duration() {
+        assert_eq!(parse_time_setting("auto"), Ok(TimeSetting::Auto));
+        assert_eq!(parse_time_setting("250ms"), Ok(TimeSetting::Fixed(Duration::from_millis(250))));
+        assert_eq!(parse_time_setting("2"), Ok(TimeSetting::Fixed(Duration::from_secs(2))));
+        let error = parse_time_setting("automatic").unwrap_err();
+        assert!(error.contains("or auto"), "{error}");
+        assert!(parse_positive_duration("0").unwrap_err().contains("above zero"));
+        assert_eq!(parse_positive_duration("50ms"), Ok(Duration::from_millis(50)));
+    }
 
     #[test]
     fn bare_numbers_are_seconds_and_units_still_work() {

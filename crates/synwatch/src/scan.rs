@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Args;
 use synwatch_engine::targets::{AddressRange, parse_target, parse_target_list};
-use synwatch_engine::{ExclusionPolicy, HostSet, JobSettings, PortSet, PortState, Shard, TargetSpace};
+use synwatch_engine::{
+    ExclusionPolicy, HostSet, JobSettings, PortSet, PortState, Shard, TargetSpace, TimeSetting, TimingBounds,
+    TimingReport,
+};
 use synwatch_io::{Engine, EngineConfig, JobRequest, Mode, TransmitChoice};
 
 use crate::UsageError;
@@ -31,12 +34,30 @@ pub struct ScanArgs {
     /// How many times an unanswered probe is sent again.
     #[arg(long, default_value_t = 2)]
     retries: u32,
-    /// Pause between the end of one round and the retries of the next.
-    #[arg(long, default_value = "1s", value_parser = crate::durations::parse_cli_duration)]
-    retry_gap: Duration,
-    /// How long to wait for late replies after the last probe.
-    #[arg(long, default_value = "1s", value_parser = crate::durations::parse_cli_duration)]
-    wait: Duration,
+    /// How many more times an unanswered probe is sent again when its host answered on another
+    /// port (its silence is then more likely loss than a filter); 0 to 8.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=8))]
+    host_up_retries: u32,
+    /// Pause between the end of one round and the retries of the next: auto (each network
+    /// group's measured timeout, srtt + 4·rttvar) or a fixed duration.
+    #[arg(long, default_value = "auto", value_parser = crate::durations::parse_time_setting)]
+    retry_gap: TimeSetting,
+    /// How long to wait for late replies after the last probe: auto (twice the slowest
+    /// waiting group's timeout, at most --max-wait) or a fixed duration.
+    #[arg(long, default_value = "auto", value_parser = crate::durations::parse_time_setting)]
+    wait: TimeSetting,
+    /// The timeout before any round trip is measured (nmap's --initial-rtt-timeout).
+    #[arg(long, default_value = "1s", value_parser = crate::durations::parse_positive_duration)]
+    initial_rtt_timeout: Duration,
+    /// The shortest learned timeout (nmap's --min-rtt-timeout).
+    #[arg(long, default_value = "100ms", value_parser = crate::durations::parse_positive_duration)]
+    min_rtt_timeout: Duration,
+    /// The longest learned timeout (nmap's --max-rtt-timeout).
+    #[arg(long, default_value = "10s", value_parser = crate::durations::parse_positive_duration)]
+    max_rtt_timeout: Duration,
+    /// The longest automatic wait after the last probe.
+    #[arg(long, default_value = "10s", value_parser = crate::durations::parse_positive_duration)]
+    max_wait: Duration,
     /// Give up after this long whatever is left (unanswered probes count as filtered).
     #[arg(long, value_parser = crate::durations::parse_cli_duration)]
     timeout: Option<Duration>,
@@ -205,7 +226,23 @@ fn build_job(args: &ScanArgs) -> Result<(Arc<TargetSpace>, JobSettings)> {
         // The seed only orders probes; it protects nothing (the cookies have their own keys).
         None => getrandom::u64().map_err(|error| anyhow::anyhow!("no randomness from the OS: {error}"))?,
     };
-    let settings = JobSettings { retries: args.retries, retry_gap: args.retry_gap, wait: args.wait, seed, shard };
+    let timing = TimingBounds {
+        initial: args.initial_rtt_timeout,
+        min: args.min_rtt_timeout,
+        max: args.max_rtt_timeout,
+        max_wait: args.max_wait,
+        ..TimingBounds::DEFAULT
+    };
+    timing.validate().map_err(|error| usage(format!("timeouts: {error}")))?;
+    let settings = JobSettings {
+        retries: args.retries,
+        host_up_retries: args.host_up_retries,
+        retry_gap: args.retry_gap,
+        wait: args.wait,
+        timing,
+        seed,
+        shard,
+    };
     Ok((Arc::new(space), settings))
 }
 
@@ -292,7 +329,31 @@ pub fn run(args: ScanArgs) -> Result<()> {
         counters.send_backpressure,
         summary.reason,
     );
+    eprintln!("synwatch timing: {}", describe_timing(&settings, &summary.timing));
     Ok(())
+}
+
+/// The timing a scan used, for its summary: what it measured, the last timeout and where it
+/// came from, and the wait.
+fn describe_timing(settings: &JobSettings, report: &TimingReport) -> String {
+    let measured = match report.estimate {
+        Some(estimate) => format!(
+            "srtt {:.1} ms, rttvar {:.1} ms over {} replies in {} groups",
+            estimate.srtt.as_secs_f64() * 1e3,
+            estimate.rttvar.as_secs_f64() * 1e3,
+            estimate.samples,
+            report.groups_sampled
+        ),
+        None => "no round trip measured".to_string(),
+    };
+    let timeout = match (settings.retry_gap, report.last_timeout) {
+        (TimeSetting::Fixed(gap), _) => format!("retry gap fixed at {gap:?}"),
+        (TimeSetting::Auto, Some((timeout, source))) => {
+            format!("last timeout {:.0} ms ({})", timeout.as_secs_f64() * 1e3, source.name())
+        }
+        (TimeSetting::Auto, None) => "no timeout needed".to_string(),
+    };
+    format!("{measured}; {timeout}; wait {}", settings.wait)
 }
 
 fn progress_bar(args: &ScanArgs, total: u64) -> Option<indicatif::ProgressBar> {

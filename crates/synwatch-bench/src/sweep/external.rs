@@ -48,7 +48,8 @@ pub(crate) fn sweep_tool(
                 ports: plan.ports.clone(),
                 rate,
                 retries: options.settings.retries,
-                wait_seconds: options.settings.wait.as_secs_f64().ceil().max(1.0) as u64,
+                wait_seconds: options.settings.wait.fixed().map_or(1.0, |wait| wait.as_secs_f64()).ceil().max(1.0)
+                    as u64,
                 interface: lab.scanner_link().to_string(),
                 source: synwatch_lab::SCANNER_V4,
                 gateway_mac: gateway_mac.clone(),

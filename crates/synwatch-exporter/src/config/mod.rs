@@ -23,14 +23,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
 use serde_with::serde_as;
-use synwatch_engine::{AddressRange, ExclusionPolicy, HostSet, PortSet, Shard, TargetSpace};
+use synwatch_engine::{AddressRange, ExclusionPolicy, HostSet, PortSet, Shard, TargetSpace, TimeSetting};
 
 mod values;
 mod yaml;
 
 use values::{
     Addresses, AnyDuration, Bounded, Burst, ConcurrentScans, Listen, Name, Nameserver, Ports, PositiveDuration,
-    ProbeCount, ProcessName, Rate, RequestRate, Retries,
+    ProbeCount, ProcessName, Rate, RequestRate, Retries, TimeValue,
 };
 use yaml::{NodePositions, Step, from_yaml};
 
@@ -353,9 +353,12 @@ pub struct Module {
     /// Upper bound of the deadline.
     #[serde_as(as = "Option<PositiveDuration>")]
     pub timeout: Option<Duration>,
-    /// Wait for late replies after the last send, and between rounds (default 1s).
-    #[serde_as(as = "AnyDuration")]
-    pub wait: Duration,
+    /// Wait for late replies after the last send: `auto` (learned, the default) or a duration.
+    #[serde_as(as = "TimeValue")]
+    pub wait: TimeSetting,
+    /// Pause between rounds: `auto` (learned, the default) or a duration.
+    #[serde_as(as = "TimeValue")]
+    pub retry_gap: TimeSetting,
 }
 
 impl Default for Module {
@@ -366,7 +369,8 @@ impl Default for Module {
             rate: None,
             retries: 1,
             timeout: None,
-            wait: Duration::from_secs(1),
+            wait: TimeSetting::Auto,
+            retry_gap: TimeSetting::Auto,
         }
     }
 }
@@ -429,9 +433,12 @@ pub struct Defaults {
     /// Re-sends of unanswered probes.
     #[serde_as(as = "Retries")]
     pub retries: u32,
-    /// Wait for late replies after the last send.
-    #[serde_as(as = "AnyDuration")]
-    pub wait: Duration,
+    /// Wait for late replies after the last send: `auto` (learned, the default) or a duration.
+    #[serde_as(as = "TimeValue")]
+    pub wait: TimeSetting,
+    /// Pause between rounds: `auto` (learned, the default) or a duration.
+    #[serde_as(as = "TimeValue")]
+    pub retry_gap: TimeSetting,
 }
 
 impl Default for Defaults {
@@ -440,7 +447,8 @@ impl Default for Defaults {
             interval: Duration::from_secs(300),
             timeout: Duration::from_secs(120),
             retries: 2,
-            wait: Duration::from_secs(1),
+            wait: TimeSetting::Auto,
+            retry_gap: TimeSetting::Auto,
         }
     }
 }
@@ -559,9 +567,12 @@ struct TargetFile {
     #[serde_as(as = "Option<Retries>")]
     #[serde(default)]
     retries: Option<u32>,
-    #[serde_as(as = "Option<AnyDuration>")]
+    #[serde_as(as = "Option<TimeValue>")]
     #[serde(default)]
-    wait: Option<Duration>,
+    wait: Option<TimeSetting>,
+    #[serde_as(as = "Option<TimeValue>")]
+    #[serde(default)]
+    retry_gap: Option<TimeSetting>,
     #[serde(default)]
     details: bool,
     expect: Option<Expectation>,
@@ -610,6 +621,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
                 timeout: target.timeout.unwrap_or(defaults.timeout),
                 retries: target.retries.unwrap_or(defaults.retries),
                 wait: target.wait.unwrap_or(defaults.wait),
+                retry_gap: target.retry_gap.unwrap_or(defaults.retry_gap),
             },
             details: target.details,
             expect: target.expect,

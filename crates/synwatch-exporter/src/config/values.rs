@@ -13,7 +13,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_with::{DeserializeAs, SerializeAs};
 use synwatch_engine::targets::parse_target;
-use synwatch_engine::{AddressRange, PortSet};
+use synwatch_engine::{AddressRange, PortSet, TimeSetting};
 
 use super::{ListenerPorts, Protocol};
 
@@ -118,6 +118,29 @@ impl<'de> DeserializeAs<'de, Duration> for AnyDuration {
 impl SerializeAs<Duration> for AnyDuration {
     fn serialize_as<S: Serializer>(source: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
         serialize_duration(source, serializer)
+    }
+}
+
+/// `auto` (learned from the network) or a duration, zero allowed (waits and retry gaps).
+pub(crate) struct TimeValue;
+
+impl<'de> DeserializeAs<'de, TimeSetting> for TimeValue {
+    fn deserialize_as<D: Deserializer<'de>>(deserializer: D) -> Result<TimeSetting, D::Error> {
+        from_string(deserializer, "auto or a duration such as 1s or 500ms", |text| {
+            if text.trim() == "auto" {
+                return Ok(TimeSetting::Auto);
+            }
+            parse_duration(text).map(TimeSetting::Fixed).map_err(|error| format!("{error}; or auto"))
+        })
+    }
+}
+
+impl SerializeAs<TimeSetting> for TimeValue {
+    fn serialize_as<S: Serializer>(source: &TimeSetting, serializer: S) -> Result<S::Ok, S::Error> {
+        match source {
+            TimeSetting::Auto => serializer.serialize_str("auto"),
+            TimeSetting::Fixed(duration) => serialize_duration(duration, serializer),
+        }
     }
 }
 

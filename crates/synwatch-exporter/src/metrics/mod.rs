@@ -33,7 +33,7 @@ use crate::state::ScanAttempt;
 mod text;
 
 pub use text::{RENDERED_FAMILIES, render_targets};
-use text::{render_host_info, render_listeners};
+use text::{render_engine_rtt, render_host_info, render_listeners};
 
 /// The outcome label of `synwatch_probe_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -545,6 +545,7 @@ impl Metrics {
         if let Err(error) = TextEncoder::new().encode(&families, output) {
             tracing::error!(%error, "cannot encode the self metrics");
         }
+        render_engine_rtt(&engine.rtt, output);
         render_targets(targets, output);
         if let Some(hostnames) = host.hostnames {
             render_host_info(targets, hostnames, host.host_info_limit, output);
@@ -573,6 +574,29 @@ mod tests {
             .filter_map(|line| line.strip_prefix("# HELP "))
             .map(|rest| rest.split(' ').next().unwrap_or_default().to_string())
             .collect()
+    }
+
+    #[test]
+    fn the_engine_round_trip_histogram_is_cumulative_per_kind() {
+        use std::time::Duration;
+        let counters = synwatch_io::Counters::default();
+        counters.observe_rtt(synwatch_io::Priority::Background, Duration::from_millis(3));
+        counters.observe_rtt(synwatch_io::Priority::Background, Duration::from_millis(30));
+        counters.observe_rtt(synwatch_io::Priority::Interactive, Duration::from_secs(20));
+        let mut output = Vec::new();
+        render_engine_rtt(&counters.snapshot().rtt, &mut output);
+        let text = String::from_utf8(output).unwrap();
+        for line in [
+            "synwatch_engine_rtt_seconds_bucket{kind=\"background\",le=\"0.0025\"} 0",
+            "synwatch_engine_rtt_seconds_bucket{kind=\"background\",le=\"0.005\"} 1",
+            "synwatch_engine_rtt_seconds_bucket{kind=\"background\",le=\"0.05\"} 2",
+            "synwatch_engine_rtt_seconds_bucket{kind=\"background\",le=\"+Inf\"} 2",
+            "synwatch_engine_rtt_seconds_sum{kind=\"background\"} 0.033",
+            "synwatch_engine_rtt_seconds_bucket{kind=\"interactive\",le=\"10\"} 0",
+            "synwatch_engine_rtt_seconds_count{kind=\"interactive\"} 1",
+        ] {
+            assert!(text.lines().any(|written| written == line), "{line} missing from\n{text}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::io::Write;
 
 use synwatch_engine::PortState;
+use synwatch_io::{RTT_BUCKETS, RttHistogramSnapshot};
 
 use crate::hostnames::HostnameCache;
 use crate::listeners::ListenerSnapshot;
@@ -14,6 +15,7 @@ use super::TargetView;
 /// The families `/metrics` writes by hand (beyond the registry), in the order it writes them.
 /// The test `rendered_families_are_listed` keeps this list true.
 pub const RENDERED_FAMILIES: &[&str] = &[
+    "synwatch_engine_rtt_seconds",
     "synwatch_target_ports",
     "synwatch_target_hosts_responding",
     "synwatch_target_last_scan_success",
@@ -33,6 +35,26 @@ pub const RENDERED_FAMILIES: &[&str] = &[
 
 pub(super) fn header(output: &mut Vec<u8>, name: &str, help: &str) {
     let _ = writeln!(output, "# HELP {name} {help}\n# TYPE {name} gauge");
+}
+
+/// `synwatch_engine_rtt_seconds{kind}`: the engine's measured round trips of background and
+/// interactive jobs, a histogram kept by the engine as counts (the `prometheus` crate's
+/// histograms take observations, not counts, so it is written here).
+pub(super) fn render_engine_rtt(histograms: &[RttHistogramSnapshot; 2], output: &mut Vec<u8>) {
+    let name = "synwatch_engine_rtt_seconds";
+    let _ = writeln!(
+        output,
+        "# HELP {name} Round trips the engine measured from validated replies (every reply kind), per job kind.\n# TYPE {name} histogram"
+    );
+    for (kind, histogram) in ["background", "interactive"].iter().zip(histograms) {
+        for (bound, count) in RTT_BUCKETS.iter().zip(&histogram.cumulative) {
+            let _ = writeln!(output, "{name}_bucket{{kind=\"{kind}\",le=\"{bound}\"}} {count}");
+        }
+        let total = histogram.cumulative[RTT_BUCKETS.len()];
+        let _ = writeln!(output, "{name}_bucket{{kind=\"{kind}\",le=\"+Inf\"}} {total}");
+        let _ = writeln!(output, "{name}_sum{{kind=\"{kind}\"}} {}", histogram.sum_seconds);
+        let _ = writeln!(output, "{name}_count{{kind=\"{kind}\"}} {total}");
+    }
 }
 
 /// Writes `text` as a label value: backslash, double quote and newline escaped, as the text

@@ -359,10 +359,11 @@ impl OnDemand {
         std::hash::Hasher::write_u64(&mut hasher, count);
         JobSettings {
             retries: module.retries,
-            retry_gap: module.wait,
+            retry_gap: module.retry_gap,
             wait: module.wait,
             seed: std::hash::Hasher::finish(&hasher),
             shard: Shard::WHOLE,
+            ..JobSettings::default()
         }
     }
 
@@ -393,9 +394,11 @@ impl OnDemand {
         let settings = self.settings(&params.preset);
         let started_scan = self.scanner_for(&params.preset).and_then(|scanner| {
             note(format!(
-                "engine mode {}, retries {}, wait {:?}",
+                "engine mode {}, retries {} (+{} for hosts that answer), retry gap {}, wait {}",
                 scanner.mode_name(),
                 settings.retries,
+                settings.host_up_retries,
+                settings.retry_gap,
                 settings.wait
             ));
             scanner.start(ScanOrder {

@@ -125,10 +125,11 @@ impl SchedulerLoop {
         self.scans_started += 1;
         let settings = JobSettings {
             retries: target.settings.retries,
-            retry_gap: target.settings.wait.max(Duration::from_millis(100)),
+            retry_gap: target.settings.retry_gap,
             wait: target.settings.wait,
             seed: self.inner.seed ^ self.scans_started.wrapping_mul(0x9e37_79b9_7f4a_7c15),
             shard: Shard::WHOLE,
+            ..JobSettings::default()
         };
         let started = Instant::now();
         match self.inner.scanner.start(ScanOrder::background(Arc::clone(&space), settings, target.settings.timeout)) {

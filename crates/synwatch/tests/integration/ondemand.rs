@@ -233,6 +233,63 @@ fn issue_5_deadline_holds_on_a_filtered_range() {
     assert_eq!(sample(&body, "probe_ports_open"), Some(0.0));
 }
 
+/// Issue 20: `/probe` of one silent host, on a network whose other hosts answer in well under a
+/// millisecond (the background scan of its /24 taught the engine so), ends after a few minimum
+/// timeouts with the ports filtered and `probe_success 1`, not at its deadline; the engine's
+/// round-trip histogram counts both kinds of job.
+#[test]
+fn issue_20_a_probe_of_a_silent_host_ends_on_the_learned_timeout_not_the_deadline() {
+    let test = "issue_20_a_probe_of_a_silent_host_ends_on_the_learned_timeout_not_the_deadline";
+    let config = LabConfig {
+        target_ranges: vec!["198.18.2.0/24".parse::<IpNetwork>().unwrap()],
+        listeners: vec!["0.0.0.0:80".parse().unwrap()],
+        blackholed: vec!["198.18.2.77/32".parse().unwrap()],
+        ..LabConfig::default()
+    };
+    let Some(lab) = synwatch_lab::lab_or_skip(test, config) else {
+        return;
+    };
+    let scratch = Scratch::new("issue-20-silent-probe");
+    std::fs::write(
+        scratch.join("synwatch.yaml"),
+        "targets:\n  - {name: net, addresses: [198.18.2.0/24], ports: \"80,443\", interval: 1h}\n\
+         ondemand: {enabled: true, allow_targets: [198.18.2.0/24]}\n",
+    )
+    .unwrap();
+    let config = scratch.join("synwatch.yaml").display().to_string();
+    let serve = Serve::start_in_lab(&lab, &scratch, &["--config", &config]);
+    wait_until("the background scan", 30, || {
+        let (_, _, body) = serve.request("GET", "/metrics", &[], "").ok()?;
+        (sample(&body, "synwatch_scans_total{result=\"success\",target=\"net\"}") >= Some(1.0)).then_some(())
+    });
+    let (_, _, metrics) = serve.request("GET", "/metrics", &[], "").unwrap();
+    // 256 hosts × 2 ports answered (less the silent host's two), each a sample.
+    let background = sample(&metrics, "synwatch_engine_rtt_seconds_count{kind=\"background\"}").unwrap();
+    assert!(background >= 510.0, "{background} background samples");
+    let started = Instant::now();
+    let (status, _, body) = serve
+        .request(
+            "GET",
+            "/probe?target=198.18.2.77&ports=22,80,443",
+            &[("X-Prometheus-Scrape-Timeout-Seconds", "10")],
+            "",
+        )
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(sample(&body, "probe_success"), Some(1.0), "the scan finished, within its deadline: {body}");
+    assert_eq!(sample(&body, "probe_ports_filtered"), Some(3.0), "{body}");
+    assert_eq!(sample(&body, "probe_ports_open"), Some(0.0), "{body}");
+    // The default module retries once: a round, one 100 ms gap, a round, two 100 ms timeouts of
+    // wait. The 9.5 s deadline, or the 1 s initial timeout, would show.
+    assert!(elapsed < Duration::from_millis(900), "answered after {elapsed:?}");
+    // An answering host's probe is an interactive sample.
+    let (status, _, body) = serve.request("GET", "/probe?target=198.18.2.1&ports=80", &[], "").unwrap();
+    assert_eq!((status, sample(&body, "probe_ports_open")), (200, Some(1.0)), "{body}");
+    let (_, _, metrics) = serve.request("GET", "/metrics", &[], "").unwrap();
+    assert_eq!(sample(&metrics, "synwatch_engine_rtt_seconds_count{kind=\"interactive\"}"), Some(1.0), "{metrics}");
+}
+
 /// A keep-alive HTTP/1.1 client bound to one source address: (status, body) per request.
 /// Written here rather than with ureq, which cannot bind a connection's source address, and
 /// the flood needs forty distinct clients (127.0.0.x) for the per-client limits.

@@ -1,0 +1,300 @@
+//! What a reply means, and the half of a job the receiver thread shares.
+//!
+//! * [`classify_reply`] decides what a parsed packet means before knowing its job.
+//! * [`ReplyMatcher`] (shared, `Arc`, with the receiver) maps a [`Classified`] reply back to its
+//!   probe index, checks the cookie, records the state in the lock-free [`StateTable`], marks
+//!   the host up, and keeps the job's round-trip estimates ([`RttTable`]): the samples come in
+//!   batches through [`ReplyMatcher::take_samples`], so that the receiver takes no lock per
+//!   packet.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use synwatch_wire::ReplyRepr;
+
+use crate::cookie::{CookieKey, SourcePortRange, stamp_age};
+use crate::table::{PortState, RecordOutcome, StateTable};
+use crate::targets::TargetSpace;
+use crate::timing::{
+    GroupKey, RttEstimate, RttMemory, RttTable, TimeoutSource, TimingBounds, fallback_timeout, group_timeout,
+};
+
+/// A reply reduced to what matching needs, independent of any job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Classified {
+    /// Our address the probe came from.
+    pub local: IpAddr,
+    /// Our source port.
+    pub local_port: u16,
+    /// The probed address.
+    pub remote: IpAddr,
+    /// The probed port.
+    pub remote_port: u16,
+    /// The probe's sequence number as implied by the reply (ack − 1, or the quoted one).
+    pub probe_sequence: u32,
+    /// The state this reply means.
+    pub state: PortState,
+    /// The echoed TCP timestamp of a SYN-ACK (our send time in microseconds).
+    pub timestamp_echo: Option<u32>,
+}
+
+/// Decides what a parsed packet means, before knowing which job it belongs to.
+///
+/// * SYN-ACK → open; RST with ACK → closed; ICMP/ICMPv6 destination unreachable quoting a TCP
+///   segment → filtered (every code: network, host, protocol, port unreachable and the
+///   administratively prohibited ones all mean the port cannot be reached).
+/// * Anything to a port outside our source range, our own outgoing SYNs, or other TCP segments
+///   are not replies: `None`.
+pub fn classify_reply(reply: &ReplyRepr, ports: SourcePortRange) -> Option<Classified> {
+    match reply {
+        ReplyRepr::Tcp(tcp) => {
+            if !ports.contains(tcp.destination_port) {
+                return None;
+            }
+            let state = if tcp.is_syn_ack() {
+                PortState::Open
+            } else if tcp.is_rst() && tcp.flags & synwatch_wire::reply::tcp_flags::ACK != 0 {
+                PortState::Closed
+            } else {
+                return None;
+            };
+            Some(Classified {
+                local: tcp.destination,
+                local_port: tcp.destination_port,
+                remote: tcp.source,
+                remote_port: tcp.source_port,
+                probe_sequence: tcp.acknowledgement.wrapping_sub(1),
+                state,
+                timestamp_echo: if state == PortState::Open { tcp.timestamp_echo } else { None },
+            })
+        }
+        ReplyRepr::Unreachable(icmp) => {
+            if !ports.contains(icmp.probe.source_port) {
+                return None;
+            }
+            Some(Classified {
+                local: icmp.probe.source,
+                local_port: icmp.probe.source_port,
+                remote: icmp.probe.destination,
+                remote_port: icmp.probe.destination_port,
+                probe_sequence: icmp.probe.sequence,
+                state: PortState::Filtered,
+                timestamp_echo: None,
+            })
+        }
+    }
+}
+
+/// The result of offering a classified reply to a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyMatch {
+    /// The (address, port) is not in this job's space, or the local address is not the job's.
+    NotInJob,
+    /// It is in the space but the cookie does not match: forged, stale, or another job's.
+    BadCookie,
+    /// A valid reply; `outcome` says whether it was the first answer for `index`.
+    Matched {
+        /// The probe index.
+        index: u64,
+        /// First answer or duplicate.
+        outcome: RecordOutcome,
+        /// The round trip this reply measured: the caller takes it into the job's estimates
+        /// with [`ReplyMatcher::take_samples`] when it was the first answer (in batches, so
+        /// that the receiver takes no lock per packet).
+        rtt: Duration,
+    },
+}
+
+/// What a job learned about timing, for its summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimingReport {
+    /// The estimate over every sample of the job.
+    pub estimate: Option<RttEstimate>,
+    /// Groups with samples.
+    pub groups_sampled: usize,
+    /// The last round or wait timeout the job used, and where it came from.
+    pub last_timeout: Option<(Duration, TimeoutSource)>,
+}
+
+#[derive(Debug, Default)]
+struct MatcherTiming {
+    table: RttTable,
+    last_timeout: Option<(Duration, TimeoutSource)>,
+}
+
+/// The part of a job shared with the receiver thread.
+#[derive(Debug)]
+pub struct ReplyMatcher {
+    space: Arc<TargetSpace>,
+    cookie_key: CookieKey,
+    sources: [Option<IpAddr>; 2],
+    table: StateTable,
+    /// One bit per host: it answered (SYN-ACK or RST) on some port.
+    hosts_up: Box<[AtomicU64]>,
+    bounds: TimingBounds,
+    timing: Mutex<MatcherTiming>,
+    memory: Arc<RttMemory>,
+}
+
+impl ReplyMatcher {
+    /// The matcher of a job over `space` (built by [`crate::JobCore::with_memory`]).
+    pub(crate) fn new(
+        space: Arc<TargetSpace>,
+        cookie_key: CookieKey,
+        sources: [Option<IpAddr>; 2],
+        bounds: TimingBounds,
+        memory: Arc<RttMemory>,
+    ) -> ReplyMatcher {
+        let table = StateTable::new(space.len());
+        let hosts_up = (0..space.hosts().len().div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
+        ReplyMatcher {
+            space,
+            cookie_key,
+            sources,
+            table,
+            hosts_up,
+            bounds,
+            timing: Mutex::new(MatcherTiming::default()),
+            memory,
+        }
+    }
+
+    /// The job's target space.
+    pub fn space(&self) -> &TargetSpace {
+        &self.space
+    }
+
+    /// The job's state table.
+    pub fn table(&self) -> &StateTable {
+        &self.table
+    }
+
+    /// The cookie key.
+    pub fn cookie_key(&self) -> &CookieKey {
+        &self.cookie_key
+    }
+
+    /// Our source address for a family, if the job has targets of that family.
+    pub fn source_for(&self, ipv6: bool) -> Option<IpAddr> {
+        self.sources[usize::from(ipv6)]
+    }
+
+    /// Validates `reply`, received at `now` (the engine's clock), against this job and records
+    /// its state and its host as up; returns its round trip for [`ReplyMatcher::take_samples`].
+    /// A reply that fails the cookie check touches nothing.
+    #[inline]
+    pub fn offer(&self, reply: &Classified, now: Duration) -> ReplyMatch {
+        if self.source_for(reply.remote.is_ipv6()) != Some(reply.local) {
+            return ReplyMatch::NotInJob;
+        }
+        let Some(index) = self.space.index_of(reply.remote, reply.remote_port) else {
+            return ReplyMatch::NotInJob;
+        };
+        let expected = self.cookie_key.cookie(reply.local, reply.remote, reply.remote_port);
+        if expected.source_port != reply.local_port || !expected.matches_sequence(reply.probe_sequence) {
+            return ReplyMatch::BadCookie;
+        }
+        // The echoed timestamp counts microseconds; the sequence's stamp milliseconds.
+        let rtt = reply
+            .timestamp_echo
+            .map(|echo| (now.as_micros() as u32).wrapping_sub(echo))
+            .filter(|&micros| micros < 60_000_000)
+            .map_or_else(|| stamp_age(reply.probe_sequence, now), |micros| Duration::from_micros(u64::from(micros)));
+        let outcome = self.record(index, reply.remote, reply.state, None);
+        ReplyMatch::Matched { index, outcome, rtt }
+    }
+
+    /// Takes round-trip samples (remote address, round trip) of first answers into the job's
+    /// estimates, under one lock.
+    pub fn take_samples(&self, samples: &[(IpAddr, Duration)]) {
+        if samples.is_empty() {
+            return;
+        }
+        let mut timing = self.timing.lock();
+        for &(remote, rtt) in samples {
+            timing.table.record(remote, rtt, &self.bounds);
+        }
+    }
+
+    /// Records an answer for probe `index` of `remote` (a connect() attempt's, or a validated
+    /// reply's): its state, its host as up (open or closed), and its round trip if given, when
+    /// it is the first answer.
+    pub fn record(&self, index: u64, remote: IpAddr, state: PortState, rtt: Option<Duration>) -> RecordOutcome {
+        let outcome = self.table.record(index, state);
+        if outcome == RecordOutcome::First {
+            if matches!(state, PortState::Open | PortState::Closed) {
+                let host = index / self.space.ports().len() as u64;
+                if let Some(word) = self.hosts_up.get((host / 64) as usize) {
+                    word.fetch_or(1 << (host % 64), Ordering::Relaxed);
+                }
+            }
+            if let Some(rtt) = rtt {
+                self.timing.lock().table.record(remote, rtt, &self.bounds);
+            }
+        }
+        outcome
+    }
+
+    /// Whether the host of probe `index` answered on some port.
+    pub fn host_up(&self, index: u64) -> bool {
+        let host = index / self.space.ports().len() as u64;
+        self.hosts_up
+            .get((host / 64) as usize)
+            .is_some_and(|word| word.load(Ordering::Relaxed) & (1 << (host % 64)) != 0)
+    }
+
+    /// The timing bounds of the job.
+    pub fn bounds(&self) -> &TimingBounds {
+        &self.bounds
+    }
+
+    /// The retry timeout of `address`'s group at `now` (see [`group_timeout`]).
+    pub fn timeout_for(&self, address: IpAddr, now: Duration) -> Duration {
+        let timing = self.timing.lock();
+        group_timeout(&timing.table, &self.memory, GroupKey::of(address), &self.bounds, now).0
+    }
+
+    /// The slowest timeout of `groups` at `now` (with the fallback's when `others`: groups
+    /// beyond the survey's capacity), recorded as the job's last timeout.
+    pub(crate) fn slowest_timeout(
+        &self,
+        groups: &[GroupKey],
+        others: bool,
+        now: Duration,
+    ) -> (Duration, TimeoutSource) {
+        let mut timing = self.timing.lock();
+        let table = &timing.table;
+        let mut slowest = if others || groups.is_empty() {
+            fallback_timeout(table, &self.memory, &self.bounds, now)
+        } else {
+            (Duration::ZERO, TimeoutSource::Group)
+        };
+        for &key in groups {
+            let candidate = group_timeout(table, &self.memory, key, &self.bounds, now);
+            if candidate.0 > slowest.0 {
+                slowest = candidate;
+            }
+        }
+        timing.last_timeout = Some(slowest);
+        slowest
+    }
+
+    /// What the job learned about timing so far.
+    pub fn timing_report(&self) -> TimingReport {
+        let timing = self.timing.lock();
+        TimingReport {
+            estimate: timing.table.job(),
+            groups_sampled: timing.table.groups_sampled(),
+            last_timeout: timing.last_timeout,
+        }
+    }
+
+    /// Hands what the job learned to the engine's memory (at the job's end).
+    pub fn remember(&self, now: Duration) {
+        let timing = self.timing.lock();
+        self.memory.absorb(&timing.table, now);
+    }
+}
