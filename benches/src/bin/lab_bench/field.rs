@@ -56,8 +56,9 @@ fn commands(
         vec![(tools::ToolCommand { argv, output: scan.output.clone(), metadata: None, port: None }, reader)]
     };
     Ok(match tool {
-        // synwatch as its users run it: the default retries, retry gap and wait.
-        "synwatch" | "synwatch-connect" => {
+        // synwatch as its users run it: the default retries, retry gap and wait (learned);
+        // `-fixed`, with the fixed 1 s gap and wait it had before they were learned.
+        "synwatch" | "synwatch-connect" | "synwatch-fixed" | "synwatch-connect-fixed" => {
             let mut argv = strings(&[
                 &synwatch,
                 "scan",
@@ -72,8 +73,11 @@ fn commands(
                 "-o",
                 &scan.output,
             ]);
-            if tool == "synwatch-connect" {
+            if tool.starts_with("synwatch-connect") {
                 argv.extend(strings(&["--mode", "connect"]));
+            }
+            if tool.ends_with("-fixed") {
+                argv.extend(strings(&["--retry-gap", "1s", "--wait", "1s"]));
             }
             single(argv, None)
         }

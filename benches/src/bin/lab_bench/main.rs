@@ -16,6 +16,10 @@
 //! * `growth`: how a scan's cost grows with the work: 1,024, 65,536 and 1,048,576 probes at one
 //!   fixed rate (wall time, CPU, peak RSS, open ports found), synwatch against masscan and zmap.
 //!
+//! * `timing`: the learned retry and wait timing against the fixed one, zmap, masscan and nmap
+//!   (filtered ranges, connect() mode, loss).
+//! * `field`, `field-speed`: the field lab (see `field.rs`).
+//!
 //! Every figure is the median of `--runs` runs (default 3).
 
 use std::net::SocketAddr;
@@ -30,6 +34,7 @@ use synwatch_bench::tools::{self, ExternalTool, SynwatchVariant, ToolScan, ZmapP
 use synwatch_lab::{Lab, LabConfig, runner};
 
 mod field;
+mod timing;
 
 #[derive(Debug, Parser)]
 struct Arguments {
@@ -120,13 +125,17 @@ enum Bench {
         /// The profiles' seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Tools: synwatch, synwatch-connect, zmap, masscan, nmap-ss (`-sS -T4`), nmap-st (`-sT -T4`).
+        /// Tools: synwatch, synwatch-connect, zmap, masscan, nmap-ss (`-sS -T4`), nmap-st (`-sT -T4`);
+        /// synwatch-fixed and synwatch-connect-fixed run synwatch with a fixed 1 s gap and wait.
         #[arg(long, value_delimiter = ',', default_value = field::FIELD_TOOLS)]
         field_tools: Vec<String>,
         /// Write each profile's model and ground truth for the range to DIR/field-PROFILE.jsonl.
         #[arg(long, value_name = "DIR")]
         ground_truth: Option<PathBuf>,
     },
+    /// The learned timing against the fixed one and the anchors (issue 20): a /16 with
+    /// filtered ranges, its /18 in connect() mode, an IPv6 /120 with 10 % loss.
+    Timing,
     /// The field responder's answer rate in `lan`, with synwatch and zmap as the sender.
     FieldSpeed {
         /// Ports per address of 198.18.0.0/16.
@@ -283,6 +292,7 @@ fn main() -> Result<()> {
         Bench::ExporterMemory => exporter_memory(&arguments),
         Bench::ProbeLatency { repetitions, max_rate } => probe_latency(&arguments, repetitions, max_rate),
         Bench::Growth { rate } => growth(&arguments, rate),
+        Bench::Timing => timing::timing_table(&arguments),
         Bench::Field { ref profiles, ref target, ref ports, rate, seed, ref field_tools, ref ground_truth } => {
             let table = field::FieldTable {
                 profiles,
