@@ -137,9 +137,13 @@ impl RttEstimate {
     }
 
     /// Takes one more sample (RFC 6298 2.3: `rttvar = 3/4 rttvar + 1/4 |srtt - R|`, then
-    /// `srtt = 7/8 srtt + 1/8 R`), clamped to `[0, max]` first.
+    /// `srtt = 7/8 srtt + 1/8 R`), clamped first to `[0, max]` and to twice the current
+    /// timeout. The second clamp keeps a rare straggler (a reply seconds late, behind a
+    /// congested middlebox) from multiplying a group's timeout at once, while a real rise of
+    /// the round trip still lifts the ceiling with every sample and is followed within a few
+    /// dozen (a timeout at least doubles per eight samples at the ceiling).
     pub fn update(&mut self, sample: Duration, bounds: &TimingBounds) {
-        let sample = sample.min(bounds.max);
+        let sample = sample.min(bounds.max).min(self.timeout(bounds) * 2);
         let deviation = self.srtt.abs_diff(sample);
         self.rttvar = (self.rttvar * 3 + deviation) / 4;
         self.srtt = (self.srtt * 7 + sample) / 8;
@@ -388,16 +392,41 @@ mod tests {
             estimate.update(ms(50), &BOUNDS);
         }
         let before = estimate;
+        assert_eq!(before.timeout(&BOUNDS), BOUNDS.min);
         estimate.update(Duration::from_secs(3600), &BOUNDS);
-        // Clamped to the 10 s maximum: srtt moves by at most (10 s - 50 ms) / 8.
-        assert!(estimate.srtt <= before.srtt + (BOUNDS.max - ms(50)) / 8 + ms(1), "{estimate:?}");
-        assert!(estimate.timeout(&BOUNDS) <= BOUNDS.max);
+        // Clamped to twice the 100 ms timeout: srtt moves by at most (200 ms - 50 ms) / 8.
+        assert!(estimate.srtt <= before.srtt + (ms(200) - ms(50)) / 8 + ms(1), "{estimate:?}");
+        assert!(estimate.timeout(&BOUNDS) <= ms(300), "{estimate:?}");
         let mut estimate = before;
         estimate.update(Duration::ZERO, &BOUNDS);
         assert!(estimate.srtt >= before.srtt * 7 / 8);
         assert!(estimate.timeout(&BOUNDS) >= BOUNDS.min);
         let first = RttEstimate::first(Duration::from_secs(86_400), &BOUNDS);
         assert_eq!(first.timeout(&BOUNDS), BOUNDS.max);
+    }
+
+    #[test]
+    fn a_real_rise_of_the_round_trip_is_followed_and_a_straggler_is_not() {
+        let mut estimate = RttEstimate::first(ms(100), &BOUNDS);
+        for _ in 0..40 {
+            estimate.update(ms(100), &BOUNDS);
+        }
+        let steady = estimate.timeout(&BOUNDS);
+        // One reply 5 s late: the timeout grows, but by a bounded step, not to seconds.
+        estimate.update(ms(5000), &BOUNDS);
+        assert!(estimate.timeout(&BOUNDS) < steady * 3, "{estimate:?}");
+        for _ in 0..20 {
+            estimate.update(ms(100), &BOUNDS);
+        }
+        assert!(estimate.timeout(&BOUNDS) < steady + ms(20), "it decays back: {estimate:?}");
+        // The path's round trip moves to 2 s for good: followed within a few dozen samples.
+        let mut samples = 0;
+        while estimate.srtt < ms(1900) {
+            estimate.update(ms(2000), &BOUNDS);
+            samples += 1;
+            assert!(samples < 80, "{estimate:?}");
+        }
+        assert!(estimate.timeout(&BOUNDS) >= ms(2000));
     }
 
     #[test]

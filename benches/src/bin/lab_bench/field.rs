@@ -163,6 +163,11 @@ fn run_tool(arguments: &Arguments, lab: &Lab, tool: &str, scan: &ToolScan, probe
             let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
             bail!("{} exited with status {}: {}", command.argv.join(" "), ended.status, stderr.trim());
         }
+        // synwatch says what timing it used: shown beside the table.
+        let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+        if let Some(timing) = stderr.lines().find_map(|line| line.strip_prefix("synwatch timing: ")) {
+            eprintln!("    {tool}: {timing}");
+        }
         let _ = std::fs::remove_file(&stderr_path);
         run.cpu += ended.cpu;
         let text = std::fs::read_to_string(&command.output).unwrap_or_default();
