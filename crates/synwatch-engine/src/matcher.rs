@@ -109,7 +109,7 @@ pub enum ReplyMatch {
 }
 
 /// What a job learned about timing, for its summary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TimingReport {
     /// The estimate over every sample of the job.
     pub estimate: Option<RttEstimate>,
@@ -244,11 +244,6 @@ impl ReplyMatcher {
         self.hosts_up
             .get((host / 64) as usize)
             .is_some_and(|word| word.load(Ordering::Relaxed) & (1 << (host % 64)) != 0)
-    }
-
-    /// The timing bounds of the job.
-    pub fn bounds(&self) -> &TimingBounds {
-        &self.bounds
     }
 
     /// The retry timeout of `address`'s group at `now` (see [`group_timeout`]).

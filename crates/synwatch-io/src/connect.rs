@@ -372,7 +372,7 @@ impl ConnectLoop {
             // Results are recorded on this thread, so once the job is out of the list nothing
             // more can arrive for it and it is reported finished at once.
             if let Some(summary) = self.shared.lane_finished(&state, finished.reason) {
-                state.report_finished(summary);
+                state.report_finished(summary, now);
             }
         }
     }

@@ -167,8 +167,12 @@ impl JobState {
         }
     }
 
-    /// Reports the job finished to its owner.
-    pub(crate) fn report_finished(&self, summary: JobSummary) {
+    /// Reports the job finished to its owner at `now`, once no receiver batch can still be
+    /// taking samples into it: the summary gets the job's timing, and the engine's memory what
+    /// the job learned.
+    pub(crate) fn report_finished(&self, mut summary: JobSummary, now: Duration) {
+        summary.timing = self.matcher.timing_report();
+        self.matcher.remember(now);
         *self.summary.lock() = Some(summary);
         self.finished.notify_all();
     }

@@ -131,7 +131,7 @@ impl SenderLoop {
         let now = self.shared.now();
         self.retire_finished_jobs(now);
         for (state, summary, _) in self.finishing.drain(..) {
-            state.report_finished(summary);
+            state.report_finished(summary, now);
         }
     }
 
@@ -271,7 +271,7 @@ impl SenderLoop {
             if let Some(summary) = self.shared.lane_finished(&state, finished.reason) {
                 let phase = self.shared.receiver_phase.load(Ordering::SeqCst);
                 if phase.is_multiple_of(2) {
-                    state.report_finished(summary);
+                    state.report_finished(summary, now);
                 } else {
                     self.finishing.push((state, summary, phase));
                 }
@@ -282,9 +282,10 @@ impl SenderLoop {
     /// Reports finished jobs once the receiver batch that was running at their removal is over.
     fn report_finished_jobs(&mut self) {
         let phase = self.shared.receiver_phase.load(Ordering::SeqCst);
+        let now = self.shared.now();
         self.finishing.retain(|(state, summary, removed_at)| {
             if phase > *removed_at {
-                state.report_finished(*summary);
+                state.report_finished(*summary, now);
                 false
             } else {
                 true

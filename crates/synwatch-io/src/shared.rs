@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
-use synwatch_engine::{FinishReason, RttMemory, Scheduler, TokenBucket};
+use synwatch_engine::{FinishReason, RttMemory, Scheduler, TimingReport, TokenBucket};
 
 use crate::counters::Counters;
 use crate::job::{JobState, JobSummary, SendSpan};
@@ -90,9 +90,9 @@ impl Shared {
         }
         let (first, last) =
             (state.first_batch_at.load(Ordering::Relaxed), state.first_round_last_batch_at.load(Ordering::Relaxed));
-        state.matcher.remember(self.now());
         Some(JobSummary {
-            timing: state.matcher.timing_report(),
+            // Filled in by `JobState::report_finished`, once the receiver is past the job.
+            timing: TimingReport::default(),
             reason,
             probes_sent: state.probes_sent.load(Ordering::Relaxed),
             duration: state.submitted.elapsed(),
