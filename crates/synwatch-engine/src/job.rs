@@ -9,6 +9,12 @@
 //!   answered on some port (an up host's silence is more likely loss than a filter). After the
 //!   last round it waits for late replies. It ends as soon as every probe has an answer, at its
 //!   deadline, or when cancelled.
+//! * Canaries (see [`crate::evidence`]): from round 1 on, when the walk passes the first open
+//!   port of a host (the lowest scanned port answered SYN-ACK), it sends that host's canaries
+//!   still unanswered, in rounds `1..=retries + 1`, and one round more than the probes' when
+//!   needed. A job is not "all answered" until every host that answered SYN-ACK was sent
+//!   its canaries and they all answered; when only canaries remain, the next round starts at
+//!   once, since a canary's first send waits for nothing.
 //! * [`ReplyMatcher`] (in `matcher.rs`) is the half shared with the receiver thread.
 //!
 //! The time between rounds and the wait at the end are, by default ([`TimeSetting::Auto`]),
@@ -26,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cookie::{CookieKey, ProbeCookie};
+use crate::evidence::{DEFAULT_CANARIES, MAX_CANARIES, canary_ports};
 use crate::matcher::ReplyMatcher;
 use crate::permutation::{Permutation, Shard};
 use crate::table::PortState;
@@ -49,6 +56,9 @@ pub struct JobSettings {
     pub wait: TimeSetting,
     /// The bounds of the learned times.
     pub timing: TimingBounds,
+    /// Canary ports per host that answered SYN-ACK (default 3, at most [`MAX_CANARIES`]; 0
+    /// turns canaries off).
+    pub canaries: u32,
     /// The permutation seed. Shards of one scan must share it.
     pub seed: u64,
     /// Which shard of the permutation this job sends.
@@ -63,6 +73,7 @@ impl Default for JobSettings {
             retry_gap: TimeSetting::Auto,
             wait: TimeSetting::Auto,
             timing: TimingBounds::DEFAULT,
+            canaries: DEFAULT_CANARIES,
             seed: 0,
             shard: Shard::WHOLE,
         }
@@ -136,6 +147,8 @@ struct Survey {
     /// More groups than [`SURVEY_GROUP_CAPACITY`] had unknown probes.
     overflow: bool,
     next_round_has_probes: bool,
+    /// Some host whose first open port this lane walks has a canary without an answer.
+    next_round_has_canaries: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +207,8 @@ pub struct JobCore {
     last_send: Duration,
     /// The survey of the last round's end.
     survey: Survey,
+    /// The host whose canaries are being sent, and the next slot to look at.
+    canary_cursor: Option<(u64, usize)>,
 }
 
 impl JobCore {
@@ -223,8 +238,13 @@ impl JobCore {
         let len = space.len();
         let permutation = Permutation::new(len, settings.seed);
         let shard_size = settings.shard.size(len);
-        let settings = JobSettings { host_up_retries: settings.host_up_retries.min(MAX_HOST_UP_RETRIES), ..settings };
-        let matcher = Arc::new(ReplyMatcher::new(space, cookie_key, sources, settings.timing, memory));
+        let settings = JobSettings {
+            host_up_retries: settings.host_up_retries.min(MAX_HOST_UP_RETRIES),
+            canaries: settings.canaries.min(MAX_CANARIES),
+            ..settings
+        };
+        let canaries = canary_ports(settings.seed, space.ports(), settings.canaries);
+        let matcher = Arc::new(ReplyMatcher::new(space, cookie_key, sources, settings.timing, memory, canaries));
         JobCore {
             matcher,
             permutation,
@@ -239,6 +259,7 @@ impl JobCore {
             probes_sent: 0,
             last_send: Duration::ZERO,
             survey: Survey::default(),
+            canary_cursor: None,
         }
     }
 
@@ -319,7 +340,7 @@ impl JobCore {
         if let Phase::Finished(reason) = self.phase {
             return Some(reason);
         }
-        let reason = if self.outstanding() == 0 {
+        let reason = if self.outstanding() == 0 && self.matcher.evidence().settled() {
             FinishReason::AllAnswered
         } else if self.deadline.is_some_and(|deadline| now >= deadline) {
             FinishReason::DeadlineReached
@@ -349,7 +370,10 @@ impl JobCore {
                     self.phase = self.after_round(now);
                 }
                 Phase::BetweenRounds { mut next_round_at, mut recheck_at } => {
-                    if now >= recheck_at && now < next_round_at {
+                    if self.outstanding() == 0 && !self.matcher.evidence().sent_unanswered() && now < next_round_at {
+                        // Only canaries never sent are left: their first send waits for nothing.
+                        next_round_at = now;
+                    } else if now >= recheck_at && now < next_round_at {
                         next_round_at = self.last_send + self.learned_timeout(now);
                         recheck_at = now + self.recheck_interval();
                         self.phase = Phase::BetweenRounds { next_round_at, recheck_at };
@@ -404,6 +428,33 @@ impl JobCore {
         self.settings.retries + self.settings.host_up_retries
     }
 
+    /// The last round that sends canaries.
+    fn last_canary_round(&self) -> u32 {
+        self.settings.retries + 1
+    }
+
+    /// Whether probe `index` is the first open port of its host: the one whose walk sends the
+    /// host's canaries.
+    fn is_first_open_of_host(&self, index: u64) -> bool {
+        let table = self.matcher.table();
+        if self.matcher.evidence().canary_ports().is_empty() || table.get(index) != PortState::Open {
+            return false;
+        }
+        let ports = self.matcher.space().ports().len() as u64;
+        let first = index - index % ports;
+        (first..index).all(|lower| table.get(lower) != PortState::Open)
+    }
+
+    /// Whether the host of probe `index` has a canary without an answer, and whether it was
+    /// sent canaries before.
+    fn canaries_unanswered(&self, index: u64) -> Option<bool> {
+        let host = index / self.matcher.space().ports().len() as u64;
+        let evidence = self.matcher.evidence();
+        (0..evidence.canary_ports().len())
+            .any(|slot| evidence.canary_state(host, slot) == PortState::Unknown)
+            .then(|| evidence.canaried(host))
+    }
+
     /// Whether round `round` sends probe `index` (round 0 sends every probe).
     fn sends_in_round(&self, round: u32, index: u64) -> bool {
         round == 0
@@ -425,7 +476,9 @@ impl JobCore {
     fn after_round(&mut self, now: Duration) -> Phase {
         let next_round = self.round + 1;
         self.survey = self.survey(next_round);
-        if next_round <= self.last_round() && self.survey.next_round_has_probes {
+        let probes_next = next_round <= self.last_round() && self.survey.next_round_has_probes;
+        let canaries_next = next_round <= self.last_canary_round() && self.survey.next_round_has_canaries;
+        if probes_next || canaries_next {
             return match self.settings.retry_gap {
                 TimeSetting::Fixed(gap) => Phase::BetweenRounds { next_round_at: now + gap, recheck_at: Duration::MAX },
                 TimeSetting::Auto => Phase::BetweenRounds {
@@ -479,6 +532,18 @@ impl JobCore {
         let mut survey = Survey::default();
         for position_in_lane in 0..self.lane_size {
             let index = self.permutation.at(self.lane.position(position_in_lane));
+            if self.is_first_open_of_host(index)
+                && let Some(sent_before) = self.canaries_unanswered(index)
+            {
+                survey.next_round_has_canaries = true;
+                // Canaries sent and unanswered are waited for like the host's own probes.
+                if sent_before
+                    && let Some((address, _)) = self.matcher.space().probe_at(index)
+                    && groups.len() < SURVEY_GROUP_CAPACITY
+                {
+                    groups.insert(GroupKey::of(address));
+                }
+            }
             if self.matcher.table().get(index) != PortState::Unknown {
                 continue;
             }
@@ -501,16 +566,44 @@ impl JobCore {
     /// The next probe of the current round, skipping (in retry rounds) answered ones and, in
     /// the host-up rounds, those of hosts that never answered. The probe is stamped with `now`.
     fn next_probe_of_round(&mut self, now: Duration) -> Option<Probe> {
-        while self.next_in_round < self.lane_size {
+        loop {
+            if let Some(canary) = self.next_canary(now) {
+                return Some(canary);
+            }
+            if self.next_in_round >= self.lane_size {
+                return None;
+            }
             let position = self.lane.position(self.next_in_round);
             self.next_in_round += 1;
             let index = self.permutation.at(position);
-            if !self.sends_in_round(self.round, index) {
+            if (1..=self.last_canary_round()).contains(&self.round) && self.is_first_open_of_host(index) {
+                self.canary_cursor = Some((index / self.matcher.space().ports().len() as u64, 0));
+            }
+            if self.round > self.last_round() || !self.sends_in_round(self.round, index) {
                 continue;
             }
             let (address, port) = self.matcher.space().probe_at(index)?;
             let source = self.matcher.source_for(address.is_ipv6())?;
             let cookie = self.matcher.cookie_key().cookie(source, address, port).stamped(now);
+            return Some(Probe { index, address, port, source, cookie, round: self.round });
+        }
+    }
+
+    /// The next unanswered canary of the host under the canary cursor.
+    fn next_canary(&mut self, now: Duration) -> Option<Probe> {
+        let (host, first_slot) = self.canary_cursor.take()?;
+        let evidence = self.matcher.evidence();
+        for slot in first_slot..evidence.canary_ports().len() {
+            if evidence.canary_state(host, slot) != PortState::Unknown {
+                continue;
+            }
+            let port = evidence.canary_ports()[slot];
+            let address = self.matcher.space().hosts().address_at(host)?;
+            let source = self.matcher.source_for(address.is_ipv6())?;
+            self.canary_cursor = Some((host, slot + 1));
+            evidence.note_canary_sent(host);
+            let cookie = self.matcher.cookie_key().cookie(source, address, port).stamped(now);
+            let index = self.matcher.canary_index(host, slot);
             return Some(Probe { index, address, port, source, cookie, round: self.round });
         }
         None

@@ -13,6 +13,8 @@
 //! * [`table`]: the lock-free per-job state table.
 //! * [`timing`]: round-trip estimates per network group, job and engine, and the timeouts
 //!   they give.
+//! * [`evidence`]: canary ports and SYN-ACK fingerprints, and the verdict on a host that
+//!   answers SYN-ACK everywhere (SYN proxies, tarpits).
 //! * [`job`]: one scan job's schedule (rounds, retries, learned or fixed waits).
 //! * [`matcher`]: reply classification and the job's half shared with the receiver (cookie
 //!   check, state table, hosts seen up, round-trip samples).
@@ -21,6 +23,7 @@
 //!   the simulated network of the tests drive alike.
 
 pub mod cookie;
+pub mod evidence;
 pub mod job;
 pub mod matcher;
 pub mod pacing;
@@ -32,6 +35,10 @@ pub mod targets;
 pub mod timing;
 
 pub use cookie::{CookieKey, ProbeCookie, STAMP_BITS, SourcePortRange, stamp_age};
+pub use evidence::{
+    DEFAULT_CANARIES, EvidenceCounts, EvidenceTable, HostEvidence, MAX_CANARIES, Suspect, SynAckFingerprint,
+    canary_ports, classify_host,
+};
 pub use job::{FinishReason, JobCore, JobSettings, MAX_HOST_UP_RETRIES, NextStep, Probe, first_probe_of_family};
 pub use matcher::{Classified, ReplyMatch, ReplyMatcher, TimingReport, classify_reply};
 pub use pacing::TokenBucket;

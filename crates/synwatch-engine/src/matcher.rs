@@ -5,7 +5,9 @@
 //!   probe index, checks the cookie, records the state in the lock-free [`StateTable`], marks
 //!   the host up, and keeps the job's round-trip estimates ([`RttTable`]): the samples come in
 //!   batches through [`ReplyMatcher::take_samples`], so that the receiver takes no lock per
-//!   packet.
+//!   packet. It also keeps the job's [`EvidenceTable`]: canary answers (probe indices past
+//!   the space, see [`ReplyMatcher::canary_index`]) and SYN-ACK fingerprints, from which
+//!   [`ReplyMatcher::suspects`] draws each host's verdict at the end.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use parking_lot::Mutex;
 use synwatch_wire::ReplyRepr;
 
 use crate::cookie::{CookieKey, SourcePortRange, stamp_age};
+use crate::evidence::{EvidenceTable, HostEvidence, Suspect, SynAckFingerprint, classify_host};
 use crate::table::{PortState, RecordOutcome, StateTable};
 use crate::targets::TargetSpace;
 use crate::timing::{
@@ -39,6 +42,8 @@ pub struct Classified {
     pub state: PortState,
     /// The echoed TCP timestamp of a SYN-ACK (our send time in microseconds).
     pub timestamp_echo: Option<u32>,
+    /// What a SYN-ACK looked like (window, options, TTL).
+    pub fingerprint: Option<SynAckFingerprint>,
 }
 
 /// Decides what a parsed packet means, before knowing which job it belongs to.
@@ -69,6 +74,11 @@ pub fn classify_reply(reply: &ReplyRepr, ports: SourcePortRange) -> Option<Class
                 probe_sequence: tcp.acknowledgement.wrapping_sub(1),
                 state,
                 timestamp_echo: if state == PortState::Open { tcp.timestamp_echo } else { None },
+                fingerprint: (state == PortState::Open).then_some(SynAckFingerprint {
+                    window: tcp.window,
+                    has_options: tcp.has_options,
+                    ttl: tcp.ttl,
+                }),
             })
         }
         ReplyRepr::Unreachable(icmp) => {
@@ -83,6 +93,7 @@ pub fn classify_reply(reply: &ReplyRepr, ports: SourcePortRange) -> Option<Class
                 probe_sequence: icmp.probe.sequence,
                 state: PortState::Filtered,
                 timestamp_echo: None,
+                fingerprint: None,
             })
         }
     }
@@ -97,7 +108,7 @@ pub enum ReplyMatch {
     BadCookie,
     /// A valid reply; `outcome` says whether it was the first answer for `index`.
     Matched {
-        /// The probe index.
+        /// The probe index (past the space's end for a canary: [`ReplyMatcher::is_canary`]).
         index: u64,
         /// First answer or duplicate.
         outcome: RecordOutcome,
@@ -137,6 +148,7 @@ pub struct ReplyMatcher {
     bounds: TimingBounds,
     timing: Mutex<MatcherTiming>,
     memory: Arc<RttMemory>,
+    evidence: EvidenceTable,
 }
 
 impl ReplyMatcher {
@@ -147,8 +159,10 @@ impl ReplyMatcher {
         sources: [Option<IpAddr>; 2],
         bounds: TimingBounds,
         memory: Arc<RttMemory>,
+        canary_ports: Vec<u16>,
     ) -> ReplyMatcher {
         let table = StateTable::new(space.len());
+        let evidence = EvidenceTable::new(space.hosts().len(), canary_ports);
         let hosts_up = (0..space.hosts().len().div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
         ReplyMatcher {
             space,
@@ -159,6 +173,7 @@ impl ReplyMatcher {
             bounds,
             timing: Mutex::new(MatcherTiming::default()),
             memory,
+            evidence,
         }
     }
 
@@ -190,8 +205,12 @@ impl ReplyMatcher {
         if self.source_for(reply.remote.is_ipv6()) != Some(reply.local) {
             return ReplyMatch::NotInJob;
         }
-        let Some(index) = self.space.index_of(reply.remote, reply.remote_port) else {
-            return ReplyMatch::NotInJob;
+        let index = match self.space.index_of(reply.remote, reply.remote_port) {
+            Some(index) => index,
+            None => match self.canary_index_of(reply.remote, reply.remote_port) {
+                Some(index) => index,
+                None => return ReplyMatch::NotInJob,
+            },
         };
         let expected = self.cookie_key.cookie(reply.local, reply.remote, reply.remote_port);
         if expected.source_port != reply.local_port || !expected.matches_sequence(reply.probe_sequence) {
@@ -203,7 +222,11 @@ impl ReplyMatcher {
             .map(|echo| (now.as_micros() as u32).wrapping_sub(echo))
             .filter(|&micros| micros < 60_000_000)
             .map_or_else(|| stamp_age(reply.probe_sequence, now), |micros| Duration::from_micros(u64::from(micros)));
-        let outcome = self.record(index, reply.remote, reply.state, None);
+        let Some(outcome) = self.record_with_fingerprint(index, reply.remote, reply.state, None, reply.fingerprint)
+        else {
+            // A canary answer for a host that was never sent canaries: not evidence.
+            return ReplyMatch::BadCookie;
+        };
         ReplyMatch::Matched { index, outcome, rtt }
     }
 
@@ -222,20 +245,95 @@ impl ReplyMatcher {
     /// Records an answer for probe `index` of `remote` (a connect() attempt's, or a validated
     /// reply's): its state, its host as up (open or closed), and its round trip if given, when
     /// it is the first answer.
+    /// A canary's answer (index past the space) counts as a duplicate when the host was never
+    /// sent canaries.
     pub fn record(&self, index: u64, remote: IpAddr, state: PortState, rtt: Option<Duration>) -> RecordOutcome {
-        let outcome = self.table.record(index, state);
-        if outcome == RecordOutcome::First {
-            if matches!(state, PortState::Open | PortState::Closed) {
-                let host = index / self.space.ports().len() as u64;
-                if let Some(word) = self.hosts_up.get((host / 64) as usize) {
-                    word.fetch_or(1 << (host % 64), Ordering::Relaxed);
+        self.record_with_fingerprint(index, remote, state, rtt, None).unwrap_or(RecordOutcome::Duplicate)
+    }
+
+    fn record_with_fingerprint(
+        &self,
+        index: u64,
+        remote: IpAddr,
+        state: PortState,
+        rtt: Option<Duration>,
+        fingerprint: Option<SynAckFingerprint>,
+    ) -> Option<RecordOutcome> {
+        let ports = self.space.ports().len() as u64;
+        let (host, outcome) = match self.canary_of(index) {
+            Some((host, slot)) => (host, self.evidence.record_canary(host, slot, state, fingerprint)?),
+            None => {
+                let outcome = self.table.record(index, state);
+                if outcome == RecordOutcome::First && state == PortState::Open {
+                    self.evidence.note_open(index / ports, fingerprint);
                 }
+                (index / ports, outcome)
+            }
+        };
+        if outcome == RecordOutcome::First {
+            if matches!(state, PortState::Open | PortState::Closed)
+                && let Some(word) = self.hosts_up.get((host / 64) as usize)
+            {
+                word.fetch_or(1 << (host % 64), Ordering::Relaxed);
             }
             if let Some(rtt) = rtt {
                 self.timing.lock().table.record(remote, rtt, &self.bounds);
             }
         }
-        outcome
+        Some(outcome)
+    }
+
+    /// The job's canary and fingerprint evidence.
+    pub fn evidence(&self) -> &EvidenceTable {
+        &self.evidence
+    }
+
+    /// The probe index of canary `slot` of `host`: past the space, `len + host × canaries +
+    /// slot`.
+    pub fn canary_index(&self, host: u64, slot: usize) -> u64 {
+        self.space.len() + host * self.evidence.canary_ports().len() as u64 + slot as u64
+    }
+
+    /// Whether `index` is a canary's (see [`ReplyMatcher::canary_index`]).
+    pub fn is_canary(&self, index: u64) -> bool {
+        index >= self.space.len()
+    }
+
+    /// The (host, slot) of a canary index.
+    fn canary_of(&self, index: u64) -> Option<(u64, usize)> {
+        let per_host = self.evidence.canary_ports().len() as u64;
+        let offset = index.checked_sub(self.space.len())?;
+        (per_host > 0 && offset / per_host < self.space.hosts().len())
+            .then(|| (offset / per_host, (offset % per_host) as usize))
+    }
+
+    fn canary_index_of(&self, remote: IpAddr, port: u16) -> Option<u64> {
+        let slot = self.evidence.canary_slot(port)?;
+        let host = self.space.hosts().index_of(remote)?;
+        Some(self.canary_index(host, slot))
+    }
+
+    /// Everything known about `host` (its index in the space's hosts).
+    pub fn host_evidence(&self, host: u64) -> HostEvidence {
+        let ports = self.space.ports().len() as u64;
+        let mut evidence = self.evidence.host_evidence(host);
+        for index in host * ports..(host + 1) * ports {
+            match self.table.get(index) {
+                PortState::Open => evidence.ports_open += 1,
+                PortState::Closed => evidence.ports_closed += 1,
+                _ => {}
+            }
+        }
+        evidence
+    }
+
+    /// The hosts whose opens are not trusted, with the reason, in host order: the verdict of
+    /// [`classify_host`] on every host that answered SYN-ACK.
+    pub fn suspects(&self) -> Vec<(u64, Suspect)> {
+        self.evidence
+            .open_hosts()
+            .filter_map(|host| classify_host(&self.host_evidence(host)).map(|reason| (host, reason)))
+            .collect()
     }
 
     /// Whether the host of probe `index` answered on some port.

@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use synwatch_engine::targets::parse_target;
 use synwatch_engine::{
-    Classified, CookieKey, ExclusionPolicy, FinishReason, HostSet, JobCore, JobSettings, NextStep, Permutation,
-    PortSet, PortState, Priority, Probe, RecordOutcome, ReplyMatch, ReplyMatcher, RttMemory, Scheduler, Shard,
-    SourcePortRange, TargetSpace, TimeSetting, TimingBounds, TokenBucket, classify_reply, first_probe_of_family,
+    Classified, CookieKey, EvidenceCounts, ExclusionPolicy, FinishReason, HostSet, JobCore, JobSettings, NextStep,
+    Permutation, PortSet, PortState, Priority, Probe, RecordOutcome, ReplyMatch, ReplyMatcher, RttMemory, Scheduler,
+    Shard, SourcePortRange, Suspect, SynAckFingerprint, TargetSpace, TimeSetting, TimingBounds, TokenBucket,
+    classify_reply, first_probe_of_family,
 };
 use synwatch_wire::{QuotedProbe, ReplyRepr, TcpReply, UnreachableReply};
 
@@ -58,8 +59,21 @@ impl Behaviour {
     }
 }
 
+/// A host that answers SYN-ACK on more than its services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Middlebox {
+    /// A SYN proxy: SYN-ACK for every port, window 0 and no options.
+    Proxy,
+    /// A tarpit: SYN-ACK for every port, a tiny window and an MSS option.
+    Tarpit,
+    /// Not a middlebox: a real host listening on every scanned port and refusing the others.
+    ManyServices,
+}
+
 struct Network {
     rng: Rng,
+    /// Hosts that answer as a [`Middlebox`] instead of by [`Network::behaviour`].
+    middleboxes: Vec<(IpAddr, Middlebox)>,
     loss: f64,
     duplicate: f64,
     base_latency: Duration,
@@ -84,6 +98,7 @@ impl Network {
     fn new(seed: u64, loss: f64, duplicate: f64) -> Network {
         Network {
             rng: Rng(seed | 1),
+            middleboxes: Vec::new(),
             loss,
             duplicate,
             base_latency: Duration::from_micros(300),
@@ -119,6 +134,9 @@ impl Network {
                 acknowledgement: probe.cookie.sequence.wrapping_add(1),
                 flags,
                 timestamp_echo: echo,
+                window: 64240,
+                has_options: true,
+                ttl: 64,
             })
         };
         match Network::behaviour(probe.address, probe.port) {
@@ -140,6 +158,29 @@ impl Network {
         }
     }
 
+    fn middlebox_reply(probe: &Probe, kind: Middlebox, timestamp: u32) -> Option<ReplyRepr> {
+        let scanned = [22, 80, 443, 8080, 8443].contains(&probe.port);
+        let (flags, window, has_options) = match kind {
+            Middlebox::Proxy => (0x12, 0, false),
+            Middlebox::Tarpit => (0x12, 16, true),
+            Middlebox::ManyServices if scanned => (0x12, 64240, true),
+            Middlebox::ManyServices => (0x14, 0, false),
+        };
+        Some(ReplyRepr::Tcp(TcpReply {
+            source: probe.address,
+            destination: probe.source,
+            source_port: probe.port,
+            destination_port: probe.cookie.source_port,
+            sequence: 777,
+            acknowledgement: probe.cookie.sequence.wrapping_add(1),
+            flags,
+            timestamp_echo: (kind == Middlebox::ManyServices && flags == 0x12).then_some(timestamp),
+            window,
+            has_options,
+            ttl: 55,
+        }))
+    }
+
     /// Sends a probe at `now`; returns whether its reply (if any) will arrive.
     fn send(&mut self, probe: &Probe, now: Duration) -> bool {
         if self.rng.chance(self.loss) {
@@ -149,7 +190,12 @@ impl Network {
         if group.is_some_and(|group| self.silent_groups.contains(&group)) {
             return false;
         }
-        let Some(reply) = Network::reply_to(probe, now.as_micros() as u32) else {
+        let middlebox = self.middleboxes.iter().find(|(address, _)| *address == probe.address).map(|&(_, kind)| kind);
+        let reply = match middlebox {
+            Some(kind) => Network::middlebox_reply(probe, kind, now.as_micros() as u32),
+            None => Network::reply_to(probe, now.as_micros() as u32),
+        };
+        let Some(reply) = reply else {
             return false;
         };
         if self.rng.chance(self.loss) {
@@ -194,6 +240,12 @@ fn space(targets: &[&str], ports: &str) -> Arc<TargetSpace> {
 
 fn sources() -> [Option<IpAddr>; 2] {
     [Some(LOCAL_V4.parse().unwrap()), Some(LOCAL_V6.parse().unwrap())]
+}
+
+/// The default settings without canaries: the tests of scheduling count every probe of the
+/// space, and canaries (tested on their own) would add some.
+fn no_canaries() -> JobSettings {
+    JobSettings { canaries: 0, ..JobSettings::default() }
 }
 
 fn job(space: &Arc<TargetSpace>, settings: JobSettings, key: u8) -> JobCore {
@@ -334,7 +386,7 @@ fn assert_matches_ground_truth(matcher: &ReplyMatcher, only_delivered: Option<&H
 #[test]
 fn perfect_network_classifies_every_probe_exactly() {
     let space = space(&["198.18.0.0/24", "2001:2::/120"], "22,80,443,8080");
-    let jobs = vec![job(&space, JobSettings { retries: 2, ..JobSettings::default() }, 1)];
+    let jobs = vec![job(&space, JobSettings { retries: 2, ..no_canaries() }, 1)];
     let mut network = Network::new(1, 0.0, 0.0);
     let log = run(jobs, &mut network, 50_000);
     assert_matches_ground_truth(&log.matchers[0], None);
@@ -356,7 +408,7 @@ fn ends_as_soon_as_everything_answered() {
         retries: 2,
         retry_gap: TimeSetting::Fixed(Duration::from_secs(1)),
         wait: TimeSetting::Fixed(Duration::from_secs(5)),
-        ..JobSettings::default()
+        ..no_canaries()
     };
     let jobs = vec![job(&space, settings, 2)];
     let mut network = Network::new(2, 0.0, 0.0);
@@ -382,7 +434,7 @@ fn space_without_blackholes() -> Arc<TargetSpace> {
 #[test]
 fn with_loss_duplicates_and_reordering_every_delivered_answer_is_right() {
     let space = space(&["198.18.0.0/22"], "22,80,443");
-    let jobs = vec![job(&space, JobSettings { retries: 2, ..JobSettings::default() }, 3)];
+    let jobs = vec![job(&space, JobSettings { retries: 2, ..no_canaries() }, 3)];
     let mut network = Network::new(3, 0.05, 0.1);
     let log = run(jobs, &mut network, 200_000);
     assert_matches_ground_truth(&log.matchers[0], Some(&log.delivered[0]));
@@ -411,7 +463,7 @@ fn forged_stale_and_foreign_replies_are_rejected() {
     let space = space(&["198.18.3.0/28"], "80");
     let jobs = vec![job(
         &space,
-        JobSettings { retries: 0, wait: TimeSetting::Fixed(Duration::from_millis(200)), ..JobSettings::default() },
+        JobSettings { retries: 0, wait: TimeSetting::Fixed(Duration::from_millis(200)), ..no_canaries() },
         4,
     )];
     let mut network = Network::new(4, 1.0, 0.0); // every real probe is lost
@@ -431,6 +483,9 @@ fn forged_stale_and_foreign_replies_are_rejected() {
             acknowledgement,
             flags: 0x12,
             timestamp_echo: None,
+            window: 64240,
+            has_options: true,
+            ttl: 64,
         })
     };
     network.inject(Duration::from_millis(1), forged(stale.source_port, stale.sequence.wrapping_add(1), target));
@@ -445,8 +500,7 @@ fn forged_stale_and_foreign_replies_are_rejected() {
 #[test]
 fn late_replies_within_the_wait_are_counted() {
     let space = space(&["198.18.4.0/26"], "80,443");
-    let settings =
-        JobSettings { retries: 0, wait: TimeSetting::Fixed(Duration::from_millis(500)), ..JobSettings::default() };
+    let settings = JobSettings { retries: 0, wait: TimeSetting::Fixed(Duration::from_millis(500)), ..no_canaries() };
     let jobs = vec![job(&space, settings, 5)];
     let mut network = Network::new(5, 0.0, 0.0);
     network.base_latency = Duration::from_millis(300);
@@ -461,8 +515,7 @@ fn several_jobs_on_one_bucket_each_get_exactly_their_own_results() {
     let first = space(&["198.18.5.0/25"], "80");
     let second = space(&["198.18.5.0/26"], "80,443");
     let third = space(&["2001:2::/122"], "22,80");
-    let settings =
-        JobSettings { retries: 1, wait: TimeSetting::Fixed(Duration::from_millis(300)), ..JobSettings::default() };
+    let settings = JobSettings { retries: 1, wait: TimeSetting::Fixed(Duration::from_millis(300)), ..no_canaries() };
     let jobs = vec![job(&first, settings, 6), job(&second, settings, 7), job(&third, settings, 8)];
     let mut network = Network::new(6, 0.0, 0.0);
     let log = run(jobs, &mut network, 100_000);
@@ -484,7 +537,7 @@ fn shards_together_probe_everything_once() {
             seed: 77,
             shard: Shard { index, count: 3 },
             wait: TimeSetting::Fixed(Duration::from_millis(50)),
-            ..JobSettings::default()
+            ..no_canaries()
         };
         let jobs = vec![job(&space, settings, 9)];
         let mut network = Network::new(9, 0.0, 0.0);
@@ -500,13 +553,12 @@ fn shards_together_probe_everything_once() {
 #[test]
 fn cancel_and_deadline_end_a_job() {
     let space = space(&["198.18.7.0/24"], "80");
-    let mut cancelled = job(&space, JobSettings::default(), 10);
+    let mut cancelled = job(&space, no_canaries(), 10);
     assert!(matches!(cancelled.next_step(Duration::ZERO), NextStep::Send(_)));
     cancelled.cancel();
     assert_eq!(cancelled.next_step(Duration::ZERO), NextStep::Done(FinishReason::Cancelled));
     let key = CookieKey::new([11; 16], SourcePortRange::DEFAULT);
-    let mut bounded =
-        JobCore::new(Arc::clone(&space), JobSettings::default(), key, sources(), Some(Duration::from_secs(2)));
+    let mut bounded = JobCore::new(Arc::clone(&space), no_canaries(), key, sources(), Some(Duration::from_secs(2)));
     while let NextStep::Send(_) = bounded.next_step(Duration::from_secs(1)) {}
     // Nothing answers: the lane re-evaluates its learned gap now and then, and ends at the
     // deadline.
@@ -541,6 +593,9 @@ fn classification_of_each_reply_kind() {
             acknowledgement: 101,
             flags,
             timestamp_echo: Some(7),
+            window: 64240,
+            has_options: true,
+            ttl: 64,
         })
     };
     let open = classify_reply(&tcp(0x12, 40000), ports).unwrap();
@@ -580,7 +635,7 @@ fn shard_indices(space: &TargetSpace, seed: u64, shard: Shard) -> Vec<u64> {
 fn lanes_split_a_shard_into_disjoint_parts_that_share_one_table() {
     let space = space(&["198.18.8.0/23", "2001:2::8:0/120"], "22,80,443");
     let shard = Shard { index: 1, count: 3 };
-    let settings = JobSettings { retries: 2, seed: 5, shard, ..JobSettings::default() };
+    let settings = JobSettings { retries: 2, seed: 5, shard, ..no_canaries() };
     let lanes = job(&space, settings, 12).into_lanes(3);
     assert_eq!(lanes.len(), 3);
     let mut network = Network::new(12, 0.0, 0.0);
@@ -625,7 +680,7 @@ fn lanes_split_a_shard_into_disjoint_parts_that_share_one_table() {
 #[test]
 fn lanes_retry_only_their_own_unanswered_probes() {
     let space = space(&["198.18.10.0/22"], "80,443");
-    let settings = JobSettings { retries: 2, seed: 6, ..JobSettings::default() };
+    let settings = JobSettings { retries: 2, seed: 6, ..no_canaries() };
     let lanes = job(&space, settings, 13).into_lanes(2);
     let mut network = Network::new(13, 0.2, 0.0);
     let log = run(lanes, &mut network, 200_000);
@@ -645,7 +700,7 @@ fn lanes_retry_only_their_own_unanswered_probes() {
 #[test]
 fn lanes_of_a_fully_answering_job_all_end_when_the_last_answer_arrives() {
     let space = space_without_blackholes();
-    let settings = JobSettings { retries: 2, seed: 7, ..JobSettings::default() };
+    let settings = JobSettings { retries: 2, seed: 7, ..no_canaries() };
     let lanes = job(&space, settings, 14).into_lanes(2);
     let mut network = Network::new(14, 0.0, 0.0);
     let log = run(lanes, &mut network, 100_000);
@@ -658,8 +713,7 @@ fn lanes_of_a_fully_answering_job_all_end_when_the_last_answer_arrives() {
 fn an_interactive_job_overtakes_a_background_scan_and_both_are_exact() {
     let background = space(&["198.18.12.0/22"], "22,80,443");
     let interactive = space(&["198.18.13.0/28"], "80,443");
-    let settings =
-        JobSettings { retries: 1, wait: TimeSetting::Fixed(Duration::from_millis(300)), ..JobSettings::default() };
+    let settings = JobSettings { retries: 1, wait: TimeSetting::Fixed(Duration::from_millis(300)), ..no_canaries() };
     let jobs = vec![
         SimulatedJob { core: job(&background, settings, 15), priority: Priority::Background, rate: None },
         SimulatedJob { core: job(&interactive, settings, 16), priority: Priority::Interactive, rate: None },
@@ -679,8 +733,7 @@ fn an_interactive_job_overtakes_a_background_scan_and_both_are_exact() {
 #[test]
 fn a_job_rate_cap_paces_it_under_a_faster_global_cap() {
     let space = space_without_blackholes();
-    let settings =
-        JobSettings { retries: 0, wait: TimeSetting::Fixed(Duration::from_millis(100)), ..JobSettings::default() };
+    let settings = JobSettings { retries: 0, wait: TimeSetting::Fixed(Duration::from_millis(100)), ..no_canaries() };
     let probes = space.len();
     let jobs =
         vec![SimulatedJob { core: job(&space, settings, 17), priority: Priority::Background, rate: Some(2_000) }];
@@ -697,7 +750,7 @@ fn a_job_rate_cap_paces_it_under_a_faster_global_cap() {
 #[test]
 fn probes_deferred_by_full_batches_are_sent_once_and_never_lost() {
     let space = space(&["198.18.14.0/24", "2001:2::14:0/124"], "22,80");
-    let settings = JobSettings { retries: 2, ..JobSettings::default() };
+    let settings = JobSettings { retries: 2, ..no_canaries() };
     let jobs = vec![job(&space, settings, 18).into(), job(&space, settings, 19).into()];
     let mut network = Network::new(18, 0.0, 0.0);
     // Batches of 4 of which 3 fit: every batch defers a probe to the next.
@@ -718,7 +771,7 @@ fn the_first_probe_of_a_family_is_the_one_the_shard_sends_first() {
     let mixed = space(&["198.18.20.0/24", "2001:2::20:0/124"], "22,80");
     for index in 0..3 {
         let shard = Shard { index, count: 3 };
-        let settings = JobSettings { seed: 5, shard, retries: 0, ..JobSettings::default() };
+        let settings = JobSettings { seed: 5, shard, retries: 0, ..no_canaries() };
         let mut core = job(&mixed, settings, 20);
         let mut first_sent = [None, None];
         while let NextStep::Send(probe) = core.next_step(Duration::ZERO) {
@@ -731,7 +784,7 @@ fn the_first_probe_of_a_family_is_the_one_the_shard_sends_first() {
         }
     }
     let v4_only = space(&["198.18.21.0/28"], "80");
-    assert_eq!(first_probe_of_family(&v4_only, &JobSettings::default(), true), None);
+    assert_eq!(first_probe_of_family(&v4_only, &no_canaries(), true), None);
 }
 
 /// Whether probe `index` of `space` is truly open in the simulation.
@@ -745,7 +798,7 @@ fn retries_and_the_end_follow_the_measured_round_trip() {
     // 150 ms each way and back, 2 ms of jitter: the timeout is about 150 ms, not the 1 s a
     // fixed gap used.
     let space = space(&["198.18.30.0/24"], "22,80,443");
-    let settings = JobSettings { retries: 1, host_up_retries: 0, ..JobSettings::default() };
+    let settings = JobSettings { retries: 1, host_up_retries: 0, ..no_canaries() };
     let mut network = Network::new(30, 0.0, 0.0);
     network.base_latency = Duration::from_millis(150);
     network.jitter = Duration::from_millis(2);
@@ -781,7 +834,7 @@ fn a_silent_group_takes_the_jobs_estimate_and_a_slow_group_is_waited_for() {
     // but before the wait that timeout gives is over: the wait, re-evaluated, grows to the slow
     // group's. (A group slower than the whole wait the others give is lost: docs/TUNING.md.)
     let space = space(&["198.18.31.0/24", "198.18.32.0/24", "198.18.33.0/24"], "80,443");
-    let settings = JobSettings { retries: 1, host_up_retries: 0, ..JobSettings::default() };
+    let settings = JobSettings { retries: 1, host_up_retries: 0, ..no_canaries() };
     let mut network = Network::new(31, 0.0, 0.0);
     network.base_latency = Duration::from_millis(5);
     network.jitter = Duration::from_millis(1);
@@ -822,7 +875,7 @@ fn the_next_job_starts_from_what_the_last_one_learned() {
     let key = |byte| CookieKey::new([byte; 16], SourcePortRange::DEFAULT);
     // A first job learns that 198.18.34.0/24 answers in 2 ms.
     let learning = space(&["198.18.34.0/25"], "80");
-    let settings = JobSettings { retries: 2, host_up_retries: 0, ..JobSettings::default() };
+    let settings = JobSettings { retries: 2, host_up_retries: 0, ..no_canaries() };
     let first = JobCore::with_memory(Arc::clone(&learning), settings, key(32), sources(), None, Arc::clone(&memory));
     let mut network = Network::new(32, 0.0, 0.0);
     network.base_latency = Duration::from_millis(2);
@@ -852,7 +905,7 @@ fn the_next_job_starts_from_what_the_last_one_learned() {
 /// a host whose only answering port is the lost one is never seen up, and gets no extra round.
 fn recall_under_loss(loss: f64, host_up_retries: u32, seed: u64) -> (u64, u64, u64) {
     let space = space(&["198.18.40.0/22"], "22,80,443,8080");
-    let settings = JobSettings { retries: 2, host_up_retries, ..JobSettings::default() };
+    let settings = JobSettings { retries: 2, host_up_retries, ..no_canaries() };
     let mut network = Network::new(seed, loss, 0.0);
     network.jitter = Duration::from_millis(5);
     let log = run(vec![job(&space, settings, seed as u8)], &mut network, 200_000);
@@ -891,7 +944,7 @@ fn a_forged_reply_flood_with_absurd_stamps_leaves_the_estimates_alone() {
     // Real answers in 20 ms, and 10,000 forged SYN-ACKs (wrong cookies) claiming to be hours
     // old or from the future.
     let space = space(&["198.18.50.0/26"], "80");
-    let settings = JobSettings { retries: 0, host_up_retries: 0, ..JobSettings::default() };
+    let settings = JobSettings { retries: 0, host_up_retries: 0, ..no_canaries() };
     let mut network = Network::new(50, 0.0, 0.0);
     network.base_latency = Duration::from_millis(20);
     network.jitter = Duration::from_millis(1);
@@ -908,6 +961,9 @@ fn a_forged_reply_flood_with_absurd_stamps_leaves_the_estimates_alone() {
                 acknowledgement: forged.wrapping_mul(2_654_435_761),
                 flags: 0x12,
                 timestamp_echo: Some(forged.wrapping_mul(40_503)),
+                window: 64240,
+                has_options: true,
+                ttl: 64,
             }),
         );
     }
@@ -926,7 +982,7 @@ fn a_settled_lane_ends_its_learned_gap_and_wait_at_once_and_keeps_fixed_ones() {
     // No reply at all: the learned gap would be the initial second; a connect() thread that
     // knows every attempt is over settles the lane instead.
     let space = space(&["198.18.51.0/30"], "80");
-    let settings = JobSettings { retries: 1, host_up_retries: 0, ..JobSettings::default() };
+    let settings = JobSettings { retries: 1, host_up_retries: 0, ..no_canaries() };
     let mut core = job(&space, settings, 51);
     let now = Duration::from_millis(10);
     while let NextStep::Send(_) = core.next_step(now) {}
@@ -948,4 +1004,136 @@ fn a_settled_lane_ends_its_learned_gap_and_wait_at_once_and_keeps_fixed_ones() {
     while let NextStep::Send(_) = core.next_step(now) {}
     assert!(!core.settle(now));
     assert_eq!(core.next_step(now), NextStep::WaitUntil(now + Duration::from_secs(1)));
+}
+
+fn v4(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+/// The hosts a job judged suspect, by address.
+fn suspects_of(matcher: &ReplyMatcher) -> Vec<(IpAddr, Suspect)> {
+    let hosts = matcher.space().hosts();
+    matcher.suspects().into_iter().map(|(host, reason)| (hosts.address_at(host).unwrap(), reason)).collect()
+}
+
+fn middlebox_network(seed: u64, loss: f64, duplicate: f64) -> Network {
+    let mut network = Network::new(seed, loss, duplicate);
+    network.middleboxes = vec![
+        (v4("198.18.60.10"), Middlebox::Proxy),
+        (v4("198.18.60.20"), Middlebox::Tarpit),
+        (v4("198.18.60.30"), Middlebox::ManyServices),
+    ];
+    network
+}
+
+#[test]
+fn canaries_flag_syn_proxies_and_tarpits_and_a_host_with_many_services_stays_clean() {
+    let space = space(&["198.18.60.0/26"], "22,80,443,8080,8443");
+    let log = run(vec![job(&space, JobSettings::default(), 60)], &mut middlebox_network(60, 0.0, 0.0), 50_000);
+    let matcher = &log.matchers[0];
+    assert_eq!(
+        suspects_of(matcher),
+        [(v4("198.18.60.10"), Suspect::Synproxy), (v4("198.18.60.20"), Suspect::AllOpen)],
+        "the proxy by its fingerprint, the tarpit by its canaries; the host with five services is clean"
+    );
+    let evidence = matcher.evidence();
+    assert_eq!(evidence.canary_ports().len(), 3);
+    assert!(evidence.canary_ports().iter().all(|&port| port >= 40_000 && space.ports().index_of(port).is_none()));
+    // Exactly the hosts that answered SYN-ACK got canaries, once each (no loss).
+    let hosts_open = (0..space.hosts().len()).filter(|&host| evidence.host_open(host)).count() as u64;
+    assert!(hosts_open > 3);
+    for host in 0..space.hosts().len() {
+        assert_eq!(evidence.canaried(host), evidence.host_open(host), "host {host}");
+    }
+    let counts = evidence.counts();
+    assert_eq!(counts.hosts_canaried, hosts_open);
+    // Each canary went out once if answered (no loss here), and in each of rounds 1..=3 if not.
+    for host in (0..space.hosts().len()).filter(|&host| evidence.host_open(host)) {
+        for slot in 0..3 {
+            let sends = log.sends_per_index[0].get(&matcher.canary_index(host, slot)).copied().unwrap_or(0);
+            let expected = if evidence.canary_state(host, slot) == PortState::Unknown { 3 } else { 1 };
+            assert_eq!(sends, expected, "host {host} canary {slot}");
+        }
+    }
+    for middlebox in ["198.18.60.10", "198.18.60.20"] {
+        let host = space.hosts().index_of(v4(middlebox)).unwrap();
+        assert_eq!(matcher.host_evidence(host).canaries_open, 3, "{middlebox}");
+    }
+    // This network's ordinary hosts listen on about 2 ports in 11, canaries included: some
+    // canaries of theirs answered SYN-ACK, and none of them was judged suspect for it.
+    assert!(counts.canaries_open > 6);
+    // The host with five services refused its canaries, and its opens are all there.
+    let many = matcher.host_evidence(space.hosts().index_of(v4("198.18.60.30")).unwrap());
+    assert_eq!((many.ports_open, many.canaries_open, many.canaries_closed), (5, 0, 3));
+    // Canaries are sent, but never become results: the table holds the space's probes only, and
+    // every canary send was a probe past the space's end.
+    let canary_sends: u32 =
+        log.sends_per_index[0].iter().filter(|(index, _)| **index >= space.len()).map(|(_, n)| n).sum();
+    assert_eq!(u64::from(canary_sends), counts.canary_probes_sent);
+    assert_eq!(matcher.table().len(), space.len());
+    for (&index, _) in log.sends_per_index[0].iter().filter(|(index, _)| **index >= space.len()) {
+        assert!(matcher.is_canary(index));
+    }
+}
+
+#[test]
+fn canaries_survive_loss_and_duplicates_and_an_answered_job_still_ends_at_once() {
+    let wide = space(&["198.18.60.0/26"], "22,80,443,8080,8443");
+    let log = run(vec![job(&wide, JobSettings::default(), 61)], &mut middlebox_network(61, 0.2, 0.3), 50_000);
+    assert_eq!(
+        suspects_of(&log.matchers[0]),
+        [(v4("198.18.60.10"), Suspect::Synproxy), (v4("198.18.60.20"), Suspect::AllOpen)]
+    );
+    // Only middleboxes and a host with services: every probe and canary is answered, and the
+    // job ends as soon as the last canary is, not after a wait.
+    let small = space(&["198.18.60.10", "198.18.60.20", "198.18.60.30"], "22,80,443,8080,8443");
+    let log = run(vec![job(&small, JobSettings::default(), 62)], &mut middlebox_network(62, 0.0, 0.0), 50_000);
+    assert_eq!(log.reasons[0], Some(FinishReason::AllAnswered));
+    assert_eq!(log.matchers[0].evidence().counts().canaries_closed, 3);
+    assert!(log.finished_at[0] < Duration::from_millis(100), "ended at {:?}", log.finished_at[0]);
+}
+
+#[test]
+fn a_reply_storm_from_a_middlebox_is_counted_and_dropped_and_never_becomes_evidence() {
+    let space = space(&["198.18.61.0/28"], "22,80");
+    let key = CookieKey::new([63; 16], SourcePortRange::DEFAULT);
+    let core = JobCore::new(Arc::clone(&space), JobSettings::default(), key.clone(), sources(), None);
+    let matcher = Arc::clone(core.matcher());
+    let local = v4(LOCAL_V4);
+    let canary = matcher.evidence().canary_ports()[0];
+    let syn_ack = |remote: IpAddr, port: u16, sequence: u32, local_port: u16| Classified {
+        local,
+        local_port,
+        remote,
+        remote_port: port,
+        probe_sequence: sequence,
+        state: PortState::Open,
+        timestamp_echo: None,
+        fingerprint: Some(SynAckFingerprint { window: 0, has_options: false, ttl: 60 }),
+    };
+    let now = Duration::from_millis(5);
+    for round in 0..10_000u32 {
+        let remote = v4(&format!("198.18.61.{}", round % 16));
+        let good = key.cookie(local, remote, canary);
+        // A canary's valid cookie, but canaries were never sent to this host: not evidence.
+        let forged = syn_ack(remote, canary, good.sequence, good.source_port);
+        assert_eq!(matcher.offer(&forged, now), ReplyMatch::BadCookie);
+        // Wrong cookies, and ports never probed.
+        let wrong = syn_ack(remote, canary, good.sequence ^ 0x8000_0000, good.source_port);
+        assert_eq!(matcher.offer(&wrong, now), ReplyMatch::BadCookie);
+        let unprobed = syn_ack(remote, 1 + (round % 30_000) as u16 + 1000, good.sequence, good.source_port);
+        assert_eq!(matcher.offer(&unprobed, now), ReplyMatch::NotInJob);
+    }
+    assert!(matcher.suspects().is_empty());
+    assert_eq!(matcher.evidence().counts(), EvidenceCounts { canary_ports: 3, ..EvidenceCounts::default() });
+    // A valid SYN-ACK then its copies: the first counts, the storm of duplicates does not.
+    let remote = v4("198.18.61.3");
+    let real = key.cookie(local, remote, 22);
+    let reply = syn_ack(remote, 22, real.sequence, real.source_port);
+    assert!(matches!(matcher.offer(&reply, now), ReplyMatch::Matched { outcome: RecordOutcome::First, .. }));
+    for _ in 0..1000 {
+        assert!(matches!(matcher.offer(&reply, now), ReplyMatch::Matched { outcome: RecordOutcome::Duplicate, .. }));
+    }
+    assert_eq!(matcher.table().count(PortState::Open), 1);
+    assert!(matcher.suspects().is_empty(), "one proxied SYN-ACK without a canary is no verdict");
 }

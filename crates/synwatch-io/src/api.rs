@@ -246,6 +246,7 @@ impl Engine {
                 Vec::new()
             },
             woken: AtomicBool::new(false),
+            woken_settled: AtomicBool::new(false),
             attempts_in_flight: AtomicUsize::new(0),
         });
         self.shared.register(&state);

@@ -64,6 +64,8 @@ pub struct Counters {
     pub replies_filtered: AtomicU64,
     /// Valid answers for probes that already had one.
     pub replies_duplicate: AtomicU64,
+    /// First valid answers to canary probes (evidence, not results).
+    pub replies_canary: AtomicU64,
     /// Packets that passed the kernel filter but failed to parse (counted and dropped).
     pub replies_malformed: AtomicU64,
     /// Replies to a job's target whose cookie did not match (forged, stale, another run).
@@ -87,6 +89,7 @@ pub struct CounterSnapshot {
     pub replies_closed: u64,
     pub replies_filtered: u64,
     pub replies_duplicate: u64,
+    pub replies_canary: u64,
     pub replies_malformed: u64,
     pub replies_bad_cookie: u64,
     pub replies_unmatched: u64,
@@ -112,6 +115,7 @@ impl Counters {
             replies_closed: read(&self.replies_closed),
             replies_filtered: read(&self.replies_filtered),
             replies_duplicate: read(&self.replies_duplicate),
+            replies_canary: read(&self.replies_canary),
             replies_malformed: read(&self.replies_malformed),
             replies_bad_cookie: read(&self.replies_bad_cookie),
             replies_unmatched: read(&self.replies_unmatched),

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 use synwatch_engine::{
-    FinishReason, JobCore, JobSettings, LaneProgress, Permutation, PortState, Priority, ReplyMatcher, StateTable,
-    TargetSpace, TimingReport,
+    EvidenceCounts, FinishReason, JobCore, JobSettings, LaneProgress, Permutation, PortState, Priority, ReplyMatcher,
+    StateTable, Suspect, TargetSpace, TimingReport,
 };
 
 use crate::counters::Counters;
@@ -45,6 +45,10 @@ pub struct JobSummary {
     pub first_round: SendSpan,
     /// The round trips the job measured and the last timeout it used.
     pub timing: TimingReport,
+    /// Its canaries in figures.
+    pub evidence: EvidenceCounts,
+    /// Hosts judged suspect, per reason in [`Suspect::ALL`]'s order.
+    pub hosts_suspect: [u64; 2],
 }
 
 /// The probes of a job's first round (every probe once) and the time from the first of them
@@ -122,6 +126,8 @@ pub(crate) struct JobState {
     /// sender's next poll.
     pub(crate) wakers: Vec<Sender<Control>>,
     pub(crate) woken: AtomicBool,
+    /// Woken again once the canaries of an answered job are answered too.
+    pub(crate) woken_settled: AtomicBool,
     /// connect() attempts of the job still open, over all its lanes.
     pub(crate) attempts_in_flight: AtomicUsize,
 }
@@ -146,21 +152,30 @@ impl JobState {
 
     /// Counts a probe's first answer, already recorded in the job's table, streams it to the
     /// owner when asked, and wakes the job's sender threads when it was the last one missing.
+    /// A canary's answer is evidence, not a result: it is counted apart and not streamed.
     pub(crate) fn first_answer(&self, counters: &Counters, result: ProbeResult) {
+        let canary = self.matcher.is_canary(result.index);
         let counter = match result.state {
+            _ if canary => &counters.replies_canary,
             PortState::Open => &counters.replies_open,
             PortState::Closed => &counters.replies_closed,
             _ => &counters.replies_filtered,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        // Only SYN jobs have sender threads to wake (a connect() thread records its own answers).
-        if !self.wakers.is_empty()
-            && self.matcher.table().answered() >= self.shard_size
-            && !self.woken.swap(true, Ordering::AcqRel)
-        {
-            for waker in &self.wakers {
-                let _ = waker.try_send(Control::Wake);
+        // Only SYN jobs have sender threads to wake (a connect() thread records its own answers):
+        // when the last probe is answered (the canaries of its open hosts are sent at once
+        // then), and when the last canary is.
+        if !self.wakers.is_empty() && self.matcher.table().answered() >= self.shard_size {
+            let settled = self.matcher.evidence().settled();
+            if !self.woken.swap(true, Ordering::AcqRel) | (settled && !self.woken_settled.swap(true, Ordering::AcqRel))
+            {
+                for waker in &self.wakers {
+                    let _ = waker.try_send(Control::Wake);
+                }
             }
+        }
+        if canary {
+            return;
         }
         if let Some(results) = &self.results {
             let _ = results.send(result);
@@ -172,6 +187,10 @@ impl JobState {
     /// the job learned.
     pub(crate) fn report_finished(&self, mut summary: JobSummary, now: Duration) {
         summary.timing = self.matcher.timing_report();
+        summary.evidence = self.matcher.evidence().counts();
+        for (_, reason) in self.matcher.suspects() {
+            summary.hosts_suspect[Suspect::ALL.iter().position(|&known| known == reason).unwrap_or(0)] += 1;
+        }
         self.matcher.remember(now);
         *self.summary.lock() = Some(summary);
         self.finished.notify_all();
@@ -287,6 +306,18 @@ impl JobHandle {
                 .map(move |k| permutation.at(shard.position(k)))
                 .filter(move |&index| table.get(index) == PortState::Unknown),
         )
+    }
+
+    /// The hosts whose open ports are not trusted, with the reason, in host order (see
+    /// [`synwatch_engine::classify_host`]). Final once the job has ended.
+    pub fn suspects(&self) -> Vec<(IpAddr, Suspect)> {
+        let hosts = self.space().hosts();
+        self.state
+            .matcher
+            .suspects()
+            .into_iter()
+            .filter_map(|(host, reason)| Some((hosts.address_at(host)?, reason)))
+            .collect()
     }
 
     /// The job's state table.

@@ -93,6 +93,8 @@ impl Shared {
         Some(JobSummary {
             // Filled in by `JobState::report_finished`, once the receiver is past the job.
             timing: TimingReport::default(),
+            evidence: Default::default(),
+            hosts_suspect: [0; 2],
             reason,
             probes_sent: state.probes_sent.load(Ordering::Relaxed),
             duration: state.submitted.elapsed(),

@@ -70,6 +70,12 @@ pub struct TcpReply {
     pub flags: u8,
     /// The TSecr of a timestamp option, when present: our probe's send time echoed.
     pub timestamp_echo: Option<u32>,
+    /// The advertised receive window.
+    pub window: u16,
+    /// Whether the segment carries any option other than padding (end of list, no-op).
+    pub has_options: bool,
+    /// The IPv4 TTL or IPv6 hop limit it arrived with.
+    pub ttl: u8,
 }
 
 impl TcpReply {
@@ -128,7 +134,7 @@ pub fn parse_reply(packet: &[u8]) -> Result<ReplyRepr, ParseError> {
         4 => {
             let ip = parse_ipv4_header(packet)?;
             match ip.protocol {
-                PROTOCOL_TCP => parse_tcp(ip.source, ip.destination, ip.payload).map(ReplyRepr::Tcp),
+                PROTOCOL_TCP => parse_tcp(&ip).map(ReplyRepr::Tcp),
                 PROTOCOL_ICMP => parse_icmpv4(ip.source, ip.payload),
                 _ => Err(ParseError::NotRelevant),
             }
@@ -136,7 +142,7 @@ pub fn parse_reply(packet: &[u8]) -> Result<ReplyRepr, ParseError> {
         6 => {
             let ip = parse_ipv6_header(packet)?;
             match ip.protocol {
-                PROTOCOL_TCP => parse_tcp(ip.source, ip.destination, ip.payload).map(ReplyRepr::Tcp),
+                PROTOCOL_TCP => parse_tcp(&ip).map(ReplyRepr::Tcp),
                 PROTOCOL_ICMPV6 => parse_icmpv6(ip.source, ip.payload),
                 _ => Err(ParseError::NotRelevant),
             }
@@ -150,6 +156,7 @@ struct IpHeader<'a> {
     source: IpAddr,
     destination: IpAddr,
     protocol: u8,
+    ttl: u8,
     payload: &'a [u8],
 }
 
@@ -172,6 +179,7 @@ fn parse_ipv4_header(packet: &[u8]) -> Result<IpHeader<'_>, ParseError> {
         source: IpAddr::V4(view.get_source()),
         destination: IpAddr::V4(view.get_destination()),
         protocol: view.get_next_level_protocol().0,
+        ttl: view.get_ttl(),
         payload: &packet[header_len..total_len],
     })
 }
@@ -188,7 +196,7 @@ fn parse_ipv6_header(packet: &[u8]) -> Result<IpHeader<'_>, ParseError> {
     let source = IpAddr::V6(view.get_source());
     let destination = IpAddr::V6(view.get_destination());
     let (protocol, offset) = skip_ipv6_extensions(packet, view.get_next_header().0, 40, end)?;
-    Ok(IpHeader { source, destination, protocol, payload: &packet[offset..end] })
+    Ok(IpHeader { source, destination, protocol, ttl: view.get_hop_limit(), payload: &packet[offset..end] })
 }
 
 /// Skips IPv6 extension headers starting at `offset`; returns the upper-layer protocol and
@@ -231,7 +239,8 @@ fn skip_ipv6_extensions(
 }
 
 /// Parses a TCP header including its options.
-fn parse_tcp(source: IpAddr, destination: IpAddr, bytes: &[u8]) -> Result<TcpReply, ParseError> {
+fn parse_tcp(ip: &IpHeader<'_>) -> Result<TcpReply, ParseError> {
+    let bytes = ip.payload;
     let view = TcpPacket::new(bytes).ok_or(ParseError::Truncated)?;
     let header_len = usize::from(view.get_data_offset()) * 4;
     if header_len < 20 {
@@ -239,14 +248,17 @@ fn parse_tcp(source: IpAddr, destination: IpAddr, bytes: &[u8]) -> Result<TcpRep
     }
     let options = bytes.get(20..header_len).ok_or(ParseError::Truncated)?;
     Ok(TcpReply {
-        source,
-        destination,
+        source: ip.source,
+        destination: ip.destination,
         source_port: view.get_source(),
         destination_port: view.get_destination(),
         sequence: view.get_sequence(),
         acknowledgement: view.get_acknowledgement(),
         flags: view.get_flags(),
         timestamp_echo: find_timestamp_echo(options),
+        window: view.get_window(),
+        has_options: options.iter().find(|&&kind| kind != 1).is_some_and(|&kind| kind != 0),
+        ttl: ip.ttl,
     })
 }
 

@@ -81,6 +81,27 @@ fn ipv4_syn_ack_parses_with_timestamp_echo() {
     assert_eq!((tcp.source_port, tcp.destination_port), (80, 40000));
     assert_eq!(tcp.acknowledgement, 0x1122_3345);
     assert_eq!(tcp.timestamp_echo, Some(0x0102_0304));
+    assert_eq!((tcp.window, tcp.has_options, tcp.ttl), (0xfaf0, true, 64));
+}
+
+#[test]
+fn syn_ack_fingerprint_fields_window_options_and_ttl() {
+    // The RST fixture turned into a SYN-ACK: window 0 and no options, as SYN proxies answer.
+    let mut bare = fixtures::RST_V4;
+    bare[33] = 0x12;
+    bare[8] = 250;
+    let ReplyRepr::Tcp(tcp) = parse_reply(&bare).unwrap() else { panic!() };
+    assert!(tcp.is_syn_ack());
+    assert_eq!((tcp.window, tcp.has_options, tcp.ttl), (0, false, 250));
+    // Options that are only padding (no-ops, then the end of the list) are no options.
+    let mut padded = fixtures::SYN_ACK_V4;
+    padded[40..60].copy_from_slice(&[1, 1, 1, 1, 0, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]);
+    let ReplyRepr::Tcp(tcp) = parse_reply(&padded).unwrap() else { panic!() };
+    assert!(!tcp.has_options);
+    assert_eq!(tcp.timestamp_echo, None);
+    padded[44] = 2;
+    let ReplyRepr::Tcp(tcp) = parse_reply(&padded).unwrap() else { panic!() };
+    assert!(tcp.has_options);
 }
 
 #[test]
@@ -99,6 +120,7 @@ fn ipv6_syn_ack_and_rst_parse() {
     assert!(syn_ack.is_syn_ack());
     assert_eq!(syn_ack.source, ip("2001:db8::1"));
     assert_eq!(syn_ack.timestamp_echo, Some(0x0102_0304));
+    assert!(syn_ack.has_options && syn_ack.window != 0);
     let ReplyRepr::Tcp(rst) = parse_reply(&fixtures::RST_V6).unwrap() else { panic!() };
     assert!(rst.is_rst());
     assert_eq!(rst.source_port, 444);

@@ -1,6 +1,7 @@
 //! `synwatch scan`: parse the command line into a job, run it on a fresh engine, stream the
 //! results, print a summary.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::net::IpAddr;
@@ -11,7 +12,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use synwatch_engine::targets::{AddressRange, parse_target, parse_target_list};
 use synwatch_engine::{
-    ExclusionPolicy, HostSet, JobSettings, PortSet, PortState, Shard, TargetSpace, TimeSetting, TimingBounds,
+    ExclusionPolicy, HostSet, JobSettings, PortSet, PortState, Shard, Suspect, TargetSpace, TimeSetting, TimingBounds,
     TimingReport,
 };
 use synwatch_io::{Engine, EngineConfig, JobRequest, Mode, TransmitChoice};
@@ -55,6 +56,10 @@ pub struct ScanArgs {
     /// The longest learned timeout (nmap's --max-rtt-timeout).
     #[arg(long, default_value = "10s", value_parser = crate::durations::parse_positive_duration)]
     max_rtt_timeout: Duration,
+    /// Canary ports per host that answered SYN-ACK (0 to 8; 0 turns them off): high ports no
+    /// real service listens on, whose SYN-ACKs show a SYN proxy or tarpit.
+    #[arg(long, default_value_t = synwatch_engine::DEFAULT_CANARIES, value_parser = clap::value_parser!(u32).range(0..=8))]
+    canaries: u32,
     /// The longest automatic wait after the last probe.
     #[arg(long, default_value = "10s", value_parser = crate::durations::parse_positive_duration)]
     max_wait: Duration,
@@ -240,6 +245,7 @@ fn build_job(args: &ScanArgs) -> Result<(Arc<TargetSpace>, JobSettings)> {
         retry_gap: args.retry_gap,
         wait: args.wait,
         timing,
+        canaries: args.canaries,
         seed,
         shard,
     };
@@ -276,13 +282,21 @@ pub fn run(args: ScanArgs) -> Result<()> {
     }
     let progress = progress_bar(&args, job.progress().total);
     let results = job.results().expect("results were requested");
+    // Opens wait for the end of the job: whether their host is suspect is known only then.
+    let mut opens = Vec::new();
+    let mut take = |result: synwatch_io::ProbeResult, writer: &mut Writer<_>| -> io::Result<()> {
+        if result.state == PortState::Open {
+            opens.push(result);
+        } else if filter.wants(result.state) {
+            writer.write(result.address, result.port, result.state.name(), result.rtt)?;
+        }
+        Ok(())
+    };
     loop {
         // Results are drained in batches and the wait is on the job's end, not on the channel:
         // blocking on the channel would make the engine wake this thread once per result.
         for result in results.try_iter() {
-            if filter.wants(result.state) {
-                writer.write(result.address, result.port, result.state.name(), result.rtt)?;
-            }
+            take(result, &mut writer)?;
         }
         if job.wait_timeout(Duration::from_millis(50)).is_some() {
             break;
@@ -295,8 +309,14 @@ pub fn run(args: ScanArgs) -> Result<()> {
     }
     let summary = job.wait();
     while let Ok(result) = results.try_recv() {
-        if filter.wants(result.state) {
-            writer.write(result.address, result.port, result.state.name(), result.rtt)?;
+        take(result, &mut writer)?;
+    }
+    let suspects: HashMap<IpAddr, Suspect> = job.suspects().into_iter().collect();
+    if filter.open {
+        opens.sort_by_key(|result| result.index);
+        for result in &opens {
+            let suspect = suspects.get(&result.address).map(|reason| reason.name());
+            writer.write_suspect(result.address, result.port, "open", result.rtt, suspect)?;
         }
     }
     if filter.filtered {
@@ -330,6 +350,21 @@ pub fn run(args: ScanArgs) -> Result<()> {
         summary.reason,
     );
     eprintln!("synwatch timing: {}", describe_timing(&settings, &summary.timing));
+    let evidence = summary.evidence;
+    let suspect_opens = opens.iter().filter(|result| suspects.contains_key(&result.address)).count();
+    eprintln!(
+        "synwatch evidence: {} canary ports to {} hosts, {} canary probes ({} answered open, {} closed); {} hosts suspect ({} all_open, {} synproxy) with {} of the {} opens",
+        evidence.canary_ports,
+        evidence.hosts_canaried,
+        evidence.canary_probes_sent,
+        evidence.canaries_open,
+        evidence.canaries_closed,
+        suspects.len(),
+        summary.hosts_suspect[0],
+        summary.hosts_suspect[1],
+        suspect_opens,
+        opens.len(),
+    );
     Ok(())
 }
 
