@@ -75,9 +75,14 @@ pub fn evaluate(expect: &Expectation, results: &ScanResults, limit: usize) -> Po
             ExpectHosts::All => true,
             ExpectHosts::Responding => results.host_responded(host),
         };
+        // A suspect host's SYN-ACKs say nothing about its services: neither a violation nor
+        // an expected port present.
+        let suspect = !results.suspects().is_empty()
+            && space.hosts().address_at(host).is_some_and(|address| results.suspect_of(address).is_some());
         for (slot, &port) in ports.iter().enumerate() {
             let kind = match results.get(host * port_count + slot as u64) {
                 PortState::Unknown => continue,
+                PortState::Open if suspect => continue,
                 PortState::Open => {
                     let allowed = expect.open.as_ref().is_none_or(|open| open.index_of(port).is_some());
                     if allowed && !listed(&expect.closed, port) {

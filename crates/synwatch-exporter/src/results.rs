@@ -7,11 +7,16 @@
 //! comparison stays index to index and ports that left the config vanish with their series.
 //! A probe whose state is unknown (a port new to the config, not yet scanned) has no series and
 //! takes part in no change.
+//!
+//! Results also name the hosts the engine judged suspect (a SYN proxy or a host that answers
+//! SYN-ACK everywhere, see `synwatch_engine::evidence`). A suspect host's SYN-ACKs are counted
+//! as `suspect`, not `open`, and take part in no change either way: what is behind a proxy is
+//! not known. A host turning suspect is a change of its own ([`Changes::turned_suspect`]).
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use synwatch_engine::{PortState, TargetSpace};
+use synwatch_engine::{PortState, Suspect, TargetSpace};
 
 /// The states of one scan, indexed like its [`TargetSpace`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,13 +25,17 @@ pub struct ScanResults {
     packed: Vec<u8>,
     counts: StateCounts,
     hosts_responding: u64,
+    /// Hosts judged suspect, sorted by address.
+    suspects: Vec<(IpAddr, Suspect)>,
 }
 
 /// How many probes are in each state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StateCounts {
-    /// Answered with SYN-ACK.
+    /// Answered with SYN-ACK, by a host not judged suspect.
     pub open: u64,
+    /// Answered with SYN-ACK by a suspect host.
+    pub suspect: u64,
     /// Answered with RST.
     pub closed: u64,
     /// Answered with ICMP unreachable, or not at all.
@@ -40,8 +49,10 @@ pub struct StateCounts {
 pub struct Endpoints {
     /// Hosts that answered at least one probe with SYN-ACK or RST.
     pub responding: Vec<IpAddr>,
-    /// (address, port) answered with SYN-ACK.
+    /// (address, port) answered with SYN-ACK, suspect hosts left out.
     pub open: Vec<(IpAddr, u16)>,
+    /// (address, port, reason) answered with SYN-ACK by a suspect host.
+    pub suspect: Vec<(IpAddr, u16, Suspect)>,
 }
 
 /// What changed between two scans of one target.
@@ -51,6 +62,8 @@ pub struct Changes {
     pub opened: u64,
     /// Open before, known and not open now.
     pub closed: u64,
+    /// Hosts suspect now that were not in the previous results.
+    pub turned_suspect: u64,
 }
 
 fn code(state: PortState) -> u8 {
@@ -82,9 +95,49 @@ impl ScanResults {
         if packed.len() as u64 != space.len().div_ceil(4) {
             return None;
         }
-        let mut results = ScanResults { space, packed, counts: StateCounts::default(), hosts_responding: 0 };
+        let mut results =
+            ScanResults { space, packed, counts: StateCounts::default(), hosts_responding: 0, suspects: Vec::new() };
         results.recount();
         Some(results)
+    }
+
+    /// The same results with these hosts judged suspect (hosts outside the space are left out).
+    pub fn with_suspects(mut self, mut suspects: Vec<(IpAddr, Suspect)>) -> ScanResults {
+        suspects.retain(|(address, _)| self.space.hosts().index_of(*address).is_some());
+        suspects.sort();
+        suspects.dedup_by_key(|(address, _)| *address);
+        self.suspects = suspects;
+        self.recount();
+        self
+    }
+
+    /// The hosts judged suspect, sorted by address.
+    pub fn suspects(&self) -> &[(IpAddr, Suspect)] {
+        &self.suspects
+    }
+
+    /// Why `address`'s SYN-ACKs are not trusted, if they are not.
+    pub fn suspect_of(&self, address: IpAddr) -> Option<Suspect> {
+        self.suspects
+            .binary_search_by_key(&address, |(suspect, _)| *suspect)
+            .ok()
+            .map(|position| self.suspects[position].1)
+    }
+
+    /// Suspect hosts per reason, in [`Suspect::ALL`]'s order.
+    pub fn hosts_suspect(&self) -> [u64; 2] {
+        let mut counts = [0; 2];
+        for (_, reason) in &self.suspects {
+            counts[Suspect::ALL.iter().position(|known| known == reason).unwrap_or(0)] += 1;
+        }
+        counts
+    }
+
+    /// Whether probe `index` is a SYN-ACK of a suspect host.
+    fn is_suspect_open(&self, index: u64) -> bool {
+        !self.suspects.is_empty()
+            && self.get(index) == PortState::Open
+            && self.space.probe_at(index).is_some_and(|(address, _)| self.suspect_of(address).is_some())
     }
 
     fn recount(&mut self) {
@@ -93,8 +146,14 @@ impl ScanResults {
         let ports = self.space.ports().len() as u64;
         for host in 0..self.space.hosts().len() {
             let mut responded = false;
+            let suspect = !self.suspects.is_empty()
+                && self.space.hosts().address_at(host).is_some_and(|address| self.suspect_of(address).is_some());
             for index in host * ports..(host + 1) * ports {
                 match self.get(index) {
+                    PortState::Open if suspect => {
+                        counts.suspect += 1;
+                        responded = true;
+                    }
                     PortState::Open => {
                         counts.open += 1;
                         responded = true;
@@ -154,15 +213,24 @@ impl ScanResults {
             };
             old.index_of(address, port).map_or(PortState::Unknown, |old_index| self.get(old_index))
         })
+        .with_suspects(self.suspects.clone())
     }
 
     /// Changes from `previous` (which must be over the same space, see [`ScanResults::project`])
-    /// to these results. Probes unknown on either side do not count.
+    /// to these results. Probes unknown on either side, and SYN-ACKs of suspect hosts on either
+    /// side, do not count.
     pub fn changes_since(&self, previous: &ScanResults) -> Changes {
-        let mut changes = Changes::default();
         if *previous.space != *self.space {
             return self.changes_since(&previous.project(Arc::clone(&self.space)));
         }
+        let mut changes = Changes {
+            turned_suspect: self
+                .suspects
+                .iter()
+                .filter(|(address, _)| previous.suspect_of(*address).is_none())
+                .count() as u64,
+            ..Changes::default()
+        };
         // Whole bytes whose four states did not change are skipped without decoding.
         for (byte_index, (&now, &before)) in self.packed.iter().zip(&previous.packed).enumerate() {
             if now == before {
@@ -171,7 +239,11 @@ impl ScanResults {
             for slot in 0..4 {
                 let index = byte_index as u64 * 4 + slot;
                 let (before, now) = (previous.get(index), self.get(index));
-                if before == PortState::Unknown || now == PortState::Unknown {
+                if before == PortState::Unknown
+                    || now == PortState::Unknown
+                    || previous.is_suspect_open(index)
+                    || self.is_suspect_open(index)
+                {
                     continue;
                 }
                 match (before == PortState::Open, now == PortState::Open) {
@@ -199,11 +271,15 @@ impl ScanResults {
         for host in 0..self.space.hosts().len() {
             let Some(address) = self.space.hosts().address_at(host) else { break };
             let mut responded = false;
+            let suspect = self.suspect_of(address);
             for (slot, &port) in ports.iter().enumerate() {
                 match self.get(host * ports.len() as u64 + slot as u64) {
                     PortState::Open => {
                         responded = true;
-                        endpoints.open.push((address, port));
+                        match suspect {
+                            Some(reason) => endpoints.suspect.push((address, port, reason)),
+                            None => endpoints.open.push((address, port)),
+                        }
                     }
                     PortState::Closed => responded = true,
                     PortState::Filtered | PortState::Unknown => {}
@@ -262,7 +338,7 @@ mod tests {
     fn counts_and_hosts_responding_follow_the_states() {
         let space = space(&["192.0.2.0/30"], "80,81,443");
         let scan = results(&space, &[("192.0.2.1", 80), ("192.0.2.1", 443), ("192.0.2.3", 443)]);
-        assert_eq!(scan.counts(), StateCounts { open: 3, closed: 5, filtered: 4, unknown: 0 });
+        assert_eq!(scan.counts(), StateCounts { open: 3, suspect: 0, closed: 5, filtered: 4, unknown: 0 });
         assert_eq!(scan.hosts_responding(), 4);
         let endpoints = scan.endpoints();
         assert_eq!(endpoints.responding.len(), 4);
@@ -279,8 +355,37 @@ mod tests {
         let space = space(&["192.0.2.0/30"], "80,81,443");
         let before = results(&space, &[("192.0.2.1", 80), ("192.0.2.2", 443)]);
         let after = results(&space, &[("192.0.2.1", 80), ("192.0.2.3", 443), ("192.0.2.0", 80)]);
-        assert_eq!(after.changes_since(&before), Changes { opened: 2, closed: 1 });
+        assert_eq!(after.changes_since(&before), Changes { opened: 2, closed: 1, turned_suspect: 0 });
         assert_eq!(after.changes_since(&after), Changes::default());
+    }
+
+    #[test]
+    fn a_host_turning_suspect_is_its_own_change_and_its_ports_count_no_open_and_no_close() {
+        let whole = space(&["192.0.2.0/30"], "80,81,443");
+        let kept = space(&["192.0.2.2"], "80");
+        let space = &whole;
+        let before = results(&space, &[("192.0.2.1", 80), ("192.0.2.2", 443)]);
+        // 192.0.2.2 turns into a SYN proxy: SYN-ACK on 80 and 443 (81 stays filtered).
+        let proxied = results(&space, &[("192.0.2.1", 80), ("192.0.2.2", 80), ("192.0.2.2", 443)]);
+        let after = proxied.clone().with_suspects(vec![("192.0.2.2".parse().unwrap(), Suspect::Synproxy)]);
+        assert_eq!(after.counts(), StateCounts { open: 1, suspect: 2, closed: 5, filtered: 4, unknown: 0 });
+        assert_eq!(after.hosts_suspect(), [0, 1]);
+        assert_eq!(after.changes_since(&before), Changes { opened: 0, closed: 0, turned_suspect: 1 });
+        // Without the verdict, its new SYN-ACK would have been an "opened" change.
+        assert_eq!(proxied.changes_since(&before).opened, 1);
+        // Staying suspect is no new change; the proxy leaving is none either (nothing was known).
+        assert_eq!(after.changes_since(&after), Changes::default());
+        assert_eq!(before.changes_since(&after), Changes::default());
+        let endpoints = after.endpoints();
+        assert_eq!(endpoints.open, [("192.0.2.1".parse().unwrap(), 80)]);
+        assert_eq!(endpoints.suspect.len(), 2);
+        assert_eq!(endpoints.responding.len(), 4);
+        // The verdict survives projection onto a space that keeps the host, and a foreign host
+        // is left out.
+        let projected = after.project(kept);
+        assert_eq!(projected.suspects().len(), 1);
+        let foreign = proxied.with_suspects(vec![("198.51.100.1".parse().unwrap(), Suspect::AllOpen)]);
+        assert!(foreign.suspects().is_empty());
     }
 
     #[test]
@@ -292,10 +397,10 @@ mod tests {
         assert_eq!(projected.get(new_space.index_of("192.0.2.1".parse().unwrap(), 80).unwrap()), PortState::Open);
         assert_eq!(projected.get(new_space.index_of("192.0.2.1".parse().unwrap(), 8080).unwrap()), PortState::Unknown);
         assert_eq!(projected.get(new_space.index_of("192.0.2.9".parse().unwrap(), 80).unwrap()), PortState::Unknown);
-        assert_eq!(projected.counts(), StateCounts { open: 1, closed: 0, filtered: 0, unknown: 3 });
+        assert_eq!(projected.counts(), StateCounts { open: 1, suspect: 0, closed: 0, filtered: 0, unknown: 3 });
         // A new port found open on its first scan is not a change: nothing was known before.
         let next = results(&new_space, &[("192.0.2.1", 8080)]);
-        assert_eq!(next.changes_since(&old), Changes { opened: 0, closed: 1 });
+        assert_eq!(next.changes_since(&old), Changes { opened: 0, closed: 1, turned_suspect: 0 });
     }
 
     #[test]

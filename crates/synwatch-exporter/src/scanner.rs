@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use synwatch_engine::{FinishReason, JobSettings, PortState, TargetSpace};
+use std::net::IpAddr;
+
+use synwatch_engine::{FinishReason, JobSettings, PortState, Suspect, TargetSpace};
 use synwatch_io::{CounterSnapshot, Engine, JobHandle, JobRequest, Priority};
 
 /// A scan to start.
@@ -67,6 +69,10 @@ pub trait RunningScan: Send {
     fn state(&self, index: u64) -> PortState;
     /// Progress so far.
     fn progress(&self) -> ScanProgress;
+    /// The hosts judged suspect (meaningful once finished; none by default).
+    fn suspects(&self) -> Vec<(IpAddr, Suspect)> {
+        Vec::new()
+    }
     /// Waits at most `timeout` for the end (the default polls every millisecond).
     fn wait(&self, timeout: Duration) -> Option<FinishReason> {
         let until = Instant::now() + timeout;
@@ -117,6 +123,9 @@ impl RunningScan for JobHandle {
     }
     fn state(&self, index: u64) -> PortState {
         self.table().get(index)
+    }
+    fn suspects(&self) -> Vec<(IpAddr, Suspect)> {
+        JobHandle::suspects(self)
     }
     fn progress(&self) -> ScanProgress {
         let progress = JobHandle::progress(self);

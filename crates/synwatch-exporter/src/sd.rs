@@ -8,6 +8,10 @@
 //! empty. The target address is always the IP (bracketed for IPv6): Prometheus scrapes exactly
 //! what was scanned, without a lookup of its own.
 //!
+//! The SYN-ACKs of hosts judged suspect (a SYN proxy, a host that answers on every port) are not
+//! services to scrape, and are left out unless `?suspect=include` asks for them; they then carry
+//! `__meta_synwatch_suspect` with the reason (`all_open` or `synproxy`).
+//!
 //! Filters: `?port=9100,8080` (a port specification; repeatable) and `?target=NAME` (repeatable
 //! or comma-separated). A target name that is not configured matches nothing and gives `[]`
 //! (after a reload that removed it, Prometheus must see its endpoints go, not an error that
@@ -19,7 +23,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde::Serialize;
-use synwatch_engine::PortSet;
+use synwatch_engine::{PortSet, Suspect};
 
 use crate::query::query_pairs;
 
@@ -30,6 +34,19 @@ pub struct SdFilter {
     pub ports: Option<PortSet>,
     /// Only these targets (none: all).
     pub targets: Option<BTreeSet<String>>,
+    /// Offer suspect endpoints too (`suspect=include`; `exclude` is the default).
+    pub include_suspect: bool,
+}
+
+/// One target's endpoints as `/sd` offers them.
+#[derive(Debug, Clone, Copy)]
+pub struct SdTarget<'a> {
+    /// The target's name.
+    pub name: &'a str,
+    /// Its open endpoints.
+    pub open: &'a [(IpAddr, u16)],
+    /// Its suspect hosts' SYN-ACKs.
+    pub suspect: &'a [(IpAddr, u16, Suspect)],
 }
 
 /// Parses the query string of a `/sd` request.
@@ -45,7 +62,14 @@ pub fn parse_sd_query(query: &str) -> Result<SdFilter, String> {
                     names.insert(name.to_string());
                 }
             }
-            other => return Err(format!("unknown parameter {other:?}; /sd takes port= and target=")),
+            "suspect" => {
+                filter.include_suspect = match value.as_str() {
+                    "include" => true,
+                    "exclude" => false,
+                    other => return Err(format!("suspect={other:?}: expected include or exclude")),
+                }
+            }
+            other => return Err(format!("unknown parameter {other:?}; /sd takes port=, target= and suspect=")),
         }
     }
     if !port_specs.is_empty() {
@@ -71,21 +95,27 @@ struct Labels<'a> {
     port: String,
     #[serde(rename = "__meta_synwatch_hostname")]
     hostname: String,
+    #[serde(rename = "__meta_synwatch_suspect", skip_serializing_if = "Option::is_none")]
+    suspect: Option<&'static str>,
 }
 
 /// Renders the groups of `targets` (name and open endpoints, in config order) that pass
 /// `filter`; `hostname` gives the cached name of an address, if any.
 pub fn render_sd(
-    targets: &[(&str, &[(IpAddr, u16)])],
+    targets: &[SdTarget<'_>],
     filter: &SdFilter,
     hostname: impl Fn(IpAddr) -> Option<Arc<str>>,
 ) -> Vec<u8> {
     let mut groups = Vec::new();
-    for (name, open) in targets {
-        if filter.targets.as_ref().is_some_and(|names| !names.contains(*name)) {
+    for target in targets {
+        let name = target.name;
+        if filter.targets.as_ref().is_some_and(|names| !names.contains(name)) {
             continue;
         }
-        for &(address, port) in *open {
+        let open = target.open.iter().map(|&(address, port)| (address, port, None));
+        let suspect = target.suspect.iter().map(|&(address, port, reason)| (address, port, Some(reason.name())));
+        let suspect = suspect.filter(|_| filter.include_suspect);
+        for (address, port, suspect) in open.chain(suspect) {
             if filter.ports.as_ref().is_some_and(|wanted| wanted.index_of(port).is_none()) {
                 continue;
             }
@@ -97,7 +127,7 @@ pub fn render_sd(
             let hostname = hostname(address).map_or_else(|| ip.clone(), |name| name.to_string());
             groups.push(Group {
                 targets: [endpoint],
-                labels: Labels { target: name, ip, port: port.to_string(), hostname },
+                labels: Labels { target: name, ip, port: port.to_string(), hostname, suspect },
             });
         }
     }
@@ -111,7 +141,7 @@ mod tests {
     use synwatch_engine::targets::parse_target;
     use synwatch_engine::{ExclusionPolicy, HostSet, PortState, TargetSpace};
 
-    fn results(addresses: &[&str], ports: &str, open: &[(&str, u16)]) -> Vec<(IpAddr, u16)> {
+    fn results(addresses: &[&str], ports: &str, open: &[(&str, u16)]) -> crate::results::Endpoints {
         let ranges = addresses.iter().map(|address| parse_target(address).unwrap()).collect();
         let hosts = HostSet::build(ranges, Vec::new(), ExclusionPolicy::Default).unwrap();
         let space = Arc::new(TargetSpace::new(hosts, PortSet::parse(ports).unwrap()).unwrap());
@@ -123,8 +153,12 @@ mod tests {
                 PortState::Closed
             }
         })
+        .with_suspects(vec![("192.0.2.3".parse().unwrap(), Suspect::AllOpen)])
         .endpoints()
-        .open
+    }
+
+    fn sd<'a>(name: &'a str, endpoints: &'a crate::results::Endpoints) -> SdTarget<'a> {
+        SdTarget { name, open: &endpoints.open, suspect: &endpoints.suspect }
     }
 
     fn groups(body: &[u8]) -> Vec<serde_json::Value> {
@@ -135,7 +169,7 @@ mod tests {
     fn open_endpoints_become_groups_with_their_labels_and_filters_apply() {
         let web = results(&["192.0.2.1", "192.0.2.2"], "22,443,9100", &[("192.0.2.1", 443), ("192.0.2.2", 9100)]);
         let v6 = results(&["2001:db8::5"], "9100", &[("2001:db8::5", 9100)]);
-        let targets = [("web", web.as_slice()), ("v6", v6.as_slice())];
+        let targets = [sd("web", &web), sd("v6", &v6)];
         let names =
             |address: IpAddr| (address == "192.0.2.1".parse::<IpAddr>().unwrap()).then(|| Arc::from("www.example.org"));
         let all = groups(&render_sd(&targets, &SdFilter::default(), names));
@@ -156,6 +190,22 @@ mod tests {
         let none = render_sd(&targets, &parse_sd_query("target=gone").unwrap(), names);
         assert_eq!(none, b"[]");
         assert_eq!(render_sd(&[], &SdFilter::default(), names), b"[]");
+    }
+
+    #[test]
+    fn suspect_endpoints_are_offered_only_when_asked_for_and_say_why() {
+        let web = results(&["192.0.2.1", "192.0.2.3"], "22,443", &[("192.0.2.1", 443), ("192.0.2.3", 22), ("192.0.2.3", 443)]);
+        assert_eq!((web.open.len(), web.suspect.len()), (1, 2));
+        let targets = [sd("web", &web)];
+        let default = groups(&render_sd(&targets, &SdFilter::default(), |_| None));
+        assert_eq!(default.len(), 1);
+        assert!(default[0]["labels"].get("__meta_synwatch_suspect").is_none());
+        let included = groups(&render_sd(&targets, &parse_sd_query("suspect=include").unwrap(), |_| None));
+        assert_eq!(included.len(), 3);
+        assert_eq!(included[1]["targets"][0], "192.0.2.3:22");
+        assert_eq!(included[1]["labels"]["__meta_synwatch_suspect"], "all_open");
+        assert_eq!(groups(&render_sd(&targets, &parse_sd_query("suspect=exclude").unwrap(), |_| None)).len(), 1);
+        assert!(parse_sd_query("suspect=yes").unwrap_err().contains("include or exclude"));
     }
 
     #[test]

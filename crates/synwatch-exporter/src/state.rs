@@ -13,12 +13,13 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use synwatch_engine::targets::parse_target;
-use synwatch_engine::{ExclusionPolicy, HostSet, PortSet, TargetSpace};
+use synwatch_engine::{ExclusionPolicy, HostSet, PortSet, Suspect, TargetSpace};
 
 use crate::results::ScanResults;
 
@@ -84,6 +85,9 @@ struct StoredResults {
     ports: String,
     /// The packed states, hex-encoded.
     states: String,
+    /// Hosts judged suspect: address and reason (absent in files written before there were any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    suspects: Vec<(IpAddr, String)>,
 }
 
 /// Seconds since the Unix epoch, as exported in timestamps.
@@ -116,6 +120,11 @@ impl StateStore {
                         addresses: results.space().hosts().ranges().iter().map(ToString::to_string).collect(),
                         ports: results.space().ports().to_string(),
                         states: hex::encode(results.packed()),
+                        suspects: results
+                            .suspects()
+                            .iter()
+                            .map(|(address, reason)| (*address, reason.name().to_string()))
+                            .collect(),
                     }),
                 })
                 .collect(),
@@ -188,7 +197,16 @@ fn decode_results(stored: &StoredResults) -> Result<ScanResults, String> {
     let ports = PortSet::parse(&stored.ports).map_err(|error| error.to_string())?;
     let space = TargetSpace::new(hosts, ports).map_err(|error| error.to_string())?;
     let packed = hex::decode(&stored.states).map_err(|error| format!("states: {error}"))?;
-    ScanResults::from_packed(Arc::new(space), packed).ok_or_else(|| "the states do not fit the space".to_string())
+    let suspects = stored
+        .suspects
+        .iter()
+        .map(|(address, reason)| {
+            Suspect::from_name(reason).map(|reason| (*address, reason)).ok_or(format!("suspect reason {reason:?}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let results = ScanResults::from_packed(Arc::new(space), packed)
+        .ok_or_else(|| "the states do not fit the space".to_string())?;
+    Ok(results.with_suspects(suspects))
 }
 
 #[cfg(test)]
@@ -207,7 +225,8 @@ mod tests {
             HostSet::build(vec![parse_target("192.0.2.0/29").unwrap()], Vec::new(), ExclusionPolicy::Default).unwrap();
         let space = Arc::new(TargetSpace::new(hosts, PortSet::parse("22,80").unwrap()).unwrap());
         let results =
-            ScanResults::from_fn(space, |index| if index % 5 == 0 { PortState::Open } else { PortState::Closed });
+            ScanResults::from_fn(space, |index| if index % 5 == 0 { PortState::Open } else { PortState::Closed })
+                .with_suspects(vec![("192.0.2.5".parse().unwrap(), Suspect::AllOpen)]);
         // A timestamp whose shortest decimal form needs all 17 digits: it must come back to the
         // same bits (serde_json's `float_roundtrip`), or a restart would serve a changed value.
         let attempt = ScanAttempt { timestamp: 1_795_268_343.280_401_5, duration_seconds: 0.1 + 0.2, success: true };

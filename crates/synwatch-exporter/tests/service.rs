@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use synwatch_engine::{FinishReason, PortState, Shard};
+use synwatch_engine::{FinishReason, PortState, Shard, Suspect};
 use synwatch_exporter::{BuildInfo, Exporter, ExporterOptions, RunningScan, ScanOrder, ScanProgress, Scanner};
 use synwatch_io::CounterSnapshot;
 
@@ -17,6 +17,8 @@ use synwatch_io::CounterSnapshot;
 #[derive(Default)]
 struct SimulatedNetwork {
     ports: Mutex<HashMap<(IpAddr, u16), PortState>>,
+    /// Hosts the engine would judge suspect.
+    suspects: Mutex<Vec<(IpAddr, Suspect)>>,
     scans: AtomicU64,
     /// When set, scans never finish by themselves (only a timeout or cancel ends them).
     hang: AtomicBool,
@@ -32,6 +34,7 @@ impl SimulatedNetwork {
 
 struct SimulatedScan {
     states: Vec<PortState>,
+    suspects: Vec<(IpAddr, Suspect)>,
     network: Arc<SimulatedNetwork>,
     deadline: Instant,
     cancelled: AtomicBool,
@@ -68,6 +71,9 @@ impl RunningScan for SimulatedScan {
     fn state(&self, index: u64) -> PortState {
         self.states[index as usize]
     }
+    fn suspects(&self) -> Vec<(IpAddr, Suspect)> {
+        self.suspects.clone()
+    }
     fn progress(&self) -> ScanProgress {
         let total = self.states.len() as u64;
         ScanProgress { sent: total, distinct_sent: total, answered: total, round: 0 }
@@ -92,6 +98,7 @@ impl Scanner for SimulatedScanner {
             .collect();
         Ok(Box::new(SimulatedScan {
             states,
+            suspects: network.suspects.lock().clone(),
             network: Arc::clone(network),
             deadline: Instant::now() + timeout,
             cancelled: AtomicBool::new(false),
@@ -212,6 +219,49 @@ fn a_port_that_opens_and_closes_moves_its_series_and_counters_exactly_once() {
 }
 
 #[test]
+fn a_host_turning_into_a_syn_proxy_counts_no_opened_port_but_one_host_turned_suspect() {
+    let directory = scratch("suspect");
+    let config = directory.join("synwatch.yaml");
+    std::fs::write(&config, WEB).unwrap();
+    let state_dir = directory.join("state");
+    let network = Arc::new(SimulatedNetwork::default());
+    network.set("192.0.2.1", 22, PortState::Open);
+    let exporter = start(&network, &config, Some(&state_dir));
+    wait_for_scans(&exporter, "web", 1.0);
+    // 192.0.2.2 gets a SYN proxy in front of it: SYN-ACK on every port.
+    network.set("192.0.2.2", 22, PortState::Open);
+    network.set("192.0.2.2", 80, PortState::Open);
+    network.suspects.lock().push(("192.0.2.2".parse().unwrap(), Suspect::Synproxy));
+    let turned = "synwatch_target_hosts_turned_suspect_total{target=\"web\"}";
+    wait_for("the suspect host", || sample(&render(&exporter), turned) == Some(1.0));
+    wait_for_scans(&exporter, "web", 2.0);
+    let text = render(&exporter);
+    assert_eq!(sample(&text, turned), Some(1.0), "counted once, not at every scan");
+    assert_eq!(sample(&text, "synwatch_port_state_changes_total{change=\"opened\",target=\"web\"}"), Some(0.0));
+    assert_eq!(sample(&text, "synwatch_target_ports{target=\"web\",state=\"open\"}"), Some(1.0));
+    assert_eq!(sample(&text, "synwatch_target_ports{target=\"web\",state=\"suspect\"}"), Some(2.0));
+    assert_eq!(sample(&text, "synwatch_target_hosts_suspect{target=\"web\",reason=\"synproxy\"}"), Some(1.0));
+    assert_eq!(sample(&text, "synwatch_target_hosts_suspect{target=\"web\",reason=\"all_open\"}"), Some(0.0));
+    assert_eq!(sample(&text, "synwatch_port_open{target=\"web\",ip=\"192.0.2.2\",port=\"80\"}"), None);
+    assert_eq!(
+        sample(&text, "synwatch_port_suspect{target=\"web\",ip=\"192.0.2.2\",port=\"80\",reason=\"synproxy\"}"),
+        Some(1.0)
+    );
+    assert_eq!(sample(&text, "synwatch_port_open{target=\"web\",ip=\"192.0.2.1\",port=\"22\"}"), Some(1.0));
+    // The verdict is kept across a restart: the first scan after it counts nothing new.
+    exporter.shutdown(Duration::from_secs(1));
+    let exporter = start(&network, &config, Some(&state_dir));
+    let text = render(&exporter);
+    assert_eq!(sample(&text, "synwatch_target_hosts_suspect{target=\"web\",reason=\"synproxy\"}"), Some(1.0));
+    wait_for_scans(&exporter, "web", 2.0);
+    let text = render(&exporter);
+    assert_eq!(sample(&text, turned), Some(0.0), "a new process, and nothing turned suspect since");
+    assert_eq!(sample(&text, "synwatch_port_state_changes_total{change=\"opened\",target=\"web\"}"), Some(0.0));
+    exporter.shutdown(Duration::from_secs(1));
+    std::fs::remove_dir_all(&directory).unwrap();
+}
+
+#[test]
 fn the_details_budget_caps_series_and_counts_what_it_refused() {
     let directory = scratch("budget");
     let config = directory.join("synwatch.yaml");
@@ -323,9 +373,10 @@ fn a_scan_past_its_timeout_fails_and_keeps_the_previous_results() {
     let directory = scratch("timeout");
     let config = directory.join("synwatch.yaml");
     std::fs::write(&config, WEB.replace("    details: true\n", "    details: true\n    timeout: 100ms\n")).unwrap();
+    let state_dir = directory.join("state");
     let network = Arc::new(SimulatedNetwork::default());
     network.set("192.0.2.1", 22, PortState::Open);
-    let exporter = start(&network, &config, None);
+    let exporter = start(&network, &config, Some(&state_dir));
     wait_for_scans(&exporter, "web", 1.0);
     network.set("192.0.2.1", 22, PortState::Closed);
     network.hang.store(true, Ordering::SeqCst);

@@ -154,6 +154,7 @@ pub struct Metrics {
     registered: Vec<String>,
     pub(crate) scan_duration: HistogramVec,
     pub(crate) port_changes: IntCounterVec,
+    pub(crate) hosts_turned_suspect: IntCounterVec,
     pub(crate) scans: IntCounterVec,
     pub(crate) details_dropped: IntCounter,
     pub(crate) queue_length: IntGauge,
@@ -308,6 +309,17 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let hosts_turned_suspect = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "synwatch_target_hosts_turned_suspect_total",
+                    "Hosts judged suspect (all_open or synproxy) in a completed scan that were not in the target's previous results.",
+                ),
+                &["target"],
+            )
+            .expect("valid metric"),
+        );
         let scans = register(
             &registry,
             IntCounterVec::new(
@@ -420,6 +432,7 @@ impl Metrics {
             ),
             scan_duration,
             port_changes,
+            hosts_turned_suspect,
             scans,
             details_dropped: counter(
                 &registry,
@@ -490,6 +503,7 @@ impl Metrics {
         for change in ["opened", "closed"] {
             self.port_changes.with_label_values(&[name, change]);
         }
+        self.hosts_turned_suspect.with_label_values(&[name]);
         for result in ["success", "failure"] {
             self.scans.with_label_values(&[name, result]);
         }
@@ -500,6 +514,7 @@ impl Metrics {
         for change in ["opened", "closed"] {
             let _ = self.port_changes.remove_label_values(&[name, change]);
         }
+        let _ = self.hosts_turned_suspect.remove_label_values(&[name]);
         for result in ["success", "failure"] {
             let _ = self.scans.remove_label_values(&[name, result]);
         }

@@ -18,6 +18,7 @@ pub const RENDERED_FAMILIES: &[&str] = &[
     "synwatch_engine_rtt_seconds",
     "synwatch_target_ports",
     "synwatch_target_hosts_responding",
+    "synwatch_target_hosts_suspect",
     "synwatch_target_last_scan_success",
     "synwatch_target_last_scan_timestamp_seconds",
     "synwatch_target_last_scan_duration_seconds",
@@ -26,6 +27,7 @@ pub const RENDERED_FAMILIES: &[&str] = &[
     "synwatch_target_expected_ports_missing",
     "synwatch_port_policy_violation",
     "synwatch_port_open",
+    "synwatch_port_suspect",
     "synwatch_host_info",
     "synwatch_listener_up",
     "synwatch_listeners_expected_missing",
@@ -150,12 +152,17 @@ pub fn render_targets(targets: &[TargetView<'_>], output: &mut Vec<u8>) {
     header(
         output,
         "synwatch_target_ports",
-        "Ports of the last completed scan by state; the states sum to the ports scanned.",
+        "Ports of the last completed scan by state (suspect: SYN-ACK from a host judged all_open or synproxy, not counted open); the states sum to the ports scanned.",
     );
     for target in targets {
         if let Some(results) = target.results {
             let counts = results.counts();
-            for (state, count) in [("open", counts.open), ("closed", counts.closed), ("filtered", counts.filtered)] {
+            for (state, count) in [
+                ("open", counts.open),
+                ("suspect", counts.suspect),
+                ("closed", counts.closed),
+                ("filtered", counts.filtered),
+            ] {
                 let _ =
                     writeln!(output, "synwatch_target_ports{{target=\"{}\",state=\"{state}\"}} {count}", target.name);
             }
@@ -174,6 +181,23 @@ pub fn render_targets(targets: &[TargetView<'_>], output: &mut Vec<u8>) {
                 target.name,
                 results.hosts_responding()
             );
+        }
+    }
+    header(
+        output,
+        "synwatch_target_hosts_suspect",
+        "Hosts of the last completed scan whose SYN-ACKs are not trusted, by reason: all_open (canaries and almost every port answer SYN-ACK) or synproxy (a SYN proxy's fingerprint).",
+    );
+    for target in targets {
+        if let Some(results) = target.results {
+            for (reason, count) in synwatch_engine::Suspect::ALL.iter().zip(results.hosts_suspect()) {
+                let _ = writeln!(
+                    output,
+                    "synwatch_target_hosts_suspect{{target=\"{}\",reason=\"{}\"}} {count}",
+                    target.name,
+                    reason.name()
+                );
+            }
         }
     }
     let attempts = [
@@ -247,16 +271,31 @@ pub fn render_targets(targets: &[TargetView<'_>], output: &mut Vec<u8>) {
     header(
         output,
         "synwatch_port_open",
-        "1 if the port answered SYN-ACK in the last completed scan, 0 if closed or filtered (targets with details: true).",
+        "1 if the port answered SYN-ACK in the last completed scan, 0 if closed or filtered; a suspect host's SYN-ACKs have no series here but one in synwatch_port_suspect (targets with details: true).",
     );
+    let mut suspect = Vec::new();
     for target in targets {
         if let Some(results) = target.results {
-            render_port_open(target.name, results, target.detail_series, output);
+            render_port_open(target.name, results, target.detail_series, output, &mut suspect);
         }
     }
+    header(
+        output,
+        "synwatch_port_suspect",
+        "1 for a port that answered SYN-ACK from a host judged suspect, with the reason (targets with details: true, within the same budget as synwatch_port_open).",
+    );
+    output.extend_from_slice(&suspect);
 }
 
-pub(super) fn render_port_open(name: &str, results: &ScanResults, limit: u64, output: &mut Vec<u8>) {
+/// Writes `synwatch_port_open` series into `output` and `synwatch_port_suspect` series into
+/// `suspect`, at most `limit` in all.
+pub(super) fn render_port_open(
+    name: &str,
+    results: &ScanResults,
+    limit: u64,
+    output: &mut Vec<u8>,
+    suspect: &mut Vec<u8>,
+) {
     let space = results.space();
     let ports = space.ports().as_slice();
     let port_count = ports.len() as u64;
@@ -272,6 +311,7 @@ pub(super) fn render_port_open(name: &str, results: &ScanResults, limit: u64, ou
         };
         address_text.clear();
         let _ = std::fmt::Write::write_fmt(&mut address_text, format_args!("{address}"));
+        let reason = results.suspect_of(address);
         for (slot, port) in ports.iter().enumerate() {
             let state = results.get(host * port_count + slot as u64);
             if state == PortState::Unknown {
@@ -281,6 +321,14 @@ pub(super) fn render_port_open(name: &str, results: &ScanResults, limit: u64, ou
                 return;
             }
             written += 1;
+            if let (PortState::Open, Some(reason)) = (state, reason) {
+                let _ = writeln!(
+                    suspect,
+                    "synwatch_port_suspect{{target=\"{name}\",ip=\"{address_text}\",port=\"{port}\",reason=\"{}\"}} 1",
+                    reason.name()
+                );
+                continue;
+            }
             output.extend_from_slice(b"synwatch_port_open{target=\"");
             output.extend_from_slice(name.as_bytes());
             output.extend_from_slice(b"\",ip=\"");

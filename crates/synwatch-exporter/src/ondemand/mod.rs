@@ -438,7 +438,8 @@ impl OnDemand {
                     let (address, port) = space.probe_at(index).expect("index inside the space");
                     (address, port, scan.state(index))
                 });
-                let tally = probe::tally(states, progress.distinct_sent, params.details);
+                let suspects = scan.suspects();
+                let tally = probe::tally(states, progress.distinct_sent, params.details, &suspects);
                 if params.debug {
                     for index in 0..space.len() {
                         let state = scan.state(index);
@@ -540,9 +541,10 @@ impl OnDemand {
 
     fn summary(scan: &ApiScan) -> serde_json::Value {
         let (sent, answered, total, round) = scan.progress();
-        let (mut open, mut closed, mut filtered) = (0u64, 0u64, 0u64);
+        let (mut open, mut suspect, mut closed, mut filtered) = (0u64, 0u64, 0u64, 0u64);
         for index in 0..total {
             match scan.state(index) {
+                PortState::Open if scan.suspect_at(index).is_some() => suspect += 1,
                 PortState::Open => open += 1,
                 PortState::Closed => closed += 1,
                 PortState::Filtered => filtered += 1,
@@ -556,7 +558,9 @@ impl OnDemand {
             "created_at": scan.created_unix,
             "ended_at": scan.ended_unix,
             "progress": {"sent": sent, "answered": answered, "total": total, "round": round},
-            "counts": {"open": open, "closed": closed, "filtered": filtered, "unanswered": total - open - closed - filtered},
+            "counts": {"open": open, "suspect": suspect, "closed": closed, "filtered": filtered,
+                "unanswered": total - open - suspect - closed - filtered},
+            "hosts_suspect": scan.results.as_ref().map_or(0, |results| results.suspects().len()),
         })
     }
 
@@ -605,7 +609,13 @@ impl OnDemand {
             if matched >= offset && (items.len() as u64) < limit {
                 let (address, port) = scan.space.probe_at(index).expect("index inside the space");
                 let name = if state == PortState::Unknown { "unanswered" } else { state.name() };
-                items.push(json!({"ip": address, "port": port, "state": name}));
+                let mut item = json!({"ip": address, "port": port, "state": name});
+                if state == PortState::Open
+                    && let Some(reason) = scan.suspect_at(index)
+                {
+                    item["suspect"] = json!(reason.name());
+                }
+                items.push(item);
             }
             matched += 1;
         }

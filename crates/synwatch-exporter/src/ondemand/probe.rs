@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use synwatch_engine::targets::parse_target;
-use synwatch_engine::{AddressRange, PortSet, PortState};
+use synwatch_engine::{AddressRange, PortSet, PortState, Suspect};
 
 use crate::config::{Module, OnDemandSection};
 
@@ -175,8 +175,13 @@ pub struct ProbeOutcome {
     pub requested: u64,
     /// Pairs probed at least once.
     pub scanned: u64,
-    /// Open, closed and filtered (ICMP, or no answer) pairs among those probed.
+    /// Open, suspect, closed and filtered (ICMP, or no answer) pairs among those probed; open
+    /// leaves out the SYN-ACKs of suspect hosts.
     pub open: u64,
+    /// Pairs that answered SYN-ACK from a host judged suspect.
+    pub suspect: u64,
+    /// Hosts judged suspect.
+    pub hosts_suspect: u64,
     /// Closed pairs.
     pub closed: u64,
     /// Filtered pairs.
@@ -185,15 +190,34 @@ pub struct ProbeOutcome {
     pub hosts_responding: u64,
     /// With `details=1`: every requested pair and whether it is open.
     pub details: Vec<(IpAddr, u16, bool)>,
+    /// With `details=1`: every pair that answered SYN-ACK from a suspect host, with the reason.
+    pub suspect_details: Vec<(IpAddr, u16, Suspect)>,
 }
 
 /// Counts from the states of every requested pair (`Unknown`: no answer yet) and the number of
-/// pairs probed at least once; pairs probed without an answer count as filtered.
-pub fn tally(states: impl Iterator<Item = (IpAddr, u16, PortState)>, scanned: u64, details: bool) -> ProbeOutcome {
-    let mut outcome = ProbeOutcome::default();
+/// pairs probed at least once; pairs probed without an answer count as filtered. The SYN-ACKs
+/// of `suspects` count as suspect, not open.
+pub fn tally(
+    states: impl Iterator<Item = (IpAddr, u16, PortState)>,
+    scanned: u64,
+    details: bool,
+    suspects: &[(IpAddr, Suspect)],
+) -> ProbeOutcome {
+    let mut outcome = ProbeOutcome { hosts_suspect: suspects.len() as u64, ..ProbeOutcome::default() };
     let mut responding = std::collections::BTreeSet::new();
+    let suspect_of = |address: IpAddr| suspects.iter().find(|(suspect, _)| *suspect == address).map(|(_, reason)| *reason);
     for (address, port, state) in states {
         outcome.requested += 1;
+        if state == PortState::Open
+            && let Some(reason) = suspect_of(address)
+        {
+            outcome.suspect += 1;
+            responding.insert(address);
+            if details {
+                outcome.suspect_details.push((address, port, reason));
+            }
+            continue;
+        }
         match state {
             PortState::Open => outcome.open += 1,
             PortState::Closed => outcome.closed += 1,
@@ -206,8 +230,9 @@ pub fn tally(states: impl Iterator<Item = (IpAddr, u16, PortState)>, scanned: u6
             outcome.details.push((address, port, state == PortState::Open));
         }
     }
-    outcome.scanned = scanned.min(outcome.requested).max(outcome.open + outcome.closed);
-    outcome.filtered = outcome.scanned - outcome.open - outcome.closed;
+    let answered = outcome.open + outcome.suspect + outcome.closed;
+    outcome.scanned = scanned.min(outcome.requested).max(answered);
+    outcome.filtered = outcome.scanned - answered;
     outcome.hosts_responding = responding.len() as u64;
     outcome
 }
@@ -221,10 +246,13 @@ pub const PROBE_FAMILIES: &[&str] = &[
     "probe_ports_requested",
     "probe_ports_scanned",
     "probe_ports_open",
+    "probe_ports_suspect",
     "probe_ports_closed",
     "probe_ports_filtered",
     "probe_hosts_responding",
+    "probe_hosts_suspect",
     "probe_port_open",
+    "probe_port_suspect",
 ];
 
 /// The text-format answer of a probe.
@@ -242,14 +270,36 @@ pub fn render(outcome: &ProbeOutcome) -> String {
     gauge("probe_timeout_seconds", "The deadline the probe ran under.", format!("{}", outcome.timeout.as_secs_f64()));
     gauge("probe_ports_requested", "Host and port pairs asked for.", outcome.requested.to_string());
     gauge("probe_ports_scanned", "Host and port pairs probed at least once.", outcome.scanned.to_string());
-    gauge("probe_ports_open", "Pairs found open.", outcome.open.to_string());
+    gauge("probe_ports_open", "Pairs found open (suspect hosts' SYN-ACKs left out).", outcome.open.to_string());
+    gauge(
+        "probe_ports_suspect",
+        "Pairs that answered SYN-ACK from a host judged suspect (all_open or synproxy).",
+        outcome.suspect.to_string(),
+    );
     gauge("probe_ports_closed", "Pairs found closed.", outcome.closed.to_string());
     gauge("probe_ports_filtered", "Pairs probed that gave no answer or an ICMP error.", outcome.filtered.to_string());
     gauge("probe_hosts_responding", "Hosts that answered on any port.", outcome.hosts_responding.to_string());
+    gauge(
+        "probe_hosts_suspect",
+        "Hosts whose SYN-ACKs are not trusted: canaries and almost every port open, or a SYN proxy's fingerprint.",
+        outcome.hosts_suspect.to_string(),
+    );
     if !outcome.details.is_empty() {
         text.push_str("# HELP probe_port_open 1 if the port answered SYN-ACK, else 0.\n# TYPE probe_port_open gauge\n");
         for (address, port, open) in &outcome.details {
             let _ = writeln!(text, "probe_port_open{{ip=\"{address}\",port=\"{port}\"}} {}", u8::from(*open));
+        }
+    }
+    if !outcome.suspect_details.is_empty() {
+        text.push_str(
+            "# HELP probe_port_suspect 1 for a port that answered SYN-ACK from a host judged suspect.\n# TYPE probe_port_suspect gauge\n",
+        );
+        for (address, port, reason) in &outcome.suspect_details {
+            let _ = writeln!(
+                text,
+                "probe_port_suspect{{ip=\"{address}\",port=\"{port}\",reason=\"{}\"}} 1",
+                reason.name()
+            );
         }
     }
     text
@@ -261,8 +311,11 @@ mod tests {
 
     #[test]
     fn probe_families_are_listed() {
-        let outcome =
-            ProbeOutcome { details: vec![("192.0.2.1".parse().unwrap(), 80, true)], ..ProbeOutcome::default() };
+        let outcome = ProbeOutcome {
+            details: vec![("192.0.2.1".parse().unwrap(), 80, true)],
+            suspect_details: vec![("192.0.2.2".parse().unwrap(), 80, Suspect::AllOpen)],
+            ..ProbeOutcome::default()
+        };
         let text = render(&outcome);
         let names: Vec<&str> = text
             .lines()
@@ -337,7 +390,7 @@ mod tests {
             (other, 80, PortState::Unknown),
         ];
         // Three pairs were sent: the third had no answer (filtered), the fourth was never sent.
-        let outcome = tally(states.into_iter(), 3, true);
+        let outcome = tally(states.clone().into_iter(), 3, true, &[]);
         assert_eq!(
             (outcome.requested, outcome.scanned, outcome.open, outcome.closed, outcome.filtered),
             (4, 3, 1, 1, 1)
@@ -347,5 +400,15 @@ mod tests {
         assert!(text.contains("probe_ports_scanned 3\n") && text.contains("probe_hosts_responding 1\n"), "{text}");
         assert!(text.contains("probe_port_open{ip=\"198.18.0.1\",port=\"22\"} 1\n"), "{text}");
         assert!(text.contains("probe_port_open{ip=\"198.18.0.2\",port=\"80\"} 0\n"), "{text}");
+        // The same answers from a host judged a SYN proxy: its SYN-ACK is suspect, not open.
+        let outcome = tally(states.into_iter(), 3, true, &[(address, Suspect::Synproxy)]);
+        assert_eq!(
+            (outcome.open, outcome.suspect, outcome.closed, outcome.filtered, outcome.hosts_suspect),
+            (0, 1, 1, 1, 1)
+        );
+        let text = render(&outcome);
+        assert!(text.contains("probe_ports_open 0\n") && text.contains("probe_ports_suspect 1\n"), "{text}");
+        assert!(text.contains("probe_port_suspect{ip=\"198.18.0.1\",port=\"22\",reason=\"synproxy\"} 1\n"));
+        assert!(!text.contains("probe_port_open{ip=\"198.18.0.1\",port=\"22\"}"), "{text}");
     }
 }

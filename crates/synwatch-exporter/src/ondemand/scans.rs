@@ -109,6 +109,13 @@ impl ApiScan {
         }
     }
 
+    /// Why the host of probe `index` is suspect, once the scan ended and if it is.
+    pub fn suspect_at(&self, index: u64) -> Option<synwatch_engine::Suspect> {
+        let results = self.results.as_ref()?;
+        let (address, _) = self.space.probe_at(index)?;
+        results.suspect_of(address)
+    }
+
     /// (sent, answered, total, round).
     pub fn progress(&self) -> (u64, u64, u64, u32) {
         let total = self.space.len();
@@ -206,7 +213,10 @@ impl ScanRegistry {
                 continue;
             };
             let running = scan.running.take().expect("checked above");
-            scan.results = Some(ScanResults::from_fn(Arc::clone(&scan.space), |index| running.state(index)));
+            scan.results = Some(
+                ScanResults::from_fn(Arc::clone(&scan.space), |index| running.state(index))
+                    .with_suspects(running.suspects()),
+            );
             scan.sent_at_end = running.progress().sent;
             scan.status = match reason {
                 FinishReason::AllAnswered | FinishReason::WaitOver => ScanStatus::Done,

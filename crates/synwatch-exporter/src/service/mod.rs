@@ -278,10 +278,17 @@ impl Exporter {
         let filter = crate::sd::parse_sd_query(query)?;
         let config = self.config();
         let table = self.inner.targets();
-        let targets: Vec<(&str, &[(IpAddr, u16)])> = table
+        let targets: Vec<crate::sd::SdTarget<'_>> = table
             .entries()
             .iter()
-            .filter_map(|entry| Some((entry.target.name.as_str(), entry.derived.as_ref()?.endpoints.open.as_slice())))
+            .filter_map(|entry| {
+                let endpoints = &entry.derived.as_ref()?.endpoints;
+                Some(crate::sd::SdTarget {
+                    name: entry.target.name.as_str(),
+                    open: &endpoints.open,
+                    suspect: &endpoints.suspect,
+                })
+            })
             .collect();
         let names_on = config.resolve_hostnames;
         Ok(crate::sd::render_sd(

@@ -156,7 +156,8 @@ impl SchedulerLoop {
             let success = matches!(reason, FinishReason::AllAnswered | FinishReason::WaitOver);
             if success {
                 let results =
-                    ScanResults::from_fn(Arc::clone(&running.space), |probe| running.scan.state(probe).finalized());
+                    ScanResults::from_fn(Arc::clone(&running.space), |probe| running.scan.state(probe).finalized())
+                        .with_suspects(running.scan.suspects());
                 self.record_attempt(&running.name, running.started, Some(results));
             } else {
                 tracing::warn!(target = %running.name, ?reason, "scan did not complete; the previous results stay");
@@ -192,8 +193,12 @@ impl SchedulerLoop {
         if let Some(changes) = folded.changes {
             metrics.port_changes.with_label_values(&[name, "opened"]).inc_by(changes.opened);
             metrics.port_changes.with_label_values(&[name, "closed"]).inc_by(changes.closed);
+            metrics.hosts_turned_suspect.with_label_values(&[name]).inc_by(changes.turned_suspect);
             if changes.opened + changes.closed > 0 {
                 tracing::info!(target = %name, opened = changes.opened, closed = changes.closed, "ports changed");
+            }
+            if changes.turned_suspect > 0 {
+                tracing::warn!(target = %name, hosts = changes.turned_suspect, "hosts turned suspect (SYN-ACK on every port)");
             }
         }
         if success && let Some(position) = table.entries().iter().position(|entry| entry.target.name == name) {

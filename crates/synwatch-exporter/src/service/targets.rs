@@ -218,7 +218,7 @@ mod tests {
         assert_eq!(first.changes, None, "nothing to compare the first results with");
         assert_eq!(first.record.results.as_ref().unwrap().counts().open, 2);
         let second = fold_scan(Some(&first.record), Some(results(&space, &[1, 2])), Some(&space), attempt(true));
-        assert_eq!(second.changes, Some(Changes { opened: 1, closed: 1 }));
+        assert_eq!(second.changes, Some(Changes { opened: 1, closed: 1, turned_suspect: 0 }));
         assert_eq!(second.record.last_attempt, Some(attempt(true)));
     }
 
