@@ -224,11 +224,8 @@ impl ScanResults {
             return self.changes_since(&previous.project(Arc::clone(&self.space)));
         }
         let mut changes = Changes {
-            turned_suspect: self
-                .suspects
-                .iter()
-                .filter(|(address, _)| previous.suspect_of(*address).is_none())
-                .count() as u64,
+            turned_suspect: self.suspects.iter().filter(|(address, _)| previous.suspect_of(*address).is_none()).count()
+                as u64,
             ..Changes::default()
         };
         // Whole bytes whose four states did not change are skipped without decoding.

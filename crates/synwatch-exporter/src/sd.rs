@@ -194,7 +194,11 @@ mod tests {
 
     #[test]
     fn suspect_endpoints_are_offered_only_when_asked_for_and_say_why() {
-        let web = results(&["192.0.2.1", "192.0.2.3"], "22,443", &[("192.0.2.1", 443), ("192.0.2.3", 22), ("192.0.2.3", 443)]);
+        let web = results(
+            &["192.0.2.1", "192.0.2.3"],
+            "22,443",
+            &[("192.0.2.1", 443), ("192.0.2.3", 22), ("192.0.2.3", 443)],
+        );
         assert_eq!((web.open.len(), web.suspect.len()), (1, 2));
         let targets = [sd("web", &web)];
         let default = groups(&render_sd(&targets, &SdFilter::default(), |_| None));

@@ -160,6 +160,16 @@ impl Engine {
         self.shared.bucket.lock().set_rate(rate, TokenBucket::default_burst(rate, self.config.batch as u32), now);
     }
 
+    /// Verifies open endpoints with a real handshake each, on the calling thread, under the
+    /// engine's rate cap (see [`crate::verify`]). Only the endpoints given are touched.
+    pub fn verify(
+        &self,
+        endpoints: &[(std::net::IpAddr, u16)],
+        options: crate::verify::VerifyOptions,
+    ) -> std::io::Result<Vec<crate::verify::Verification>> {
+        crate::verify::verify_endpoints(&self.shared, endpoints, options)
+    }
+
     /// Jobs currently running.
     pub fn active_jobs(&self) -> usize {
         self.shared.jobs.read().len()

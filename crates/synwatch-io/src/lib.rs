@@ -10,7 +10,8 @@
 //! * `sender`: a SYN sender thread (scheduler → transmitters); `receiver`: the reply thread
 //!   (reply socket → the jobs' state tables); [`connect`]: the connect() thread the engine falls
 //!   back to without `CAP_NET_RAW`. `shared` is what these threads share, and the end of a job
-//!   over its lanes.
+//!   over its lanes. [`verify`]: real handshakes to the opens a scan found, on the caller's
+//!   thread, under the same rate cap.
 //! * `sockets`: the privileged sockets opened at start; `paths`: which transmitter and template a
 //!   job's family uses; [`route`]: source address, interface and next hop for a target.
 //! * [`transmit`]: batched transmitters (raw IP + sendmmsg, AF_PACKET TX ring); [`receive`]: the
@@ -19,7 +20,7 @@
 //! * [`privileges`]: capability sets, and dropping them once the sockets are open.
 //!
 //! The modules depend on each other in one direction: `api` → the threads (`sender`,
-//! `receiver`, `connect`) → `shared` → `job` → `paths`, `counters`, `route` → `transmit`,
+//! `receiver`, `connect`) and `verify` → `shared` → `job` → `paths`, `counters`, `route` → `transmit`,
 //! `receive` → `sys`.
 
 mod api;
@@ -37,6 +38,7 @@ mod shared;
 mod sockets;
 pub mod sys;
 pub mod transmit;
+pub mod verify;
 
 pub use api::Engine;
 pub use config::{EngineConfig, EngineError, Mode, RunningMode, TransmitChoice};
@@ -44,3 +46,4 @@ pub use counters::{CounterSnapshot, Counters, RTT_BUCKETS, RttHistogramSnapshot}
 pub use job::{JobHandle, JobRequest, JobSummary, ProbeResult, Progress, SendSpan};
 pub use route::Path;
 pub use synwatch_engine::Priority;
+pub use verify::{Verdict, Verification, VerifyOptions};

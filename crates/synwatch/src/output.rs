@@ -13,7 +13,7 @@ pub enum Format {
     Text,
     /// One JSON object per line.
     Jsonl,
-    /// `ip,port,proto,state,rtt_us,suspect` with a header line.
+    /// `ip,port,proto,state,rtt_us,suspect,verify` with a header line.
     Csv,
 }
 
@@ -33,6 +33,19 @@ pub struct Line {
     /// For an open port of a host that answers SYN-ACK everywhere: `all_open` or `synproxy`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suspect: Option<&'static str>,
+    /// With `--verify connect`, for an open port: `ok`, `reset`, `refused`, `timeout` or
+    /// `unreachable`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<&'static str>,
+}
+
+/// What is known of an open port beyond its SYN-ACK.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenNotes {
+    /// Its host's suspect reason.
+    pub suspect: Option<&'static str>,
+    /// Its verification's verdict.
+    pub verify: Option<&'static str>,
 }
 
 /// Writes result lines in one format.
@@ -45,26 +58,28 @@ impl<W: Write> Writer<W> {
     /// A writer; CSV gets its header line at once.
     pub fn new(format: Format, mut out: W) -> io::Result<Writer<W>> {
         if format == Format::Csv {
-            writeln!(out, "ip,port,proto,state,rtt_us,suspect")?;
+            writeln!(out, "ip,port,proto,state,rtt_us,suspect,verify")?;
         }
         Ok(Writer { format, out })
     }
 
     /// Writes one result.
     pub fn write(&mut self, ip: IpAddr, port: u16, state: &'static str, rtt: Option<Duration>) -> io::Result<()> {
-        self.write_suspect(ip, port, state, rtt, None)
+        self.write_noted(ip, port, state, rtt, OpenNotes::default())
     }
 
-    /// Writes one result, with its host's suspect reason.
-    pub fn write_suspect(
+    /// Writes one result, with its host's suspect reason and its verification.
+    pub fn write_noted(
         &mut self,
         ip: IpAddr,
         port: u16,
         state: &'static str,
         rtt: Option<Duration>,
-        suspect: Option<&'static str>,
+        notes: OpenNotes,
     ) -> io::Result<()> {
-        let line = Line { ip, port, proto: "tcp", state, rtt_us: rtt.map(|rtt| rtt.as_micros() as u64), suspect };
+        let OpenNotes { suspect, verify } = notes;
+        let rtt_us = rtt.map(|rtt| rtt.as_micros() as u64);
+        let line = Line { ip, port, proto: "tcp", state, rtt_us, suspect, verify };
         match self.format {
             Format::Jsonl => {
                 serde_json::to_writer(&mut self.out, &line)?;
@@ -72,14 +87,18 @@ impl<W: Write> Writer<W> {
             }
             Format::Csv => {
                 let rtt = line.rtt_us.map(|micros| micros.to_string()).unwrap_or_default();
-                writeln!(self.out, "{},{},tcp,{},{},{}", line.ip, line.port, line.state, rtt, suspect.unwrap_or(""))
+                let (suspect, verify) = (suspect.unwrap_or(""), verify.unwrap_or(""));
+                writeln!(self.out, "{},{},tcp,{},{rtt},{suspect},{verify}", line.ip, line.port, line.state)
             }
             Format::Text => {
                 let address = match ip {
                     IpAddr::V4(v4) => format!("{v4}:{port}"),
                     IpAddr::V6(v6) => format!("[{v6}]:{port}"),
                 };
-                let suspect = suspect.map(|reason| format!(" suspect={reason}")).unwrap_or_default();
+                let mut suspect = suspect.map(|reason| format!(" suspect={reason}")).unwrap_or_default();
+                if let Some(verdict) = verify {
+                    suspect.push_str(&format!(" verify={verdict}"));
+                }
                 match rtt {
                     Some(rtt) => {
                         writeln!(self.out, "{address}/tcp {state} {:.2}ms{suspect}", rtt.as_secs_f64() * 1000.0)

@@ -15,10 +15,10 @@ use synwatch_engine::{
     ExclusionPolicy, HostSet, JobSettings, PortSet, PortState, Shard, Suspect, TargetSpace, TimeSetting, TimingBounds,
     TimingReport,
 };
-use synwatch_io::{Engine, EngineConfig, JobRequest, Mode, TransmitChoice};
+use synwatch_io::{Engine, EngineConfig, JobRequest, Mode, TransmitChoice, Verdict, VerifyOptions};
 
 use crate::UsageError;
-use crate::output::{Format, Writer};
+use crate::output::{Format, OpenNotes, Writer};
 
 /// Options of `synwatch scan`.
 #[derive(Debug, Args)]
@@ -60,6 +60,10 @@ pub struct ScanArgs {
     /// real service listens on, whose SYN-ACKs show a SYN proxy or tarpit.
     #[arg(long, default_value_t = synwatch_engine::DEFAULT_CANARIES, value_parser = clap::value_parser!(u32).range(0..=8))]
     canaries: u32,
+    /// After the scan, complete a real handshake (connect(), no privilege needed) with every
+    /// open port of a host not judged suspect, send nothing and reset it: none or connect.
+    #[arg(long, default_value = "none", value_parser = ["none", "connect"])]
+    verify: String,
     /// The longest automatic wait after the last probe.
     #[arg(long, default_value = "10s", value_parser = crate::durations::parse_positive_duration)]
     max_wait: Duration,
@@ -312,11 +316,35 @@ pub fn run(args: ScanArgs) -> Result<()> {
         take(result, &mut writer)?;
     }
     let suspects: HashMap<IpAddr, Suspect> = job.suspects().into_iter().collect();
+    opens.sort_by_key(|result| result.index);
+    let verified = if args.verify == "connect" {
+        let endpoints: Vec<(IpAddr, u16)> = opens
+            .iter()
+            .filter(|result| !suspects.contains_key(&result.address))
+            .map(|result| (result.address, result.port))
+            .collect();
+        let options = VerifyOptions::from_timing(
+            summary.timing.last_timeout.map(|(timeout, _)| timeout),
+            summary.timing.estimate.map(|estimate| estimate.srtt),
+        );
+        let started = Instant::now();
+        let verifications = engine.verify(&endpoints, options).context("cannot verify the open ports")?;
+        Some((verifications, started.elapsed()))
+    } else {
+        None
+    };
+    let verdicts: HashMap<(IpAddr, u16), Verdict> = verified
+        .iter()
+        .flat_map(|(verifications, _)| verifications)
+        .map(|verification| ((verification.address, verification.port), verification.verdict))
+        .collect();
     if filter.open {
-        opens.sort_by_key(|result| result.index);
         for result in &opens {
-            let suspect = suspects.get(&result.address).map(|reason| reason.name());
-            writer.write_suspect(result.address, result.port, "open", result.rtt, suspect)?;
+            let notes = OpenNotes {
+                suspect: suspects.get(&result.address).map(|reason| reason.name()),
+                verify: verdicts.get(&(result.address, result.port)).map(|verdict| verdict.name()),
+            };
+            writer.write_noted(result.address, result.port, "open", result.rtt, notes)?;
         }
     }
     if filter.filtered {
@@ -365,6 +393,18 @@ pub fn run(args: ScanArgs) -> Result<()> {
         suspect_opens,
         opens.len(),
     );
+    if let Some((verifications, took)) = &verified {
+        let count =
+            |wanted: Verdict| verifications.iter().filter(|verification| verification.verdict == wanted).count();
+        let verdicts: Vec<String> =
+            Verdict::ALL.iter().map(|&verdict| format!("{} {}", count(verdict), verdict.name())).collect();
+        eprintln!(
+            "synwatch verify: {} opens verified by connect() in {:.2}s: {}",
+            verifications.len(),
+            took.as_secs_f64(),
+            verdicts.join(", ")
+        );
+    }
     Ok(())
 }
 

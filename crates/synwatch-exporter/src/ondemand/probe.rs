@@ -205,7 +205,8 @@ pub fn tally(
 ) -> ProbeOutcome {
     let mut outcome = ProbeOutcome { hosts_suspect: suspects.len() as u64, ..ProbeOutcome::default() };
     let mut responding = std::collections::BTreeSet::new();
-    let suspect_of = |address: IpAddr| suspects.iter().find(|(suspect, _)| *suspect == address).map(|(_, reason)| *reason);
+    let suspect_of =
+        |address: IpAddr| suspects.iter().find(|(suspect, _)| *suspect == address).map(|(_, reason)| *reason);
     for (address, port, state) in states {
         outcome.requested += 1;
         if state == PortState::Open
@@ -295,11 +296,8 @@ pub fn render(outcome: &ProbeOutcome) -> String {
             "# HELP probe_port_suspect 1 for a port that answered SYN-ACK from a host judged suspect.\n# TYPE probe_port_suspect gauge\n",
         );
         for (address, port, reason) in &outcome.suspect_details {
-            let _ = writeln!(
-                text,
-                "probe_port_suspect{{ip=\"{address}\",port=\"{port}\",reason=\"{}\"}} 1",
-                reason.name()
-            );
+            let _ =
+                writeln!(text, "probe_port_suspect{{ip=\"{address}\",port=\"{port}\",reason=\"{}\"}} 1", reason.name());
         }
     }
     text
