@@ -80,7 +80,15 @@ pub fn evaluate(expect: &Expectation, results: &ScanResults, limit: usize) -> Po
         let suspect = !results.suspects().is_empty()
             && space.hosts().address_at(host).is_some_and(|address| results.suspect_of(address).is_some());
         for (slot, &port) in ports.iter().enumerate() {
-            let kind = match results.get(host * port_count + slot as u64) {
+            let mut state = results.get(host * port_count + slot as u64);
+            // An open port whose real handshake failed is not open.
+            if state == PortState::Open
+                && !results.unverified().is_empty()
+                && space.hosts().address_at(host).is_some_and(|address| results.unverified_of(address, port).is_some())
+            {
+                state = PortState::Closed;
+            }
+            let kind = match state {
                 PortState::Unknown => continue,
                 PortState::Open if suspect => continue,
                 PortState::Open => {

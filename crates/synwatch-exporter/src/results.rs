@@ -12,11 +12,14 @@
 //! SYN-ACK everywhere, see `synwatch_engine::evidence`). A suspect host's SYN-ACKs are counted
 //! as `suspect`, not `open`, and take part in no change either way: what is behind a proxy is
 //! not known. A host turning suspect is a change of its own ([`Changes::turned_suspect`]).
+//! Likewise, with `verify: connect`, an open port whose real handshake failed is `unverified`
+//! (with the verdict), not open, and takes part in no change.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use synwatch_engine::{PortState, Suspect, TargetSpace};
+use synwatch_io::Verdict;
 
 /// The states of one scan, indexed like its [`TargetSpace`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +30,8 @@ pub struct ScanResults {
     hosts_responding: u64,
     /// Hosts judged suspect, sorted by address.
     suspects: Vec<(IpAddr, Suspect)>,
+    /// Open ports of hosts not suspect whose verification failed, sorted.
+    unverified: Vec<(IpAddr, u16, Verdict)>,
 }
 
 /// How many probes are in each state.
@@ -36,6 +41,8 @@ pub struct StateCounts {
     pub open: u64,
     /// Answered with SYN-ACK by a suspect host.
     pub suspect: u64,
+    /// Answered with SYN-ACK, but the real handshake of `verify: connect` failed.
+    pub unverified: u64,
     /// Answered with RST.
     pub closed: u64,
     /// Answered with ICMP unreachable, or not at all.
@@ -53,6 +60,8 @@ pub struct Endpoints {
     pub open: Vec<(IpAddr, u16)>,
     /// (address, port, reason) answered with SYN-ACK by a suspect host.
     pub suspect: Vec<(IpAddr, u16, Suspect)>,
+    /// (address, port, verdict) answered with SYN-ACK, whose verification failed.
+    pub unverified: Vec<(IpAddr, u16, Verdict)>,
 }
 
 /// What changed between two scans of one target.
@@ -95,8 +104,14 @@ impl ScanResults {
         if packed.len() as u64 != space.len().div_ceil(4) {
             return None;
         }
-        let mut results =
-            ScanResults { space, packed, counts: StateCounts::default(), hosts_responding: 0, suspects: Vec::new() };
+        let mut results = ScanResults {
+            space,
+            packed,
+            counts: StateCounts::default(),
+            hosts_responding: 0,
+            suspects: Vec::new(),
+            unverified: Vec::new(),
+        };
         results.recount();
         Some(results)
     }
@@ -109,6 +124,37 @@ impl ScanResults {
         self.suspects = suspects;
         self.recount();
         self
+    }
+
+    /// The same results with the verdicts of a verification: the failed ones of open ports
+    /// of hosts not suspect are kept (the others are no news).
+    pub fn with_verdicts(mut self, verdicts: Vec<(IpAddr, u16, Verdict)>) -> ScanResults {
+        let mut unverified: Vec<(IpAddr, u16, Verdict)> = verdicts
+            .into_iter()
+            .filter(|&(address, port, verdict)| {
+                verdict != Verdict::Ok
+                    && self.suspect_of(address).is_none()
+                    && self.space.index_of(address, port).is_some_and(|index| self.get(index) == PortState::Open)
+            })
+            .collect();
+        unverified.sort();
+        unverified.dedup_by_key(|(address, port, _)| (*address, *port));
+        self.unverified = unverified;
+        self.recount();
+        self
+    }
+
+    /// The open ports whose verification failed, with the verdict, sorted.
+    pub fn unverified(&self) -> &[(IpAddr, u16, Verdict)] {
+        &self.unverified
+    }
+
+    /// The failed verdict of (`address`, `port`), if its verification failed.
+    pub fn unverified_of(&self, address: IpAddr, port: u16) -> Option<Verdict> {
+        self.unverified
+            .binary_search_by_key(&(address, port), |(unverified, unverified_port, _)| (*unverified, *unverified_port))
+            .ok()
+            .map(|position| self.unverified[position].2)
     }
 
     /// The hosts judged suspect, sorted by address.
@@ -133,11 +179,13 @@ impl ScanResults {
         counts
     }
 
-    /// Whether probe `index` is a SYN-ACK of a suspect host.
-    fn is_suspect_open(&self, index: u64) -> bool {
-        !self.suspects.is_empty()
+    /// Whether probe `index` is a SYN-ACK not counted open: of a suspect host, or unverified.
+    fn is_untrusted_open(&self, index: u64) -> bool {
+        (!self.suspects.is_empty() || !self.unverified.is_empty())
             && self.get(index) == PortState::Open
-            && self.space.probe_at(index).is_some_and(|(address, _)| self.suspect_of(address).is_some())
+            && self.space.probe_at(index).is_some_and(|(address, port)| {
+                self.suspect_of(address).is_some() || self.unverified_of(address, port).is_some()
+            })
     }
 
     fn recount(&mut self) {
@@ -146,12 +194,23 @@ impl ScanResults {
         let ports = self.space.ports().len() as u64;
         for host in 0..self.space.hosts().len() {
             let mut responded = false;
-            let suspect = !self.suspects.is_empty()
-                && self.space.hosts().address_at(host).is_some_and(|address| self.suspect_of(address).is_some());
+            let address = self.space.hosts().address_at(host);
+            let suspect =
+                !self.suspects.is_empty() && address.is_some_and(|address| self.suspect_of(address).is_some());
             for index in host * ports..(host + 1) * ports {
                 match self.get(index) {
                     PortState::Open if suspect => {
                         counts.suspect += 1;
+                        responded = true;
+                    }
+                    PortState::Open
+                        if !self.unverified.is_empty()
+                            && self
+                                .space
+                                .probe_at(index)
+                                .is_some_and(|(address, port)| self.unverified_of(address, port).is_some()) =>
+                    {
+                        counts.unverified += 1;
                         responded = true;
                     }
                     PortState::Open => {
@@ -214,6 +273,7 @@ impl ScanResults {
             old.index_of(address, port).map_or(PortState::Unknown, |old_index| self.get(old_index))
         })
         .with_suspects(self.suspects.clone())
+        .with_verdicts(self.unverified.clone())
     }
 
     /// Changes from `previous` (which must be over the same space, see [`ScanResults::project`])
@@ -238,8 +298,8 @@ impl ScanResults {
                 let (before, now) = (previous.get(index), self.get(index));
                 if before == PortState::Unknown
                     || now == PortState::Unknown
-                    || previous.is_suspect_open(index)
-                    || self.is_suspect_open(index)
+                    || previous.is_untrusted_open(index)
+                    || self.is_untrusted_open(index)
                 {
                     continue;
                 }
@@ -273,9 +333,10 @@ impl ScanResults {
                 match self.get(host * ports.len() as u64 + slot as u64) {
                     PortState::Open => {
                         responded = true;
-                        match suspect {
-                            Some(reason) => endpoints.suspect.push((address, port, reason)),
-                            None => endpoints.open.push((address, port)),
+                        match (suspect, self.unverified_of(address, port)) {
+                            (Some(reason), _) => endpoints.suspect.push((address, port, reason)),
+                            (None, Some(verdict)) => endpoints.unverified.push((address, port, verdict)),
+                            (None, None) => endpoints.open.push((address, port)),
                         }
                     }
                     PortState::Closed => responded = true,
@@ -335,7 +396,7 @@ mod tests {
     fn counts_and_hosts_responding_follow_the_states() {
         let space = space(&["192.0.2.0/30"], "80,81,443");
         let scan = results(&space, &[("192.0.2.1", 80), ("192.0.2.1", 443), ("192.0.2.3", 443)]);
-        assert_eq!(scan.counts(), StateCounts { open: 3, suspect: 0, closed: 5, filtered: 4, unknown: 0 });
+        assert_eq!(scan.counts(), StateCounts { open: 3, suspect: 0, unverified: 0, closed: 5, filtered: 4, unknown: 0 });
         assert_eq!(scan.hosts_responding(), 4);
         let endpoints = scan.endpoints();
         assert_eq!(endpoints.responding.len(), 4);
@@ -365,7 +426,7 @@ mod tests {
         // 192.0.2.2 turns into a SYN proxy: SYN-ACK on 80 and 443 (81 stays filtered).
         let proxied = results(&space, &[("192.0.2.1", 80), ("192.0.2.2", 80), ("192.0.2.2", 443)]);
         let after = proxied.clone().with_suspects(vec![("192.0.2.2".parse().unwrap(), Suspect::Synproxy)]);
-        assert_eq!(after.counts(), StateCounts { open: 1, suspect: 2, closed: 5, filtered: 4, unknown: 0 });
+        assert_eq!(after.counts(), StateCounts { open: 1, suspect: 2, unverified: 0, closed: 5, filtered: 4, unknown: 0 });
         assert_eq!(after.hosts_suspect(), [0, 1]);
         assert_eq!(after.changes_since(&before), Changes { opened: 0, closed: 0, turned_suspect: 1 });
         // Without the verdict, its new SYN-ACK would have been an "opened" change.
@@ -386,6 +447,28 @@ mod tests {
     }
 
     #[test]
+    fn a_port_failing_verification_is_unverified_not_open_and_counts_no_change() {
+        let space = space(&["192.0.2.0/30"], "80,81,443");
+        let before = results(&space, &[("192.0.2.1", 80)]);
+        let found = results(&space, &[("192.0.2.1", 80), ("192.0.2.1", 443), ("192.0.2.2", 443)]);
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        let after = found.with_verdicts(vec![
+            (ip("192.0.2.1"), 80, Verdict::Ok),
+            (ip("192.0.2.1"), 443, Verdict::Reset),
+            (ip("192.0.2.2"), 443, Verdict::Ok),
+            // Not open in the results: never kept.
+            (ip("192.0.2.3"), 443, Verdict::Refused),
+        ]);
+        assert_eq!(after.unverified(), [(ip("192.0.2.1"), 443, Verdict::Reset)]);
+        assert_eq!((after.counts().open, after.counts().unverified), (2, 1));
+        assert_eq!(after.changes_since(&before), Changes { opened: 1, closed: 0, turned_suspect: 0 });
+        let endpoints = after.endpoints();
+        assert_eq!(endpoints.open.len(), 2);
+        assert_eq!(endpoints.unverified, [(ip("192.0.2.1"), 443, Verdict::Reset)]);
+        assert_eq!(after.project(Arc::clone(&space)).unverified().len(), 1);
+    }
+
+    #[test]
     fn projection_keeps_shared_probes_and_forgets_the_rest() {
         let old_space = space(&["192.0.2.0/30"], "80,443");
         let old = results(&old_space, &[("192.0.2.1", 80), ("192.0.2.1", 443)]);
@@ -394,7 +477,7 @@ mod tests {
         assert_eq!(projected.get(new_space.index_of("192.0.2.1".parse().unwrap(), 80).unwrap()), PortState::Open);
         assert_eq!(projected.get(new_space.index_of("192.0.2.1".parse().unwrap(), 8080).unwrap()), PortState::Unknown);
         assert_eq!(projected.get(new_space.index_of("192.0.2.9".parse().unwrap(), 80).unwrap()), PortState::Unknown);
-        assert_eq!(projected.counts(), StateCounts { open: 1, suspect: 0, closed: 0, filtered: 0, unknown: 3 });
+        assert_eq!(projected.counts(), StateCounts { open: 1, suspect: 0, unverified: 0, closed: 0, filtered: 0, unknown: 3 });
         // A new port found open on its first scan is not a change: nothing was known before.
         let next = results(&new_space, &[("192.0.2.1", 8080)]);
         assert_eq!(next.changes_since(&old), Changes { opened: 0, closed: 1, turned_suspect: 0 });

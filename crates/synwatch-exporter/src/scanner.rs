@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use std::net::IpAddr;
 
+use parking_lot::Mutex;
 use synwatch_engine::{FinishReason, JobSettings, PortState, Suspect, TargetSpace};
-use synwatch_io::{CounterSnapshot, Engine, JobHandle, JobRequest, Priority};
+use synwatch_io::{CounterSnapshot, Engine, JobHandle, JobRequest, Priority, Verdict, Verifier, VerifyOptions};
 
 /// A scan to start.
 #[derive(Debug, Clone)]
@@ -23,12 +24,15 @@ pub struct ScanOrder {
     pub priority: Priority,
     /// The job's own rate cap.
     pub rate: Option<u64>,
+    /// Verify the opens of hosts not judged suspect once the job has ended (the scan counts as
+    /// running until that is done).
+    pub verify: bool,
 }
 
 impl ScanOrder {
-    /// A background scan without its own rate cap.
+    /// A background scan without its own rate cap or verification.
     pub fn background(space: Arc<TargetSpace>, settings: JobSettings, timeout: Duration) -> ScanOrder {
-        ScanOrder { space, settings, timeout, priority: Priority::Background, rate: None }
+        ScanOrder { space, settings, timeout, priority: Priority::Background, rate: None, verify: false }
     }
 }
 
@@ -73,6 +77,11 @@ pub trait RunningScan: Send {
     fn suspects(&self) -> Vec<(IpAddr, Suspect)> {
         Vec::new()
     }
+    /// The verdicts of the verification of its opens, when it was asked for (meaningful once
+    /// finished; none by default).
+    fn verdicts(&self) -> Vec<(IpAddr, u16, Verdict)> {
+        Vec::new()
+    }
     /// Waits at most `timeout` for the end (the default polls every millisecond).
     fn wait(&self, timeout: Duration) -> Option<FinishReason> {
         let until = Instant::now() + timeout;
@@ -96,6 +105,11 @@ impl Scanner for Engine {
             ..JobRequest::new(order.space, order.settings, Some(order.timeout))
         };
         match self.submit(request) {
+            Ok(handle) if order.verify => Ok(Box::new(VerifyingScan {
+                handle: Arc::new(handle),
+                verifier: self.verifier(),
+                phase: Arc::new(Mutex::new(VerifyPhase::NotStarted)),
+            })),
             Ok(handle) => Ok(Box::new(handle)),
             Err(error) => Err(error.to_string()),
         }
@@ -135,5 +149,95 @@ impl RunningScan for JobHandle {
     }
     fn wait(&self, timeout: Duration) -> Option<FinishReason> {
         self.wait_timeout(timeout).map(|summary| summary.reason)
+    }
+}
+
+/// Where the verification of a finished job stands.
+enum VerifyPhase {
+    NotStarted,
+    Running,
+    Done(Vec<(IpAddr, u16, Verdict)>),
+}
+
+/// A job whose opens are verified once it has ended, on a thread of their own; the scan is
+/// finished only when the verification is.
+struct VerifyingScan {
+    handle: Arc<JobHandle>,
+    verifier: Verifier,
+    phase: Arc<Mutex<VerifyPhase>>,
+}
+
+impl VerifyingScan {
+    /// Verifies the opens of the hosts not judged suspect, and only those.
+    fn run(handle: &JobHandle, verifier: &Verifier) -> Vec<(IpAddr, u16, Verdict)> {
+        let summary = handle.summary().unwrap_or_else(|| handle.wait());
+        let suspects: std::collections::HashSet<IpAddr> =
+            handle.suspects().into_iter().map(|(address, _)| address).collect();
+        let space = handle.space();
+        let table = handle.table();
+        let endpoints: Vec<(IpAddr, u16)> = (0..space.len())
+            .filter(|&index| table.get(index) == PortState::Open)
+            .filter_map(|index| space.probe_at(index))
+            .filter(|(address, _)| !suspects.contains(address))
+            .collect();
+        let options = VerifyOptions::from_timing(
+            summary.timing.last_timeout.map(|(timeout, _)| timeout),
+            summary.timing.estimate.map(|estimate| estimate.srtt),
+        );
+        match verifier.verify(&endpoints, options) {
+            Ok(verifications) => verifications
+                .into_iter()
+                .map(|verification| (verification.address, verification.port, verification.verdict))
+                .collect(),
+            Err(error) => {
+                tracing::warn!(%error, "cannot verify the open ports; they stay open unverified");
+                Vec::new()
+            }
+        }
+    }
+}
+
+impl RunningScan for VerifyingScan {
+    fn finished(&self) -> Option<FinishReason> {
+        let reason = RunningScan::finished(&*self.handle)?;
+        let mut phase = self.phase.lock();
+        match *phase {
+            VerifyPhase::Done(_) => return Some(reason),
+            VerifyPhase::Running => return None,
+            VerifyPhase::NotStarted if reason == FinishReason::Cancelled => {
+                *phase = VerifyPhase::Done(Vec::new());
+                return Some(reason);
+            }
+            VerifyPhase::NotStarted => *phase = VerifyPhase::Running,
+        }
+        let (handle, verifier, shared) = (Arc::clone(&self.handle), self.verifier.clone(), Arc::clone(&self.phase));
+        let spawned = std::thread::Builder::new().name("synwatch-verify".into()).spawn(move || {
+            let verdicts = VerifyingScan::run(&handle, &verifier);
+            *shared.lock() = VerifyPhase::Done(verdicts);
+        });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "cannot start the verification thread; the opens stay unverified");
+            *phase = VerifyPhase::Done(Vec::new());
+            return Some(reason);
+        }
+        None
+    }
+    fn cancel(&self) {
+        self.handle.cancel();
+    }
+    fn state(&self, index: u64) -> PortState {
+        self.handle.table().get(index)
+    }
+    fn progress(&self) -> ScanProgress {
+        RunningScan::progress(&*self.handle)
+    }
+    fn suspects(&self) -> Vec<(IpAddr, Suspect)> {
+        self.handle.suspects()
+    }
+    fn verdicts(&self) -> Vec<(IpAddr, u16, Verdict)> {
+        match &*self.phase.lock() {
+            VerifyPhase::Done(verdicts) => verdicts.clone(),
+            _ => Vec::new(),
+        }
     }
 }

@@ -88,6 +88,9 @@ struct StoredResults {
     /// Hosts judged suspect: address and reason (absent in files written before there were any).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     suspects: Vec<(IpAddr, String)>,
+    /// Open ports whose verification failed: address, port and verdict.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    unverified: Vec<(IpAddr, u16, String)>,
 }
 
 /// Seconds since the Unix epoch, as exported in timestamps.
@@ -124,6 +127,11 @@ impl StateStore {
                             .suspects()
                             .iter()
                             .map(|(address, reason)| (*address, reason.name().to_string()))
+                            .collect(),
+                        unverified: results
+                            .unverified()
+                            .iter()
+                            .map(|(address, port, verdict)| (*address, *port, verdict.name().to_string()))
                             .collect(),
                     }),
                 })
@@ -204,9 +212,18 @@ fn decode_results(stored: &StoredResults) -> Result<ScanResults, String> {
             Suspect::from_name(reason).map(|reason| (*address, reason)).ok_or(format!("suspect reason {reason:?}"))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let verdicts = stored
+        .unverified
+        .iter()
+        .map(|(address, port, verdict)| {
+            synwatch_io::Verdict::from_name(verdict)
+                .map(|verdict| (*address, *port, verdict))
+                .ok_or(format!("verdict {verdict:?}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let results = ScanResults::from_packed(Arc::new(space), packed)
         .ok_or_else(|| "the states do not fit the space".to_string())?;
-    Ok(results.with_suspects(suspects))
+    Ok(results.with_suspects(suspects).with_verdicts(verdicts))
 }
 
 #[cfg(test)]

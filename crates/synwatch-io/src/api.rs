@@ -170,6 +170,11 @@ impl Engine {
         crate::verify::verify_endpoints(&self.shared, endpoints, options)
     }
 
+    /// A handle that verifies like [`Engine::verify`] from another thread.
+    pub fn verifier(&self) -> crate::verify::Verifier {
+        crate::verify::Verifier { shared: Arc::clone(&self.shared) }
+    }
+
     /// Jobs currently running.
     pub fn active_jobs(&self) -> usize {
         self.shared.jobs.read().len()

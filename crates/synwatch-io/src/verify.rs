@@ -23,7 +23,29 @@ use std::time::Duration;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use std::sync::Arc;
+
 use crate::shared::Shared;
+
+/// Verifies endpoints under an engine's rate cap from any thread (see
+/// [`crate::Engine::verifier`]).
+#[derive(Clone)]
+pub struct Verifier {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("Verifier")
+    }
+}
+
+impl Verifier {
+    /// Verifies `endpoints` (see [`verify_endpoints`]).
+    pub fn verify(&self, endpoints: &[(IpAddr, u16)], options: VerifyOptions) -> io::Result<Vec<Verification>> {
+        verify_endpoints(&self.shared, endpoints, options)
+    }
+}
 
 /// What a verification found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -50,6 +72,11 @@ impl Verdict {
             Verdict::Timeout => "timeout",
             Verdict::Unreachable => "unreachable",
         }
+    }
+
+    /// The verdict for a name written by [`Verdict::name`].
+    pub fn from_name(name: &str) -> Option<Verdict> {
+        Verdict::ALL.into_iter().find(|verdict| verdict.name() == name)
     }
 
     /// Every verdict, in the order outputs list them.

@@ -359,6 +359,8 @@ pub struct Module {
     /// Pause between rounds: `auto` (learned, the default) or a duration.
     #[serde_as(as = "TimeValue")]
     pub retry_gap: TimeSetting,
+    /// Verify the opens of hosts not judged suspect with a real handshake: `none` or `connect`.
+    pub verify: VerifySetting,
 }
 
 impl Default for Module {
@@ -371,7 +373,26 @@ impl Default for Module {
             timeout: None,
             wait: TimeSetting::Auto,
             retry_gap: TimeSetting::Auto,
+            verify: VerifySetting::None,
         }
+    }
+}
+
+/// Whether the opens a scan found are verified with a real handshake afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifySetting {
+    /// No verification (the default): a SYN-ACK from a host not judged suspect is open.
+    #[default]
+    None,
+    /// A connect() to each open port of a host not judged suspect, reset at once.
+    Connect,
+}
+
+impl VerifySetting {
+    /// Whether it asks for verification.
+    pub fn connect(self) -> bool {
+        self == VerifySetting::Connect
     }
 }
 
@@ -439,6 +460,8 @@ pub struct Defaults {
     /// Pause between rounds: `auto` (learned, the default) or a duration.
     #[serde_as(as = "TimeValue")]
     pub retry_gap: TimeSetting,
+    /// Verify the opens of hosts not judged suspect with a real handshake: `none` or `connect`.
+    pub verify: VerifySetting,
 }
 
 impl Default for Defaults {
@@ -449,6 +472,7 @@ impl Default for Defaults {
             retries: 2,
             wait: TimeSetting::Auto,
             retry_gap: TimeSetting::Auto,
+            verify: VerifySetting::None,
         }
     }
 }
@@ -574,6 +598,8 @@ struct TargetFile {
     #[serde(default)]
     retry_gap: Option<TimeSetting>,
     #[serde(default)]
+    verify: Option<VerifySetting>,
+    #[serde(default)]
     details: bool,
     expect: Option<Expectation>,
 }
@@ -622,6 +648,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
                 retries: target.retries.unwrap_or(defaults.retries),
                 wait: target.wait.unwrap_or(defaults.wait),
                 retry_gap: target.retry_gap.unwrap_or(defaults.retry_gap),
+                verify: target.verify.unwrap_or(defaults.verify),
             },
             details: target.details,
             expect: target.expect,

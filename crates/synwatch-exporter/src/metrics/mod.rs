@@ -155,6 +155,7 @@ pub struct Metrics {
     pub(crate) scan_duration: HistogramVec,
     pub(crate) port_changes: IntCounterVec,
     pub(crate) hosts_turned_suspect: IntCounterVec,
+    pub(crate) verifications: IntCounterVec,
     pub(crate) scans: IntCounterVec,
     pub(crate) details_dropped: IntCounter,
     pub(crate) queue_length: IntGauge,
@@ -320,6 +321,17 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let verifications = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "synwatch_verifications_total",
+                    "Real handshakes made by verify: connect to open ports, by verdict (ok, reset, refused, timeout, unreachable).",
+                ),
+                &["target", "verdict"],
+            )
+            .expect("valid metric"),
+        );
         let scans = register(
             &registry,
             IntCounterVec::new(
@@ -433,6 +445,7 @@ impl Metrics {
             scan_duration,
             port_changes,
             hosts_turned_suspect,
+            verifications,
             scans,
             details_dropped: counter(
                 &registry,
@@ -515,6 +528,9 @@ impl Metrics {
             let _ = self.port_changes.remove_label_values(&[name, change]);
         }
         let _ = self.hosts_turned_suspect.remove_label_values(&[name]);
+        for verdict in synwatch_io::Verdict::ALL {
+            let _ = self.verifications.remove_label_values(&[name, verdict.name()]);
+        }
         for result in ["success", "failure"] {
             let _ = self.scans.remove_label_values(&[name, result]);
         }

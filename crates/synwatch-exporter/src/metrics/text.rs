@@ -28,6 +28,7 @@ pub const RENDERED_FAMILIES: &[&str] = &[
     "synwatch_port_policy_violation",
     "synwatch_port_open",
     "synwatch_port_suspect",
+    "synwatch_port_unverified",
     "synwatch_host_info",
     "synwatch_listener_up",
     "synwatch_listeners_expected_missing",
@@ -152,7 +153,7 @@ pub fn render_targets(targets: &[TargetView<'_>], output: &mut Vec<u8>) {
     header(
         output,
         "synwatch_target_ports",
-        "Ports of the last completed scan by state (suspect: SYN-ACK from a host judged all_open or synproxy, not counted open); the states sum to the ports scanned.",
+        "Ports of the last completed scan by state (suspect: SYN-ACK from a host judged all_open or synproxy; unverified: SYN-ACK whose real handshake failed; neither counted open); the states sum to the ports scanned.",
     );
     for target in targets {
         if let Some(results) = target.results {
@@ -160,6 +161,7 @@ pub fn render_targets(targets: &[TargetView<'_>], output: &mut Vec<u8>) {
             for (state, count) in [
                 ("open", counts.open),
                 ("suspect", counts.suspect),
+                ("unverified", counts.unverified),
                 ("closed", counts.closed),
                 ("filtered", counts.filtered),
             ] {
@@ -273,10 +275,11 @@ pub fn render_targets(targets: &[TargetView<'_>], output: &mut Vec<u8>) {
         "synwatch_port_open",
         "1 if the port answered SYN-ACK in the last completed scan, 0 if closed or filtered; a suspect host's SYN-ACKs have no series here but one in synwatch_port_suspect (targets with details: true).",
     );
-    let mut suspect = Vec::new();
+    let (mut suspect, mut unverified) = (Vec::new(), Vec::new());
     for target in targets {
         if let Some(results) = target.results {
-            render_port_open(target.name, results, target.detail_series, output, &mut suspect);
+            let others = Others { suspect: &mut suspect, unverified: &mut unverified };
+            render_port_open(target.name, results, target.detail_series, output, others);
         }
     }
     header(
@@ -285,16 +288,30 @@ pub fn render_targets(targets: &[TargetView<'_>], output: &mut Vec<u8>) {
         "1 for a port that answered SYN-ACK from a host judged suspect, with the reason (targets with details: true, within the same budget as synwatch_port_open).",
     );
     output.extend_from_slice(&suspect);
+    header(
+        output,
+        "synwatch_port_unverified",
+        "1 for a port that answered SYN-ACK but failed the real handshake of verify: connect, with the verdict (targets with details: true, within the same budget as synwatch_port_open).",
+    );
+    output.extend_from_slice(&unverified);
 }
 
-/// Writes `synwatch_port_open` series into `output` and `synwatch_port_suspect` series into
-/// `suspect`, at most `limit` in all.
+/// Where [`render_port_open`] writes the series of ports not counted open.
+pub(super) struct Others<'a> {
+    /// `synwatch_port_suspect` series.
+    pub(super) suspect: &'a mut Vec<u8>,
+    /// `synwatch_port_unverified` series.
+    pub(super) unverified: &'a mut Vec<u8>,
+}
+
+/// Writes `synwatch_port_open` series into `output`, and those of suspect and unverified ports
+/// into `others`, at most `limit` in all.
 pub(super) fn render_port_open(
     name: &str,
     results: &ScanResults,
     limit: u64,
     output: &mut Vec<u8>,
-    suspect: &mut Vec<u8>,
+    others: Others<'_>,
 ) {
     let space = results.space();
     let ports = space.ports().as_slice();
@@ -321,9 +338,19 @@ pub(super) fn render_port_open(
                 return;
             }
             written += 1;
+            if state == PortState::Open
+                && let Some(verdict) = results.unverified_of(address, *port)
+            {
+                let _ = writeln!(
+                    others.unverified,
+                    "synwatch_port_unverified{{target=\"{name}\",ip=\"{address_text}\",port=\"{port}\",verdict=\"{}\"}} 1",
+                    verdict.name()
+                );
+                continue;
+            }
             if let (PortState::Open, Some(reason)) = (state, reason) {
                 let _ = writeln!(
-                    suspect,
+                    others.suspect,
                     "synwatch_port_suspect{{target=\"{name}\",ip=\"{address_text}\",port=\"{port}\",reason=\"{}\"}} 1",
                     reason.name()
                 );

@@ -407,6 +407,7 @@ impl OnDemand {
                 timeout: deadline,
                 priority: Priority::Interactive,
                 rate: params.preset.rate,
+                verify: params.preset.verify.connect(),
             })
         });
         let (outcome, success, scan) = match started_scan {
@@ -439,7 +440,18 @@ impl OnDemand {
                     (address, port, scan.state(index))
                 });
                 let suspects = scan.suspects();
-                let tally = probe::tally(states, progress.distinct_sent, params.details, &suspects);
+                let mut tally = probe::tally(states, progress.distinct_sent, params.details, &suspects);
+                // Opens whose real handshake failed are not open.
+                for (address, port, verdict) in scan.verdicts() {
+                    if verdict != synwatch_io::Verdict::Ok && tally.open > 0 {
+                        tally.open -= 1;
+                        tally.unverified += 1;
+                        for detail in tally.details.iter_mut().filter(|detail| (detail.0, detail.1) == (address, port))
+                        {
+                            detail.2 = false;
+                        }
+                    }
+                }
                 if params.debug {
                     for index in 0..space.len() {
                         let state = scan.state(index);
@@ -505,6 +517,7 @@ impl OnDemand {
                     timeout: deadline,
                     priority,
                     rate: params.preset.rate,
+                    verify: params.preset.verify.connect(),
                 })
             })
             .map_err(|error| Refusal::new(RefusalKind::Failed, format!("the scan could not start: {error}")))?;
@@ -541,10 +554,11 @@ impl OnDemand {
 
     fn summary(scan: &ApiScan) -> serde_json::Value {
         let (sent, answered, total, round) = scan.progress();
-        let (mut open, mut suspect, mut closed, mut filtered) = (0u64, 0u64, 0u64, 0u64);
+        let (mut open, mut suspect, mut unverified, mut closed, mut filtered) = (0u64, 0u64, 0u64, 0u64, 0u64);
         for index in 0..total {
             match scan.state(index) {
                 PortState::Open if scan.suspect_at(index).is_some() => suspect += 1,
+                PortState::Open if scan.unverified_at(index).is_some() => unverified += 1,
                 PortState::Open => open += 1,
                 PortState::Closed => closed += 1,
                 PortState::Filtered => filtered += 1,
@@ -558,8 +572,8 @@ impl OnDemand {
             "created_at": scan.created_unix,
             "ended_at": scan.ended_unix,
             "progress": {"sent": sent, "answered": answered, "total": total, "round": round},
-            "counts": {"open": open, "suspect": suspect, "closed": closed, "filtered": filtered,
-                "unanswered": total - open - suspect - closed - filtered},
+            "counts": {"open": open, "suspect": suspect, "unverified": unverified, "closed": closed,
+                "filtered": filtered, "unanswered": total - open - suspect - unverified - closed - filtered},
             "hosts_suspect": scan.results.as_ref().map_or(0, |results| results.suspects().len()),
         })
     }
@@ -614,6 +628,11 @@ impl OnDemand {
                     && let Some(reason) = scan.suspect_at(index)
                 {
                     item["suspect"] = json!(reason.name());
+                }
+                if state == PortState::Open
+                    && let Some(verdict) = scan.unverified_at(index)
+                {
+                    item["verify"] = json!(verdict.name());
                 }
                 items.push(item);
             }

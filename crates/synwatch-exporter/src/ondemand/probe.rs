@@ -180,6 +180,8 @@ pub struct ProbeOutcome {
     pub open: u64,
     /// Pairs that answered SYN-ACK from a host judged suspect.
     pub suspect: u64,
+    /// Pairs that answered SYN-ACK whose real handshake (`verify: connect`) failed.
+    pub unverified: u64,
     /// Hosts judged suspect.
     pub hosts_suspect: u64,
     /// Closed pairs.
@@ -231,7 +233,7 @@ pub fn tally(
             outcome.details.push((address, port, state == PortState::Open));
         }
     }
-    let answered = outcome.open + outcome.suspect + outcome.closed;
+    let answered = outcome.open + outcome.suspect + outcome.unverified + outcome.closed;
     outcome.scanned = scanned.min(outcome.requested).max(answered);
     outcome.filtered = outcome.scanned - answered;
     outcome.hosts_responding = responding.len() as u64;
@@ -248,6 +250,7 @@ pub const PROBE_FAMILIES: &[&str] = &[
     "probe_ports_scanned",
     "probe_ports_open",
     "probe_ports_suspect",
+    "probe_ports_unverified",
     "probe_ports_closed",
     "probe_ports_filtered",
     "probe_hosts_responding",
@@ -276,6 +279,11 @@ pub fn render(outcome: &ProbeOutcome) -> String {
         "probe_ports_suspect",
         "Pairs that answered SYN-ACK from a host judged suspect (all_open or synproxy).",
         outcome.suspect.to_string(),
+    );
+    gauge(
+        "probe_ports_unverified",
+        "Pairs that answered SYN-ACK but failed the real handshake of verify: connect.",
+        outcome.unverified.to_string(),
     );
     gauge("probe_ports_closed", "Pairs found closed.", outcome.closed.to_string());
     gauge("probe_ports_filtered", "Pairs probed that gave no answer or an ICMP error.", outcome.filtered.to_string());

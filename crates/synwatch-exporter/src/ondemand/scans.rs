@@ -116,6 +116,13 @@ impl ApiScan {
         results.suspect_of(address)
     }
 
+    /// The failed verdict of the verification of probe `index`, once the scan ended.
+    pub fn unverified_at(&self, index: u64) -> Option<synwatch_io::Verdict> {
+        let results = self.results.as_ref()?;
+        let (address, port) = self.space.probe_at(index)?;
+        results.unverified_of(address, port)
+    }
+
     /// (sent, answered, total, round).
     pub fn progress(&self) -> (u64, u64, u64, u32) {
         let total = self.space.len();
@@ -215,7 +222,8 @@ impl ScanRegistry {
             let running = scan.running.take().expect("checked above");
             scan.results = Some(
                 ScanResults::from_fn(Arc::clone(&scan.space), |index| running.state(index))
-                    .with_suspects(running.suspects()),
+                    .with_suspects(running.suspects())
+                    .with_verdicts(running.verdicts()),
             );
             scan.sent_at_end = running.progress().sent;
             scan.status = match reason {

@@ -132,7 +132,11 @@ impl SchedulerLoop {
             ..JobSettings::default()
         };
         let started = Instant::now();
-        match self.inner.scanner.start(ScanOrder::background(Arc::clone(&space), settings, target.settings.timeout)) {
+        let order = ScanOrder {
+            verify: target.settings.verify.connect(),
+            ..ScanOrder::background(Arc::clone(&space), settings, target.settings.timeout)
+        };
+        match self.inner.scanner.start(order) {
             Ok(scan) => {
                 tracing::debug!(target = %name, probes = space.len(), "scan started");
                 self.running.push(Running { name, scan, space, started });
@@ -158,6 +162,18 @@ impl SchedulerLoop {
                 let results =
                     ScanResults::from_fn(Arc::clone(&running.space), |probe| running.scan.state(probe).finalized())
                         .with_suspects(running.scan.suspects());
+                let verdicts = running.scan.verdicts();
+                for verdict in synwatch_io::Verdict::ALL {
+                    let count = verdicts.iter().filter(|(_, _, found)| *found == verdict).count() as u64;
+                    if count > 0 {
+                        self.inner
+                            .metrics
+                            .verifications
+                            .with_label_values(&[&running.name, verdict.name()])
+                            .inc_by(count);
+                    }
+                }
+                let results = results.with_verdicts(verdicts);
                 self.record_attempt(&running.name, running.started, Some(results));
             } else {
                 tracing::warn!(target = %running.name, ?reason, "scan did not complete; the previous results stay");
