@@ -396,7 +396,10 @@ mod tests {
     fn counts_and_hosts_responding_follow_the_states() {
         let space = space(&["192.0.2.0/30"], "80,81,443");
         let scan = results(&space, &[("192.0.2.1", 80), ("192.0.2.1", 443), ("192.0.2.3", 443)]);
-        assert_eq!(scan.counts(), StateCounts { open: 3, suspect: 0, unverified: 0, closed: 5, filtered: 4, unknown: 0 });
+        assert_eq!(
+            scan.counts(),
+            StateCounts { open: 3, suspect: 0, unverified: 0, closed: 5, filtered: 4, unknown: 0 }
+        );
         assert_eq!(scan.hosts_responding(), 4);
         let endpoints = scan.endpoints();
         assert_eq!(endpoints.responding.len(), 4);
@@ -426,7 +429,10 @@ mod tests {
         // 192.0.2.2 turns into a SYN proxy: SYN-ACK on 80 and 443 (81 stays filtered).
         let proxied = results(&space, &[("192.0.2.1", 80), ("192.0.2.2", 80), ("192.0.2.2", 443)]);
         let after = proxied.clone().with_suspects(vec![("192.0.2.2".parse().unwrap(), Suspect::Synproxy)]);
-        assert_eq!(after.counts(), StateCounts { open: 1, suspect: 2, unverified: 0, closed: 5, filtered: 4, unknown: 0 });
+        assert_eq!(
+            after.counts(),
+            StateCounts { open: 1, suspect: 2, unverified: 0, closed: 5, filtered: 4, unknown: 0 }
+        );
         assert_eq!(after.hosts_suspect(), [0, 1]);
         assert_eq!(after.changes_since(&before), Changes { opened: 0, closed: 0, turned_suspect: 1 });
         // Without the verdict, its new SYN-ACK would have been an "opened" change.
@@ -477,7 +483,10 @@ mod tests {
         assert_eq!(projected.get(new_space.index_of("192.0.2.1".parse().unwrap(), 80).unwrap()), PortState::Open);
         assert_eq!(projected.get(new_space.index_of("192.0.2.1".parse().unwrap(), 8080).unwrap()), PortState::Unknown);
         assert_eq!(projected.get(new_space.index_of("192.0.2.9".parse().unwrap(), 80).unwrap()), PortState::Unknown);
-        assert_eq!(projected.counts(), StateCounts { open: 1, suspect: 0, unverified: 0, closed: 0, filtered: 0, unknown: 3 });
+        assert_eq!(
+            projected.counts(),
+            StateCounts { open: 1, suspect: 0, unverified: 0, closed: 0, filtered: 0, unknown: 3 }
+        );
         // A new port found open on its first scan is not a change: nothing was known before.
         let next = results(&new_space, &[("192.0.2.1", 8080)]);
         assert_eq!(next.changes_since(&old), Changes { opened: 0, closed: 1, turned_suspect: 0 });

@@ -10,8 +10,9 @@
 //!
 //! * Each attempt takes one token from the engine's global bucket, like a probe: verification
 //!   never pushes the engine past its rate cap, and shares it with the running scans.
-//! * Verdicts ([`Verdict`]): `ok` (connected and not reset during the hold), `reset` (connected,
-//!   then reset at once: the SYN-ACK was not a listener's), `refused` (RST to the SYN: no
+//! * Verdicts ([`Verdict`]): `ok` (connected and not reset during the hold; a peer that closes
+//!   politely, with a FIN, accepted the connection), `reset` (connected, then reset at once:
+//!   the SYN-ACK was not a listener's), `refused` (RST to the SYN: no
 //!   listener now), `timeout` (no answer in time), `unreachable` (an ICMP error or no route).
 //! * SYN proxies and tarpits complete handshakes themselves, so they pass verification; the
 //!   canaries catch them (see `synwatch_engine::evidence`).
@@ -50,7 +51,8 @@ impl Verifier {
 /// What a verification found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Verdict {
-    /// The handshake completed and the peer kept the connection through the hold.
+    /// The handshake completed and the peer kept the connection through the hold, or closed
+    /// it politely.
     Ok,
     /// The handshake completed, then the peer reset it.
     Reset,
@@ -212,9 +214,13 @@ pub(crate) fn verify_endpoints(
             let slot = event.data() as usize;
             let flags = event.events();
             let Some(attempt) = slots.get_mut(slot).and_then(Option::as_mut) else { continue };
+            // A peer that closes the connection politely (a FIN: the service accepted it and
+            // hung up, as some do at once) accepted it; only an error (a RST) fails it.
+            let closed_politely = flags.contains(EpollFlags::EPOLLRDHUP) && !flags.contains(EpollFlags::EPOLLERR);
             let finished = match attempt.phase {
                 Phase::Connecting { .. } => match attempt.socket.take_error() {
-                    Ok(None) if !flags.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLRDHUP) => {
+                    Ok(None) if closed_politely => Some(Verdict::Ok),
+                    Ok(None) if !flags.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) => {
                         attempt.phase = Phase::Holding { until: now + options.hold };
                         let interest = EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
                         let _ = epoll.modify(&attempt.socket, &mut EpollEvent::new(interest, slot as u64));
@@ -223,9 +229,9 @@ pub(crate) fn verify_endpoints(
                     Ok(None) => Some(Verdict::Reset),
                     Ok(Some(error)) | Err(error) => Some(verdict_of_error(&error)),
                 },
-                // Anything but silence during the hold: the peer reset or closed the connection.
                 Phase::Holding { .. } => Some(match attempt.socket.take_error() {
                     Ok(Some(error)) => verdict_of_error(&error),
+                    Ok(None) if closed_politely => Verdict::Ok,
                     _ => Verdict::Reset,
                 }),
             };

@@ -416,7 +416,9 @@ impl Prometheus {
         let config = scratch.join("prometheus.yml");
         std::fs::write(
             &config,
-            format!("global: {{scrape_interval: 1s, scrape_timeout: 1s}}\nscrape_configs:\n{scrape_configs}"),
+            format!(
+                "global: {{scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}}\nscrape_configs:\n{scrape_configs}"
+            ),
         )
         .unwrap();
         let mut command = match lab {

@@ -16,4 +16,5 @@ mod lab_scan;
 mod ondemand;
 mod operations;
 mod serve;
+mod suspects;
 mod systemd;
