@@ -317,6 +317,7 @@ impl ReplyMatcher {
     pub fn host_evidence(&self, host: u64) -> HostEvidence {
         let ports = self.space.ports().len() as u64;
         let mut evidence = self.evidence.host_evidence(host);
+        evidence.ports_scanned = ports as u32;
         for index in host * ports..(host + 1) * ports {
             match self.table.get(index) {
                 PortState::Open => evidence.ports_open += 1,

@@ -58,7 +58,12 @@ fn commands(
     Ok(match tool {
         // synwatch as its users run it: the default retries, retry gap and wait (learned);
         // `-fixed`, with the fixed 1 s gap and wait it had before they were learned.
-        "synwatch" | "synwatch-connect" | "synwatch-fixed" | "synwatch-connect-fixed" => {
+        "synwatch"
+        | "synwatch-connect"
+        | "synwatch-fixed"
+        | "synwatch-connect-fixed"
+        | "synwatch-verify"
+        | "synwatch-no-canaries" => {
             let mut argv = strings(&[
                 &synwatch,
                 "scan",
@@ -78,6 +83,13 @@ fn commands(
             }
             if tool.ends_with("-fixed") {
                 argv.extend(strings(&["--retry-gap", "1s", "--wait", "1s"]));
+            }
+            // The costs of the trust in an open: verification, and (by its absence) canaries.
+            if tool == "synwatch-verify" {
+                argv.extend(strings(&["--verify", "connect"]));
+            }
+            if tool == "synwatch-no-canaries" {
+                argv.extend(strings(&["--canaries", "0"]));
             }
             single(argv, None)
         }
@@ -112,16 +124,28 @@ fn commands(
             strings(&["nmap", "-sT", "-T4", "-n", "-Pn", "-p", &ports, "-oG", &scan.output, &target]),
             Some(ExternalTool::NmapConnect),
         ),
-        other => bail!("unknown field tool {other} (expected some of {FIELD_TOOLS})"),
+        other => bail!(
+            "unknown field tool {other} (expected some of {FIELD_TOOLS}, synwatch-fixed, synwatch-connect-fixed, synwatch-verify, synwatch-no-canaries)"
+        ),
     })
 }
 
-fn synwatch_open(text: &str) -> BTreeSet<(IpAddr, u16)> {
-    text.lines()
+/// synwatch's opens as a user alerting on them reads them: the SYN-ACKs of hosts it judged
+/// suspect, and those whose verification failed, are not open (they are counted apart).
+fn synwatch_open(text: &str) -> (BTreeSet<(IpAddr, u16)>, usize) {
+    let mut untrusted = 0;
+    let open = text
+        .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|value| value["state"] == "open")
+        .filter(|value| {
+            let trusted = value.get("suspect").is_none() && value.get("verify").is_none_or(|verdict| verdict == "ok");
+            untrusted += usize::from(!trusted);
+            trusted
+        })
         .filter_map(|value| Some((value["ip"].as_str()?.parse().ok()?, value["port"].as_u64()? as u16)))
-        .collect()
+        .collect();
+    (open, untrusted)
 }
 
 /// One run: wall time, CPU, opens found, SYNs the network received.
@@ -129,11 +153,13 @@ struct FieldRun {
     wall: Duration,
     cpu: Duration,
     found: BTreeSet<(IpAddr, u16)>,
+    /// synwatch's SYN-ACKs reported suspect or unverified rather than open.
+    flagged: usize,
     syns: u64,
 }
 
 fn run_tool(arguments: &Arguments, lab: &Lab, tool: &str, scan: &ToolScan, probes: u64) -> Result<FieldRun> {
-    let mut run = FieldRun { wall: Duration::ZERO, cpu: Duration::ZERO, found: BTreeSet::new(), syns: 0 };
+    let mut run = FieldRun { wall: Duration::ZERO, cpu: Duration::ZERO, found: BTreeSet::new(), flagged: 0, syns: 0 };
     let syns_before = lab.syns_received()?;
     let started = Instant::now();
     for (command, reader) in commands(arguments, lab, tool, scan)? {
@@ -165,16 +191,22 @@ fn run_tool(arguments: &Arguments, lab: &Lab, tool: &str, scan: &ToolScan, probe
         }
         // synwatch says what timing it used: shown beside the table.
         let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-        if let Some(timing) = stderr.lines().find_map(|line| line.strip_prefix("synwatch timing: ")) {
-            eprintln!("    {tool}: {timing}");
+        for prefix in ["synwatch timing: ", "synwatch evidence: ", "synwatch verify: "] {
+            if let Some(line) = stderr.lines().find_map(|line| line.strip_prefix(prefix)) {
+                eprintln!("    {tool}: {prefix}{line}");
+            }
         }
         let _ = std::fs::remove_file(&stderr_path);
         run.cpu += ended.cpu;
         let text = std::fs::read_to_string(&command.output).unwrap_or_default();
-        run.found.extend(match reader {
-            None => synwatch_open(&text),
-            Some(tool) => tools::parse_open(tool, &text, command.port),
-        });
+        match reader {
+            None => {
+                let (open, untrusted) = synwatch_open(&text);
+                run.found.extend(open);
+                run.flagged += untrusted;
+            }
+            Some(tool) => run.found.extend(tools::parse_open(tool, &text, command.port)),
+        }
         let _ = std::fs::remove_file(&command.output);
         if let Some(metadata) = &command.metadata {
             let _ = std::fs::remove_file(metadata);
@@ -241,8 +273,10 @@ pub fn field_table(arguments: &Arguments, table: &FieldTable<'_>) -> Result<()> 
         arguments.runs
     );
     println!();
-    println!("| profile | tool | wall s | open found | recall % | false opens | SYNs sent | SYNs per probe | CPU s |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| profile | tool | wall s | open found | recall % | false opens | flagged, not open | SYNs sent | SYNs per probe | CPU s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for name in profiles {
         let lab = field_lab(name, seed, &Knobs::default())?;
         let model = lab.field_model().expect("a field lab").clone();
@@ -268,7 +302,7 @@ pub fn field_table(arguments: &Arguments, table: &FieldTable<'_>) -> Result<()> 
                 other => other,
             };
             if !runner::program_installed(program) {
-                println!("| {name} | {tool} | not installed | | | | | | |");
+                println!("| {name} | {tool} | not installed | | | | | | | |");
                 continue;
             }
             let mut runs = Vec::new();
@@ -282,10 +316,11 @@ pub fn field_table(arguments: &Arguments, table: &FieldTable<'_>) -> Result<()> 
             let recall =
                 median(runs.iter().map(|run| found_true(run) * 100.0 / truth_open.len().max(1) as f64).collect());
             let false_opens = median(runs.iter().map(|run| run.found.len() as f64 - found_true(run)).collect());
+            let flagged = median(runs.iter().map(|run| run.flagged as f64).collect());
             let syns = median(runs.iter().map(|run| run.syns as f64).collect());
             let cpu = median(runs.iter().map(|run| run.cpu.as_secs_f64()).collect());
             println!(
-                "| {name} | {tool} | {wall:.2} | {found:.0} | {recall:.2} | {false_opens:.0} | {syns:.0} | {:.2} | {cpu:.2} |",
+                "| {name} | {tool} | {wall:.2} | {found:.0} | {recall:.2} | {false_opens:.0} | {flagged:.0} | {syns:.0} | {:.2} | {cpu:.2} |",
                 syns / probes as f64
             );
         }

@@ -80,7 +80,10 @@ fn score(
 /// retries, and two host-up retries when its host answered on another port.
 const MOST_SENDS: u32 = 1 + 2 + 2;
 
-/// Every (host, port) got between one and `most` SYNs, and no SYN went anywhere else.
+/// Every (host, port) got between one and `most` SYNs, and no SYN went anywhere else but to
+/// the job's canaries: at most three ports outside the scanned ones, the same for every host,
+/// sent only to hosts that answered SYN-ACK on a scanned port, at most three times each (the
+/// first try and two retries). Returns the targets' counts.
 fn assert_probed_only(
     lab: &Lab,
     truth: &BTreeMap<(IpAddr, u16), TrueState>,
@@ -88,12 +91,28 @@ fn assert_probed_only(
 ) -> BTreeMap<(IpAddr, u16), u32> {
     let responder = lab.field().expect("a responder");
     let simulator = responder.simulator();
-    let counts: BTreeMap<(IpAddr, u16), u32> =
+    let all: BTreeMap<(IpAddr, u16), u32> =
         simulator.syns_per_port().iter().map(|(key, count)| (*key, *count)).collect();
-    for (key, count) in &counts {
-        assert!(truth.contains_key(key), "{key:?} was probed but is not a target");
-        assert!((1..=most).contains(count), "{key:?} got {count} SYNs");
+    let answered_syn_ack: BTreeSet<IpAddr> = truth
+        .iter()
+        .filter(|(_, state)| matches!(state, TrueState::Open | TrueState::Suspect))
+        .map(|((address, _), _)| *address)
+        .collect();
+    let mut counts = BTreeMap::new();
+    let mut canary_ports = BTreeSet::new();
+    for (&(address, port), &count) in &all {
+        if truth.contains_key(&(address, port)) {
+            assert!((1..=most).contains(&count), "{address}:{port} got {count} SYNs");
+            counts.insert((address, port), count);
+            continue;
+        }
+        assert!(truth.keys().any(|(target, _)| *target == address), "{address}:{port} was probed but is not a target");
+        assert!(port >= 40_000, "{address}:{port} is not a canary port");
+        assert!(answered_syn_ack.contains(&address), "canary {address}:{port} to a host with no SYN-ACK");
+        assert!((1..=3).contains(&count), "canary {address}:{port} got {count} SYNs");
+        canary_ports.insert(port);
     }
+    assert!(canary_ports.len() <= 3, "canary ports {canary_ports:?}");
     assert_eq!(counts.len(), truth.len(), "every target was probed");
     assert_eq!(simulator.counters().outside, 0);
     counts
@@ -267,4 +286,94 @@ fn field_lab_a_scheduled_change_in_the_model_is_seen_by_the_exporter_as_one_open
     serve.wait_for_scans("field", 2.0);
     let metrics = serve.metrics();
     assert_eq!((sample(&metrics, opened), sample(&metrics, closed_changes)), (Some(1.0), Some(1.0)), "{metrics}");
+}
+
+/// Issue 21: a /16 of the `internet` profile with its SYN proxies and tarpits. `scan` flags every
+/// such host (the proxies by their fingerprint, the tarpits by their canaries) and loses no
+/// real open; `serve` then counts none of their SYN-ACKs open nor as an opened change.
+#[test]
+fn field_lab_issue_21_every_syn_proxy_and_tarpit_of_a_16_is_flagged_and_no_real_open_is_lost() {
+    use synwatch_lab::field::HostKind;
+
+    use crate::helpers::{Scratch, Serve, sample};
+    let Some(lab) = field_lab("field_lab_issue_21_every_syn_proxy_and_tarpit", "internet", 33) else { return };
+    let targets = [net("198.18.0.0/16")];
+    let ports = [22u16, 80, 443];
+    let truth = truth(&lab, &targets, &ports);
+    let model = lab.field_model().unwrap();
+    let output = scan_in_lab(&lab, &["198.18.0.0/16", "-p", "22,80,443", "--rate", "100000", "--seed", "21"]);
+    assert_success(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // The opens as reported, with their suspect reason.
+    let mut reported: BTreeMap<(IpAddr, u16), Option<String>> = BTreeMap::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        if value["state"] == "open" {
+            let key = (value["ip"].as_str().unwrap().parse().unwrap(), value["port"].as_u64().unwrap() as u16);
+            reported.insert(key, value.get("suspect").and_then(|reason| reason.as_str()).map(str::to_string));
+        }
+    }
+    let (mut real, mut lost, mut suspect_pairs, mut unflagged) = (0, Vec::new(), 0, Vec::new());
+    for (&key, state) in &truth {
+        match state {
+            TrueState::Open => {
+                real += 1;
+                if reported.get(&key) != Some(&None) {
+                    lost.push((key, reported.get(&key).cloned()));
+                }
+            }
+            TrueState::Suspect => {
+                suspect_pairs += 1;
+                let expected = match model.host_kind(key.0) {
+                    Some(HostKind::Synproxy) => "synproxy",
+                    Some(HostKind::Tarpit) => "all_open",
+                    other => panic!("{key:?} is suspect in a {other:?} host"),
+                };
+                if reported.get(&key) != Some(&Some(expected.to_string())) {
+                    unflagged.push((key, reported.get(&key).cloned()));
+                }
+            }
+            _ => assert!(!reported.contains_key(&key), "{key:?} reported open but is {state:?}"),
+        }
+    }
+    eprintln!("field lab issue 21: {real} real opens, {suspect_pairs} SYN-ACKs of proxies and tarpits; {stderr}");
+    assert!(real > 1000 && suspect_pairs > 500, "the profile has opens and middleboxes");
+    assert!(lost.is_empty(), "real opens lost or wrongly suspect: {lost:?}");
+    assert!(unflagged.is_empty(), "middlebox SYN-ACKs not flagged: {unflagged:?}");
+    let counts = assert_probed_only(&lab, &truth, MOST_SENDS);
+    assert!(counts.values().all(|count| *count >= 1));
+
+    // The exporter over the same /16: two completed scans, then the counts.
+    let scratch = Scratch::new("issue21-field");
+    let config = scratch.join("synwatch.yaml");
+    std::fs::write(
+        &config,
+        "engine: {max_rate: 100000}\ntargets:\n  - name: internet\n    addresses: [198.18.0.0/16]\n    ports: \"22,80,443\"\n    interval: 1s\n    timeout: 60s\n",
+    )
+    .unwrap();
+    let serve = Serve::start_in_lab(&lab, &scratch, &["--config", config.to_str().unwrap()]);
+    serve.wait_for_scans("internet", 2.0);
+    let metrics = serve.metrics();
+    let value = |series: &str| sample(&metrics, series).unwrap_or_else(|| panic!("no {series}:\n{metrics}"));
+    let hosts_of = |kind: HostKind| {
+        truth
+            .iter()
+            .filter(|(_, state)| **state == TrueState::Suspect)
+            .filter(|((address, _), _)| model.host_kind(*address) == Some(kind))
+            .map(|((address, _), _)| *address)
+            .collect::<BTreeSet<_>>()
+            .len() as f64
+    };
+    assert_eq!(value("synwatch_target_ports{target=\"internet\",state=\"open\"}"), real as f64, "{metrics}");
+    assert_eq!(value("synwatch_target_ports{target=\"internet\",state=\"suspect\"}"), suspect_pairs as f64);
+    assert_eq!(
+        value("synwatch_target_hosts_suspect{target=\"internet\",reason=\"synproxy\"}"),
+        hosts_of(HostKind::Synproxy)
+    );
+    assert_eq!(
+        value("synwatch_target_hosts_suspect{target=\"internet\",reason=\"all_open\"}"),
+        hosts_of(HostKind::Tarpit)
+    );
+    assert_eq!(value("synwatch_port_state_changes_total{change=\"opened\",target=\"internet\"}"), 0.0);
+    assert_eq!(value("synwatch_target_hosts_turned_suspect_total{target=\"internet\"}"), 0.0);
 }
