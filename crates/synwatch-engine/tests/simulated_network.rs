@@ -1097,7 +1097,7 @@ fn canaries_survive_loss_and_duplicates_and_an_answered_job_still_ends_at_once()
 fn a_reply_storm_from_a_middlebox_is_counted_and_dropped_and_never_becomes_evidence() {
     let space = space(&["198.18.61.0/28"], "22,80");
     let key = CookieKey::new([63; 16], SourcePortRange::DEFAULT);
-    let core = JobCore::new(Arc::clone(&space), JobSettings::default(), key.clone(), sources(), None);
+    let core = JobCore::new(Arc::clone(&space), JobSettings::default(), key, sources(), None);
     let matcher = Arc::clone(core.matcher());
     let local = v4(LOCAL_V4);
     let canary = matcher.evidence().canary_ports()[0];

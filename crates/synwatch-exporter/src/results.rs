@@ -425,9 +425,9 @@ mod tests {
         let whole = space(&["192.0.2.0/30"], "80,81,443");
         let kept = space(&["192.0.2.2"], "80");
         let space = &whole;
-        let before = results(&space, &[("192.0.2.1", 80), ("192.0.2.2", 443)]);
+        let before = results(space, &[("192.0.2.1", 80), ("192.0.2.2", 443)]);
         // 192.0.2.2 turns into a SYN proxy: SYN-ACK on 80 and 443 (81 stays filtered).
-        let proxied = results(&space, &[("192.0.2.1", 80), ("192.0.2.2", 80), ("192.0.2.2", 443)]);
+        let proxied = results(space, &[("192.0.2.1", 80), ("192.0.2.2", 80), ("192.0.2.2", 443)]);
         let after = proxied.clone().with_suspects(vec![("192.0.2.2".parse().unwrap(), Suspect::Synproxy)]);
         assert_eq!(
             after.counts(),

@@ -176,12 +176,12 @@ pub(crate) fn verify_endpoints(
             }
         }
         // Expire connects and finish holds.
-        for slot in 0..slots.len() {
-            let due = match &slots[slot] {
+        for (slot, entry) in slots.iter_mut().enumerate() {
+            let due = match entry {
                 Some(Attempt { phase: Phase::Connecting { until } | Phase::Holding { until }, .. }) => *until <= now,
                 None => false,
             };
-            if due && let Some(attempt) = slots[slot].take() {
+            if due && let Some(attempt) = entry.take() {
                 let verdict = match attempt.phase {
                     Phase::Connecting { .. } => Verdict::Timeout,
                     Phase::Holding { .. } => Verdict::Ok,
