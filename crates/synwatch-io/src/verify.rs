@@ -9,7 +9,9 @@
 //! either side).
 //!
 //! * Each attempt takes one token from the engine's global bucket, like a probe: verification
-//!   never pushes the engine past its rate cap, and shares it with the running scans.
+//!   never pushes the engine past its rate cap, and shares it with the running scans. An
+//!   attempt that times out is made again, up to [`VerifyOptions::tries`] in all: on a lossy
+//!   path a lost SYN is not a failed handshake.
 //! * Verdicts ([`Verdict`]): `ok` (connected and not reset during the hold; a peer that closes
 //!   politely, with a FIN, accepted the connection), `reset` (connected, then reset at once:
 //!   the SYN-ACK was not a listener's), `refused` (RST to the SYN: no
@@ -95,6 +97,9 @@ pub struct VerifyOptions {
     pub hold: Duration,
     /// Attempts open at once at most.
     pub max_inflight: usize,
+    /// Attempts per endpoint: one that timed out is tried again, up to this many in all (a
+    /// lost SYN or SYN-ACK is not a failed handshake).
+    pub tries: u32,
 }
 
 impl VerifyOptions {
@@ -108,6 +113,7 @@ impl VerifyOptions {
             connect_timeout: (timeout * 2).clamp(Duration::from_millis(200), Duration::from_secs(5)),
             hold: (srtt * 2).clamp(Duration::from_millis(20), Duration::from_secs(1)),
             max_inflight: 512,
+            tries: 3,
         }
     }
 }
@@ -155,18 +161,28 @@ pub(crate) fn verify_endpoints(
     let mut slots: Vec<Option<Attempt>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
     let mut next = 0usize;
+    // Endpoints whose attempt timed out, to try again, and each endpoint's attempts so far.
+    let mut again: Vec<usize> = Vec::new();
+    let mut tries = vec![0u32; endpoints.len()];
     let mut inflight = 0usize;
     let max_inflight = options.max_inflight.max(1);
     let mut events = vec![EpollEvent::empty(); 256];
-    while next < endpoints.len() || inflight > 0 {
+    while next < endpoints.len() || !again.is_empty() || inflight > 0 {
         let now = shared.now();
         // Open new attempts, one token each.
-        if next < endpoints.len() && inflight < max_inflight {
-            let want = (endpoints.len() - next).min(max_inflight - inflight).min(256) as u32;
+        let waiting = endpoints.len() - next + again.len();
+        if waiting > 0 && inflight < max_inflight {
+            let want = waiting.min(max_inflight - inflight).min(256) as u32;
             let granted = shared.bucket.lock().take(now, want);
             for _ in 0..granted {
-                let endpoint = next;
-                next += 1;
+                let endpoint = match again.pop() {
+                    Some(endpoint) => endpoint,
+                    None => {
+                        next += 1;
+                        next - 1
+                    }
+                };
+                tries[endpoint] += 1;
                 let (address, port) = endpoints[endpoint];
                 match start(&epoll, &mut slots, &mut free, endpoint, SocketAddr::new(address, port), now, options) {
                     Ok(()) => inflight += 1,
@@ -186,13 +202,17 @@ pub(crate) fn verify_endpoints(
                     Phase::Connecting { .. } => Verdict::Timeout,
                     Phase::Holding { .. } => Verdict::Ok,
                 };
-                verdicts[attempt.endpoint] = Some(verdict);
+                if verdict == Verdict::Timeout && tries[attempt.endpoint] < options.tries {
+                    again.push(attempt.endpoint);
+                } else {
+                    verdicts[attempt.endpoint] = Some(verdict);
+                }
                 let _ = epoll.delete(&attempt.socket);
                 free.push(slot);
                 inflight -= 1;
             }
         }
-        if next >= endpoints.len() && inflight == 0 {
+        if next >= endpoints.len() && again.is_empty() && inflight == 0 {
             break;
         }
         // Wait for events until the next deadline or token.
@@ -204,7 +224,7 @@ pub(crate) fn verify_endpoints(
             })
             .min()
             .unwrap_or(now + Duration::from_millis(50));
-        if next < endpoints.len() && inflight < max_inflight {
+        if (next < endpoints.len() || !again.is_empty()) && inflight < max_inflight {
             wake = wake.min(now + shared.bucket.lock().time_until_token(now).max(Duration::from_micros(100)));
         }
         let millis = wake.saturating_sub(now).as_millis().clamp(1, 100) as u16;

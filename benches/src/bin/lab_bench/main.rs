@@ -126,7 +126,8 @@ enum Bench {
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Tools: synwatch, synwatch-connect, zmap, masscan, nmap-ss (`-sS -T4`), nmap-st (`-sT -T4`);
-        /// synwatch-fixed and synwatch-connect-fixed run synwatch with a fixed 1 s gap and wait.
+        /// synwatch-fixed and synwatch-connect-fixed run synwatch with a fixed 1 s gap and wait;
+        /// synwatch-verify adds `--verify connect`, synwatch-no-canaries `--canaries 0`.
         #[arg(long, value_delimiter = ',', default_value = field::FIELD_TOOLS)]
         field_tools: Vec<String>,
         /// Write each profile's model and ground truth for the range to DIR/field-PROFILE.jsonl.
