@@ -286,10 +286,12 @@ pub fn run(args: ScanArgs) -> Result<()> {
     }
     let progress = progress_bar(&args, job.progress().total);
     let results = job.results().expect("results were requested");
-    // Opens wait for the end of the job: whether their host is suspect is known only then.
+    // Opens wait for the end of the job: whether their host is suspect, and how their
+    // verification went, is known only then. Without canaries or verification they stream.
+    let hold_opens = settings.canaries > 0 || args.verify == "connect";
     let mut opens = Vec::new();
     let mut take = |result: synwatch_io::ProbeResult, writer: &mut Writer<_>| -> io::Result<()> {
-        if result.state == PortState::Open {
+        if result.state == PortState::Open && hold_opens {
             opens.push(result);
         } else if filter.wants(result.state) {
             writer.write(result.address, result.port, result.state.name(), result.rtt)?;
@@ -338,7 +340,7 @@ pub fn run(args: ScanArgs) -> Result<()> {
         .flat_map(|(verifications, _)| verifications)
         .map(|verification| ((verification.address, verification.port), verification.verdict))
         .collect();
-    if filter.open {
+    if filter.open && hold_opens {
         for result in &opens {
             let notes = OpenNotes {
                 suspect: suspects.get(&result.address).map(|reason| reason.name()),
@@ -391,7 +393,7 @@ pub fn run(args: ScanArgs) -> Result<()> {
         summary.hosts_suspect[0],
         summary.hosts_suspect[1],
         suspect_opens,
-        opens.len(),
+        table.count(PortState::Open),
     );
     if let Some((verifications, took)) = &verified {
         let count =

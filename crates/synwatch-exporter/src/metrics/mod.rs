@@ -264,7 +264,7 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new(
                         "synwatch_replies_received_total",
-                        "Valid replies by kind: open (SYN-ACK), closed (RST), filtered (ICMP), duplicate, unmatched (late or not ours).",
+                        "Valid replies by kind: open (SYN-ACK), closed (RST), filtered (ICMP), duplicate, unmatched (late or not ours), canary (first answers to canary probes).",
                     ),
                     &["kind"],
                 )
@@ -287,7 +287,7 @@ impl Metrics {
                 "Times the kernel pushed back on sending; the probe was kept and sent later.",
             ),
         };
-        for kind in ["open", "closed", "filtered", "duplicate", "unmatched"] {
+        for kind in ["open", "closed", "filtered", "duplicate", "unmatched", "canary"] {
             engine.replies.with_label_values(&[kind]);
         }
         let scan_duration = register(
@@ -557,6 +557,7 @@ impl Metrics {
             ("filtered", snapshot.replies_filtered),
             ("duplicate", snapshot.replies_duplicate),
             ("unmatched", snapshot.replies_unmatched),
+            ("canary", snapshot.replies_canary),
         ] {
             advance(&engine.replies.with_label_values(&[kind]), value);
         }
