@@ -439,19 +439,8 @@ impl OnDemand {
                     let (address, port) = space.probe_at(index).expect("index inside the space");
                     (address, port, scan.state(index))
                 });
-                let suspects = scan.suspects();
-                let mut tally = probe::tally(states, progress.distinct_sent, params.details, &suspects);
-                // Opens whose real handshake failed are not open.
-                for (address, port, verdict) in scan.verdicts() {
-                    if verdict != synwatch_io::Verdict::Ok && tally.open > 0 {
-                        tally.open -= 1;
-                        tally.unverified += 1;
-                        for detail in tally.details.iter_mut().filter(|detail| (detail.0, detail.1) == (address, port))
-                        {
-                            detail.2 = false;
-                        }
-                    }
-                }
+                let untrusted = probe::Untrusted { suspects: scan.suspects(), verdicts: scan.verdicts() };
+                let tally = probe::tally(states, progress.distinct_sent, params.details, &untrusted);
                 if params.debug {
                     for index in 0..space.len() {
                         let state = scan.state(index);

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use synwatch_engine::targets::parse_target;
 use synwatch_engine::{AddressRange, PortSet, PortState, Suspect};
+use synwatch_io::Verdict;
 
 use crate::config::{Module, OnDemandSection};
 
@@ -196,21 +197,47 @@ pub struct ProbeOutcome {
     pub suspect_details: Vec<(IpAddr, u16, Suspect)>,
 }
 
+/// What makes a SYN-ACK of an on-demand scan not an open: its host's verdict, and its
+/// verification's.
+#[derive(Debug, Clone, Default)]
+pub struct Untrusted {
+    /// Hosts judged suspect.
+    pub suspects: Vec<(IpAddr, Suspect)>,
+    /// Verdicts of the verification (`verify: connect` modules), failed or not.
+    pub verdicts: Vec<(IpAddr, u16, Verdict)>,
+}
+
 /// Counts from the states of every requested pair (`Unknown`: no answer yet) and the number of
 /// pairs probed at least once; pairs probed without an answer count as filtered. The SYN-ACKs
-/// of `suspects` count as suspect, not open.
+/// of `untrusted`'s suspect hosts count as suspect, and those whose verification failed as
+/// unverified; neither as open.
 pub fn tally(
     states: impl Iterator<Item = (IpAddr, u16, PortState)>,
     scanned: u64,
     details: bool,
-    suspects: &[(IpAddr, Suspect)],
+    untrusted: &Untrusted,
 ) -> ProbeOutcome {
+    let suspects = &untrusted.suspects;
     let mut outcome = ProbeOutcome { hosts_suspect: suspects.len() as u64, ..ProbeOutcome::default() };
     let mut responding = std::collections::BTreeSet::new();
     let suspect_of =
         |address: IpAddr| suspects.iter().find(|(suspect, _)| *suspect == address).map(|(_, reason)| *reason);
+    let failed: std::collections::HashSet<(IpAddr, u16)> = untrusted
+        .verdicts
+        .iter()
+        .filter(|(_, _, verdict)| *verdict != Verdict::Ok)
+        .map(|&(address, port, _)| (address, port))
+        .collect();
     for (address, port, state) in states {
         outcome.requested += 1;
+        if state == PortState::Open && failed.contains(&(address, port)) {
+            outcome.unverified += 1;
+            responding.insert(address);
+            if details {
+                outcome.details.push((address, port, false));
+            }
+            continue;
+        }
         if state == PortState::Open
             && let Some(reason) = suspect_of(address)
         {
@@ -396,7 +423,7 @@ mod tests {
             (other, 80, PortState::Unknown),
         ];
         // Three pairs were sent: the third had no answer (filtered), the fourth was never sent.
-        let outcome = tally(states.clone().into_iter(), 3, true, &[]);
+        let outcome = tally(states.clone().into_iter(), 3, true, &Untrusted::default());
         assert_eq!(
             (outcome.requested, outcome.scanned, outcome.open, outcome.closed, outcome.filtered),
             (4, 3, 1, 1, 1)
@@ -407,7 +434,8 @@ mod tests {
         assert!(text.contains("probe_port_open{ip=\"198.18.0.1\",port=\"22\"} 1\n"), "{text}");
         assert!(text.contains("probe_port_open{ip=\"198.18.0.2\",port=\"80\"} 0\n"), "{text}");
         // The same answers from a host judged a SYN proxy: its SYN-ACK is suspect, not open.
-        let outcome = tally(states.into_iter(), 3, true, &[(address, Suspect::Synproxy)]);
+        let suspect = Untrusted { suspects: vec![(address, Suspect::Synproxy)], verdicts: Vec::new() };
+        let outcome = tally(states.clone().into_iter(), 3, true, &suspect);
         assert_eq!(
             (outcome.open, outcome.suspect, outcome.closed, outcome.filtered, outcome.hosts_suspect),
             (0, 1, 1, 1, 1)
@@ -416,5 +444,12 @@ mod tests {
         assert!(text.contains("probe_ports_open 0\n") && text.contains("probe_ports_suspect 1\n"), "{text}");
         assert!(text.contains("probe_port_suspect{ip=\"198.18.0.1\",port=\"22\",reason=\"synproxy\"} 1\n"));
         assert!(!text.contains("probe_port_open{ip=\"198.18.0.1\",port=\"22\"}"), "{text}");
+        // Its verification failed instead: unverified, not open, and 0 in the details.
+        let reset = Untrusted { suspects: Vec::new(), verdicts: vec![(address, 22, Verdict::Reset)] };
+        let outcome = tally(states.into_iter(), 3, true, &reset);
+        assert_eq!((outcome.open, outcome.unverified, outcome.closed), (0, 1, 1));
+        let text = render(&outcome);
+        assert!(text.contains("probe_ports_unverified 1\n"), "{text}");
+        assert!(text.contains("probe_port_open{ip=\"198.18.0.1\",port=\"22\"} 0\n"), "{text}");
     }
 }

@@ -254,7 +254,7 @@ fn issue_20_a_probe_of_a_silent_host_ends_on_the_learned_timeout_not_the_deadlin
     std::fs::write(
         scratch.join("synwatch.yaml"),
         "targets:\n  - {name: net, addresses: [198.18.2.0/24], ports: \"80,443\", interval: 1h}\n\
-         ondemand: {enabled: true, allow_targets: [198.18.2.0/24]}\n",
+         ondemand: {enabled: true, allow_targets: [198.18.2.0/24], rate_limit: 100}\nmodules: {verified: {verify: connect}}\n",
     )
     .unwrap();
     let config = scratch.join("synwatch.yaml").display().to_string();
@@ -293,6 +293,15 @@ fn issue_20_a_probe_of_a_silent_host_ends_on_the_learned_timeout_not_the_deadlin
     let (_, _, metrics) = serve.request("GET", "/metrics", &[], "").unwrap();
     assert_eq!(sample(&metrics, "synwatch_engine_rtt_seconds_count{kind=\"interactive\"}"), Some(4.0), "{metrics}");
     assert_eq!(sample(&metrics, canaries), Some(canaries_before + 3.0), "{metrics}");
+    // A module with `verify: connect` (issue 21): the open is verified before the answer, with
+    // one more SYN to it and none elsewhere.
+    let syns = lab.syns_received().unwrap();
+    let (status, _, body) =
+        serve.request("GET", "/probe?target=198.18.2.1&ports=80,81&module=verified", &[], "").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(sample(&body, "probe_ports_open"), Some(1.0), "{body}");
+    assert_eq!(sample(&body, "probe_ports_unverified"), Some(0.0), "{body}");
+    assert_eq!(lab.syns_received().unwrap() - syns, 2 + 3 + 1, "two ports, three canaries, one handshake");
 }
 
 /// A keep-alive HTTP/1.1 client bound to one source address: (status, body) per request.
