@@ -204,7 +204,8 @@ impl RunningScan for VerifyingScan {
         match *phase {
             VerifyPhase::Done(_) => return Some(reason),
             VerifyPhase::Running => return None,
-            VerifyPhase::NotStarted if reason == FinishReason::Cancelled => {
+            // A scan that did not complete leaves its results unused: nothing to verify.
+            VerifyPhase::NotStarted if !matches!(reason, FinishReason::AllAnswered | FinishReason::WaitOver) => {
                 *phase = VerifyPhase::Done(Vec::new());
                 return Some(reason);
             }
