@@ -63,6 +63,21 @@ fn a_full_config_is_read_with_defaults_applied() {
 }
 
 #[test]
+fn issue_21_canaries_and_verify_fall_back_on_defaults() {
+    let text = "defaults: {canaries: 0, verify: connect}\ntargets:\n  - {name: a, addresses: [192.0.2.1], ports: \"22\"}\n  \
+                - {name: b, addresses: [192.0.2.2], ports: \"22\", canaries: 5, verify: none}\n\
+                modules:\n  checked: {verify: connect, canaries: 2}\n";
+    let config = parse(text, "issue21.yaml").unwrap();
+    let (a, b) = (&config.targets[0].settings, &config.targets[1].settings);
+    assert_eq!((a.canaries, a.verify.connect()), (0, true));
+    assert_eq!((b.canaries, b.verify.connect()), (5, false));
+    let module = &config.modules["checked"];
+    assert_eq!((module.canaries, module.verify.connect()), (2, true));
+    let plain = parse("targets: [{name: a, addresses: [192.0.2.1], ports: \"22\"}]\n", "plain.yaml").unwrap();
+    assert_eq!((plain.targets[0].settings.canaries, plain.targets[0].settings.verify.connect()), (3, false));
+}
+
+#[test]
 fn issue_6_names_listeners_and_expected_ports_are_read() {
     use synwatch_exporter::config::{ExpectHosts, Protocol};
     let text = "\
@@ -150,6 +165,10 @@ const BAD: &[(&str, usize, usize, &str)] = &[
     ("defaults: {interval: 5}\n", 1, 22, "needs a unit, such as 5s or 5m"),
     ("defaults: {interval: soon}\n", 1, 22, "soon"),
     ("defaults: {retries: 11}\n", 1, 21, "retries: 11: expected 0 to 10"),
+    // Issue 21: canaries and verification.
+    ("defaults: {canaries: 9}\n", 1, 22, "canaries: 9: expected 0 to 8"),
+    ("defaults: {verify: tcp}\n", 1, 20, "unknown variant `tcp`, expected one of none, connect"),
+    ("modules:\n  web: {canaries: -1}\n", 2, 19, "modules.web.canaries"),
     ("defaults: {wait: 1x}\n", 1, 18, "1x"),
     ("targets:\n  - name: a\n    addresses: [192.0.2.0/33]\n    ports: \"22\"\n", 3, 17, "192.0.2.0/33"),
     ("targets:\n  - name: a\n    addresses: [not-an-address]\n    ports: \"22\"\n", 3, 17, "not-an-address"),

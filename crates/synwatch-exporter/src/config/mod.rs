@@ -29,8 +29,8 @@ mod values;
 mod yaml;
 
 use values::{
-    Addresses, AnyDuration, Bounded, Burst, ConcurrentScans, Listen, Name, Nameserver, Ports, PositiveDuration,
-    ProbeCount, ProcessName, Rate, RequestRate, Retries, TimeValue,
+    Addresses, AnyDuration, Bounded, Burst, Canaries, ConcurrentScans, Listen, Name, Nameserver, Ports,
+    PositiveDuration, ProbeCount, ProcessName, Rate, RequestRate, Retries, TimeValue,
 };
 use yaml::{NodePositions, Step, from_yaml};
 
@@ -361,6 +361,9 @@ pub struct Module {
     pub retry_gap: TimeSetting,
     /// Verify the opens of hosts not judged suspect with a real handshake: `none` or `connect`.
     pub verify: VerifySetting,
+    /// Canary ports per host that answered SYN-ACK (0 to 8; 0 turns them off).
+    #[serde_as(as = "Canaries")]
+    pub canaries: u32,
 }
 
 impl Default for Module {
@@ -374,6 +377,7 @@ impl Default for Module {
             wait: TimeSetting::Auto,
             retry_gap: TimeSetting::Auto,
             verify: VerifySetting::None,
+            canaries: synwatch_engine::DEFAULT_CANARIES,
         }
     }
 }
@@ -462,6 +466,9 @@ pub struct Defaults {
     pub retry_gap: TimeSetting,
     /// Verify the opens of hosts not judged suspect with a real handshake: `none` or `connect`.
     pub verify: VerifySetting,
+    /// Canary ports per host that answered SYN-ACK (0 to 8; 0 turns them off).
+    #[serde_as(as = "Canaries")]
+    pub canaries: u32,
 }
 
 impl Default for Defaults {
@@ -473,6 +480,7 @@ impl Default for Defaults {
             wait: TimeSetting::Auto,
             retry_gap: TimeSetting::Auto,
             verify: VerifySetting::None,
+            canaries: synwatch_engine::DEFAULT_CANARIES,
         }
     }
 }
@@ -599,6 +607,9 @@ struct TargetFile {
     retry_gap: Option<TimeSetting>,
     #[serde(default)]
     verify: Option<VerifySetting>,
+    #[serde_as(as = "Option<Canaries>")]
+    #[serde(default)]
+    canaries: Option<u32>,
     #[serde(default)]
     details: bool,
     expect: Option<Expectation>,
@@ -649,6 +660,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
                 wait: target.wait.unwrap_or(defaults.wait),
                 retry_gap: target.retry_gap.unwrap_or(defaults.retry_gap),
                 verify: target.verify.unwrap_or(defaults.verify),
+                canaries: target.canaries.unwrap_or(defaults.canaries),
             },
             details: target.details,
             expect: target.expect,

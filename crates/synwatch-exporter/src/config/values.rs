@@ -183,6 +183,8 @@ pub(crate) type Rate = Bounded<1, 100_000_000>;
 pub(crate) type ConcurrentScans = Bounded<1, 64>;
 /// Re-sends of unanswered probes.
 pub(crate) type Retries = Bounded<0, 10>;
+/// Canary ports per host that answered SYN-ACK (`synwatch_engine::MAX_CANARIES`).
+pub(crate) type Canaries = Bounded<0, 8>;
 /// Requests a client may make at once after being idle.
 pub(crate) type Burst = Bounded<1, 100_000>;
 /// Hosts × ports of one on-demand request.

@@ -361,6 +361,7 @@ impl OnDemand {
             retries: module.retries,
             retry_gap: module.retry_gap,
             wait: module.wait,
+            canaries: module.canaries,
             seed: std::hash::Hasher::finish(&hasher),
             shard: Shard::WHOLE,
             ..JobSettings::default()

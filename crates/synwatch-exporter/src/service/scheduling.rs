@@ -127,6 +127,7 @@ impl SchedulerLoop {
             retries: target.settings.retries,
             retry_gap: target.settings.retry_gap,
             wait: target.settings.wait,
+            canaries: target.settings.canaries,
             seed: self.inner.seed ^ self.scans_started.wrapping_mul(0x9e37_79b9_7f4a_7c15),
             shard: Shard::WHOLE,
             ..JobSettings::default()
