@@ -62,6 +62,11 @@ impl Suspect {
         }
     }
 
+    /// The reason's position in [`Suspect::ALL`] (for counts kept per reason).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The reason for a name written by [`Suspect::name`].
     pub fn from_name(name: &str) -> Option<Suspect> {
         Suspect::ALL.into_iter().find(|reason| reason.name() == name)
@@ -441,8 +446,9 @@ mod tests {
 
     #[test]
     fn suspect_names_round_trip() {
-        for reason in Suspect::ALL {
+        for (position, reason) in Suspect::ALL.into_iter().enumerate() {
             assert_eq!(Suspect::from_name(reason.name()), Some(reason));
+            assert_eq!(reason.index(), position);
         }
         assert_eq!(Suspect::from_name("open"), None);
     }

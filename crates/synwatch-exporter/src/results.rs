@@ -174,7 +174,7 @@ impl ScanResults {
     pub fn hosts_suspect(&self) -> [u64; 2] {
         let mut counts = [0; 2];
         for (_, reason) in &self.suspects {
-            counts[Suspect::ALL.iter().position(|known| known == reason).unwrap_or(0)] += 1;
+            counts[reason.index()] += 1;
         }
         counts
     }

@@ -252,6 +252,7 @@ impl Engine {
             reason: Mutex::new(None),
             submitted,
             summary: Mutex::new(None),
+            suspects: Mutex::new(None),
             finished: Condvar::new(),
             priority: request.priority,
             lane_rate: request.rate.map(|rate| (rate / lane_count).max(1)),

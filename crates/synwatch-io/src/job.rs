@@ -94,6 +94,9 @@ impl JobRequest {
     }
 }
 
+/// The hosts a job judged suspect, by address.
+pub(crate) type SuspectList = Arc<[(IpAddr, Suspect)]>;
+
 /// A job's shared state: what the owner's handle, the sender (or connect) thread and the
 /// receiver thread all see.
 pub(crate) struct JobState {
@@ -117,6 +120,8 @@ pub(crate) struct JobState {
     pub(crate) reason: Mutex<Option<FinishReason>>,
     pub(crate) submitted: Instant,
     pub(crate) summary: Mutex<Option<JobSummary>>,
+    /// The hosts judged suspect, drawn once when the job is reported finished.
+    pub(crate) suspects: Mutex<Option<SuspectList>>,
     pub(crate) finished: Condvar,
     pub(crate) priority: Priority,
     /// Each lane's share of the job's own rate cap.
@@ -188,12 +193,26 @@ impl JobState {
     pub(crate) fn report_finished(&self, mut summary: JobSummary, now: Duration) {
         summary.timing = self.matcher.timing_report();
         summary.evidence = self.matcher.evidence().counts();
-        for (_, reason) in self.matcher.suspects() {
-            summary.hosts_suspect[Suspect::ALL.iter().position(|&known| known == reason).unwrap_or(0)] += 1;
+        let suspects = self.draw_suspects();
+        for (_, reason) in suspects.iter() {
+            summary.hosts_suspect[reason.index()] += 1;
         }
+        *self.suspects.lock() = Some(suspects);
         self.matcher.remember(now);
         *self.summary.lock() = Some(summary);
         self.finished.notify_all();
+    }
+}
+
+impl JobState {
+    /// The verdicts of the matcher's evidence, by address.
+    fn draw_suspects(&self) -> SuspectList {
+        let hosts = self.matcher.space().hosts();
+        self.matcher
+            .suspects()
+            .into_iter()
+            .filter_map(|(host, reason)| Some((hosts.address_at(host)?, reason)))
+            .collect()
     }
 }
 
@@ -309,15 +328,13 @@ impl JobHandle {
     }
 
     /// The hosts whose open ports are not trusted, with the reason, in host order (see
-    /// [`synwatch_engine::classify_host`]). Final once the job has ended.
+    /// [`synwatch_engine::classify_host`]): drawn once when the job ended; before that, from
+    /// the evidence so far.
     pub fn suspects(&self) -> Vec<(IpAddr, Suspect)> {
-        let hosts = self.space().hosts();
-        self.state
-            .matcher
-            .suspects()
-            .into_iter()
-            .filter_map(|(host, reason)| Some((hosts.address_at(host)?, reason)))
-            .collect()
+        match &*self.state.suspects.lock() {
+            Some(suspects) => suspects.to_vec(),
+            None => self.state.draw_suspects().to_vec(),
+        }
     }
 
     /// The job's state table.

@@ -340,8 +340,7 @@ fn field_lab_issue_21_every_syn_proxy_and_tarpit_of_a_16_is_flagged_and_no_real_
     assert!(real > 1000 && suspect_pairs > 500, "the profile has opens and middleboxes");
     assert!(lost.is_empty(), "real opens lost or wrongly suspect: {lost:?}");
     assert!(unflagged.is_empty(), "middlebox SYN-ACKs not flagged: {unflagged:?}");
-    let counts = assert_probed_only(&lab, &truth, MOST_SENDS);
-    assert!(counts.values().all(|count| *count >= 1));
+    assert_probed_only(&lab, &truth, MOST_SENDS);
 
     // The exporter over the same /16: two completed scans, then the counts.
     let scratch = Scratch::new("issue21-field");
