@@ -18,6 +18,14 @@ use super::{SweepOptions, interrupted, progress, report_repetition};
 use crate::tools::{self, ExternalTool, ToolScan, ZmapPorts};
 use crate::{LabPlan, Repetition, StepReport, ToolReport};
 
+/// zmap 2.1.1 (Debian's) sometimes aborts at start on small target sets with this assertion: a
+/// send shard rolls past its end (fixed upstream in zmap pull request 786, not in the package).
+/// The run sent next to nothing, so it is run again, at most [`ZMAP_ATTEMPTS`] times in all.
+const ZMAP_SPORADIC_ABORT: &str = "constraint_lookup_index";
+
+/// How many times one zmap command is started when it aborts with [`ZMAP_SPORADIC_ABORT`].
+const ZMAP_ATTEMPTS: u32 = 3;
+
 /// Waits for a compared program: past its deadline (or once the sweep is interrupted) the lab
 /// nudges the scanner, then SIGINT and SIGKILL follow ([`runner::wait_child_until`]).
 fn wait_child(pid: libc::pid_t, deadline: Instant, nudge: &dyn Fn()) -> Result<ChildEnd, SweepError> {
@@ -100,46 +108,62 @@ fn tool_step(
             let _ = fs::remove_file(file);
         }
         let stderr_path = scratch.join(format!("{}.stderr", tool.name()));
-        let syns_before = lab.syns_received().context("counting the SYNs the lab received")?;
-        let started = Instant::now();
-        // masscan can stay in "waiting -N secs" long after its wait is over: its capture thread
-        // sleeps until a packet arrives, and nothing arrives once the scan is over. Past its
-        // deadline (its probes, its wait and 2 s) the targets' side pings the scanner, which
-        // wakes the capture and lets masscan exit by itself with all its output; SIGINT and
-        // SIGKILL follow only if that fails. Every program gets a generous deadline too.
-        let sending = Duration::from_secs_f64(repetition.probes as f64 / scan.rate as f64);
-        let wait = Duration::from_secs(scan.wait_seconds);
-        let deadline = started
-            + match tool {
-                ExternalTool::Masscan => sending + wait + Duration::from_secs(2),
-                _ => sending * 3 + wait + Duration::from_secs(60),
-            };
-        let (ended, link) = lab.sample_link(|| -> Result<ChildEnd, SweepError> {
-            let mut child = lab
-                .scanner_command(&command.argv[0])
-                .args(&command.argv[1..])
-                // masscan writes `paused.conf` into its working directory when stopped.
-                .current_dir(scratch)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(fs::File::create(&stderr_path).context(format!("creating {}", stderr_path.display()))?)
-                .spawn()
-                .context(format!("starting {}", command.argv[0]))?;
-            let ended = wait_child(child.id() as libc::pid_t, deadline, &|| lab.nudge_scanner())?;
-            // The child is reaped by wait4; `Child` must not wait for it again.
-            let _ = child.try_wait();
-            if ended.status != 0 && !ended.stopped {
-                let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
-                return Err(failed(format!(
-                    "{} exited with status {}: {}",
-                    command.argv.join(" "),
-                    ended.status,
-                    stderr.trim()
-                )));
+        let mut attempt = 1;
+        let (ended, link, started, syns_before) = loop {
+            let syns_before = lab.syns_received().context("counting the SYNs the lab received")?;
+            let started = Instant::now();
+            // masscan can stay in "waiting -N secs" long after its wait is over: its capture thread
+            // sleeps until a packet arrives, and nothing arrives once the scan is over. Past its
+            // deadline (its probes, its wait and 2 s) the targets' side pings the scanner, which
+            // wakes the capture and lets masscan exit by itself with all its output; SIGINT and
+            // SIGKILL follow only if that fails. Every program gets a generous deadline too.
+            let sending = Duration::from_secs_f64(repetition.probes as f64 / scan.rate as f64);
+            let wait = Duration::from_secs(scan.wait_seconds);
+            let deadline = started
+                + match tool {
+                    ExternalTool::Masscan => sending + wait + Duration::from_secs(2),
+                    _ => sending * 3 + wait + Duration::from_secs(60),
+                };
+            let (ended, link) = lab.sample_link(|| -> Result<ChildEnd, SweepError> {
+                let mut child = lab
+                    .scanner_command(&command.argv[0])
+                    .args(&command.argv[1..])
+                    // masscan writes `paused.conf` into its working directory when stopped.
+                    .current_dir(scratch)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(fs::File::create(&stderr_path).context(format!("creating {}", stderr_path.display()))?)
+                    .spawn()
+                    .context(format!("starting {}", command.argv[0]))?;
+                let ended = wait_child(child.id() as libc::pid_t, deadline, &|| lab.nudge_scanner())?;
+                // The child is reaped by wait4; `Child` must not wait for it again.
+                let _ = child.try_wait();
+                if ended.status != 0 && !ended.stopped {
+                    let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
+                    return Err(failed(format!(
+                        "{} exited with status {}: {}",
+                        command.argv.join(" "),
+                        ended.status,
+                        stderr.trim()
+                    )));
+                }
+                Ok(ended)
+            });
+            match ended {
+                Err(SweepError::Failed(message))
+                    if tool == ExternalTool::Zmap
+                        && message.contains(ZMAP_SPORADIC_ABORT)
+                        && attempt < ZMAP_ATTEMPTS
+                        && !interrupted() =>
+                {
+                    progress(&format!(
+                        "zmap aborted with its known sporadic assertion (attempt {attempt} of {ZMAP_ATTEMPTS}): run again"
+                    ));
+                    attempt += 1;
+                }
+                ended => break (ended?, link, started, syns_before),
             }
-            Ok(ended)
-        });
-        let ended = ended?;
+        };
         if interrupted() {
             return Ok(None);
         }

@@ -324,6 +324,17 @@ fn svg_to_png(svg: &str) -> Result<Vec<u8>, SweepError> {
             "a PNG plot needs a font for its text and this system has none (Debian: fonts-dejavu-core); write an .svg instead",
         ));
     }
+    // fontdb maps `sans-serif` to Arial, which Debian does not ship: map it to a sans face the
+    // system has (DejaVu Sans from fonts-dejavu-core), else text would fall back with a warning.
+    let sans = options.fontdb.faces().find_map(|face| {
+        face.families
+            .iter()
+            .map(|(family, _)| family.clone())
+            .find(|family| family.contains("Sans") && !family.contains("Mono"))
+    });
+    if let Some(sans) = sans {
+        options.fontdb_mut().set_sans_serif_family(sans);
+    }
     let tree = resvg::usvg::Tree::from_str(svg, &options).context("reading the plot's SVG")?;
     let size = tree.size().to_int_size();
     let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width(), size.height()).context("the plot has no size")?;
