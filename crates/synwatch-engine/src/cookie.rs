@@ -1,7 +1,7 @@
 //! Stateless probe cookies.
 //!
 //! Each probe's source port and initial sequence number come from SipHash-1-3 keyed per job
-//! (a fresh random key each run) over `(our address, target address, target port)`. A reply is
+//! (a fresh random key each run) over `(our address, target address, target port, protocol)`. A reply is
 //! ours only if its ports and acknowledgement (or the quoted sequence of an ICMP error) match
 //! the cookie recomputed from its own addresses, so no per-probe state is needed and replies to
 //! another run, another job, or a forger without the key are rejected.
@@ -17,6 +17,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use siphasher::sip::SipHasher13;
+
+use crate::ports::{Port, Protocol};
 
 /// The range of source ports probes use (inclusive). Replies to other ports are not ours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,13 +105,17 @@ impl CookieKey {
         self.ports
     }
 
-    /// The cookie of the probe from `local` to `remote:remote_port`.
+    /// The cookie of the probe from `local` to `remote:remote_port`. A UDP probe's differs from
+    /// the TCP one's to the same port; its `sequence` goes into the payload's id field.
     #[inline]
-    pub fn cookie(&self, local: IpAddr, remote: IpAddr, remote_port: u16) -> ProbeCookie {
+    pub fn cookie(&self, local: IpAddr, remote: IpAddr, remote_port: Port) -> ProbeCookie {
         let mut hasher = SipHasher13::new_with_keys(self.key0, self.key1);
         write_address(&mut hasher, local);
         write_address(&mut hasher, remote);
-        hasher.write_u16(remote_port);
+        hasher.write_u16(remote_port.number);
+        if remote_port.protocol == Protocol::Udp {
+            hasher.write_u8(17);
+        }
         let hash = hasher.finish();
         let span = u64::from(self.ports.span());
         ProbeCookie {
@@ -137,11 +143,12 @@ mod tests {
         let other = CookieKey::new([2; 16], SourcePortRange::DEFAULT);
         let local: IpAddr = "192.0.2.100".parse().unwrap();
         let remote: IpAddr = "192.0.2.1".parse().unwrap();
-        let cookie = key.cookie(local, remote, 80);
-        assert_eq!(cookie, key.cookie(local, remote, 80));
-        assert_ne!(cookie, other.cookie(local, remote, 80));
-        assert_ne!(cookie, key.cookie(local, remote, 81));
-        assert_ne!(cookie, key.cookie(local, "192.0.2.2".parse().unwrap(), 80));
+        let cookie = key.cookie(local, remote, Port::tcp(80));
+        assert_eq!(cookie, key.cookie(local, remote, Port::tcp(80)));
+        assert_ne!(cookie, other.cookie(local, remote, Port::tcp(80)));
+        assert_ne!(cookie, key.cookie(local, remote, Port::tcp(81)));
+        assert_ne!(cookie, key.cookie(local, remote, Port::udp(80)));
+        assert_ne!(cookie, key.cookie(local, "192.0.2.2".parse().unwrap(), Port::tcp(80)));
         assert!(SourcePortRange::DEFAULT.contains(cookie.source_port));
     }
 
@@ -149,7 +156,7 @@ mod tests {
     fn stamps_carry_the_send_time_and_leave_the_check_alone() {
         let key = CookieKey::new([3; 16], SourcePortRange::DEFAULT);
         let local: IpAddr = "192.0.2.100".parse().unwrap();
-        let cookie = key.cookie(local, "192.0.2.1".parse().unwrap(), 443);
+        let cookie = key.cookie(local, "192.0.2.1".parse().unwrap(), Port::tcp(443));
         let sent = Duration::from_millis(123_456);
         let stamped = cookie.stamped(sent);
         assert!(cookie.matches_sequence(stamped.sequence));
@@ -167,7 +174,7 @@ mod tests {
         let key = CookieKey::new([9; 16], ports);
         let local: IpAddr = "192.0.2.100".parse().unwrap();
         let seen: std::collections::BTreeSet<u16> =
-            (1..2000).map(|port| key.cookie(local, local, port).source_port).collect();
+            (1..2000).map(|port| key.cookie(local, local, Port::tcp(port)).source_port).collect();
         assert_eq!(seen.into_iter().collect::<Vec<_>>(), (50000..=50007).collect::<Vec<_>>());
     }
 }

@@ -21,7 +21,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::permutation::Permutation;
-use crate::ports::PortSet;
+use crate::ports::{Port, PortSet};
 use crate::table::{PortState, RecordOutcome, StateTable};
 
 /// Canary ports per host by default.
@@ -155,7 +155,7 @@ pub fn canary_ports(seed: u64, scanned: &PortSet, count: u32) -> Vec<u16> {
             break;
         }
         let port = CANARY_FIRST_PORT + permutation.at(position) as u16;
-        if scanned.index_of(port).is_none() && !CANARY_AVOIDED.contains(&port) {
+        if !scanned.contains(Port::tcp(port)) && !CANARY_AVOIDED.contains(&port) {
             ports.push(port);
         }
     }

@@ -31,10 +31,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use synwatch_wire::PayloadTable;
+
 use crate::cookie::{CookieKey, ProbeCookie};
 use crate::evidence::{DEFAULT_CANARIES, MAX_CANARIES, canary_ports};
 use crate::matcher::ReplyMatcher;
 use crate::permutation::{Permutation, Shard};
+use crate::ports::Port;
 use crate::table::PortState;
 use crate::targets::TargetSpace;
 use crate::timing::{GroupKey, RttMemory, TimeSetting, TimingBounds};
@@ -114,8 +117,8 @@ pub struct Probe {
     pub index: u64,
     /// Target address.
     pub address: IpAddr,
-    /// Target port.
-    pub port: u16,
+    /// Target port (and its protocol).
+    pub port: Port,
     /// Our source address for this family.
     pub source: IpAddr,
     /// Source port and sequence number.
@@ -177,7 +180,7 @@ const FIRST_PROBE_SEARCH: u64 = 1 << 16;
 /// family, among the shard's first 65,536: the probe the job sends first for that family, so
 /// sending it early (to make the kernel resolve a next hop) probes nothing outside the job.
 /// `None` when the family is absent or rarer than that.
-pub fn first_probe_of_family(space: &TargetSpace, settings: &JobSettings, ipv6: bool) -> Option<(IpAddr, u16)> {
+pub fn first_probe_of_family(space: &TargetSpace, settings: &JobSettings, ipv6: bool) -> Option<(IpAddr, Port)> {
     let len = space.len();
     let permutation = Permutation::new(len, settings.seed);
     let shard = settings.shard;
@@ -296,6 +299,17 @@ impl JobCore {
     /// The shared half, for the receiver.
     pub fn matcher(&self) -> &Arc<ReplyMatcher> {
         &self.matcher
+    }
+
+    /// This job with `payloads` for its UDP probes instead of the built-in ones. Call it on a
+    /// new job, before [`JobCore::into_lanes`]: a job whose matcher is already shared keeps
+    /// its payloads (and a debug build stops).
+    pub fn with_payloads(mut self, payloads: Arc<PayloadTable>) -> JobCore {
+        match Arc::get_mut(&mut self.matcher) {
+            Some(matcher) => matcher.set_payloads(payloads),
+            None => debug_assert!(false, "with_payloads on a job whose matcher is shared"),
+        }
+        self
     }
 
     /// Probes in this job's shard (what "done" is measured against).
@@ -441,6 +455,10 @@ impl JobCore {
             return false;
         }
         let ports = self.matcher.space().ports().len() as u64;
+        // Canaries check SYN-ACKs: a UDP answer sends none (TCP ports come first).
+        if !self.matcher.space().ports().port_at((index % ports) as usize).is_some_and(Port::is_tcp) {
+            return false;
+        }
         let first = index - index % ports;
         (first..index).all(|lower| table.get(lower) != PortState::Open)
     }
@@ -597,7 +615,7 @@ impl JobCore {
             if evidence.canary_state(host, slot) != PortState::Unknown {
                 continue;
             }
-            let port = evidence.canary_ports()[slot];
+            let port = Port::tcp(evidence.canary_ports()[slot]);
             let address = self.matcher.space().hosts().address_at(host)?;
             let source = self.matcher.source_for(address.is_ipv6())?;
             self.canary_cursor = Some((host, slot + 1));

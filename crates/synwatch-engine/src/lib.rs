@@ -40,10 +40,10 @@ pub use evidence::{
     canary_ports, classify_host,
 };
 pub use job::{FinishReason, JobCore, JobSettings, MAX_HOST_UP_RETRIES, NextStep, Probe, first_probe_of_family};
-pub use matcher::{Classified, ReplyMatch, ReplyMatcher, TimingReport, classify_reply};
+pub use matcher::{Classified, ReplyCookie, ReplyMatch, ReplyMatcher, TimingReport, classify_reply};
 pub use pacing::TokenBucket;
 pub use permutation::{Permutation, Shard};
-pub use ports::{PortError, PortSet};
+pub use ports::{Port, PortError, PortSet, Protocol};
 pub use scheduler::{BatchEnd, FinishedLane, LaneIndex, LaneProgress, Priority, Scheduler};
 pub use table::{PortState, RecordOutcome, StateTable};
 pub use targets::{AddressRange, ExclusionPolicy, HostSet, TargetError, TargetSpace};

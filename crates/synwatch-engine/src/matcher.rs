@@ -15,10 +15,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use synwatch_wire::ReplyRepr;
+use synwatch_wire::{PayloadHead, PayloadTable, QuotedTransport, ReplyRepr};
 
-use crate::cookie::{CookieKey, SourcePortRange, stamp_age};
+use crate::cookie::{CookieKey, STAMP_BITS, SourcePortRange, stamp_age};
 use crate::evidence::{EvidenceTable, HostEvidence, Suspect, SynAckFingerprint, classify_host};
+use crate::ports::{Port, Protocol};
 use crate::table::{PortState, RecordOutcome, StateTable};
 use crate::targets::TargetSpace;
 use crate::timing::{
@@ -34,10 +35,10 @@ pub struct Classified {
     pub local_port: u16,
     /// The probed address.
     pub remote: IpAddr,
-    /// The probed port.
-    pub remote_port: u16,
-    /// The probe's sequence number as implied by the reply (ack − 1, or the quoted one).
-    pub probe_sequence: u32,
+    /// The probed port (and its protocol).
+    pub remote_port: Port,
+    /// What in the reply carries the probe's cookie besides the port.
+    pub cookie: ReplyCookie,
     /// The state this reply means.
     pub state: PortState,
     /// The echoed TCP timestamp of a SYN-ACK (our send time in microseconds).
@@ -46,13 +47,27 @@ pub struct Classified {
     pub fingerprint: Option<SynAckFingerprint>,
 }
 
+/// Where a reply carries its probe's cookie, besides our port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyCookie {
+    /// A TCP probe's sequence number as implied by the reply (ack − 1, or the quoted one).
+    Sequence(u32),
+    /// A UDP answer: its payload's first bytes, where the protocol echoes the probe's id.
+    UdpAnswer(PayloadHead),
+    /// An ICMP error quoting a UDP probe: what it quotes of the probe's payload.
+    UdpQuote(PayloadHead),
+}
+
 /// Decides what a parsed packet means, before knowing which job it belongs to.
 ///
-/// * SYN-ACK → open; RST with ACK → closed; ICMP/ICMPv6 destination unreachable quoting a TCP
-///   segment → filtered (every code: network, host, protocol, port unreachable and the
+/// * TCP: SYN-ACK → open; RST with ACK → closed; ICMP/ICMPv6 destination unreachable quoting
+///   a TCP segment → filtered (every code: network, host, protocol, port unreachable and the
 ///   administratively prohibited ones all mean the port cannot be reached).
-/// * Anything to a port outside our source range, our own outgoing SYNs, or other TCP segments
-///   are not replies: `None`.
+/// * UDP (nmap's meanings): any datagram from the probed port → open; ICMPv4 port unreachable
+///   (code 3) or ICMPv6 port unreachable (code 4) quoting the probe → closed; any other
+///   unreachable → filtered. No answer becomes `open|filtered` at the end.
+/// * Anything to a port outside our source range, our own outgoing probes, or other TCP
+///   segments are not replies: `None`.
 pub fn classify_reply(reply: &ReplyRepr, ports: SourcePortRange) -> Option<Classified> {
     match reply {
         ReplyRepr::Tcp(tcp) => {
@@ -70,8 +85,8 @@ pub fn classify_reply(reply: &ReplyRepr, ports: SourcePortRange) -> Option<Class
                 local: tcp.destination,
                 local_port: tcp.destination_port,
                 remote: tcp.source,
-                remote_port: tcp.source_port,
-                probe_sequence: tcp.acknowledgement.wrapping_sub(1),
+                remote_port: Port::tcp(tcp.source_port),
+                cookie: ReplyCookie::Sequence(tcp.acknowledgement.wrapping_sub(1)),
                 state,
                 timestamp_echo: if state == PortState::Open { tcp.timestamp_echo } else { None },
                 fingerprint: (state == PortState::Open).then_some(SynAckFingerprint {
@@ -81,22 +96,59 @@ pub fn classify_reply(reply: &ReplyRepr, ports: SourcePortRange) -> Option<Class
                 }),
             })
         }
+        ReplyRepr::Udp(udp) => {
+            if !ports.contains(udp.destination_port) {
+                return None;
+            }
+            Some(Classified {
+                local: udp.destination,
+                local_port: udp.destination_port,
+                remote: udp.source,
+                remote_port: Port::udp(udp.source_port),
+                cookie: ReplyCookie::UdpAnswer(udp.head),
+                state: PortState::Open,
+                timestamp_echo: None,
+                fingerprint: None,
+            })
+        }
         ReplyRepr::Unreachable(icmp) => {
             if !ports.contains(icmp.probe.source_port) {
                 return None;
             }
+            let (remote_port, cookie, state) = match icmp.probe.transport {
+                QuotedTransport::Tcp => (
+                    Port::tcp(icmp.probe.destination_port),
+                    ReplyCookie::Sequence(icmp.probe.sequence),
+                    PortState::Filtered,
+                ),
+                QuotedTransport::Udp => {
+                    let port_unreachable = if icmp.is_icmpv6 { icmp.code == 4 } else { icmp.code == 3 };
+                    (
+                        Port::udp(icmp.probe.destination_port),
+                        ReplyCookie::UdpQuote(icmp.probe.payload),
+                        if port_unreachable { PortState::Closed } else { PortState::Filtered },
+                    )
+                }
+            };
             Some(Classified {
                 local: icmp.probe.source,
                 local_port: icmp.probe.source_port,
                 remote: icmp.probe.destination,
-                remote_port: icmp.probe.destination_port,
-                probe_sequence: icmp.probe.sequence,
-                state: PortState::Filtered,
+                remote_port,
+                cookie,
+                state,
                 timestamp_echo: None,
                 fingerprint: None,
             })
         }
     }
+}
+
+/// The built-in payloads, built once for every job that brings none of its own.
+fn built_in_payloads() -> Arc<PayloadTable> {
+    static BUILT_IN: std::sync::LazyLock<Arc<PayloadTable>> =
+        std::sync::LazyLock::new(|| Arc::new(PayloadTable::built_in()));
+    Arc::clone(&BUILT_IN)
 }
 
 /// The result of offering a classified reply to a job.
@@ -112,10 +164,11 @@ pub enum ReplyMatch {
         index: u64,
         /// First answer or duplicate.
         outcome: RecordOutcome,
-        /// The round trip this reply measured: the caller takes it into the job's estimates
-        /// with [`ReplyMatcher::take_samples`] when it was the first answer (in batches, so
-        /// that the receiver takes no lock per packet).
-        rtt: Duration,
+        /// The round trip this reply measured, if it carried its send time (every TCP reply
+        /// does; a UDP one when its protocol echoes the id the stamp is in): the caller takes
+        /// it into the job's estimates with [`ReplyMatcher::take_samples`] when it was the
+        /// first answer (in batches, so that the receiver takes no lock per packet).
+        rtt: Option<Duration>,
     },
 }
 
@@ -149,7 +202,11 @@ pub struct ReplyMatcher {
     timing: Mutex<MatcherTiming>,
     memory: Arc<RttMemory>,
     evidence: EvidenceTable,
+    payloads: Arc<PayloadTable>,
 }
+
+/// The low bits of a stamped sequence that carry the send time.
+const STAMP_MASK: u32 = (1 << STAMP_BITS) - 1;
 
 impl ReplyMatcher {
     /// The matcher of a job over `space` (built by [`crate::JobCore::with_memory`]).
@@ -174,7 +231,18 @@ impl ReplyMatcher {
             timing: Mutex::new(MatcherTiming::default()),
             memory,
             evidence,
+            payloads: built_in_payloads(),
         }
+    }
+
+    /// The payloads the job's UDP probes carry.
+    pub fn payloads(&self) -> &PayloadTable {
+        &self.payloads
+    }
+
+    /// Replaces the job's payloads (before it starts: see [`crate::JobCore::with_payloads`]).
+    pub(crate) fn set_payloads(&mut self, payloads: Arc<PayloadTable>) {
+        self.payloads = payloads;
     }
 
     /// The job's target space.
@@ -213,15 +281,43 @@ impl ReplyMatcher {
             },
         };
         let expected = self.cookie_key.cookie(reply.local, reply.remote, reply.remote_port);
-        if expected.source_port != reply.local_port || !expected.matches_sequence(reply.probe_sequence) {
+        if expected.source_port != reply.local_port {
             return ReplyMatch::BadCookie;
         }
-        // The echoed timestamp counts microseconds; the sequence's stamp milliseconds.
-        let rtt = reply
-            .timestamp_echo
-            .map(|echo| (now.as_micros() as u32).wrapping_sub(echo))
-            .filter(|&micros| micros < 60_000_000)
-            .map_or_else(|| stamp_age(reply.probe_sequence, now), |micros| Duration::from_micros(u64::from(micros)));
+        let rtt = match reply.cookie {
+            ReplyCookie::Sequence(sequence) => {
+                if !expected.matches_sequence(sequence) {
+                    return ReplyMatch::BadCookie;
+                }
+                // The echoed timestamp counts microseconds; the sequence's stamp milliseconds.
+                Some(
+                    reply
+                        .timestamp_echo
+                        .map(|echo| (now.as_micros() as u32).wrapping_sub(echo))
+                        .filter(|&micros| micros < 60_000_000)
+                        .map_or_else(|| stamp_age(sequence, now), |micros| Duration::from_micros(u64::from(micros))),
+                )
+            }
+            ReplyCookie::UdpAnswer(head) | ReplyCookie::UdpQuote(head) => {
+                let payload = self.payloads.for_port(reply.remote_port.number);
+                let bits = match reply.cookie {
+                    ReplyCookie::UdpAnswer(_) => payload.echoed_cookie(head.as_slice()),
+                    _ => payload.quoted_cookie(head.as_slice()),
+                };
+                match bits {
+                    // No id in this protocol (or not quoted): the port is the whole check.
+                    None => None,
+                    Some(bits) => {
+                        // The stamp bits are the send time, not part of the check.
+                        let checked = bits.mask & !STAMP_MASK;
+                        if bits.mask == 0 || (bits.value ^ expected.sequence) & checked != 0 {
+                            return ReplyMatch::BadCookie;
+                        }
+                        (bits.mask & STAMP_MASK == STAMP_MASK).then(|| stamp_age(bits.value, now))
+                    }
+                }
+            }
+        };
         let Some(outcome) = self.record_with_fingerprint(index, reply.remote, reply.state, None, reply.fingerprint)
         else {
             // A canary answer for a host that was never sent canaries: not evidence.
@@ -264,7 +360,9 @@ impl ReplyMatcher {
             Some((host, slot)) => (host, self.evidence.record_canary(host, slot, state, fingerprint)?),
             None => {
                 let outcome = self.table.record(index, state);
-                if outcome == RecordOutcome::First && state == PortState::Open {
+                // Evidence is about SYN-ACKs: a UDP answer is a service's own.
+                let is_tcp = self.space.ports().port_at((index % ports) as usize).is_some_and(Port::is_tcp);
+                if outcome == RecordOutcome::First && state == PortState::Open && is_tcp {
                     self.evidence.note_open(index / ports, fingerprint);
                 }
                 (index / ports, outcome)
@@ -307,18 +405,23 @@ impl ReplyMatcher {
             .then(|| (offset / per_host, (offset % per_host) as usize))
     }
 
-    fn canary_index_of(&self, remote: IpAddr, port: u16) -> Option<u64> {
-        let slot = self.evidence.canary_slot(port)?;
+    fn canary_index_of(&self, remote: IpAddr, port: Port) -> Option<u64> {
+        if !port.is_tcp() {
+            return None;
+        }
+        let slot = self.evidence.canary_slot(port.number)?;
         let host = self.space.hosts().index_of(remote)?;
         Some(self.canary_index(host, slot))
     }
 
-    /// Everything known about `host` (its index in the space's hosts).
+    /// Everything known about `host` (its index in the space's hosts), over its TCP ports.
     pub fn host_evidence(&self, host: u64) -> HostEvidence {
         let ports = self.space.ports().len() as u64;
+        // TCP ports come first in a port set.
+        let tcp_ports = self.space.ports().count_of(Protocol::Tcp) as u64;
         let mut evidence = self.evidence.host_evidence(host);
-        evidence.ports_scanned = ports as u32;
-        for index in host * ports..(host + 1) * ports {
+        evidence.ports_scanned = tcp_ports as u32;
+        for index in host * ports..host * ports + tcp_ports {
             match self.table.get(index) {
                 PortState::Open => evidence.ports_open += 1,
                 PortState::Closed => evidence.ports_closed += 1,

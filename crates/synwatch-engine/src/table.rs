@@ -1,12 +1,15 @@
 //! The lock-free per-job state table.
 //!
-//! Two bits per probe, packed 32 to an `AtomicU64`: unknown, open, closed, filtered. The
+//! Two bits per probe, packed 32 to an `AtomicU64`: unknown, open, closed, filtered (a UDP
+//! probe's unknown is reported as open|filtered at the end). The
 //! receiver thread records answers with a compare-and-swap that only succeeds from unknown, so
 //! the first valid answer wins, a duplicate is counted and never reported twice, and readers
 //! (the sender deciding what to retry, progress, the exporter) never take a lock. A /16 × 100
 //! ports table is 1.6 MiB.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::ports::Protocol;
 
 /// The state of one probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -18,8 +21,12 @@ pub enum PortState {
     Open = 1,
     /// RST received.
     Closed = 2,
-    /// ICMP unreachable received, or (at the end) no answer at all.
+    /// ICMP unreachable received, or (at the end) no answer at all to a TCP probe.
     Filtered = 3,
+    /// No answer at all to a UDP probe, after its retries (nmap's `open|filtered`): the service
+    /// may be there and silent, or a firewall may drop the probe. Never in the table: only
+    /// [`PortState::finalized`] gives it.
+    OpenFiltered = 4,
 }
 
 impl PortState {
@@ -39,12 +46,25 @@ impl PortState {
             PortState::Open => "open",
             PortState::Closed => "closed",
             PortState::Filtered => "filtered",
+            PortState::OpenFiltered => "open|filtered",
         }
     }
 
-    /// The state as finally reported: unknown becomes filtered.
-    pub fn finalized(self) -> PortState {
-        if self == PortState::Unknown { PortState::Filtered } else { self }
+    /// The state called `name` (as [`PortState::name`] writes it).
+    pub fn from_name(name: &str) -> Option<PortState> {
+        [PortState::Unknown, PortState::Open, PortState::Closed, PortState::Filtered, PortState::OpenFiltered]
+            .into_iter()
+            .find(|state| state.name() == name)
+    }
+
+    /// The state as finally reported for a probe of `protocol`: no answer is `filtered` for
+    /// TCP and `open|filtered` for UDP.
+    pub fn finalized(self, protocol: Protocol) -> PortState {
+        match (self, protocol) {
+            (PortState::Unknown, Protocol::Tcp) => PortState::Filtered,
+            (PortState::Unknown, Protocol::Udp) => PortState::OpenFiltered,
+            (state, _) => state,
+        }
     }
 }
 
@@ -96,8 +116,10 @@ impl StateTable {
     /// Records `state` (not unknown) for probe `index` if it has no answer yet.
     #[inline]
     pub fn record(&self, index: u64, state: PortState) -> RecordOutcome {
-        debug_assert!(state != PortState::Unknown);
-        if index >= self.len || state == PortState::Unknown {
+        debug_assert!(!matches!(state, PortState::Unknown | PortState::OpenFiltered));
+        // Only the four two-bit states are stored: `OpenFiltered` is a final report, not an
+        // answer, and writing its value would spill into the next probe's bits.
+        if index >= self.len || matches!(state, PortState::Unknown | PortState::OpenFiltered) {
             return RecordOutcome::Duplicate;
         }
         let shift = (index % 32) * 2;

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnetwork::IpNetwork;
 
 use crate::permutation::Shard;
-use crate::ports::PortSet;
+use crate::ports::{Port, PortSet};
 
 /// Addresses excluded from every scan unless [`ExclusionPolicy::AllowReserved`] is given:
 /// "this network", multicast, the reserved class E block with the limited broadcast address,
@@ -414,7 +414,7 @@ impl TargetSpace {
     }
 
     /// The (address, port) of probe `index`.
-    pub fn probe_at(&self, index: u64) -> Option<(IpAddr, u16)> {
+    pub fn probe_at(&self, index: u64) -> Option<(IpAddr, Port)> {
         let port_count = self.ports.len() as u64;
         let address = self.hosts.address_at(index / port_count)?;
         let port = self.ports.port_at((index % port_count) as usize)?;
@@ -422,7 +422,7 @@ impl TargetSpace {
     }
 
     /// The index of the probe to (`address`, `port`).
-    pub fn index_of(&self, address: IpAddr, port: u16) -> Option<u64> {
+    pub fn index_of(&self, address: IpAddr, port: Port) -> Option<u64> {
         let host = self.hosts.index_of(address)?;
         let port = self.ports.index_of(port)? as u64;
         Some(host * self.ports.len() as u64 + port)

@@ -15,11 +15,11 @@ use std::time::Duration;
 use synwatch_engine::targets::parse_target;
 use synwatch_engine::{
     Classified, CookieKey, EvidenceCounts, ExclusionPolicy, FinishReason, HostSet, JobCore, JobSettings, NextStep,
-    Permutation, PortSet, PortState, Priority, Probe, RecordOutcome, ReplyMatch, ReplyMatcher, RttMemory, Scheduler,
-    Shard, SourcePortRange, Suspect, SynAckFingerprint, TargetSpace, TimeSetting, TimingBounds, TokenBucket,
-    classify_reply, first_probe_of_family,
+    Permutation, Port, PortSet, PortState, Priority, Probe, Protocol, RecordOutcome, ReplyCookie, ReplyMatch,
+    ReplyMatcher, RttMemory, Scheduler, Shard, SourcePortRange, Suspect, SynAckFingerprint, TargetSpace, TimeSetting,
+    TimingBounds, TokenBucket, classify_reply, first_probe_of_family,
 };
-use synwatch_wire::{QuotedProbe, ReplyRepr, TcpReply, UnreachableReply};
+use synwatch_wire::{PayloadHead, QuotedProbe, QuotedTransport, ReplyRepr, TcpReply, UnreachableReply};
 
 const LOCAL_V4: &str = "198.18.255.1";
 const LOCAL_V6: &str = "2001:2:0:ffff::1";
@@ -110,7 +110,8 @@ impl Network {
         }
     }
 
-    fn behaviour(address: IpAddr, port: u16) -> Behaviour {
+    fn behaviour(address: IpAddr, port: Port) -> Behaviour {
+        let port = port.number;
         let last = match address {
             IpAddr::V4(v4) => v4.octets()[3],
             IpAddr::V6(v6) => v6.octets()[15],
@@ -128,7 +129,7 @@ impl Network {
             ReplyRepr::Tcp(TcpReply {
                 source: probe.address,
                 destination: probe.source,
-                source_port: probe.port,
+                source_port: probe.port.number,
                 destination_port: probe.cookie.source_port,
                 sequence,
                 acknowledgement: probe.cookie.sequence.wrapping_add(1),
@@ -147,11 +148,13 @@ impl Network {
                 code: 13,
                 is_icmpv6: probe.address.is_ipv6(),
                 probe: QuotedProbe {
+                    transport: QuotedTransport::Tcp,
                     source: probe.source,
                     destination: probe.address,
                     source_port: probe.cookie.source_port,
-                    destination_port: probe.port,
+                    destination_port: probe.port.number,
                     sequence: probe.cookie.sequence,
+                    payload: PayloadHead::of(&[]),
                 },
             })),
             Behaviour::Blackhole => None,
@@ -159,7 +162,7 @@ impl Network {
     }
 
     fn middlebox_reply(probe: &Probe, kind: Middlebox, timestamp: u32) -> Option<ReplyRepr> {
-        let scanned = [22, 80, 443, 8080, 8443].contains(&probe.port);
+        let scanned = [22, 80, 443, 8080, 8443].contains(&probe.port.number);
         let (flags, window, has_options) = match kind {
             Middlebox::Proxy => (0x12, 0, false),
             Middlebox::Tarpit => (0x12, 16, true),
@@ -169,7 +172,7 @@ impl Network {
         Some(ReplyRepr::Tcp(TcpReply {
             source: probe.address,
             destination: probe.source,
-            source_port: probe.port,
+            source_port: probe.port.number,
             destination_port: probe.cookie.source_port,
             sequence: 777,
             acknowledgement: probe.cookie.sequence.wrapping_add(1),
@@ -326,7 +329,9 @@ fn run_jobs(jobs: Vec<SimulatedJob>, network: &mut Network, rate: u64, batch: u3
                 .find(|(_, outcome)| !matches!(outcome, ReplyMatch::NotInJob | ReplyMatch::BadCookie));
             // The receiver's part: first answers' round trips go into the job's estimates.
             if let Some((matcher, ReplyMatch::Matched { outcome: RecordOutcome::First, rtt, .. })) = matched {
-                matcher.take_samples(&[(classified.remote, rtt)]);
+                if let Some(rtt) = rtt {
+                    matcher.take_samples(&[(classified.remote, rtt)]);
+                }
             }
             log.matches.push(matched.map_or(ReplyMatch::BadCookie, |(_, outcome)| outcome));
         }
@@ -379,7 +384,7 @@ fn assert_matches_ground_truth(matcher: &ReplyMatcher, only_delivered: Option<&H
             continue;
         }
         let expected = Network::behaviour(address, port).expected();
-        assert_eq!(table.get(index).finalized(), expected, "{address}:{port}");
+        assert_eq!(table.get(index).finalized(Protocol::Tcp), expected, "{address}:{port}");
     }
 }
 
@@ -472,7 +477,7 @@ fn forged_stale_and_foreign_replies_are_rejected() {
     let stale_key = CookieKey::new([99; 16], SourcePortRange::DEFAULT);
     let local: IpAddr = LOCAL_V4.parse().unwrap();
     let target: IpAddr = "198.18.3.5".parse().unwrap();
-    let stale = stale_key.cookie(local, target, 80);
+    let stale = stale_key.cookie(local, target, Port::tcp(80));
     let forged = |destination_port: u16, acknowledgement: u32, source: IpAddr| {
         ReplyRepr::Tcp(TcpReply {
             source,
@@ -599,7 +604,7 @@ fn classification_of_each_reply_kind() {
         })
     };
     let open = classify_reply(&tcp(0x12, 40000), ports).unwrap();
-    assert_eq!((open.state, open.probe_sequence, open.timestamp_echo), (PortState::Open, 100, Some(7)));
+    assert_eq!((open.state, open.cookie, open.timestamp_echo), (PortState::Open, ReplyCookie::Sequence(100), Some(7)));
     let closed = classify_reply(&tcp(0x14, 40000), ports).unwrap();
     assert_eq!((closed.state, closed.timestamp_echo), (PortState::Closed, None));
     assert_eq!(classify_reply(&tcp(0x04, 40000), ports), None, "RST without ACK cannot answer a SYN");
@@ -611,17 +616,19 @@ fn classification_of_each_reply_kind() {
         code: 13,
         is_icmpv6: false,
         probe: QuotedProbe {
+            transport: QuotedTransport::Tcp,
             source: local,
             destination: remote,
             source_port: 40001,
             destination_port: 443,
             sequence: 9,
+            payload: PayloadHead::of(&[]),
         },
     });
     let filtered: Classified = classify_reply(&icmp, ports).unwrap();
     assert_eq!(
-        (filtered.state, filtered.remote, filtered.remote_port, filtered.probe_sequence),
-        (PortState::Filtered, remote, 443, 9)
+        (filtered.state, filtered.remote, filtered.remote_port, filtered.cookie),
+        (PortState::Filtered, remote, Port::tcp(443), ReplyCookie::Sequence(9))
     );
 }
 
@@ -673,7 +680,7 @@ fn lanes_split_a_shard_into_disjoint_parts_that_share_one_table() {
     assert_eq!(table.answered(), expected.len() as u64 - blackholed);
     for &index in &expected {
         let (address, port) = space.probe_at(index).unwrap();
-        assert_eq!(table.get(index).finalized(), Network::behaviour(address, port).expected());
+        assert_eq!(table.get(index).finalized(Protocol::Tcp), Network::behaviour(address, port).expected());
     }
 }
 
@@ -849,7 +856,7 @@ fn a_silent_group_takes_the_jobs_estimate_and_a_slow_group_is_waited_for() {
         } else {
             Network::behaviour(address, port).expected()
         };
-        assert_eq!(log.matchers[0].table().get(index).finalized(), expected, "{address}:{port}");
+        assert_eq!(log.matchers[0].table().get(index).finalized(Protocol::Tcp), expected, "{address}:{port}");
     }
     // The silent group was retried on the job's estimate (the fast group's answers came first),
     // not at the initial second.
@@ -1038,7 +1045,7 @@ fn canaries_flag_syn_proxies_and_tarpits_and_a_host_with_many_services_stays_cle
     );
     let evidence = matcher.evidence();
     assert_eq!(evidence.canary_ports().len(), 3);
-    assert!(evidence.canary_ports().iter().all(|&port| port >= 40_000 && space.ports().index_of(port).is_none()));
+    assert!(evidence.canary_ports().iter().all(|&port| port >= 40_000 && !space.ports().contains(Port::tcp(port))));
     // Exactly the hosts that answered SYN-ACK got canaries, once each (no loss).
     let hosts_open = (0..space.hosts().len()).filter(|&host| evidence.host_open(host)).count() as u64;
     assert!(hosts_open > 3);
@@ -1113,8 +1120,8 @@ fn a_reply_storm_from_a_middlebox_is_counted_and_dropped_and_never_becomes_evide
         local,
         local_port,
         remote,
-        remote_port: port,
-        probe_sequence: sequence,
+        remote_port: Port::tcp(port),
+        cookie: ReplyCookie::Sequence(sequence),
         state: PortState::Open,
         timestamp_echo: None,
         fingerprint: Some(SynAckFingerprint { window: 0, has_options: false, ttl: 60 }),
@@ -1122,7 +1129,7 @@ fn a_reply_storm_from_a_middlebox_is_counted_and_dropped_and_never_becomes_evide
     let now = Duration::from_millis(5);
     for round in 0..10_000u32 {
         let remote = v4(&format!("198.18.61.{}", round % 16));
-        let good = key.cookie(local, remote, canary);
+        let good = key.cookie(local, remote, Port::tcp(canary));
         // A canary's valid cookie, but canaries were never sent to this host: not evidence.
         let forged = syn_ack(remote, canary, good.sequence, good.source_port);
         assert_eq!(matcher.offer(&forged, now), ReplyMatch::BadCookie);
@@ -1136,7 +1143,7 @@ fn a_reply_storm_from_a_middlebox_is_counted_and_dropped_and_never_becomes_evide
     assert_eq!(matcher.evidence().counts(), EvidenceCounts { canary_ports: 3, ..EvidenceCounts::default() });
     // A valid SYN-ACK then its copies: the first counts, the storm of duplicates does not.
     let remote = v4("198.18.61.3");
-    let real = key.cookie(local, remote, 22);
+    let real = key.cookie(local, remote, Port::tcp(22));
     let reply = syn_ack(remote, 22, real.sequence, real.source_port);
     assert!(matches!(matcher.offer(&reply, now), ReplyMatch::Matched { outcome: RecordOutcome::First, .. }));
     for _ in 0..1000 {

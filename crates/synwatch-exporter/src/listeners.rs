@@ -110,7 +110,9 @@ pub struct ListenerTracker {
 }
 
 fn wanted(config: &ListenersSection, key: &ListenerKey, ephemeral: Option<&RangeInclusive<u16>>) -> bool {
-    let port_in = |set: &Option<synwatch_engine::PortSet>| set.as_ref().map(|set| set.index_of(key.port).is_some());
+    let port_in = |set: &Option<synwatch_engine::PortSet>| {
+        set.as_ref().map(|set| set.contains(synwatch_engine::Port::tcp(key.port)))
+    };
     if port_in(&config.include_ports) == Some(false) || port_in(&config.exclude_ports) == Some(true) {
         return false;
     }
@@ -180,7 +182,7 @@ impl ListenerTracker {
         };
         let mut violations = BTreeSet::new();
         for rule in &config.expect_listening {
-            for &port in rule.ports.as_slice() {
+            for port in rule.ports.tcp_numbers() {
                 if !listening.contains(&(rule.protocol, port)) {
                     violations.insert((rule.protocol, port, ListenerViolationKind::ExpectedMissing));
                 }
@@ -188,7 +190,7 @@ impl ListenerTracker {
         }
         for rule in &config.forbid_listening {
             for &(protocol, port) in &listening {
-                if protocol == rule.protocol && rule.ports.index_of(port).is_some() {
+                if protocol == rule.protocol && rule.ports.contains(synwatch_engine::Port::tcp(port)) {
                     violations.insert((protocol, port, ListenerViolationKind::ForbiddenListening));
                 }
             }

@@ -15,7 +15,7 @@
 
 use std::net::IpAddr;
 
-use synwatch_engine::PortState;
+use synwatch_engine::{Port, PortState};
 
 use crate::config::{ExpectHosts, Expectation};
 use crate::results::ScanResults;
@@ -45,7 +45,7 @@ pub struct Violation {
     /// The host.
     pub address: IpAddr,
     /// The port.
-    pub port: u16,
+    pub port: Port,
     /// What is wrong.
     pub kind: ViolationKind,
 }
@@ -65,11 +65,10 @@ pub struct PolicyReport {
 pub fn evaluate(expect: &Expectation, results: &ScanResults, limit: usize) -> PolicyReport {
     let mut report = PolicyReport::default();
     let space = results.space();
-    let ports = space.ports().as_slice();
+    let ports = space.ports().ports();
     let port_count = ports.len() as u64;
-    let listed = |set: &Option<synwatch_engine::PortSet>, port: u16| {
-        set.as_ref().is_some_and(|set| set.index_of(port).is_some())
-    };
+    let listed =
+        |set: &Option<synwatch_engine::PortSet>, port: Port| set.as_ref().is_some_and(|set| set.contains(port));
     for host in 0..space.hosts().len() {
         let applies_to_host = match expect.hosts {
             ExpectHosts::All => true,
@@ -92,14 +91,14 @@ pub fn evaluate(expect: &Expectation, results: &ScanResults, limit: usize) -> Po
                 PortState::Unknown => continue,
                 PortState::Open if suspect => continue,
                 PortState::Open => {
-                    let allowed = expect.open.as_ref().is_none_or(|open| open.index_of(port).is_some());
+                    let allowed = expect.open.as_ref().is_none_or(|open| open.contains(port));
                     if allowed && !listed(&expect.closed, port) {
                         continue;
                     }
                     report.unexpected_open += 1;
                     ViolationKind::UnexpectedOpen
                 }
-                PortState::Closed | PortState::Filtered => {
+                PortState::Closed | PortState::Filtered | PortState::OpenFiltered => {
                     if !applies_to_host || !listed(&expect.open, port) {
                         continue;
                     }
@@ -122,6 +121,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use synwatch_engine::Port;
     use synwatch_engine::targets::parse_target;
     use synwatch_engine::{ExclusionPolicy, HostSet, PortSet, TargetSpace};
 
@@ -132,7 +132,7 @@ mod tests {
         ScanResults::from_fn(Arc::clone(&space), |index| {
             let (address, port) = space.probe_at(index).unwrap();
             let address = address.to_string();
-            if open.iter().any(|(host, open_port)| *host == address && *open_port == port) {
+            if open.iter().any(|(host, open_port)| *host == address && *open_port == port.number) {
                 PortState::Open
             } else if silent_hosts.contains(&address.as_str()) {
                 PortState::Filtered
@@ -165,12 +165,12 @@ mod tests {
         assert_eq!(report.expected_missing, 1 + 2 + 2);
         assert!(report.violations.contains(&Violation {
             address: "192.0.2.2".parse().unwrap(),
-            port: 3306,
+            port: Port::tcp(3306),
             kind: ViolationKind::UnexpectedOpen
         }));
         assert!(report.violations.contains(&Violation {
             address: "192.0.2.2".parse().unwrap(),
-            port: 443,
+            port: Port::tcp(443),
             kind: ViolationKind::ExpectedMissing
         }));
         assert_eq!(report.violations.len(), 6);

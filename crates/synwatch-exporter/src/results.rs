@@ -18,7 +18,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use synwatch_engine::{PortState, Suspect, TargetSpace};
+use synwatch_engine::{Port, PortState, Suspect, TargetSpace};
 use synwatch_io::Verdict;
 
 /// The states of one scan, indexed like its [`TargetSpace`].
@@ -31,7 +31,7 @@ pub struct ScanResults {
     /// Hosts judged suspect, sorted by address.
     suspects: Vec<(IpAddr, Suspect)>,
     /// Open ports of hosts not suspect whose verification failed, sorted.
-    unverified: Vec<(IpAddr, u16, Verdict)>,
+    unverified: Vec<(IpAddr, Port, Verdict)>,
 }
 
 /// How many probes are in each state.
@@ -57,11 +57,11 @@ pub struct Endpoints {
     /// Hosts that answered at least one probe with SYN-ACK or RST.
     pub responding: Vec<IpAddr>,
     /// (address, port) answered with SYN-ACK, suspect hosts left out.
-    pub open: Vec<(IpAddr, u16)>,
+    pub open: Vec<(IpAddr, Port)>,
     /// (address, port, reason) answered with SYN-ACK by a suspect host.
-    pub suspect: Vec<(IpAddr, u16, Suspect)>,
+    pub suspect: Vec<(IpAddr, Port, Suspect)>,
     /// (address, port, verdict) answered with SYN-ACK, whose verification failed.
-    pub unverified: Vec<(IpAddr, u16, Verdict)>,
+    pub unverified: Vec<(IpAddr, Port, Verdict)>,
 }
 
 /// What changed between two scans of one target.
@@ -128,8 +128,8 @@ impl ScanResults {
 
     /// The same results with the verdicts of a verification: the failed ones of open ports
     /// of hosts not suspect are kept (the others are no news).
-    pub fn with_verdicts(mut self, verdicts: Vec<(IpAddr, u16, Verdict)>) -> ScanResults {
-        let mut unverified: Vec<(IpAddr, u16, Verdict)> = verdicts
+    pub fn with_verdicts(mut self, verdicts: Vec<(IpAddr, Port, Verdict)>) -> ScanResults {
+        let mut unverified: Vec<(IpAddr, Port, Verdict)> = verdicts
             .into_iter()
             .filter(|&(address, port, verdict)| {
                 verdict != Verdict::Ok
@@ -145,12 +145,12 @@ impl ScanResults {
     }
 
     /// The open ports whose verification failed, with the verdict, sorted.
-    pub fn unverified(&self) -> &[(IpAddr, u16, Verdict)] {
+    pub fn unverified(&self) -> &[(IpAddr, Port, Verdict)] {
         &self.unverified
     }
 
     /// The failed verdict of (`address`, `port`), if its verification failed.
-    pub fn unverified_of(&self, address: IpAddr, port: u16) -> Option<Verdict> {
+    pub fn unverified_of(&self, address: IpAddr, port: Port) -> Option<Verdict> {
         self.unverified
             .binary_search_by_key(&(address, port), |(unverified, unverified_port, _)| (*unverified, *unverified_port))
             .ok()
@@ -221,7 +221,7 @@ impl ScanResults {
                         counts.closed += 1;
                         responded = true;
                     }
-                    PortState::Filtered => counts.filtered += 1,
+                    PortState::Filtered | PortState::OpenFiltered => counts.filtered += 1,
                     PortState::Unknown => counts.unknown += 1,
                 }
             }
@@ -324,7 +324,7 @@ impl ScanResults {
     /// per scan, so that scrapes and `/sd` requests do not walk the whole space).
     pub fn endpoints(&self) -> Endpoints {
         let mut endpoints = Endpoints::default();
-        let ports = self.space.ports().as_slice();
+        let ports = self.space.ports().ports();
         for host in 0..self.space.hosts().len() {
             let Some(address) = self.space.hosts().address_at(host) else { break };
             let mut responded = false;
@@ -340,7 +340,7 @@ impl ScanResults {
                         }
                     }
                     PortState::Closed => responded = true,
-                    PortState::Filtered | PortState::Unknown => {}
+                    PortState::Filtered | PortState::OpenFiltered | PortState::Unknown => {}
                 }
             }
             if responded {
@@ -351,7 +351,7 @@ impl ScanResults {
     }
 
     /// Every known probe as (index, address, port, state), in index order.
-    pub fn known(&self) -> impl Iterator<Item = (u64, IpAddr, u16, PortState)> + '_ {
+    pub fn known(&self) -> impl Iterator<Item = (u64, IpAddr, Port, PortState)> + '_ {
         (0..self.space.len()).filter_map(move |index| {
             let state = self.get(index);
             if state == PortState::Unknown {
@@ -366,6 +366,7 @@ impl ScanResults {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use synwatch_engine::Port;
     use synwatch_engine::targets::parse_target;
     use synwatch_engine::{ExclusionPolicy, HostSet, PortSet};
 
@@ -382,9 +383,9 @@ mod tests {
     fn results(space: &Arc<TargetSpace>, open: &[(&str, u16)]) -> ScanResults {
         ScanResults::from_fn(Arc::clone(space), |index| {
             let (address, port) = space.probe_at(index).unwrap();
-            if open.iter().any(|(a, p)| a.parse::<IpAddr>().unwrap() == address && *p == port) {
+            if open.iter().any(|(a, p)| a.parse::<IpAddr>().unwrap() == address && *p == port.number) {
                 PortState::Open
-            } else if port == 81 {
+            } else if port.number == 81 {
                 PortState::Filtered
             } else {
                 PortState::Closed
@@ -404,7 +405,7 @@ mod tests {
         let endpoints = scan.endpoints();
         assert_eq!(endpoints.responding.len(), 4);
         assert_eq!(endpoints.open.len(), 3);
-        assert_eq!(endpoints.open[0], ("192.0.2.1".parse().unwrap(), 80));
+        assert_eq!(endpoints.open[0], ("192.0.2.1".parse().unwrap(), Port::tcp(80)));
         let silent = ScanResults::from_fn(Arc::clone(&space), |_| PortState::Filtered);
         assert_eq!(silent.hosts_responding(), 0);
         assert_eq!(silent.endpoints(), Endpoints::default());
@@ -441,7 +442,7 @@ mod tests {
         assert_eq!(after.changes_since(&after), Changes::default());
         assert_eq!(before.changes_since(&after), Changes::default());
         let endpoints = after.endpoints();
-        assert_eq!(endpoints.open, [("192.0.2.1".parse().unwrap(), 80)]);
+        assert_eq!(endpoints.open, [("192.0.2.1".parse().unwrap(), Port::tcp(80))]);
         assert_eq!(endpoints.suspect.len(), 2);
         assert_eq!(endpoints.responding.len(), 4);
         // The verdict survives projection onto a space that keeps the host, and a foreign host
@@ -459,18 +460,18 @@ mod tests {
         let found = results(&space, &[("192.0.2.1", 80), ("192.0.2.1", 443), ("192.0.2.2", 443)]);
         let ip = |text: &str| text.parse::<IpAddr>().unwrap();
         let after = found.with_verdicts(vec![
-            (ip("192.0.2.1"), 80, Verdict::Ok),
-            (ip("192.0.2.1"), 443, Verdict::Reset),
-            (ip("192.0.2.2"), 443, Verdict::Ok),
+            (ip("192.0.2.1"), Port::tcp(80), Verdict::Ok),
+            (ip("192.0.2.1"), Port::tcp(443), Verdict::Reset),
+            (ip("192.0.2.2"), Port::tcp(443), Verdict::Ok),
             // Not open in the results: never kept.
-            (ip("192.0.2.3"), 443, Verdict::Refused),
+            (ip("192.0.2.3"), Port::tcp(443), Verdict::Refused),
         ]);
-        assert_eq!(after.unverified(), [(ip("192.0.2.1"), 443, Verdict::Reset)]);
+        assert_eq!(after.unverified(), [(ip("192.0.2.1"), Port::tcp(443), Verdict::Reset)]);
         assert_eq!((after.counts().open, after.counts().unverified), (2, 1));
         assert_eq!(after.changes_since(&before), Changes { opened: 1, closed: 0, turned_suspect: 0 });
         let endpoints = after.endpoints();
         assert_eq!(endpoints.open.len(), 2);
-        assert_eq!(endpoints.unverified, [(ip("192.0.2.1"), 443, Verdict::Reset)]);
+        assert_eq!(endpoints.unverified, [(ip("192.0.2.1"), Port::tcp(443), Verdict::Reset)]);
         assert_eq!(after.project(Arc::clone(&space)).unverified().len(), 1);
     }
 
@@ -480,9 +481,18 @@ mod tests {
         let old = results(&old_space, &[("192.0.2.1", 80), ("192.0.2.1", 443)]);
         let new_space = space(&["192.0.2.1", "192.0.2.9"], "80,8080");
         let projected = old.project(Arc::clone(&new_space));
-        assert_eq!(projected.get(new_space.index_of("192.0.2.1".parse().unwrap(), 80).unwrap()), PortState::Open);
-        assert_eq!(projected.get(new_space.index_of("192.0.2.1".parse().unwrap(), 8080).unwrap()), PortState::Unknown);
-        assert_eq!(projected.get(new_space.index_of("192.0.2.9".parse().unwrap(), 80).unwrap()), PortState::Unknown);
+        assert_eq!(
+            projected.get(new_space.index_of("192.0.2.1".parse().unwrap(), Port::tcp(80)).unwrap()),
+            PortState::Open
+        );
+        assert_eq!(
+            projected.get(new_space.index_of("192.0.2.1".parse().unwrap(), Port::tcp(8080)).unwrap()),
+            PortState::Unknown
+        );
+        assert_eq!(
+            projected.get(new_space.index_of("192.0.2.9".parse().unwrap(), Port::tcp(80)).unwrap()),
+            PortState::Unknown
+        );
         assert_eq!(
             projected.counts(),
             StateCounts { open: 1, suspect: 0, unverified: 0, closed: 0, filtered: 0, unknown: 3 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use std::net::IpAddr;
 
 use parking_lot::Mutex;
-use synwatch_engine::{FinishReason, JobSettings, PortState, Suspect, TargetSpace};
+use synwatch_engine::{FinishReason, JobSettings, Port, PortState, Suspect, TargetSpace};
 use synwatch_io::{CounterSnapshot, Engine, JobHandle, JobRequest, Priority, Verdict, Verifier, VerifyOptions};
 
 /// A scan to start.
@@ -79,7 +79,7 @@ pub trait RunningScan: Send {
     }
     /// The verdicts of the verification of its opens, when it was asked for (meaningful once
     /// finished; none by default).
-    fn verdicts(&self) -> Vec<(IpAddr, u16, Verdict)> {
+    fn verdicts(&self) -> Vec<(IpAddr, Port, Verdict)> {
         Vec::new()
     }
     /// Waits at most `timeout` for the end (the default polls every millisecond).
@@ -156,7 +156,7 @@ impl RunningScan for JobHandle {
 enum VerifyPhase {
     NotStarted,
     Running,
-    Done(Vec<(IpAddr, u16, Verdict)>),
+    Done(Vec<(IpAddr, Port, Verdict)>),
 }
 
 /// A job whose opens are verified once it has ended, on a thread of their own; the scan is
@@ -169,16 +169,18 @@ struct VerifyingScan {
 
 impl VerifyingScan {
     /// Verifies the opens of the hosts not judged suspect, and only those.
-    fn run(handle: &JobHandle, verifier: &Verifier) -> Vec<(IpAddr, u16, Verdict)> {
+    fn run(handle: &JobHandle, verifier: &Verifier) -> Vec<(IpAddr, Port, Verdict)> {
         let summary = handle.summary().unwrap_or_else(|| handle.wait());
         let suspects: std::collections::HashSet<IpAddr> =
             handle.suspects().into_iter().map(|(address, _)| address).collect();
         let space = handle.space();
         let table = handle.table();
+        // A handshake verifies TCP opens; a UDP open is a service's own answer already.
         let endpoints: Vec<(IpAddr, u16)> = (0..space.len())
             .filter(|&index| table.get(index) == PortState::Open)
             .filter_map(|index| space.probe_at(index))
-            .filter(|(address, _)| !suspects.contains(address))
+            .filter(|(address, port)| port.is_tcp() && !suspects.contains(address))
+            .map(|(address, port)| (address, port.number))
             .collect();
         let options = VerifyOptions::from_timing(
             summary.timing.last_timeout.map(|(timeout, _)| timeout),
@@ -187,7 +189,7 @@ impl VerifyingScan {
         match verifier.verify(&endpoints, options) {
             Ok(verifications) => verifications
                 .into_iter()
-                .map(|verification| (verification.address, verification.port, verification.verdict))
+                .map(|verification| (verification.address, Port::tcp(verification.port), verification.verdict))
                 .collect(),
             Err(error) => {
                 tracing::warn!(%error, "cannot verify the open ports; they stay open unverified");
@@ -235,7 +237,7 @@ impl RunningScan for VerifyingScan {
     fn suspects(&self) -> Vec<(IpAddr, Suspect)> {
         self.handle.suspects()
     }
-    fn verdicts(&self) -> Vec<(IpAddr, u16, Verdict)> {
+    fn verdicts(&self) -> Vec<(IpAddr, Port, Verdict)> {
         match &*self.phase.lock() {
             VerifyPhase::Done(verdicts) => verdicts.clone(),
             _ => Vec::new(),

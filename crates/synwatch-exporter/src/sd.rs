@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde::Serialize;
-use synwatch_engine::{PortSet, Suspect};
+use synwatch_engine::{Port, PortSet, Suspect};
 
 use crate::query::query_pairs;
 
@@ -44,9 +44,9 @@ pub struct SdTarget<'a> {
     /// The target's name.
     pub name: &'a str,
     /// Its open endpoints.
-    pub open: &'a [(IpAddr, u16)],
+    pub open: &'a [(IpAddr, Port)],
     /// Its suspect hosts' SYN-ACKs.
-    pub suspect: &'a [(IpAddr, u16, Suspect)],
+    pub suspect: &'a [(IpAddr, Port, Suspect)],
 }
 
 /// Parses the query string of a `/sd` request.
@@ -74,7 +74,7 @@ pub fn parse_sd_query(query: &str) -> Result<SdFilter, String> {
     }
     if !port_specs.is_empty() {
         let joined = port_specs.join(",");
-        filter.ports = Some(PortSet::parse(&joined).map_err(|error| format!("port={joined:?}: {error}"))?);
+        filter.ports = Some(crate::config::serve_ports(&joined).map_err(|error| format!("port={joined:?}: {error}"))?);
     }
     Ok(filter)
 }
@@ -147,7 +147,10 @@ mod tests {
         let space = Arc::new(TargetSpace::new(hosts, PortSet::parse(ports).unwrap()).unwrap());
         ScanResults::from_fn(Arc::clone(&space), |index| {
             let (address, port) = space.probe_at(index).unwrap();
-            if open.iter().any(|(host, open_port)| host.parse::<IpAddr>().unwrap() == address && *open_port == port) {
+            if open
+                .iter()
+                .any(|(host, open_port)| host.parse::<IpAddr>().unwrap() == address && *open_port == port.number)
+            {
                 PortState::Open
             } else {
                 PortState::Closed

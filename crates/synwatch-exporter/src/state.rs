@@ -131,7 +131,7 @@ impl StateStore {
                         unverified: results
                             .unverified()
                             .iter()
-                            .map(|(address, port, verdict)| (*address, *port, verdict.name().to_string()))
+                            .map(|(address, port, verdict)| (*address, port.number, verdict.name().to_string()))
                             .collect(),
                     }),
                 })
@@ -217,7 +217,8 @@ fn decode_results(stored: &StoredResults) -> Result<ScanResults, String> {
         .iter()
         .map(|(address, port, verdict)| {
             synwatch_io::Verdict::from_name(verdict)
-                .map(|verdict| (*address, *port, verdict))
+                // Verification is TCP only: a stored unverified port is a TCP one.
+                .map(|verdict| (*address, synwatch_engine::Port::tcp(*port), verdict))
                 .ok_or(format!("verdict {verdict:?}"))
         })
         .collect::<Result<Vec<_>, _>>()?;

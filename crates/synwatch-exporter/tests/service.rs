@@ -93,7 +93,7 @@ impl Scanner for SimulatedScanner {
         let states = (0..space.len())
             .map(|index| {
                 let (address, port) = space.probe_at(index).unwrap();
-                ports.get(&(address, port)).copied().unwrap_or(PortState::Closed)
+                ports.get(&(address, port.number)).copied().unwrap_or(PortState::Closed)
             })
             .collect();
         Ok(Box::new(SimulatedScan {

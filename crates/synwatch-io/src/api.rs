@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use parking_lot::{Condvar, Mutex};
-use synwatch_engine::{CookieKey, JobCore, TargetSpace, TokenBucket, first_probe_of_family};
+use synwatch_engine::{CookieKey, JobCore, Port, TargetSpace, TokenBucket, first_probe_of_family};
 
 use crate::config::{EngineConfig, EngineError, Mode, RunningMode};
 use crate::connect::{self, ConnectLoop};
@@ -222,6 +222,10 @@ impl Engine {
             deadline,
             Arc::clone(&self.shared.rtt_memory),
         );
+        let core = match &request.payloads {
+            Some(payloads) => core.with_payloads(Arc::clone(payloads)),
+            None => core,
+        };
         let threads = self.controls.len() as u64;
         let lane_count = core.shard_size().div_ceil(MIN_PROBES_PER_LANE).clamp(1, threads);
         // Lanes go to consecutive threads, starting from one that depends on the job, so that
@@ -291,7 +295,7 @@ impl Drop for Engine {
 /// The lowest probe of a family: the family's lowest address and the lowest port (the path is
 /// resolved for it). Ranges are sorted, so this is the first range of the family, not a walk
 /// over hosts.
-fn lowest_probe(space: &TargetSpace, ipv6: bool) -> Option<(IpAddr, u16)> {
+fn lowest_probe(space: &TargetSpace, ipv6: bool) -> Option<(IpAddr, Port)> {
     let range = space.hosts().ranges().iter().find(|range| range.is_ipv6 == ipv6)?;
     Some((range.first_address(), space.ports().port_at(0)?))
 }

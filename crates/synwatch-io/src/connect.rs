@@ -17,6 +17,11 @@
 //! * A job none of whose attempts is open can get no more answers: its learned gap between
 //!   rounds and its learned wait end at once (`Scheduler::settle_where`), since a connect()
 //!   scan has no late replies to wait for.
+//! * A UDP probe is a connected UDP socket carrying the port's payload (the same as raw mode's,
+//!   cookie slot included): a datagram back means open, `ECONNREFUSED` (the kernel's report
+//!   of an ICMP port unreachable) closed, `EHOSTUNREACH`/`ENETUNREACH`/`EACCES` filtered, and
+//!   no answer by the timeout leaves the probe unknown (`open|filtered` in the end). The
+//!   kernel only hands a connected socket datagrams from the probed address and port.
 //! * At most `max_inflight` attempts are open at once. `EMFILE`, `ENFILE`, `ENOBUFS` and
 //!   `EADDRNOTAVAIL` (no free descriptor, buffer or local port) keep the probe and pause opening
 //!   until an attempt completes: they slow the scan down and never lose a probe.
@@ -32,7 +37,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use synwatch_engine::{PortState, Probe, RecordOutcome, Scheduler};
+use synwatch_engine::{Port, PortState, Probe, RecordOutcome, Scheduler};
 
 use crate::job::{Control, JobState, NewJob, ProbeResult};
 use crate::shared::{LaneOwner, Shared};
@@ -87,7 +92,7 @@ struct Attempt {
     state: Arc<JobState>,
     index: u64,
     address: IpAddr,
-    port: u16,
+    port: Port,
     started: Duration,
     generation: u64,
 }
@@ -242,25 +247,30 @@ impl ConnectLoop {
 
     fn start_attempt(&mut self, state: Arc<JobState>, probe: &Probe, now: Duration, timeout: Duration) -> Outcome {
         let counters = &self.shared.counters;
-        let target = SocketAddr::new(probe.address, probe.port);
-        let socket =
-            match Socket::new(Domain::for_address(target), Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP)) {
-                Ok(socket) => socket,
-                Err(error) => {
-                    let outcome = classify_error(&error);
-                    if outcome != Outcome::Pressure {
-                        counters.send_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(%error, "cannot create a TCP socket");
-                    }
-                    return if outcome == Outcome::Pressure { Outcome::Pressure } else { Outcome::NoAnswer };
+        let target = SocketAddr::new(probe.address, probe.port.number);
+        let (kind, protocol) =
+            if probe.port.is_udp() { (Type::DGRAM, Protocol::UDP) } else { (Type::STREAM, Protocol::TCP) };
+        let socket = match Socket::new(Domain::for_address(target), kind.nonblocking().cloexec(), Some(protocol)) {
+            Ok(socket) => socket,
+            Err(error) => {
+                let outcome = classify_error(&error);
+                if outcome != Outcome::Pressure {
+                    counters.send_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%error, "cannot create a socket");
                 }
-            };
-        // With a zero linger time, closing sends a RST: no TIME_WAIT on either side.
-        let _ = socket.set_linger(Some(Duration::ZERO));
-        let outcome = match socket.connect(&SockAddr::from(target)) {
-            Ok(()) => Outcome::Answer(PortState::Open, "connected"),
-            Err(error) if error.raw_os_error() == Some(libc::EINPROGRESS) => Outcome::Pending,
-            Err(error) => classify_error(&error),
+                return if outcome == Outcome::Pressure { Outcome::Pressure } else { Outcome::NoAnswer };
+            }
+        };
+        let outcome = if probe.port.is_udp() {
+            send_udp_probe(&socket, target, &state, probe)
+        } else {
+            // With a zero linger time, closing sends a RST: no TIME_WAIT on either side.
+            let _ = socket.set_linger(Some(Duration::ZERO));
+            match socket.connect(&SockAddr::from(target)) {
+                Ok(()) => Outcome::Answer(PortState::Open, "connected"),
+                Err(error) if error.raw_os_error() == Some(libc::EINPROGRESS) => Outcome::Pending,
+                Err(error) => classify_error(&error),
+            }
         };
         match outcome {
             Outcome::Pressure => return Outcome::Pressure,
@@ -280,7 +290,9 @@ impl ConnectLoop {
             self.slots.push(None);
             self.slots.len() - 1
         });
-        if let Err(error) = self.epoll.add(&socket, EpollEvent::new(EpollFlags::EPOLLOUT, slot as u64)) {
+        // A TCP connect() finishes writable; a UDP probe's answer or error makes it readable.
+        let events = if probe.port.is_udp() { EpollFlags::EPOLLIN } else { EpollFlags::EPOLLOUT };
+        if let Err(error) = self.epoll.add(&socket, EpollEvent::new(events, slot as u64)) {
             self.free_slots.push(slot);
             let error = io::Error::from(error);
             let outcome = classify_error(&error);
@@ -325,6 +337,14 @@ impl ConnectLoop {
             return;
         };
         let outcome = match attempt.socket.take_error() {
+            Ok(None) if attempt.port.is_udp() => {
+                // Readable without an error: a datagram from the probed address and port.
+                let mut buffer = [std::mem::MaybeUninit::<u8>::uninit(); 64];
+                match attempt.socket.recv(&mut buffer) {
+                    Ok(_) => Outcome::Answer(PortState::Open, "answered"),
+                    Err(error) => classify_error(&error),
+                }
+            }
             Ok(None) => Outcome::Answer(PortState::Open, "connected"),
             Ok(Some(error)) | Err(error) => classify_error(&error),
         };
@@ -378,6 +398,23 @@ impl ConnectLoop {
     }
 }
 
+/// Connects a UDP socket to `target` and sends the port's payload with the probe's cookie.
+/// `Pending` when sent; an error the local stack reports at once is the port's answer.
+fn send_udp_probe(socket: &Socket, target: SocketAddr, state: &JobState, probe: &Probe) -> Outcome {
+    if let Err(error) = socket.connect(&SockAddr::from(target)) {
+        return classify_error(&error);
+    }
+    let payload = state.matcher.payloads().for_port(probe.port.number);
+    let mut bytes = [0u8; synwatch_wire::payloads::MAX_UDP_PAYLOAD];
+    let bytes = &mut bytes[..payload.bytes.len()];
+    bytes.copy_from_slice(&payload.bytes);
+    payload.write_cookie(bytes, probe.cookie.sequence);
+    match socket.send(bytes) {
+        Ok(_) => Outcome::Pending,
+        Err(error) => classify_error(&error),
+    }
+}
+
 /// Records an outcome in the job's table and streams it.
 #[allow(clippy::too_many_arguments)]
 fn record(
@@ -385,7 +422,7 @@ fn record(
     state: &JobState,
     index: u64,
     address: IpAddr,
-    port: u16,
+    port: Port,
     port_state: PortState,
     reason: &'static str,
     rtt: Option<Duration>,
@@ -396,7 +433,7 @@ fn record(
         return;
     }
     if port_state == PortState::Filtered {
-        tracing::debug!(%address, port, reason, "filtered");
+        tracing::debug!(%address, %port, reason, "filtered");
     }
     if let Some(rtt) = rtt {
         counters.observe_rtt(state.priority, rtt);

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 use synwatch_engine::{
-    EvidenceCounts, FinishReason, JobCore, JobSettings, LaneProgress, Permutation, PortState, Priority, ReplyMatcher,
-    StateTable, Suspect, TargetSpace, TimingReport,
+    EvidenceCounts, FinishReason, JobCore, JobSettings, LaneProgress, Permutation, Port, PortState, Priority,
+    ReplyMatcher, StateTable, Suspect, TargetSpace, TimingReport,
 };
+use synwatch_wire::PayloadTable;
 
 use crate::counters::Counters;
 use crate::paths::Route;
@@ -24,8 +25,8 @@ pub struct ProbeResult {
     pub index: u64,
     /// Target address.
     pub address: IpAddr,
-    /// Target port.
-    pub port: u16,
+    /// Target port (and its protocol).
+    pub port: Port,
     /// Open, closed or filtered.
     pub state: PortState,
     /// Round-trip time, when the reply echoed our timestamp (SYN-ACKs of most hosts).
@@ -85,12 +86,22 @@ pub struct JobRequest {
     pub priority: Priority,
     /// The job's own cap in probes per second, under the engine's global one.
     pub rate: Option<u64>,
+    /// The payloads of its UDP probes; `None`: the built-in ones.
+    pub payloads: Option<Arc<PayloadTable>>,
 }
 
 impl JobRequest {
-    /// A background job without its own rate cap.
+    /// A background job without its own rate cap, with the built-in UDP payloads.
     pub fn new(space: Arc<TargetSpace>, settings: JobSettings, timeout: Option<Duration>) -> JobRequest {
-        JobRequest { space, settings, timeout, stream_results: false, priority: Priority::Background, rate: None }
+        JobRequest {
+            space,
+            settings,
+            timeout,
+            stream_results: false,
+            priority: Priority::Background,
+            rate: None,
+            payloads: None,
+        }
     }
 }
 

@@ -11,8 +11,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use synwatch_engine::CookieKey;
-use synwatch_wire::{LinkLayer, SynFields, SynTemplate};
+use synwatch_engine::{CookieKey, Port};
+use synwatch_wire::{LinkLayer, SynFields, SynTemplate, UdpFields, UdpTemplate};
 
 use crate::config::TransmitChoice;
 use crate::route::{self, NeighbourEvents, Path};
@@ -21,10 +21,12 @@ use crate::transmit::{RawIpTransmitter, Transmit};
 /// How long a job's submission waits for the kernel to resolve its gateway.
 const NEIGHBOUR_WAIT: Duration = Duration::from_millis(500);
 
-/// Per family: the probe template and the transmitter it goes through.
+/// Per family: the probe templates (SYN and UDP, for the same link layer) and the
+/// transmitter they go through.
 #[derive(Debug, Clone)]
 pub(crate) struct Route {
     pub(crate) template: SynTemplate,
+    pub(crate) udp_template: UdpTemplate,
     pub(crate) transmitter: TransmitterKey,
 }
 
@@ -40,6 +42,7 @@ impl Route {
     pub(crate) fn raw(first: IpAddr) -> Route {
         Route {
             template: SynTemplate::for_address(first, LinkLayer::None),
+            udp_template: UdpTemplate::for_address(first, LinkLayer::None),
             transmitter: TransmitterKey::Raw { ipv6: first.is_ipv6() },
         }
     }
@@ -66,7 +69,7 @@ impl PathChooser {
         &self,
         path: &Path,
         first: IpAddr,
-        own_first_probe: Option<(IpAddr, u16)>,
+        own_first_probe: Option<(IpAddr, Port)>,
         cookie_key: &CookieKey,
     ) -> (Route, &'static str) {
         if self.transmit == TransmitChoice::Sendmmsg {
@@ -98,16 +101,17 @@ impl PathChooser {
             _ => None,
         };
         match destination_mac {
-            Some(destination_mac) => (
-                Route {
-                    template: SynTemplate::for_address(
-                        first,
-                        LinkLayer::Ethernet { source_mac: path.source_mac, destination_mac },
-                    ),
-                    transmitter: TransmitterKey::Ring { interface_index: path.interface_index },
-                },
-                "tx-ring",
-            ),
+            Some(destination_mac) => {
+                let link = LinkLayer::Ethernet { source_mac: path.source_mac, destination_mac };
+                (
+                    Route {
+                        template: SynTemplate::for_address(first, link),
+                        udp_template: UdpTemplate::for_address(first, link),
+                        transmitter: TransmitterKey::Ring { interface_index: path.interface_index },
+                    },
+                    "tx-ring",
+                )
+            }
             None => {
                 if self.transmit == TransmitChoice::Ring {
                     tracing::warn!(interface = %path.interface, "the TX ring needs a known next hop; using sendmmsg");
@@ -124,25 +128,38 @@ impl PathChooser {
 fn warm_up_neighbour(
     transmitter: Option<&mut RawIpTransmitter>,
     path: &Path,
-    (target, port): (IpAddr, u16),
+    (target, port): (IpAddr, Port),
     cookie_key: &CookieKey,
 ) {
     let Some(transmitter) = transmitter else {
         return;
     };
-    let template = SynTemplate::for_address(target, LinkLayer::None);
     let cookie = cookie_key.cookie(path.source, target, port);
-    let fields = SynFields {
-        source: path.source,
-        destination: target,
-        source_port: cookie.source_port,
-        destination_port: port,
-        sequence: cookie.sequence,
-        timestamp_value: 0,
+    let Some(slot) = transmitter.slot() else {
+        return;
     };
-    if let Some(slot) = transmitter.slot()
-        && let Ok(len) = template.write(slot, &fields)
-    {
+    // A UDP first probe goes out empty: it is only there to make the kernel resolve the hop.
+    let written = if port.is_udp() {
+        let fields = UdpFields {
+            source: path.source,
+            destination: target,
+            source_port: cookie.source_port,
+            destination_port: port.number,
+            cookie: cookie.sequence,
+        };
+        UdpTemplate::for_address(target, LinkLayer::None).write(slot, &fields, &synwatch_wire::UdpPayload::empty())
+    } else {
+        let fields = SynFields {
+            source: path.source,
+            destination: target,
+            source_port: cookie.source_port,
+            destination_port: port.number,
+            sequence: cookie.sequence,
+            timestamp_value: 0,
+        };
+        SynTemplate::for_address(target, LinkLayer::None).write(slot, &fields)
+    };
+    if let Ok(len) = written {
         transmitter.commit(len, target);
         let _ = transmitter.flush();
     }

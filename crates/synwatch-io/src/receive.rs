@@ -3,11 +3,11 @@
 //! are copied to user space, a large receive buffer, batched reads, and the kernel's drop
 //! counter.
 //!
-//! The filter (hand-written: the program is 20 instructions, smaller than any BPF-assembler
+//! The filter (hand-written: the program is 23 instructions, smaller than any BPF-assembler
 //! dependency) accepts a packet when it is not one we are sending (`PACKET_OUTGOING`) and is
 //!
-//! * IPv4 TCP whose destination port lies in our source-port range, or any ICMPv4, or
-//! * IPv6 TCP (without extension headers) to a port in the range, or any ICMPv6.
+//! * IPv4 TCP or UDP whose destination port lies in our source-port range, or any ICMPv4, or
+//! * IPv6 TCP or UDP (without extension headers) to a port in the range, or any ICMPv6.
 //!
 //! Everything else stays in the kernel. Replies are then validated in user space.
 
@@ -35,33 +35,36 @@ const PACKET_IGNORE_OUTGOING: libc::c_int = libc::PACKET_IGNORE_OUTGOING;
 const SKF_AD_PKTTYPE: u32 = 0xffff_f000 + 4;
 
 /// The BPF program described in the module documentation. Jump offsets are relative: a
-/// branch from instruction `i` lands on `i + 1 + offset`. Instruction 19 drops, 20 accepts.
+/// branch from instruction `i` lands on `i + 1 + offset`. Instruction 21 drops, 22 accepts.
+/// TCP and UDP keep their destination port at the same offset, so one check serves both.
 pub fn reply_filter(ports: SourcePortRange) -> Vec<libc::sock_filter> {
     let first = u32::from(ports.first);
     let last = u32::from(ports.last);
     vec![
         /* 0 */ bpf(LD_B_ABS, 0, 0, SKF_AD_PKTTYPE),
-        /* 1 */ bpf(JEQ_K, 17, 0, u32::from(libc::PACKET_OUTGOING)), // outgoing -> 19
+        /* 1 */ bpf(JEQ_K, 19, 0, u32::from(libc::PACKET_OUTGOING)), // outgoing -> 21
         /* 2 */ bpf(LD_B_ABS, 0, 0, 0),
         /* 3 */ bpf(ALU_AND_K, 0, 0, 0xf0),
-        /* 4 */ bpf(JEQ_K, 0, 7, 0x40), // IPv4 -> 5, else -> 12
+        /* 4 */ bpf(JEQ_K, 0, 8, 0x40), // IPv4 -> 5, else -> 13
         /* 5 */ bpf(LD_B_ABS, 0, 0, 9), // IPv4 protocol
-        /* 6 */ bpf(JEQ_K, 13, 0, 1), // ICMP -> 20
-        /* 7 */ bpf(JEQ_K, 0, 11, 6), // TCP -> 8, else -> 19
-        /* 8 */ bpf(LDX_B_MSH, 0, 0, 0), // X = IPv4 header length
-        /* 9 */ bpf(LD_H_IND, 0, 0, 2), // TCP destination port
-        /* 10 */ bpf(JGE_K, 0, 8, first), // below the range -> 19
-        /* 11 */ bpf(JGT_K, 7, 8, last), // above -> 19, inside -> 20
-        /* 12 */ bpf(JEQ_K, 0, 6, 0x60), // IPv6 -> 13, else -> 19
-        /* 13 */ bpf(LD_B_ABS, 0, 0, 6), // IPv6 next header
-        /* 14 */ bpf(JEQ_K, 5, 0, 58), // ICMPv6 -> 20
-        /* 15 */ bpf(JEQ_K, 0, 3, 6), // TCP -> 16, else -> 19
-        /* 16 */
-        bpf(LD_H_ABS, 0, 0, 42), // TCP destination port after the 40-byte header
-        /* 17 */ bpf(JGE_K, 0, 1, first), // below -> 19
-        /* 18 */ bpf(JGT_K, 0, 1, last), // above -> 19, inside -> 20
-        /* 19 */ bpf(RET_K, 0, 0, 0),
-        /* 20 */ bpf(RET_K, 0, 0, 0xffff),
+        /* 6 */ bpf(JEQ_K, 15, 0, 1), // ICMP -> 22
+        /* 7 */ bpf(JEQ_K, 1, 0, 6), // TCP -> 9
+        /* 8 */ bpf(JEQ_K, 0, 12, 17), // UDP -> 9, else -> 21
+        /* 9 */ bpf(LDX_B_MSH, 0, 0, 0), // X = IPv4 header length
+        /* 10 */ bpf(LD_H_IND, 0, 0, 2), // TCP or UDP destination port
+        /* 11 */ bpf(JGE_K, 0, 9, first), // below the range -> 21
+        /* 12 */ bpf(JGT_K, 8, 9, last), // above -> 21, inside -> 22
+        /* 13 */ bpf(JEQ_K, 0, 7, 0x60), // IPv6 -> 14, else -> 21
+        /* 14 */ bpf(LD_B_ABS, 0, 0, 6), // IPv6 next header
+        /* 15 */ bpf(JEQ_K, 6, 0, 58), // ICMPv6 -> 22
+        /* 16 */ bpf(JEQ_K, 1, 0, 6), // TCP -> 18
+        /* 17 */ bpf(JEQ_K, 0, 3, 17), // UDP -> 18, else -> 21
+        /* 18 */
+        bpf(LD_H_ABS, 0, 0, 42), // destination port after the 40-byte header
+        /* 19 */ bpf(JGE_K, 0, 1, first), // below -> 21
+        /* 20 */ bpf(JGT_K, 0, 1, last), // above -> 21, inside -> 22
+        /* 21 */ bpf(RET_K, 0, 0, 0),
+        /* 22 */ bpf(RET_K, 0, 0, 0xffff),
     ]
 }
 
@@ -183,7 +186,13 @@ mod tests {
         assert_ne!(run(&program, &icmp, host), 0);
         let mut udp = ipv4_tcp(40050);
         udp[9] = 17;
-        assert_eq!(run(&program, &udp, host), 0);
+        assert_ne!(run(&program, &udp, host), 0);
+        let mut stray_udp = ipv4_tcp(53);
+        stray_udp[9] = 17;
+        assert_eq!(run(&program, &stray_udp, host), 0);
+        let mut sctp = ipv4_tcp(40050);
+        sctp[9] = 132;
+        assert_eq!(run(&program, &sctp, host), 0);
         let mut options = ipv4_tcp(0);
         options[0] = 0x46; // 24-byte header: the port moves by four bytes
         options[26..28].copy_from_slice(&40010u16.to_be_bytes());
@@ -191,7 +200,9 @@ mod tests {
         assert_ne!(run(&program, &ipv6(6, 40010), host), 0);
         assert_eq!(run(&program, &ipv6(6, 22), host), 0);
         assert_ne!(run(&program, &ipv6(58, 0), host), 0);
-        assert_eq!(run(&program, &ipv6(17, 40010), host), 0);
+        assert_ne!(run(&program, &ipv6(17, 40010), host), 0);
+        assert_eq!(run(&program, &ipv6(17, 123), host), 0);
+        assert_eq!(run(&program, &ipv6(132, 40010), host), 0);
         assert_eq!(run(&program, &[0x20; 40], host), 0);
     }
 }

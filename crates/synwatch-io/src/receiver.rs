@@ -106,11 +106,13 @@ fn handle_packet(
                     counters.replies_duplicate.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
-                counters.observe_rtt(job.priority, rtt);
-                job_samples.push((classified.remote, rtt));
+                if let Some(rtt) = rtt {
+                    counters.observe_rtt(job.priority, rtt);
+                    job_samples.push((classified.remote, rtt));
+                }
                 // The stream reports the echoed timestamp's round trip only, as before: it is
                 // exact to the microsecond, the sequence's stamp to the millisecond.
-                let rtt = classified.timestamp_echo.map(|_| rtt);
+                let rtt = classified.timestamp_echo.and(rtt);
                 job.first_answer(
                     counters,
                     ProbeResult {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use synwatch_engine::{Priority, Scheduler};
-use synwatch_wire::{LinkLayer, SynFields, SynTemplate};
+use synwatch_wire::{LinkLayer, SynFields, SynTemplate, UdpFields, UdpTemplate};
 
 use crate::job::{Control, JobState, JobSummary, NewJob};
 use crate::paths::{Route, TransmitterKey};
@@ -179,6 +179,7 @@ impl SenderLoop {
                 route.transmitter = TransmitterKey::Raw { ipv6 };
                 route.template =
                     if ipv6 { SynTemplate::ipv6(LinkLayer::None) } else { SynTemplate::ipv4(LinkLayer::None) };
+                route.udp_template = UdpTemplate::build(ipv6, LinkLayer::None);
             }
         }
     }
@@ -187,7 +188,8 @@ impl SenderLoop {
     fn fill(&mut self, now: Duration) {
         let timestamp = now.as_micros() as u32;
         while let Some((lane, probe)) = self.scheduler.poll_transmit(now) {
-            let route = &self.scheduler.owner(lane).routes[usize::from(probe.address.is_ipv6())];
+            let owner = self.scheduler.owner(lane);
+            let route = &owner.routes[usize::from(probe.address.is_ipv6())];
             let queued = match route {
                 None => Queued::NotSent,
                 Some(route) => match self.transmitters.get_mut(&route.transmitter) {
@@ -199,15 +201,28 @@ impl SenderLoop {
                     Some(transmitter) => match transmitter.slot() {
                         None => Queued::NoRoom,
                         Some(slot) => {
-                            let fields = SynFields {
-                                source: probe.source,
-                                destination: probe.address,
-                                source_port: probe.cookie.source_port,
-                                destination_port: probe.port,
-                                sequence: probe.cookie.sequence,
-                                timestamp_value: timestamp,
+                            let written = if probe.port.is_udp() {
+                                let fields = UdpFields {
+                                    source: probe.source,
+                                    destination: probe.address,
+                                    source_port: probe.cookie.source_port,
+                                    destination_port: probe.port.number,
+                                    cookie: probe.cookie.sequence,
+                                };
+                                let payload = owner.state.matcher.payloads().for_port(probe.port.number);
+                                route.udp_template.write(slot, &fields, payload)
+                            } else {
+                                let fields = SynFields {
+                                    source: probe.source,
+                                    destination: probe.address,
+                                    source_port: probe.cookie.source_port,
+                                    destination_port: probe.port.number,
+                                    sequence: probe.cookie.sequence,
+                                    timestamp_value: timestamp,
+                                };
+                                route.template.write(slot, &fields)
                             };
-                            match route.template.write(slot, &fields) {
+                            match written {
                                 Ok(len) => {
                                     transmitter.commit(len, probe.address);
                                     Queued::Yes

@@ -25,7 +25,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::sys::{self, RawSocketAddress};
 
 /// Bytes reserved per frame slot: larger than any probe frame.
-const SLOT_LEN: usize = 128;
+/// Room for the largest probe: a UDP one with a 1200-byte payload over IPv6 and Ethernet
+/// (`synwatch_wire::MAX_UDP_FRAME_LEN`, 1262), rounded so that a ring frame (with its 32-byte
+/// TPACKET_V2 header) stays a multiple of 16.
+const SLOT_LEN: usize = 1264;
 
 /// The result of a flush.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,7 +208,7 @@ impl RingTransmitter {
         )?;
         // PACKET_QDISC_BYPASS is deliberately not set: with it, frames for a device whose link is
         // down stay in the ring forever instead of being dropped by the stack.
-        let frame_size = SLOT_LEN + TPACKET2_DATA_OFFSET; // 160, a multiple of TPACKET_ALIGNMENT (16)
+        let frame_size = SLOT_LEN + TPACKET2_DATA_OFFSET; // 1296, a multiple of TPACKET_ALIGNMENT (16)
         let block_size = 1usize << 16;
         let frames_per_block = block_size / frame_size;
         let block_count = frame_count.max(frames_per_block).div_ceil(frames_per_block);

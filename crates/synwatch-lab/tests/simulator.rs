@@ -176,6 +176,7 @@ fn the_model_is_deterministic_and_its_ground_truth_file_lists_what_it_answers() 
             ReplyRepr::Tcp(reply) if reply.is_syn_ack() => ((reply.source, reply.source_port), "syn-ack"),
             ReplyRepr::Tcp(reply) => ((reply.source, reply.source_port), "rst"),
             ReplyRepr::Unreachable(icmp) => ((icmp.probe.destination, icmp.probe.destination_port), "icmp"),
+            ReplyRepr::Udp(udp) => panic!("the field lab answers SYNs with TCP or ICMP, not {udp:?}"),
         };
         assert!(answered.insert(key, state).is_none(), "one reply per probe without duplicates");
     }

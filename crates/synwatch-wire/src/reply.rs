@@ -1,4 +1,4 @@
-//! Parsing of replies to SYN probes.
+//! Parsing of replies to SYN and UDP probes.
 //!
 //! [`parse_reply`] takes the bytes of one network-layer packet (starting at the IPv4 or IPv6
 //! header, as an `AF_PACKET`/`SOCK_DGRAM` socket delivers them) and returns a [`ReplyRepr`]:
@@ -6,8 +6,11 @@
 //! * [`ReplyRepr::Tcp`]: any TCP segment, with the fields the engine needs to decide whether it
 //!   answers one of its probes (flags, sequence and acknowledgement numbers, the echoed TCP
 //!   timestamp).
-//! * [`ReplyRepr::Unreachable`]: an ICMPv4 type 3 or ICMPv6 type 1 message quoting a TCP segment,
-//!   with the quoted probe's addresses, ports and sequence number.
+//! * [`ReplyRepr::Udp`]: any UDP datagram, with its ports and the first
+//!   [`ANSWER_HEAD_LEN`] bytes of its payload (where an answer echoes the probe's cookie).
+//! * [`ReplyRepr::Unreachable`]: an ICMPv4 type 3 or ICMPv6 type 1 message quoting a TCP segment
+//!   or a UDP datagram, with the quoted probe's addresses, ports and sequence number (TCP) or
+//!   payload head (UDP).
 //!
 //! Contract: this module never panics, whatever the input. Every error is a [`ParseError`] so
 //! the caller can count malformed packets instead of crashing.
@@ -19,10 +22,14 @@ use pnet_packet::ipv4::Ipv4Packet;
 use pnet_packet::ipv6::Ipv6Packet;
 use pnet_packet::tcp::{TcpFlags, TcpPacket};
 
+use crate::payloads::ANSWER_HEAD_LEN;
+
 /// IANA protocol number of ICMPv4.
 const PROTOCOL_ICMP: u8 = 1;
 /// IANA protocol number of TCP.
 const PROTOCOL_TCP: u8 = 6;
+/// IANA protocol number of UDP.
+const PROTOCOL_UDP: u8 = 17;
 /// IANA protocol number of ICMPv6.
 const PROTOCOL_ICMPV6: u8 = 58;
 
@@ -41,8 +48,8 @@ pub enum ParseError {
     /// A non-first fragment, which carries no transport header.
     #[error("non-first fragment")]
     Fragment,
-    /// Neither TCP nor an ICMP destination-unreachable message about TCP.
-    #[error("not a TCP segment or an ICMP unreachable about TCP")]
+    /// Neither TCP nor UDP nor an ICMP destination-unreachable message about either.
+    #[error("not a TCP segment, a UDP datagram or an ICMP unreachable about one")]
     NotRelevant,
 }
 
@@ -90,9 +97,74 @@ impl TcpReply {
     }
 }
 
+/// The first bytes of a UDP payload: an answer's, or a quoted probe's.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PayloadHead {
+    bytes: [u8; ANSWER_HEAD_LEN],
+    len: u8,
+}
+
+impl PayloadHead {
+    /// The first bytes of `payload` (at most [`ANSWER_HEAD_LEN`]).
+    pub fn of(payload: &[u8]) -> PayloadHead {
+        let len = payload.len().min(ANSWER_HEAD_LEN);
+        let mut bytes = [0u8; ANSWER_HEAD_LEN];
+        bytes[..len].copy_from_slice(&payload[..len]);
+        PayloadHead { bytes, len: len as u8 }
+    }
+
+    /// The bytes kept.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for PayloadHead {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "PayloadHead({:02x?})", self.as_slice())
+    }
+}
+
+/// A UDP datagram, as far as the scanner cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpReply {
+    /// Sender of the datagram (the scanned host).
+    pub source: IpAddr,
+    /// Receiver of the datagram (us).
+    pub destination: IpAddr,
+    /// The scanned port.
+    pub source_port: u16,
+    /// Our probe's source port.
+    pub destination_port: u16,
+    /// The payload's length.
+    pub payload_len: u16,
+    /// The payload's first bytes.
+    pub head: PayloadHead,
+    /// The IPv4 TTL or IPv6 hop limit it arrived with.
+    pub ttl: u8,
+}
+
+impl UdpReply {
+    /// The payload's first bytes.
+    pub fn head(&self) -> &[u8] {
+        self.head.as_slice()
+    }
+}
+
+/// Which transport an ICMP error quotes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotedTransport {
+    /// A TCP segment: [`QuotedProbe::sequence`] is its sequence number.
+    Tcp,
+    /// A UDP datagram: [`QuotedProbe::payload`] holds what the error quotes of its payload.
+    Udp,
+}
+
 /// The probe quoted inside an ICMP error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuotedProbe {
+    /// The quoted probe's transport.
+    pub transport: QuotedTransport,
     /// Source of the quoted segment (us).
     pub source: IpAddr,
     /// Destination of the quoted segment (the scanned host).
@@ -101,8 +173,11 @@ pub struct QuotedProbe {
     pub source_port: u16,
     /// Quoted destination port (the scanned port).
     pub destination_port: u16,
-    /// Quoted sequence number (the probe's cookie).
+    /// Quoted sequence number (the probe's cookie); 0 for UDP.
     pub sequence: u32,
+    /// What the error quotes of a UDP probe's payload (empty for TCP, and when only the UDP
+    /// header is quoted, as RFC 792 requires no more).
+    pub payload: PayloadHead,
 }
 
 /// An ICMPv4 destination unreachable (type 3) or ICMPv6 destination unreachable (type 1).
@@ -123,7 +198,9 @@ pub struct UnreachableReply {
 pub enum ReplyRepr {
     /// A TCP segment.
     Tcp(TcpReply),
-    /// An ICMP destination unreachable quoting a TCP segment.
+    /// A UDP datagram.
+    Udp(UdpReply),
+    /// An ICMP destination unreachable quoting a TCP segment or a UDP datagram.
     Unreachable(UnreachableReply),
 }
 
@@ -135,6 +212,7 @@ pub fn parse_reply(packet: &[u8]) -> Result<ReplyRepr, ParseError> {
             let ip = parse_ipv4_header(packet)?;
             match ip.protocol {
                 PROTOCOL_TCP => parse_tcp(&ip).map(ReplyRepr::Tcp),
+                PROTOCOL_UDP => parse_udp(&ip).map(ReplyRepr::Udp),
                 PROTOCOL_ICMP => parse_icmpv4(ip.source, ip.payload),
                 _ => Err(ParseError::NotRelevant),
             }
@@ -143,6 +221,7 @@ pub fn parse_reply(packet: &[u8]) -> Result<ReplyRepr, ParseError> {
             let ip = parse_ipv6_header(packet)?;
             match ip.protocol {
                 PROTOCOL_TCP => parse_tcp(&ip).map(ReplyRepr::Tcp),
+                PROTOCOL_UDP => parse_udp(&ip).map(ReplyRepr::Udp),
                 PROTOCOL_ICMPV6 => parse_icmpv6(ip.source, ip.payload),
                 _ => Err(ParseError::NotRelevant),
             }
@@ -262,6 +341,27 @@ fn parse_tcp(ip: &IpHeader<'_>) -> Result<TcpReply, ParseError> {
     })
 }
 
+/// Parses a UDP header; the payload is bounded by the UDP length field when it is consistent
+/// and by the IP payload otherwise.
+fn parse_udp(ip: &IpHeader<'_>) -> Result<UdpReply, ParseError> {
+    let bytes = ip.payload;
+    let header = bytes.get(..8).ok_or(ParseError::Truncated)?;
+    let length = usize::from(u16::from_be_bytes([header[4], header[5]]));
+    if length < 8 {
+        return Err(ParseError::BadHeaderLength);
+    }
+    let payload = &bytes[8..length.min(bytes.len())];
+    Ok(UdpReply {
+        source: ip.source,
+        destination: ip.destination,
+        source_port: u16::from_be_bytes([header[0], header[1]]),
+        destination_port: u16::from_be_bytes([header[2], header[3]]),
+        payload_len: payload.len() as u16,
+        head: PayloadHead::of(payload),
+        ttl: ip.ttl,
+    })
+}
+
 /// Walks TCP options by hand (pnet's option iterator trusts length bytes) and returns the
 /// TSecr of a well-formed timestamp option.
 fn find_timestamp_echo(mut options: &[u8]) -> Option<u32> {
@@ -284,15 +384,26 @@ fn find_timestamp_echo(mut options: &[u8]) -> Option<u32> {
     None
 }
 
-/// Reads the first eight bytes of a quoted TCP header: ports and sequence number. ICMPv4
-/// guarantees only these eight bytes are quoted.
-fn parse_quoted_tcp(bytes: &[u8]) -> Result<(u16, u16, u32), ParseError> {
+/// Reads the quoted transport header: ports and sequence number of TCP, ports and payload
+/// head of UDP. ICMPv4 guarantees only the first eight bytes are quoted.
+fn parse_quoted_transport(
+    protocol: u8,
+    bytes: &[u8],
+) -> Result<(QuotedTransport, u16, u16, u32, PayloadHead), ParseError> {
     let head = bytes.get(..8).ok_or(ParseError::Truncated)?;
-    Ok((
-        u16::from_be_bytes([head[0], head[1]]),
-        u16::from_be_bytes([head[2], head[3]]),
-        u32::from_be_bytes([head[4], head[5], head[6], head[7]]),
-    ))
+    let source_port = u16::from_be_bytes([head[0], head[1]]);
+    let destination_port = u16::from_be_bytes([head[2], head[3]]);
+    match protocol {
+        PROTOCOL_TCP => Ok((
+            QuotedTransport::Tcp,
+            source_port,
+            destination_port,
+            u32::from_be_bytes([head[4], head[5], head[6], head[7]]),
+            PayloadHead::of(&[]),
+        )),
+        PROTOCOL_UDP => Ok((QuotedTransport::Udp, source_port, destination_port, 0, PayloadHead::of(&bytes[8..]))),
+        _ => Err(ParseError::NotRelevant),
+    }
 }
 
 /// Parses an ICMPv4 destination unreachable quoting TCP.
@@ -307,25 +418,30 @@ fn parse_icmpv4(reporter: IpAddr, bytes: &[u8]) -> Result<ReplyRepr, ParseError>
     if view.get_version() != 4 {
         return Err(ParseError::UnknownVersion(view.get_version()));
     }
-    if view.get_next_level_protocol() != IpNextHeaderProtocols::Tcp {
+    let protocol = view.get_next_level_protocol();
+    if protocol != IpNextHeaderProtocols::Tcp && protocol != IpNextHeaderProtocols::Udp {
         return Err(ParseError::NotRelevant);
     }
     let header_len = usize::from(view.get_header_length()) * 4;
     if header_len < 20 {
         return Err(ParseError::BadHeaderLength);
     }
-    let tcp = quoted.get(header_len..).ok_or(ParseError::Truncated)?;
-    let (source_port, destination_port, sequence) = parse_quoted_tcp(tcp)?;
+    // The quote ends where the quoted datagram says it does, or where the error ends.
+    let quoted_end = usize::from(view.get_total_length()).clamp(header_len, quoted.len());
+    let transport = quoted.get(header_len..quoted_end).ok_or(ParseError::Truncated)?;
+    let (transport, source_port, destination_port, sequence, payload) = parse_quoted_transport(protocol.0, transport)?;
     Ok(ReplyRepr::Unreachable(UnreachableReply {
         reporter,
         code,
         is_icmpv6: false,
         probe: QuotedProbe {
+            transport,
             source: IpAddr::V4(view.get_source()),
             destination: IpAddr::V4(view.get_destination()),
             source_port,
             destination_port,
             sequence,
+            payload,
         },
     }))
 }
@@ -343,20 +459,21 @@ fn parse_icmpv6(reporter: IpAddr, bytes: &[u8]) -> Result<ReplyRepr, ParseError>
         return Err(ParseError::UnknownVersion(view.get_version()));
     }
     let (protocol, offset) = skip_ipv6_extensions(quoted, view.get_next_header().0, 40, quoted.len())?;
-    if protocol != PROTOCOL_TCP {
-        return Err(ParseError::NotRelevant);
-    }
-    let (source_port, destination_port, sequence) = parse_quoted_tcp(&quoted[offset..])?;
+    let quoted_end = (40 + usize::from(view.get_payload_length())).clamp(offset, quoted.len());
+    let (transport, source_port, destination_port, sequence, payload) =
+        parse_quoted_transport(protocol, &quoted[offset..quoted_end])?;
     Ok(ReplyRepr::Unreachable(UnreachableReply {
         reporter,
         code,
         is_icmpv6: true,
         probe: QuotedProbe {
+            transport,
             source: IpAddr::V6(view.get_source()),
             destination: IpAddr::V6(view.get_destination()),
             source_port,
             destination_port,
             sequence,
+            payload,
         },
     }))
 }

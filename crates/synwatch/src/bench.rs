@@ -198,6 +198,9 @@ fn check_arguments(args: &BenchArgs, rates: &[u64]) -> Result<()> {
 fn lab_plan(args: &BenchArgs) -> Result<LabPlan> {
     let ports =
         PortSet::parse(args.ports.as_deref().unwrap_or("80")).map_err(|error| usage(format!("--ports: {error}")))?;
+    if !ports.is_tcp_only() {
+        return Err(usage("--ports: the lab benchmark measures TCP SYN rates; udp/ ports are not benchmarked yet"));
+    }
     let field = args.lab_profile.as_deref().map(|name| {
         let mut model = synwatch_lab::field::profile(name, args.lab_seed).expect("checked by the parser");
         let knobs = synwatch_lab::field::profiles::Knobs {
@@ -216,7 +219,7 @@ fn lab_plan(args: &BenchArgs) -> Result<LabPlan> {
     let plan = LabPlan {
         hosts: args.lab_hosts,
         family: args.lab_family,
-        ports: ports.as_slice().to_vec(),
+        ports: ports.tcp_numbers().collect(),
         // With a profile these shares are the model's (applied above).
         open_percent: if field.is_some() { 0.0 } else { args.lab_open.unwrap_or(5.0) },
         filtered_percent: if field.is_some() { 0.0 } else { args.lab_filtered.unwrap_or(0.0) },

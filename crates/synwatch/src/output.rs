@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use serde::Serialize;
+use synwatch_engine::Port;
 
 /// The output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -24,9 +25,9 @@ pub struct Line {
     pub ip: IpAddr,
     /// Target port.
     pub port: u16,
-    /// Always `tcp`.
+    /// `tcp` or `udp`.
     pub proto: &'static str,
-    /// `open`, `closed` or `filtered`.
+    /// `open`, `closed`, `filtered` or (UDP, no answer) `open|filtered`.
     pub state: &'static str,
     /// Round-trip time in microseconds, when known.
     pub rtt_us: Option<u64>,
@@ -64,7 +65,7 @@ impl<W: Write> Writer<W> {
     }
 
     /// Writes one result.
-    pub fn write(&mut self, ip: IpAddr, port: u16, state: &'static str, rtt: Option<Duration>) -> io::Result<()> {
+    pub fn write(&mut self, ip: IpAddr, port: Port, state: &'static str, rtt: Option<Duration>) -> io::Result<()> {
         self.write_noted(ip, port, state, rtt, OpenNotes::default())
     }
 
@@ -72,14 +73,15 @@ impl<W: Write> Writer<W> {
     pub fn write_noted(
         &mut self,
         ip: IpAddr,
-        port: u16,
+        port: Port,
         state: &'static str,
         rtt: Option<Duration>,
         notes: OpenNotes,
     ) -> io::Result<()> {
         let OpenNotes { suspect, verify } = notes;
         let rtt_us = rtt.map(|rtt| rtt.as_micros() as u64);
-        let line = Line { ip, port, proto: "tcp", state, rtt_us, suspect, verify };
+        let proto = port.protocol.name();
+        let line = Line { ip, port: port.number, proto, state, rtt_us, suspect, verify };
         match self.format {
             Format::Jsonl => {
                 serde_json::to_writer(&mut self.out, &line)?;
@@ -88,12 +90,13 @@ impl<W: Write> Writer<W> {
             Format::Csv => {
                 let rtt = line.rtt_us.map(|micros| micros.to_string()).unwrap_or_default();
                 let (suspect, verify) = (suspect.unwrap_or(""), verify.unwrap_or(""));
-                writeln!(self.out, "{},{},tcp,{},{rtt},{suspect},{verify}", line.ip, line.port, line.state)
+                writeln!(self.out, "{},{},{proto},{},{rtt},{suspect},{verify}", line.ip, line.port, line.state)
             }
             Format::Text => {
+                let number = port.number;
                 let address = match ip {
-                    IpAddr::V4(v4) => format!("{v4}:{port}"),
-                    IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+                    IpAddr::V4(v4) => format!("{v4}:{number}"),
+                    IpAddr::V6(v6) => format!("[{v6}]:{number}"),
                 };
                 let mut suspect = suspect.map(|reason| format!(" suspect={reason}")).unwrap_or_default();
                 if let Some(verdict) = verify {
@@ -101,9 +104,9 @@ impl<W: Write> Writer<W> {
                 }
                 match rtt {
                     Some(rtt) => {
-                        writeln!(self.out, "{address}/tcp {state} {:.2}ms{suspect}", rtt.as_secs_f64() * 1000.0)
+                        writeln!(self.out, "{address}/{proto} {state} {:.2}ms{suspect}", rtt.as_secs_f64() * 1000.0)
                     }
-                    None => writeln!(self.out, "{address}/tcp {state}{suspect}"),
+                    None => writeln!(self.out, "{address}/{proto} {state}{suspect}"),
                 }
             }
         }

@@ -12,8 +12,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use synwatch_engine::targets::{AddressRange, parse_target, parse_target_list};
 use synwatch_engine::{
-    ExclusionPolicy, HostSet, JobSettings, PortSet, PortState, Shard, Suspect, TargetSpace, TimeSetting, TimingBounds,
-    TimingReport,
+    ExclusionPolicy, HostSet, JobSettings, Port, PortSet, PortState, Shard, Suspect, TargetSpace, TimeSetting,
+    TimingBounds, TimingReport,
 };
 use synwatch_io::{Engine, EngineConfig, JobRequest, Mode, TransmitChoice, Verdict, VerifyOptions};
 
@@ -192,8 +192,9 @@ impl StateFilter {
         Ok(filter)
     }
 
+    /// Whether results in `state` are written; `filtered` covers UDP's `open|filtered` too.
     fn wants(&self, state: PortState) -> bool {
-        match state.finalized() {
+        match state {
             PortState::Open => self.open,
             PortState::Closed => self.closed,
             _ => self.filtered,
@@ -320,10 +321,11 @@ pub fn run(args: ScanArgs) -> Result<()> {
     let suspects: HashMap<IpAddr, Suspect> = job.suspects().into_iter().collect();
     opens.sort_by_key(|result| result.index);
     let verified = if args.verify == "connect" {
+        // A handshake verifies TCP opens; a UDP open is already a service's own answer.
         let endpoints: Vec<(IpAddr, u16)> = opens
             .iter()
-            .filter(|result| !suspects.contains_key(&result.address))
-            .map(|result| (result.address, result.port))
+            .filter(|result| result.port.is_tcp() && !suspects.contains_key(&result.address))
+            .map(|result| (result.address, result.port.number))
             .collect();
         let options = VerifyOptions::from_timing(
             summary.timing.last_timeout.map(|(timeout, _)| timeout),
@@ -335,10 +337,10 @@ pub fn run(args: ScanArgs) -> Result<()> {
     } else {
         None
     };
-    let verdicts: HashMap<(IpAddr, u16), Verdict> = verified
+    let verdicts: HashMap<(IpAddr, Port), Verdict> = verified
         .iter()
         .flat_map(|(verifications, _)| verifications)
-        .map(|verification| ((verification.address, verification.port), verification.verdict))
+        .map(|verification| ((verification.address, Port::tcp(verification.port)), verification.verdict))
         .collect();
     if filter.open && hold_opens {
         for result in &opens {
@@ -352,7 +354,7 @@ pub fn run(args: ScanArgs) -> Result<()> {
     if filter.filtered {
         for index in job.unanswered() {
             if let Some((address, port)) = space.probe_at(index) {
-                writer.write(address, port, "filtered", None)?;
+                writer.write(address, port, PortState::Unknown.finalized(port.protocol).name(), None)?;
             }
         }
     }

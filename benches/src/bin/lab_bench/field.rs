@@ -263,7 +263,7 @@ pub struct FieldTable<'a> {
 pub fn field_table(arguments: &Arguments, table: &FieldTable<'_>) -> Result<()> {
     let FieldTable { profiles, target, ports, rate, seed, tools: tool_list, ground_truth } = *table;
     let target: ipnetwork::Ipv4Network = target.parse().context("--target is an IPv4 CIDR inside 198.18.0.0/16")?;
-    let ports = synwatch_engine::PortSet::parse(ports)?.as_slice().to_vec();
+    let ports = synwatch_engine::PortSet::parse(ports)?.tcp_numbers().collect::<Vec<_>>();
     let probes = u64::from(target.size()) * ports.len() as u64;
     let output =
         std::env::temp_dir().join(format!("lab-bench-field-{}", std::process::id())).to_string_lossy().to_string();

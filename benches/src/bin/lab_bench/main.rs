@@ -235,7 +235,7 @@ fn tool_command(arguments: &Arguments, lab: &Lab, tool: &str, scan: &Scan) -> Re
     };
     let tool_scan = ToolScan {
         target: scan.targets.parse().context("lab_bench targets are IPv4 CIDRs")?,
-        ports: synwatch_engine::PortSet::parse(scan.ports)?.as_slice().to_vec(),
+        ports: synwatch_engine::PortSet::parse(scan.ports)?.tcp_numbers().collect::<Vec<_>>(),
         rate: scan.rate,
         retries: scan.retries,
         wait_seconds: scan.wait,

@@ -77,10 +77,10 @@ fn synwatch_step(engine: &Engine, sweep: &Sweep, number: u32) -> Result<Option<R
     let (mut open_found, mut open_true) = (0, 0);
     let table = job.table();
     for index in 0..sweep.space.len() {
-        if table.get(index).finalized() == PortState::Open {
+        if table.get(index) == PortState::Open {
             open_found += 1;
             let (address, port) = sweep.space.probe_at(index).expect("index within the space");
-            if sweep.truth.as_ref().is_none_or(|truth| truth.contains(&SocketAddr::new(address, port))) {
+            if sweep.truth.as_ref().is_none_or(|truth| truth.contains(&SocketAddr::new(address, port.number))) {
                 open_true += 1;
             }
         }

@@ -23,9 +23,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
 use serde_with::serde_as;
-use synwatch_engine::{AddressRange, ExclusionPolicy, HostSet, PortSet, Shard, TargetSpace, TimeSetting};
+use synwatch_engine::{AddressRange, ExclusionPolicy, HostSet, Port, PortSet, Shard, TargetSpace, TimeSetting};
 
 mod values;
+pub(crate) use values::serve_ports;
 mod yaml;
 
 use values::{
@@ -722,12 +723,12 @@ fn expectation_problem(expect: &Expectation, ports: &PortSet) -> Option<String> 
     }
     for (key, listed) in [("open", &expect.open), ("closed", &expect.closed)] {
         let Some(listed) = listed else { continue };
-        if let Some(port) = listed.as_slice().iter().find(|port| ports.index_of(**port).is_none()) {
+        if let Some(port) = listed.ports().iter().find(|port| !ports.contains(**port)) {
             return Some(format!("expect.{key} lists port {port}, which the target does not scan (ports: {ports})"));
         }
     }
     if let (Some(open), Some(closed)) = (&expect.open, &expect.closed)
-        && let Some(port) = open.as_slice().iter().find(|port| closed.index_of(**port).is_some())
+        && let Some(port) = open.ports().iter().find(|port| closed.contains(**port))
     {
         return Some(format!("port {port} is in both expect.open and expect.closed"));
     }
@@ -738,8 +739,7 @@ fn expectation_problem(expect: &Expectation, ports: &PortSet) -> Option<String> 
 fn listener_policy_problem(listeners: &ListenersSection) -> Option<String> {
     for expected in &listeners.expect_listening {
         for forbidden in listeners.forbid_listening.iter().filter(|rule| rule.protocol == expected.protocol) {
-            if let Some(port) = expected.ports.as_slice().iter().find(|port| forbidden.ports.index_of(**port).is_some())
-            {
+            if let Some(port) = expected.ports.tcp_numbers().find(|&port| forbidden.ports.contains(Port::tcp(port))) {
                 return Some(format!(
                     "listeners: {}/{port} is in both expect_listening and forbid_listening",
                     expected.protocol.name()

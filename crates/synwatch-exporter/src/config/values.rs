@@ -285,8 +285,21 @@ impl<'de> Deserialize<'de> for Address {
     }
 }
 
-/// `"22,80,8000-8100"` or `[22, 80, "8000-8100"]`.
+/// `"22,80,8000-8100"` or `[22, 80, "8000-8100"]`: TCP ports (see [`serve_ports`]).
 pub(crate) struct Ports;
+
+/// Parses the ports of a target, an `expect:`, `/probe` or `/sd`: `serve` scans TCP only so
+/// far, so `udp/` ports are refused with that reason instead of being half-served (the
+/// scanner itself, `synwatch scan`, takes them).
+pub(crate) fn serve_ports(spec: &str) -> Result<PortSet, String> {
+    let ports = PortSet::parse(spec).map_err(|error| format!("ports {spec:?}: {error}"))?;
+    match ports.ports().iter().find(|port| port.is_udp()) {
+        Some(port) => Err(format!(
+            "ports {spec:?}: {port}: serve does not scan UDP ports yet (synwatch scan does); list TCP ports only"
+        )),
+        None => Ok(ports),
+    }
+}
 
 impl<'de> DeserializeAs<'de, PortSet> for Ports {
     fn deserialize_as<D: Deserializer<'de>>(deserializer: D) -> Result<PortSet, D::Error> {
@@ -298,17 +311,18 @@ impl<'de> DeserializeAs<'de, PortSet> for Ports {
                     .write_str("a port specification such as \"22,80,8000-8100\", or a list of ports and such strings")
             }
             fn visit_str<E: de::Error>(self, value: &str) -> Result<PortSet, E> {
-                PortSet::parse(value).map_err(|error| E::custom(format!("ports {value:?}: {error}")))
+                serve_ports(value).map_err(E::custom)
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut sequence: A) -> Result<PortSet, A::Error> {
-                let mut items = Vec::new();
+                // Each item stands alone: a `udp/` prefix in one item does not reach the next.
+                let mut ports = Vec::new();
                 while let Some(PortItem(item)) = sequence.next_element()? {
-                    items.push(item);
+                    ports.extend_from_slice(serve_ports(&item).map_err(de::Error::custom)?.ports());
                 }
-                if items.is_empty() {
+                if ports.is_empty() {
                     return Err(de::Error::custom("expected at least one port"));
                 }
-                PortSet::parse(&items.join(",")).map_err(|error| de::Error::custom(error.to_string()))
+                Ok(PortSet::from_entries(ports))
             }
         }
         deserializer.deserialize_any(PortsVisitor)
@@ -419,9 +433,14 @@ impl<'de> Deserialize<'de> for ListenerPorts {
                     }
                     None => (Protocol::Tcp, value),
                 };
-                PortSet::parse(spec)
-                    .map(|ports| ListenerPorts { protocol, ports })
-                    .map_err(|error| E::custom(format!("{value:?}: {error}")))
+                match PortSet::parse(spec) {
+                    // The protocol is the item's prefix: a second one inside is a mistake.
+                    Ok(ports) if !ports.is_tcp_only() => {
+                        Err(E::custom(format!("{value:?}: one protocol per item (write udp/... as its own item)")))
+                    }
+                    Ok(ports) => Ok(ListenerPorts { protocol, ports }),
+                    Err(error) => Err(E::custom(format!("{value:?}: {error}"))),
+                }
             }
         }
         deserializer.deserialize_any(ItemVisitor)

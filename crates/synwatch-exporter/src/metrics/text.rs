@@ -264,7 +264,7 @@ pub fn render_targets(targets: &[TargetView<'_>], output: &mut Vec<u8>) {
             output.extend_from_slice(b"\",ip=\"");
             output.extend_from_slice(violation.address.to_string().as_bytes());
             output.extend_from_slice(b"\",port=\"");
-            output.extend_from_slice(digits.format(violation.port).as_bytes());
+            output.extend_from_slice(digits.format(violation.port.number).as_bytes());
             output.extend_from_slice(b"\",kind=\"");
             output.extend_from_slice(violation.kind.label().as_bytes());
             output.extend_from_slice(b"\"} 1\n");
@@ -314,7 +314,7 @@ pub(super) fn render_port_open(
     others: Others<'_>,
 ) {
     let space = results.space();
-    let ports = space.ports().as_slice();
+    let ports = space.ports().ports();
     let port_count = ports.len() as u64;
     let mut written = 0u64;
     let mut address_text = String::with_capacity(48);
@@ -361,7 +361,7 @@ pub(super) fn render_port_open(
             output.extend_from_slice(b"\",ip=\"");
             output.extend_from_slice(address_text.as_bytes());
             output.extend_from_slice(b"\",port=\"");
-            output.extend_from_slice(digits.format(*port).as_bytes());
+            output.extend_from_slice(digits.format(port.number).as_bytes());
             output.extend_from_slice(if state == PortState::Open { b"\"} 1\n" } else { b"\"} 0\n" });
         }
     }

@@ -551,7 +551,7 @@ impl OnDemand {
                 PortState::Open if scan.unverified_at(index).is_some() => unverified += 1,
                 PortState::Open => open += 1,
                 PortState::Closed => closed += 1,
-                PortState::Filtered => filtered += 1,
+                PortState::Filtered | PortState::OpenFiltered => filtered += 1,
                 PortState::Unknown => {}
             }
         }
@@ -613,7 +613,8 @@ impl OnDemand {
             if matched >= offset && (items.len() as u64) < limit {
                 let (address, port) = scan.space.probe_at(index).expect("index inside the space");
                 let name = if state == PortState::Unknown { "unanswered" } else { state.name() };
-                let mut item = json!({"ip": address, "port": port, "state": name});
+                let mut item =
+                    json!({"ip": address, "port": port.number, "proto": port.protocol.name(), "state": name});
                 if state == PortState::Open
                     && let Some(reason) = scan.suspect_at(index)
                 {

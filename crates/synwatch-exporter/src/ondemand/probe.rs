@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use synwatch_engine::targets::parse_target;
-use synwatch_engine::{AddressRange, PortSet, PortState, Suspect};
+use synwatch_engine::{AddressRange, Port, PortSet, PortState, Suspect};
 use synwatch_io::Verdict;
 
 use crate::config::{Module, OnDemandSection};
@@ -118,7 +118,7 @@ pub fn scan_params(
         None => Module::default(),
     };
     let ports = match ports {
-        Some(spec) => PortSet::parse(spec).map_err(|error| format!("ports {spec:?}: {error}"))?,
+        Some(spec) => crate::config::serve_ports(spec)?,
         None => preset.ports.clone().ok_or("missing parameter ports (or a module with ports)")?,
     };
     Ok(ScanParams { targets, ports, module: module.map(str::to_string), preset, timeout, details, debug })
@@ -192,9 +192,9 @@ pub struct ProbeOutcome {
     /// Hosts that answered on any port.
     pub hosts_responding: u64,
     /// With `details=1`: every requested pair and whether it is open.
-    pub details: Vec<(IpAddr, u16, bool)>,
+    pub details: Vec<(IpAddr, Port, bool)>,
     /// With `details=1`: every pair that answered SYN-ACK from a suspect host, with the reason.
-    pub suspect_details: Vec<(IpAddr, u16, Suspect)>,
+    pub suspect_details: Vec<(IpAddr, Port, Suspect)>,
 }
 
 /// What makes a SYN-ACK of an on-demand scan not an open: its host's verdict, and its
@@ -204,7 +204,7 @@ pub struct Untrusted {
     /// Hosts judged suspect.
     pub suspects: Vec<(IpAddr, Suspect)>,
     /// Verdicts of the verification (`verify: connect` modules), failed or not.
-    pub verdicts: Vec<(IpAddr, u16, Verdict)>,
+    pub verdicts: Vec<(IpAddr, Port, Verdict)>,
 }
 
 /// Counts from the states of every requested pair (`Unknown`: no answer yet) and the number of
@@ -212,7 +212,7 @@ pub struct Untrusted {
 /// of `untrusted`'s suspect hosts count as suspect, and those whose verification failed as
 /// unverified; neither as open.
 pub fn tally(
-    states: impl Iterator<Item = (IpAddr, u16, PortState)>,
+    states: impl Iterator<Item = (IpAddr, Port, PortState)>,
     scanned: u64,
     details: bool,
     untrusted: &Untrusted,
@@ -222,7 +222,7 @@ pub fn tally(
     let mut responding = std::collections::BTreeSet::new();
     let suspect_of =
         |address: IpAddr| suspects.iter().find(|(suspect, _)| *suspect == address).map(|(_, reason)| *reason);
-    let failed: std::collections::HashSet<(IpAddr, u16)> = untrusted
+    let failed: std::collections::HashSet<(IpAddr, Port)> = untrusted
         .verdicts
         .iter()
         .filter(|(_, _, verdict)| *verdict != Verdict::Ok)
@@ -341,12 +341,13 @@ pub fn render(outcome: &ProbeOutcome) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use synwatch_engine::Port;
 
     #[test]
     fn probe_families_are_listed() {
         let outcome = ProbeOutcome {
-            details: vec![("192.0.2.1".parse().unwrap(), 80, true)],
-            suspect_details: vec![("192.0.2.2".parse().unwrap(), 80, Suspect::AllOpen)],
+            details: vec![("192.0.2.1".parse().unwrap(), Port::tcp(80), true)],
+            suspect_details: vec![("192.0.2.2".parse().unwrap(), Port::tcp(80), Suspect::AllOpen)],
             ..ProbeOutcome::default()
         };
         let text = render(&outcome);
@@ -417,10 +418,10 @@ mod tests {
         let address: IpAddr = "198.18.0.1".parse().unwrap();
         let other: IpAddr = "198.18.0.2".parse().unwrap();
         let states = vec![
-            (address, 22, PortState::Open),
-            (address, 80, PortState::Closed),
-            (other, 22, PortState::Unknown),
-            (other, 80, PortState::Unknown),
+            (address, Port::tcp(22), PortState::Open),
+            (address, Port::tcp(80), PortState::Closed),
+            (other, Port::tcp(22), PortState::Unknown),
+            (other, Port::tcp(80), PortState::Unknown),
         ];
         // Three pairs were sent: the third had no answer (filtered), the fourth was never sent.
         let outcome = tally(states.clone().into_iter(), 3, true, &Untrusted::default());
@@ -445,7 +446,7 @@ mod tests {
         assert!(text.contains("probe_port_suspect{ip=\"198.18.0.1\",port=\"22\",reason=\"synproxy\"} 1\n"));
         assert!(!text.contains("probe_port_open{ip=\"198.18.0.1\",port=\"22\"}"), "{text}");
         // Its verification failed instead: unverified, not open, and 0 in the details.
-        let reset = Untrusted { suspects: Vec::new(), verdicts: vec![(address, 22, Verdict::Reset)] };
+        let reset = Untrusted { suspects: Vec::new(), verdicts: vec![(address, Port::tcp(22), Verdict::Reset)] };
         let outcome = tally(states.into_iter(), 3, true, &reset);
         assert_eq!((outcome.open, outcome.unverified, outcome.closed), (0, 1, 1));
         let text = render(&outcome);

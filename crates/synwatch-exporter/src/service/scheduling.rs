@@ -160,9 +160,10 @@ impl SchedulerLoop {
             let running = self.running.swap_remove(index);
             let success = matches!(reason, FinishReason::AllAnswered | FinishReason::WaitOver);
             if success {
-                let results =
-                    ScanResults::from_fn(Arc::clone(&running.space), |probe| running.scan.state(probe).finalized())
-                        .with_suspects(running.scan.suspects());
+                let results = ScanResults::from_fn(Arc::clone(&running.space), |probe| {
+                    running.scan.state(probe).finalized(synwatch_engine::Protocol::Tcp)
+                })
+                .with_suspects(running.scan.suspects());
                 let verdicts = running.scan.verdicts();
                 for verdict in synwatch_io::Verdict::ALL {
                     let count = verdicts.iter().filter(|(_, _, found)| *found == verdict).count() as u64;

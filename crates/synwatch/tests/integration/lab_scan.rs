@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use synwatch_engine::targets::parse_target;
-use synwatch_engine::{ExclusionPolicy, HostSet, JobSettings, PortSet, PortState, Shard, TargetSpace};
+use synwatch_engine::{ExclusionPolicy, HostSet, JobSettings, PortSet, PortState, Protocol, Shard, TargetSpace};
 use synwatch_io::{Engine, EngineConfig, JobRequest};
 use synwatch_lab::Expected;
 
@@ -234,14 +234,14 @@ fn several_jobs_at_once_each_get_exactly_their_own_results() {
                 assert_eq!(summary.first_round.probes, job.space().len(), "first-round probes");
                 assert!(summary.probes_sent >= summary.first_round.probes);
                 assert!(summary.first_round.rate().is_some(), "a first round of many batches has a span");
-                (0..job.space().len()).map(|index| job.table().get(index).finalized()).collect()
+                (0..job.space().len()).map(|index| job.table().get(index).finalized(Protocol::Tcp)).collect()
             })
             .collect()
     });
     for (space, table) in spaces.iter().zip(&tables) {
         for index in 0..space.len() {
             let (address, port) = space.probe_at(index).unwrap();
-            let expected = match lab.expected(address, port) {
+            let expected = match lab.expected(address, port.number) {
                 Expected::Open => PortState::Open,
                 Expected::Closed => PortState::Closed,
                 Expected::Filtered => PortState::Filtered,
