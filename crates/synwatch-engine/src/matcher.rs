@@ -273,14 +273,15 @@ impl ReplyMatcher {
         if self.source_for(reply.remote.is_ipv6()) != Some(reply.local) {
             return ReplyMatch::NotInJob;
         }
-        let index = match self.space.index_of(reply.remote, reply.remote_port) {
+        let remote_port = self.probed_port(reply);
+        let index = match self.space.index_of(reply.remote, remote_port) {
             Some(index) => index,
-            None => match self.canary_index_of(reply.remote, reply.remote_port) {
+            None => match self.canary_index_of(reply.remote, remote_port) {
                 Some(index) => index,
                 None => return ReplyMatch::NotInJob,
             },
         };
-        let expected = self.cookie_key.cookie(reply.local, reply.remote, reply.remote_port);
+        let expected = self.cookie_key.cookie(reply.local, reply.remote, remote_port);
         if expected.source_port != reply.local_port {
             return ReplyMatch::BadCookie;
         }
@@ -299,7 +300,7 @@ impl ReplyMatcher {
                 )
             }
             ReplyCookie::UdpAnswer(head) | ReplyCookie::UdpQuote(head) => {
-                let payload = self.payloads.for_port(reply.remote_port.number);
+                let payload = self.payloads.for_port(remote_port.number);
                 let bits = match reply.cookie {
                     ReplyCookie::UdpAnswer(_) => payload.echoed_cookie(head.as_slice()),
                     _ => payload.quoted_cookie(head.as_slice()),
@@ -324,6 +325,22 @@ impl ReplyMatcher {
             return ReplyMatch::BadCookie;
         };
         ReplyMatch::Matched { index, outcome, rtt }
+    }
+
+    /// The port a reply answers for: its source port, except for TFTP, whose server answers a
+    /// read request from a new port (RFC 1350 §4, the transfer's own): a TFTP packet (DATA,
+    /// ERROR or OACK) to our port from a port the job did not probe answers the host's udp/69,
+    /// when the job probed it (the cookie in our port then checks it like any answer).
+    fn probed_port(&self, reply: &Classified) -> Port {
+        const TFTP: Port = Port::udp(69);
+        if let ReplyCookie::UdpAnswer(head) = reply.cookie
+            && matches!(head.as_slice(), [0, 3 | 5 | 6, ..])
+            && !self.space.ports().contains(reply.remote_port)
+            && self.space.ports().contains(TFTP)
+        {
+            return TFTP;
+        }
+        reply.remote_port
     }
 
     /// Takes round-trip samples (remote address, round trip) of first answers into the job's

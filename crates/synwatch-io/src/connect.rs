@@ -21,7 +21,10 @@
 //!   cookie slot included): a datagram back means open, `ECONNREFUSED` (the kernel's report
 //!   of an ICMP port unreachable) closed, `EHOSTUNREACH`/`ENETUNREACH`/`EACCES` filtered, and
 //!   no answer by the timeout leaves the probe unknown (`open|filtered` in the end). The
-//!   kernel only hands a connected socket datagrams from the probed address and port.
+//!   kernel only hands a connected socket datagrams from the probed address and port. TFTP is
+//!   the exception: its server answers from a new port (RFC 1350 §4), so a udp/69 probe's
+//!   socket stays unconnected with `IP_RECVERR` (errors still come back) and takes a datagram
+//!   from the probed address, whatever its port.
 //! * At most `max_inflight` attempts are open at once. `EMFILE`, `ENFILE`, `ENOBUFS` and
 //!   `EADDRNOTAVAIL` (no free descriptor, buffer or local port) keep the probe and pause opening
 //!   until an attempt completes: they slow the scan down and never lose a probe.
@@ -338,10 +341,14 @@ impl ConnectLoop {
         };
         let outcome = match attempt.socket.take_error() {
             Ok(None) if attempt.port.is_udp() => {
-                // Readable without an error: a datagram from the probed address and port.
+                // Readable without an error: a datagram from the probed address (and port, the
+                // kernel checked that unless the socket is unconnected).
                 let mut buffer = [std::mem::MaybeUninit::<u8>::uninit(); 64];
-                match attempt.socket.recv(&mut buffer) {
-                    Ok(_) => Outcome::Answer(PortState::Open, "answered"),
+                match attempt.socket.recv_from(&mut buffer) {
+                    Ok((_, from)) if from.as_socket().is_some_and(|from| from.ip() == attempt.address) => {
+                        Outcome::Answer(PortState::Open, "answered")
+                    }
+                    Ok(_) => Outcome::NoAnswer,
                     Err(error) => classify_error(&error),
                 }
             }
@@ -401,7 +408,15 @@ impl ConnectLoop {
 /// Connects a UDP socket to `target` and sends the port's payload with the probe's cookie.
 /// `Pending` when sent; an error the local stack reports at once is the port's answer.
 fn send_udp_probe(socket: &Socket, target: SocketAddr, state: &JobState, probe: &Probe) -> Outcome {
-    if let Err(error) = socket.connect(&SockAddr::from(target)) {
+    let connected = !answers_from_new_port(probe.port);
+    let prepared = if connected {
+        socket.connect(&SockAddr::from(target))
+    } else if target.is_ipv6() {
+        nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::Ipv6RecvErr, &true).map_err(io::Error::from)
+    } else {
+        nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::Ipv4RecvErr, &true).map_err(io::Error::from)
+    };
+    if let Err(error) = prepared {
         return classify_error(&error);
     }
     let payload = state.matcher.payloads().for_port(probe.port.number);
@@ -409,10 +424,16 @@ fn send_udp_probe(socket: &Socket, target: SocketAddr, state: &JobState, probe: 
     let bytes = &mut bytes[..payload.bytes.len()];
     bytes.copy_from_slice(&payload.bytes);
     payload.write_cookie(bytes, probe.cookie.sequence);
-    match socket.send(bytes) {
+    let sent = if connected { socket.send(bytes) } else { socket.send_to(bytes, &SockAddr::from(target)) };
+    match sent {
         Ok(_) => Outcome::Pending,
         Err(error) => classify_error(&error),
     }
+}
+
+/// Whether the service of `port` answers from another port (TFTP: RFC 1350 §4).
+fn answers_from_new_port(port: Port) -> bool {
+    port == Port::udp(69)
 }
 
 /// Records an outcome in the job's table and streams it.

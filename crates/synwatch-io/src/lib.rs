@@ -46,4 +46,5 @@ pub use counters::{CounterSnapshot, Counters, RTT_BUCKETS, RttHistogramSnapshot}
 pub use job::{JobHandle, JobRequest, JobSummary, ProbeResult, Progress, SendSpan};
 pub use route::Path;
 pub use synwatch_engine::Priority;
+pub use synwatch_wire::{PayloadFileError, PayloadTable};
 pub use verify::{Verdict, Verification, Verifier, VerifyOptions};

@@ -118,7 +118,8 @@ fn handle_packet(
                     ProbeResult {
                         index,
                         address: classified.remote,
-                        port: classified.remote_port,
+                        // The probed port: a TFTP answer comes from another port than it.
+                        port: job.matcher.space().probe_at(index).map_or(classified.remote_port, |(_, port)| port),
                         state: classified.state,
                         rtt,
                     },

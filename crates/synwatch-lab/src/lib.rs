@@ -44,6 +44,9 @@ use socket2::{Domain, Socket, Type};
 
 pub mod field;
 pub mod runner;
+pub mod udp_services;
+
+pub use udp_services::{UdpService, UdpServices};
 
 /// The scanner's address on the lab link.
 pub const SCANNER_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 1);
@@ -80,8 +83,12 @@ pub struct LabConfig {
     pub blackholed: Vec<IpNetwork>,
     /// Ranges the target answers with ICMP administratively prohibited.
     pub prohibited: Vec<IpNetwork>,
-    /// Share of incoming TCP packets the target drops at random, in percent.
+    /// Share of incoming TCP and UDP packets the target drops at random, in percent.
     pub loss_percent: u8,
+    /// Scripted UDP services in the target namespace ([`udp_services`]), each on its
+    /// (address, port); every other UDP port of a target range is closed (the kernel answers
+    /// ICMP port unreachable, without rate limit in the lab).
+    pub udp_services: Vec<(SocketAddr, UdpService)>,
     /// Install the gateway's link-layer address statically in the scanner namespace (otherwise
     /// the scanner must resolve it).
     pub static_neighbour: bool,
@@ -103,8 +110,10 @@ pub enum Expected {
     Open,
     /// The target's kernel answers RST.
     Closed,
-    /// Dropped or prohibited.
+    /// Dropped or prohibited (for UDP: prohibited, an ICMP error other than port unreachable).
     Filtered,
+    /// UDP only: nothing answers (dropped, or a service that stays silent).
+    OpenFiltered,
 }
 
 impl Expected {
@@ -114,6 +123,7 @@ impl Expected {
             Expected::Open => "open",
             Expected::Closed => "closed",
             Expected::Filtered => "filtered",
+            Expected::OpenFiltered => "open|filtered",
         }
     }
 }
@@ -132,6 +142,8 @@ pub struct Lab {
     drainer: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     /// The field lab's responder, when the lab simulates a network.
     responder: Option<field::Responder>,
+    /// The scripted UDP services, while they run.
+    udp: Option<UdpServices>,
 }
 
 /// Accepts and closes at once every connection on the listeners, until `stop`. Without it a
@@ -248,6 +260,7 @@ impl Lab {
             listeners,
             drainer: Some((stop, drainer)),
             responder: None,
+            udp: None,
         };
         ip(&["netns", "add", &lab.scanner])?;
         ip(&["netns", "add", &lab.target])?;
@@ -288,6 +301,13 @@ impl Lab {
         self.install_rules()?;
         let listeners = self.config.listeners.clone();
         self.listen_all(&listeners)?;
+        if !self.config.udp_services.is_empty() {
+            let services = self.config.udp_services.clone();
+            let started = run_in_namespace(&t, || UdpServices::start(&services))
+                .map_err(|error| LabError(format!("entering the target namespace: {error}")))?
+                .map_err(|error| LabError(format!("starting the UDP services: {error}")))?;
+            self.udp = Some(started);
+        }
         if self.config.static_neighbour || self.config.target_link_down {
             let mac = self.gateway_mac()?;
             for (family, gateway) in [("-4", IpAddr::V4(TARGET_LINK_V4)), ("-6", IpAddr::V6(TARGET_LINK_V6))] {
@@ -337,7 +357,8 @@ impl Lab {
         // `Lab::syns_received`).
         rules += "  tcp flags & (syn | ack) == syn counter\n";
         if self.config.loss_percent > 0 {
-            rules += &format!("  meta l4proto tcp numgen random mod 100 < {} drop\n", self.config.loss_percent);
+            rules +=
+                &format!("  meta l4proto {{ tcp, udp }} numgen random mod 100 < {} drop\n", self.config.loss_percent);
         }
         for range in &self.config.blackholed {
             let family = if range.is_ipv6() { "ip6" } else { "ip" };
@@ -500,6 +521,31 @@ impl Lab {
         if listeners.iter().any(|(listening, _)| listens(listening)) { Expected::Open } else { Expected::Closed }
     }
 
+    /// What a UDP probe to `address:port` should find in the kernel lab.
+    pub fn expected_udp(&self, address: IpAddr, port: u16) -> Expected {
+        let inside = |ranges: &[IpNetwork]| ranges.iter().any(|range| range.contains(address));
+        if inside(&self.config.blackholed) {
+            return Expected::OpenFiltered;
+        }
+        if inside(&self.config.prohibited) || !inside(&self.config.target_ranges) {
+            return Expected::Filtered;
+        }
+        let bound = self.config.udp_services.iter().find(|(bound, _)| {
+            bound.port() == port
+                && (bound.ip() == address || (bound.ip().is_unspecified() && bound.is_ipv6() == address.is_ipv6()))
+        });
+        match bound {
+            Some((_, UdpService::Silent)) => Expected::OpenFiltered,
+            Some(_) => Expected::Open,
+            None => Expected::Closed,
+        }
+    }
+
+    /// The scripted UDP services, when the lab has any.
+    pub fn udp_services(&self) -> Option<&UdpServices> {
+        self.udp.as_ref()
+    }
+
     /// The field lab's responder (its simulator's counters, per-port SYN counts and clock), when
     /// the lab simulates a network.
     pub fn field(&self) -> Option<&field::Responder> {
@@ -534,6 +580,7 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         drop(self.responder.take());
+        drop(self.udp.take());
         if let Some((stop, drainer)) = self.drainer.take() {
             stop.store(true, Ordering::Release);
             let _ = drainer.join();

@@ -12,8 +12,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use synwatch_engine::targets::{AddressRange, parse_target, parse_target_list};
 use synwatch_engine::{
-    ExclusionPolicy, HostSet, JobSettings, Port, PortSet, PortState, Shard, Suspect, TargetSpace, TimeSetting,
-    TimingBounds, TimingReport,
+    ExclusionPolicy, HostSet, JobSettings, Port, PortSet, PortState, Protocol, Shard, Suspect, TargetSpace,
+    TimeSetting, TimingBounds, TimingReport,
 };
 use synwatch_io::{Engine, EngineConfig, JobRequest, Mode, TransmitChoice, Verdict, VerifyOptions};
 
@@ -60,6 +60,10 @@ pub struct ScanArgs {
     /// real service listens on, whose SYN-ACKs show a SYN proxy or tarpit.
     #[arg(long, default_value_t = synwatch_engine::DEFAULT_CANARIES, value_parser = clap::value_parser!(u32).range(0..=8))]
     canaries: u32,
+    /// A file of UDP payloads, one per line (`udp/9999 hex 00ff`, `7777 text "ping\r\n"`), over
+    /// the built-in ones (see docs/CONFIGURATION.md, "UDP payloads").
+    #[arg(long, value_name = "FILE")]
+    udp_payloads: Option<String>,
     /// After the scan, complete a real handshake (connect(), no privilege needed) with every
     /// open port of a host not judged suspect, send nothing and reset it: none or connect.
     #[arg(long, default_value = "none", value_parser = ["none", "connect"])]
@@ -278,10 +282,17 @@ pub fn run(args: ScanArgs) -> Result<()> {
         transmit: args.transmit,
         ..EngineConfig::default()
     };
+    let payloads = match &args.udp_payloads {
+        Some(path) => Some(Arc::new(read_payloads(path)?)),
+        None => None,
+    };
     let engine = Engine::start(config)?;
     let started = Instant::now();
-    let job = engine
-        .submit(JobRequest { stream_results: true, ..JobRequest::new(Arc::clone(&space), settings, args.timeout) })?;
+    let job = engine.submit(JobRequest {
+        stream_results: true,
+        payloads,
+        ..JobRequest::new(Arc::clone(&space), settings, args.timeout)
+    })?;
     for (path, transmitter) in job.paths() {
         tracing::info!("{} via {transmitter}", path.describe());
     }
@@ -382,6 +393,9 @@ pub fn run(args: ScanArgs) -> Result<()> {
         summary.reason,
     );
     eprintln!("synwatch timing: {}", describe_timing(&settings, &summary.timing));
+    if space.ports().count_of(Protocol::Udp) > 0 {
+        eprintln!("synwatch udp: {}", describe_udp(&space, table));
+    }
     let evidence = summary.evidence;
     let suspect_opens = opens.iter().filter(|result| suspects.contains_key(&result.address)).count();
     eprintln!(
@@ -410,6 +424,60 @@ pub fn run(args: ScanArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Reads a UDP payload file over the built-in payloads; a bad line is a usage error with its
+/// file:line:column.
+fn read_payloads(path: &str) -> Result<synwatch_io::PayloadTable> {
+    let text = fs::read_to_string(path).map_err(|error| usage(format!("--udp-payloads {path}: {error}")))?;
+    synwatch_io::PayloadTable::built_in()
+        .parse_file(&text)
+        .map_err(|error| usage(format!("--udp-payloads {path}:{}:{}: {}", error.line, error.column, error.reason)))
+}
+
+/// The UDP part of a scan's summary: its four states, and hosts that look ICMP rate-limited:
+/// a host that answered port unreachable on some UDP ports but nothing on others is either
+/// behind a per-port firewall or rate-limiting its ICMP errors (Linux sends six, then one a
+/// second per peer), in which case its silent ports may be closed.
+fn describe_udp(space: &TargetSpace, table: &synwatch_engine::StateTable) -> String {
+    let ports = space.ports().len() as u64;
+    let udp_slots: Vec<u64> = space
+        .ports()
+        .ports()
+        .iter()
+        .enumerate()
+        .filter(|(_, port)| port.is_udp())
+        .map(|(slot, _)| slot as u64)
+        .collect();
+    let (mut open, mut closed, mut filtered, mut silent, mut mixed_hosts, mut mixed_silent) = (0u64, 0, 0, 0, 0, 0);
+    for host in 0..space.hosts().len() {
+        let (mut host_closed, mut host_silent) = (0, 0);
+        for &slot in &udp_slots {
+            match table.get(host * ports + slot) {
+                PortState::Open => open += 1,
+                PortState::Closed => host_closed += 1,
+                PortState::Filtered => filtered += 1,
+                _ => host_silent += 1,
+            }
+        }
+        closed += host_closed;
+        silent += host_silent;
+        if host_closed > 0 && host_silent > 0 {
+            mixed_hosts += 1;
+            mixed_silent += host_silent;
+        }
+    }
+    let mut text = format!(
+        "{} probes to {} ports: {open} open, {closed} closed, {filtered} filtered, {silent} open|filtered",
+        udp_slots.len() as u64 * space.hosts().len(),
+        udp_slots.len()
+    );
+    if mixed_hosts > 0 {
+        text.push_str(&format!(
+            "; {mixed_hosts} hosts answered port unreachable on some ports and nothing on {mixed_silent} others: their ICMP may be rate-limited (those ports may be closed; scan them again slower or with fewer ports per host)"
+        ));
+    }
+    text
 }
 
 /// The timing a scan used, for its summary: what it measured, the last timeout and where it

@@ -71,6 +71,7 @@ fn score(
             (Expected::Closed, TrueState::Closed) => {}
             (Expected::Closed, _) => score.wrong_closed += 1,
             (Expected::Filtered, _) => {}
+            (Expected::OpenFiltered, _) => panic!("{address}:{port}: a TCP scan reported open|filtered"),
         }
     }
     score

@@ -25,6 +25,18 @@ pub fn net(text: &str) -> IpNetwork {
 /// Parses `--format jsonl` output into (ip, port, state), asserting that no (ip, port) appears
 /// twice.
 pub fn parse_jsonl(output: &Output) -> BTreeSet<(IpAddr, u16, Expected)> {
+    parse_jsonl_with_proto(output)
+        .into_iter()
+        .map(|(ip, proto, port, state)| {
+            assert_eq!(proto, "tcp", "{ip}:{port}");
+            (ip, port, state)
+        })
+        .collect()
+}
+
+/// Parses `--format jsonl` output into (ip, proto, port, state), asserting that no (ip,
+/// proto, port) appears twice.
+pub fn parse_jsonl_with_proto(output: &Output) -> BTreeSet<(IpAddr, &'static str, u16, Expected)> {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let mut seen = BTreeSet::new();
     let mut results = BTreeSet::new();
@@ -33,15 +45,20 @@ pub fn parse_jsonl(output: &Output) -> BTreeSet<(IpAddr, u16, Expected)> {
             serde_json::from_str(line).unwrap_or_else(|error| panic!("bad JSON line {line:?}: {error}"));
         let ip: IpAddr = value["ip"].as_str().unwrap().parse().unwrap();
         let port = value["port"].as_u64().unwrap() as u16;
-        assert_eq!(value["proto"], "tcp");
+        let proto = match value["proto"].as_str().unwrap() {
+            "tcp" => "tcp",
+            "udp" => "udp",
+            other => panic!("unknown proto {other}"),
+        };
         let state = match value["state"].as_str().unwrap() {
             "open" => Expected::Open,
             "closed" => Expected::Closed,
             "filtered" => Expected::Filtered,
+            "open|filtered" => Expected::OpenFiltered,
             other => panic!("unknown state {other}"),
         };
-        assert!(seen.insert((ip, port)), "{ip}:{port} reported twice");
-        results.insert((ip, port, state));
+        assert!(seen.insert((ip, proto, port)), "{ip}:{proto}/{port} reported twice");
+        results.insert((ip, proto, port, state));
     }
     results
 }

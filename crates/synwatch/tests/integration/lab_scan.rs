@@ -245,6 +245,7 @@ fn several_jobs_at_once_each_get_exactly_their_own_results() {
                 Expected::Open => PortState::Open,
                 Expected::Closed => PortState::Closed,
                 Expected::Filtered => PortState::Filtered,
+                Expected::OpenFiltered => PortState::OpenFiltered,
             };
             assert_eq!(table[index as usize], expected, "{address}:{port}");
         }

@@ -18,3 +18,4 @@ mod operations;
 mod serve;
 mod suspects;
 mod systemd;
+mod udp;

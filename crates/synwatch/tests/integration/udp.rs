@@ -1,0 +1,198 @@
+//! Issue 22: UDP scans in the kernel lab, against scripted services for every built-in
+//! payload and a real dnsmasq, with closed ports (the target kernel's own port unreachable),
+//! blackholed (open|filtered) and prohibited (filtered) ranges, IPv4 and IPv6, raw and
+//! connect() modes, a mixed TCP and UDP scan and a user payload file.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Child, Stdio};
+
+use synwatch_lab::{Expected, Lab, LabConfig, UdpService};
+
+use crate::helpers::{Scratch, assert_success, net, package_or_skip, parse_jsonl_with_proto, scan_in_lab, wait_until};
+
+/// Where the real dnsmasq answers (an address of its own on the target side's `lo`).
+const DNSMASQ: &str = "198.18.0.3";
+const V4_RANGE: &str = "198.18.0.0/28";
+/// Not from 2001:2::, which the target's kernel takes for its subnet-router anycast address
+/// and answers nothing on.
+const V6_RANGE: &str = "2001:2::10/124";
+/// Every UDP port the scan probes: the built-in payloads' ports, an echo, a silent service and
+/// a port nothing listens on; plus one TCP port.
+const PORTS: &str = "tcp/22,udp/53,69,111,123,137,161,389,443,500,1194,1434,1900,5060,5353,5683,11211,7,9,9999";
+
+/// A dnsmasq in the target namespace on 198.18.0.3:53 with no upstream; killed on drop.
+struct TargetDnsmasq(Child);
+
+impl TargetDnsmasq {
+    fn start(lab: &Lab, scratch: &Scratch) -> TargetDnsmasq {
+        let namespace = lab.target_namespace();
+        let status = std::process::Command::new("ip")
+            .args(["netns", "exec", namespace, "ip", "addr", "add", &format!("{DNSMASQ}/32"), "dev", "lo"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "adding {DNSMASQ} to the target's lo");
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", namespace, "dnsmasq"])
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--no-poll",
+                "--bind-interfaces",
+                &format!("--listen-address={DNSMASQ}"),
+                "--port=53",
+                "--pid-file=",
+                "--user=root",
+                "--log-queries",
+                "--log-facility=-",
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(scratch.join("dnsmasq.log")).unwrap())
+            .spawn()
+            .expect("starting dnsmasq");
+        let log = scratch.join("dnsmasq.log");
+        wait_until("dnsmasq to start", 10, || {
+            std::fs::read_to_string(&log).ok().filter(|text| text.contains("started")).map(|_| ())
+        });
+        TargetDnsmasq(child)
+    }
+}
+
+impl Drop for TargetDnsmasq {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn lab(test: &str) -> Option<Lab> {
+    let v4_services: Vec<(SocketAddr, UdpService)> = UdpService::PROTOCOLS
+        .iter()
+        .map(|&service| (SocketAddr::new("198.18.0.1".parse().unwrap(), service.default_port()), service))
+        .chain([
+            ("198.18.0.2:7".parse().unwrap(), UdpService::Echo),
+            ("198.18.0.2:9".parse().unwrap(), UdpService::Silent),
+            // A blackholed address has a service too: its probes never reach it.
+            ("198.18.0.9:53".parse().unwrap(), UdpService::Dns),
+        ])
+        .collect();
+    let v6_services = [UdpService::Dns, UdpService::Ntp, UdpService::Snmp, UdpService::Quic, UdpService::Tftp]
+        .into_iter()
+        .map(|service| (SocketAddr::new("2001:2::11".parse().unwrap(), service.default_port()), service));
+    let config = LabConfig {
+        target_ranges: vec![net(V4_RANGE), net(V6_RANGE)],
+        listeners: vec!["198.18.0.1:22".parse().unwrap(), "[2001:2::11]:22".parse().unwrap()],
+        udp_services: v4_services.into_iter().chain(v6_services).collect(),
+        blackholed: vec![net("198.18.0.8/29")],
+        prohibited: vec![net("2001:2::18/125")],
+        // IPv6 next-hop resolution takes about a second after the link comes up: probes sent
+        // meanwhile would be dropped by the scanner's kernel.
+        static_neighbour: true,
+        ..LabConfig::default()
+    };
+    synwatch_lab::lab_or_skip(test, config)
+}
+
+/// The lab's truth for every probe of the scan, the real dnsmasq included.
+fn truth(lab: &Lab) -> BTreeSet<(IpAddr, &'static str, u16, Expected)> {
+    let ports = synwatch_engine::PortSet::parse(PORTS).unwrap();
+    let mut truth = BTreeSet::new();
+    for range in [net(V4_RANGE), net(V6_RANGE)] {
+        for address in range.iter() {
+            for port in ports.ports() {
+                let expected = if port.is_tcp() {
+                    ("tcp", lab.expected(address, port.number))
+                } else if address.to_string() == DNSMASQ && port.number == 53 {
+                    ("udp", Expected::Open)
+                } else {
+                    ("udp", lab.expected_udp(address, port.number))
+                };
+                truth.insert((address, expected.0, port.number, expected.1));
+            }
+        }
+    }
+    truth
+}
+
+fn assert_matches_truth(
+    mode: &str,
+    found: &BTreeSet<(IpAddr, &'static str, u16, Expected)>,
+    truth: &BTreeSet<(IpAddr, &'static str, u16, Expected)>,
+) {
+    let wrong: Vec<_> = found.symmetric_difference(truth).take(12).collect();
+    assert!(wrong.is_empty(), "{mode}: differences from the ground truth (first 12): {wrong:?}");
+}
+
+#[test]
+fn issue_22_udp_results_equal_the_ground_truth_in_raw_and_connect_mode() {
+    let test = "issue_22_udp_results_equal_the_ground_truth_in_raw_and_connect_mode";
+    if !package_or_skip(test, "dnsmasq", "dnsmasq-base") {
+        return;
+    }
+    let Some(lab) = lab(test) else { return };
+    let scratch = Scratch::new(test);
+    let _dnsmasq = TargetDnsmasq::start(&lab, &scratch);
+    let truth = truth(&lab);
+    // Every state is in the truth, so the comparison covers each of them.
+    for (proto, state) in [
+        ("udp", Expected::Open),
+        ("udp", Expected::Closed),
+        ("udp", Expected::Filtered),
+        ("udp", Expected::OpenFiltered),
+        ("tcp", Expected::Open),
+        ("tcp", Expected::Closed),
+        ("tcp", Expected::Filtered),
+    ] {
+        assert!(truth.iter().any(|(_, p, _, s)| *p == proto && *s == state), "no {proto} {state:?} in the truth");
+    }
+    let opens = |found: &BTreeSet<(IpAddr, &str, u16, Expected)>| {
+        found.iter().filter(|(_, proto, _, state)| *proto == "udp" && *state == Expected::Open).count()
+    };
+    assert_eq!(opens(&truth), 16 + 1 + 1 + 5, "every scripted protocol, the echo, dnsmasq and the IPv6 five");
+    for mode in ["syn", "connect"] {
+        let answered_before = lab.udp_services().unwrap().answered();
+        let output = scan_in_lab(
+            &lab,
+            &[V4_RANGE, V6_RANGE, "-p", PORTS, "--mode", mode, "--rate", "2000", "--retries", "1", "--wait", "1s"],
+        );
+        assert_success(&output);
+        let found = parse_jsonl_with_proto(&output);
+        assert_matches_truth(mode, &found, &truth);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(&format!("{} open, ", opens(&truth))), "{mode}: {stderr}");
+        // Each scripted service answered (no open came from anywhere else).
+        assert!(lab.udp_services().unwrap().answered() - answered_before >= 22, "{mode}");
+    }
+}
+
+#[test]
+fn issue_22_a_user_payload_file_replaces_the_built_in_one_and_a_bad_one_is_refused_with_its_place() {
+    let test = "issue_22_a_user_payload_file_replaces_the_built_in_one_and_a_bad_one_is_refused_with_its_place";
+    let Some(lab) = lab(test) else { return };
+    let scratch = Scratch::new(test);
+    // A DNS server does not answer this (not a query), and the echo answers anything.
+    let payloads = scratch
+        .config("payloads.txt", "# mine\nudp/53 hex 0000 8000  # a response, not a query\n7 text \"hello\\r\\n\"\n");
+    let output = scan_in_lab(
+        &lab,
+        &["198.18.0.1-198.18.0.2", "-p", "udp/7,53,123", "--udp-payloads", &payloads, "--wait", "1s"],
+    );
+    assert_success(&output);
+    let found = parse_jsonl_with_proto(&output);
+    let state = |address: &str, port: u16| {
+        found
+            .iter()
+            .find(|(ip, proto, number, _)| ip.to_string() == address && *proto == "udp" && *number == port)
+            .map(|(_, _, _, state)| *state)
+    };
+    assert_eq!(state("198.18.0.1", 53), Some(Expected::OpenFiltered), "the DNS server ignores a non-query");
+    assert_eq!(state("198.18.0.1", 123), Some(Expected::Open), "the built-in NTP payload is kept");
+    assert_eq!(state("198.18.0.2", 7), Some(Expected::Open));
+    let bad = scratch.config("bad.txt", "udp/53 hex 00\n\n  7 text \"unterminated\n");
+    let output = scan_in_lab(&lab, &["198.18.0.1", "-p", "udp/53", "--udp-payloads", &bad]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("{bad}:3:10: text must be in double quotes")), "{stderr}");
+}
