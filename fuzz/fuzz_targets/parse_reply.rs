@@ -1,5 +1,5 @@
-//! Fuzzes the reply parser and the classification after it: neither may panic on any input,
-//! and a parsed reply must classify consistently.
+//! Fuzzes the reply parser (TCP, UDP, ICMP and ICMPv6 quoting either) and the classification
+//! after it: neither may panic on any input, and a parsed reply must classify consistently.
 
 #![no_main]
 

@@ -28,11 +28,12 @@ use socket2::{Domain, Socket, Type};
 /// A scripted UDP service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum UdpService {
-    /// DNS (RFC 1035): answers queries, echoing the id.
+    /// DNS (RFC 1035): answers queries, echoing the id (other requests get NOTIMP or FORMERR).
     Dns,
     /// NTP server (RFC 5905): answers mode-3 requests with mode 4, origin = our transmit.
     Ntp,
-    /// SNMP agent (RFC 3416) for community `public`: GetResponse with the request-id.
+    /// SNMP agent (RFC 3416) for community `public`, v1 and v2c: GetResponse with the
+    /// request-id.
     Snmp,
     /// SSDP (UPnP): answers M-SEARCH with HTTP/1.1 200.
     Ssdp,
@@ -142,9 +143,28 @@ impl UdpService {
 
 fn dns_answer(request: &[u8]) -> Option<Vec<u8>> {
     let header = request.get(..12)?;
-    // A query (QR 0, opcode 0) with one question.
-    if header[2] & 0xf8 != 0 || u16::from_be_bytes([header[4], header[5]]) != 1 {
-        return None;
+    if header[2] & 0x80 != 0 {
+        return None; // a response: servers do not answer those
+    }
+    // Like BIND and dnsmasq, a request that is not a one-question standard query gets a bare
+    // header back: NOTIMP for another opcode, FORMERR for another question count.
+    let opcode = header[2] & 0x78;
+    if opcode != 0 || u16::from_be_bytes([header[4], header[5]]) != 1 {
+        let rcode = if opcode != 0 { 4 } else { 1 };
+        return Some(vec![
+            header[0],
+            header[1],
+            0x80 | opcode | (header[2] & 0x01),
+            0x80 | rcode,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ]);
     }
     let mut position = 12;
     loop {
@@ -220,9 +240,11 @@ fn snmp_answer(request: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let (tag, version) = ber_element(request, message.start)?;
-    if tag != 0x02 || request[version.clone()] != [1] {
-        return None; // v2c only
+    // SNMPv1 (0) or v2c (1), answered in the request's version, as net-snmp does.
+    if tag != 0x02 || !matches!(request[version.clone()], [0] | [1]) {
+        return None;
     }
+    let answer_version = ber(0x02, &request[version.clone()]);
     let (tag, community) = ber_element(request, version.end)?;
     if tag != 0x04 || &request[community.clone()] != b"public" {
         return None;
@@ -242,7 +264,7 @@ fn snmp_answer(request: &[u8]) -> Option<Vec<u8>> {
         &[ber(0x02, &request[request_id]), vec![0x02, 0x01, 0x00], vec![0x02, 0x01, 0x00], ber(0x30, &varbind)]
             .concat(),
     );
-    Some(ber(0x30, &[vec![0x02, 0x01, 0x01], ber(0x04, b"public"), pdu].concat()))
+    Some(ber(0x30, &[answer_version, ber(0x04, b"public"), pdu].concat()))
 }
 
 fn ssdp_answer(request: &[u8]) -> Option<Vec<u8>> {
@@ -540,7 +562,10 @@ mod tests {
             assert_eq!(service.answer(&[]), None, "{service:?}");
             assert_eq!(service.answer(&[0xff; 7]), None, "{service:?}");
         }
-        assert_eq!(UdpService::Dns.answer(&payloads.for_port(123).bytes), None);
+        // A DNS server answers a non-query header with an error code, never a response.
+        let ntp_as_dns = UdpService::Dns.answer(&payloads.for_port(123).bytes).unwrap();
+        assert_eq!(ntp_as_dns.len(), 12);
+        assert_eq!(UdpService::Dns.answer(&[0, 0, 0x81, 0x80, 0, 1, 0, 0, 0, 0, 0, 0]), None);
         assert_eq!(UdpService::Silent.answer(b"anything"), None);
         assert_eq!(UdpService::Echo.answer(b"ping").as_deref(), Some(&b"ping"[..]));
     }

@@ -35,6 +35,7 @@ use synwatch_lab::{Lab, LabConfig, runner};
 
 mod field;
 mod timing;
+mod udp;
 
 #[derive(Debug, Parser)]
 struct Arguments {
@@ -137,6 +138,27 @@ enum Bench {
     /// The learned timing against the fixed one and the anchors (issue 20): a /16 with
     /// filtered ranges, its /18 in connect() mode, an IPv6 /120 with 10 % loss.
     Timing,
+    /// A UDP scan side by side with nmap -sU, masscan and zmap -M udp (issue 22).
+    Udp {
+        /// The scanned range (IPv4, inside 198.18.0.0/16).
+        #[arg(long, default_value = "198.18.0.0/20")]
+        target: String,
+        /// The range nmap scans, when it cannot finish the whole target in reasonable time.
+        #[arg(long)]
+        nmap_target: Option<String>,
+        /// UDP ports (numbers; each gets its scripted service on ~5 % of the hosts).
+        #[arg(long, value_delimiter = ',', default_value = "53,123,161,1900,11211")]
+        udp_ports: Vec<u16>,
+        /// Rate of the tools that take one.
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+        /// Random loss at the target side, in percent.
+        #[arg(long, default_value_t = 0)]
+        loss: u8,
+        /// Tools: synwatch, synwatch-connect, masscan, zmap, nmap (`-sU -T4`).
+        #[arg(long, value_delimiter = ',', default_value = udp::UDP_TOOLS)]
+        udp_tools: Vec<String>,
+    },
     /// The field responder's answer rate in `lan`, with synwatch and zmap as the sender.
     FieldSpeed {
         /// Ports per address of 198.18.0.0/16.
@@ -307,6 +329,17 @@ fn main() -> Result<()> {
             field::field_table(&arguments, &table)
         }
         Bench::FieldSpeed { ports, rate, ref senders } => field::field_speed(&arguments, ports, rate, senders),
+        Bench::Udp { ref target, ref nmap_target, ref udp_ports, rate, loss, ref udp_tools } => {
+            let table = udp::UdpTable {
+                target,
+                nmap_target: nmap_target.as_deref(),
+                ports: udp_ports,
+                rate,
+                loss,
+                tools: udp_tools,
+            };
+            udp::udp_table(&arguments, &table)
+        }
         Bench::MetricsRender { .. } | Bench::ListenerRead { .. } => unreachable!("handled above"),
     }
 }

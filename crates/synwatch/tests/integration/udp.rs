@@ -173,8 +173,10 @@ fn issue_22_a_user_payload_file_replaces_the_built_in_one_and_a_bad_one_is_refus
     let Some(lab) = lab(test) else { return };
     let scratch = Scratch::new(test);
     // A DNS server does not answer this (not a query), and the echo answers anything.
-    let payloads = scratch
-        .config("payloads.txt", "# mine\nudp/53 hex 0000 8000  # a response, not a query\n7 text \"hello\\r\\n\"\n");
+    let payloads = scratch.config(
+        "payloads.txt",
+        "# mine\nudp/53 hex 0000 8180 0001 0000 0000 0000  # a response, not a query\n7 text \"hello\\r\\n\"\n",
+    );
     let output = scan_in_lab(
         &lab,
         &["198.18.0.1-198.18.0.2", "-p", "udp/7,53,123", "--udp-payloads", &payloads, "--wait", "1s"],
