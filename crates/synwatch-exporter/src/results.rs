@@ -14,11 +14,17 @@
 //! not known. A host turning suspect is a change of its own ([`Changes::turned_suspect`]).
 //! Likewise, with `verify: connect`, an open port whose real handshake failed is `unverified`
 //! (with the verdict), not open, and takes part in no change.
+//!
+//! UDP ports have four states (open, closed, filtered, open|filtered): the two bits of a UDP
+//! probe say "filtered or open|filtered" with code 3, and a bit set beside them (one bit per
+//! probe, kept only when the space has UDP ports and some UDP probe was ICMP-filtered) says
+//! filtered. A UDP port's state changes like a TCP one's: open ↔ anything else. Suspect hosts
+//! are about SYN-ACKs: a suspect host's UDP answers stay open.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use synwatch_engine::{Port, PortState, Suspect, TargetSpace};
+use synwatch_engine::{Port, PortState, Protocol, Suspect, TargetSpace};
 use synwatch_io::Verdict;
 
 /// The states of one scan, indexed like its [`TargetSpace`].
@@ -26,15 +32,22 @@ use synwatch_io::Verdict;
 pub struct ScanResults {
     space: Arc<TargetSpace>,
     packed: Vec<u8>,
-    counts: StateCounts,
+    /// Per protocol: TCP, UDP.
+    counts: [StateCounts; 2],
     hosts_responding: u64,
     /// Hosts judged suspect, sorted by address.
     suspects: Vec<(IpAddr, Suspect)>,
     /// Open ports of hosts not suspect whose verification failed, sorted.
     unverified: Vec<(IpAddr, Port, Verdict)>,
+    /// One bit per probe: a UDP probe whose code 3 means filtered (an ICMP error other than
+    /// port unreachable) rather than open|filtered. Empty when no UDP probe was filtered.
+    udp_filtered: Vec<u64>,
+    /// TCP ports per host (they come first in a port set): a slot at or past it is UDP.
+    tcp_ports: u64,
 }
 
-/// How many probes are in each state.
+/// How many probes are in each state (UDP probes have no `suspect` nor `unverified`; TCP probes
+/// no `open_filtered`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StateCounts {
     /// Answered with SYN-ACK, by a host not judged suspect.
@@ -45,8 +58,10 @@ pub struct StateCounts {
     pub unverified: u64,
     /// Answered with RST.
     pub closed: u64,
-    /// Answered with ICMP unreachable, or not at all.
+    /// Answered with ICMP unreachable, or (TCP) not at all.
     pub filtered: u64,
+    /// UDP: not answered at all (nmap's `open|filtered`).
+    pub open_filtered: u64,
     /// Not scanned yet (ports added to the config since the last scan).
     pub unknown: u64,
 }
@@ -76,7 +91,11 @@ pub struct Changes {
 }
 
 fn code(state: PortState) -> u8 {
-    state as u8
+    match state {
+        // Code 3 of a UDP probe is filtered or open|filtered, told apart by `udp_filtered`.
+        PortState::OpenFiltered => PortState::Filtered as u8,
+        state => state as u8,
+    }
 }
 
 fn state_of(code: u8) -> PortState {
@@ -93,10 +112,42 @@ impl ScanResults {
     pub fn from_fn(space: Arc<TargetSpace>, mut state: impl FnMut(u64) -> PortState) -> ScanResults {
         let len = space.len();
         let mut packed = vec![0u8; len.div_ceil(4) as usize];
+        let mut udp_filtered = Vec::new();
+        let (ports, tcp_ports) = (space.ports().len() as u64, space.ports().count_of(Protocol::Tcp) as u64);
         for index in 0..len {
-            packed[(index / 4) as usize] |= code(state(index)) << ((index % 4) * 2);
+            let state = state(index);
+            packed[(index / 4) as usize] |= code(state) << ((index % 4) * 2);
+            if state == PortState::Filtered && index % ports >= tcp_ports {
+                if udp_filtered.is_empty() {
+                    udp_filtered = vec![0u64; len.div_ceil(64) as usize];
+                }
+                udp_filtered[(index / 64) as usize] |= 1 << (index % 64);
+            }
         }
-        ScanResults::from_packed(space, packed).expect("the packed length matches the space")
+        let results = ScanResults::from_packed(space, packed).expect("the packed length matches the space");
+        results.with_udp_filtered(udp_filtered).expect("the bits match the space")
+    }
+
+    /// The same results with these UDP probes filtered rather than open|filtered (one bit per
+    /// probe, as persisted; empty for none). `None` when the length does not match the space.
+    pub fn with_udp_filtered(mut self, bits: Vec<u64>) -> Option<ScanResults> {
+        if !bits.is_empty() && bits.len() as u64 != self.space.len().div_ceil(64) {
+            return None;
+        }
+        self.udp_filtered = if bits.iter().all(|&word| word == 0) { Vec::new() } else { bits };
+        self.recount();
+        Some(self)
+    }
+
+    /// The UDP-filtered bits (see [`ScanResults::with_udp_filtered`]), as persisted.
+    pub fn udp_filtered(&self) -> &[u64] {
+        &self.udp_filtered
+    }
+
+    /// Whether probe `index` is of a UDP port.
+    fn is_udp(&self, index: u64) -> bool {
+        let ports = self.space.ports().len() as u64;
+        ports > 0 && index % ports >= self.tcp_ports
     }
 
     /// Results from their packed form (as persisted). `None` when the length does not match.
@@ -104,13 +155,16 @@ impl ScanResults {
         if packed.len() as u64 != space.len().div_ceil(4) {
             return None;
         }
+        let tcp_ports = space.ports().count_of(Protocol::Tcp) as u64;
         let mut results = ScanResults {
             space,
             packed,
-            counts: StateCounts::default(),
+            counts: [StateCounts::default(); 2],
             hosts_responding: 0,
             suspects: Vec::new(),
             unverified: Vec::new(),
+            udp_filtered: Vec::new(),
+            tcp_ports,
         };
         results.recount();
         Some(results)
@@ -182,6 +236,7 @@ impl ScanResults {
     /// Whether probe `index` is a SYN-ACK not counted open: of a suspect host, or unverified.
     fn is_untrusted_open(&self, index: u64) -> bool {
         (!self.suspects.is_empty() || !self.unverified.is_empty())
+            && !self.is_udp(index)
             && self.get(index) == PortState::Open
             && self.space.probe_at(index).is_some_and(|(address, port)| {
                 self.suspect_of(address).is_some() || self.unverified_of(address, port).is_some()
@@ -189,7 +244,7 @@ impl ScanResults {
     }
 
     fn recount(&mut self) {
-        let mut counts = StateCounts::default();
+        let mut all_counts = [StateCounts::default(); 2];
         let mut hosts_responding = 0;
         let ports = self.space.ports().len() as u64;
         for host in 0..self.space.hosts().len() {
@@ -198,8 +253,10 @@ impl ScanResults {
             let suspect =
                 !self.suspects.is_empty() && address.is_some_and(|address| self.suspect_of(address).is_some());
             for index in host * ports..(host + 1) * ports {
+                let udp = index % ports >= self.tcp_ports;
+                let counts = &mut all_counts[usize::from(udp)];
                 match self.get(index) {
-                    PortState::Open if suspect => {
+                    PortState::Open if suspect && !udp => {
                         counts.suspect += 1;
                         responded = true;
                     }
@@ -221,13 +278,14 @@ impl ScanResults {
                         counts.closed += 1;
                         responded = true;
                     }
-                    PortState::Filtered | PortState::OpenFiltered => counts.filtered += 1,
+                    PortState::Filtered => counts.filtered += 1,
+                    PortState::OpenFiltered => counts.open_filtered += 1,
                     PortState::Unknown => counts.unknown += 1,
                 }
             }
             hosts_responding += u64::from(responded);
         }
-        self.counts = counts;
+        self.counts = all_counts;
         self.hosts_responding = hosts_responding;
     }
 
@@ -244,14 +302,37 @@ impl ScanResults {
     /// The state of probe `index` (unknown beyond the end).
     pub fn get(&self, index: u64) -> PortState {
         match self.packed.get((index / 4) as usize) {
-            Some(byte) => state_of(byte >> ((index % 4) * 2)),
+            Some(byte) => match state_of(byte >> ((index % 4) * 2)) {
+                PortState::Filtered if self.is_udp(index) => {
+                    let filtered = self
+                        .udp_filtered
+                        .get((index / 64) as usize)
+                        .is_some_and(|word| word & (1 << (index % 64)) != 0);
+                    if filtered { PortState::Filtered } else { PortState::OpenFiltered }
+                }
+                state => state,
+            },
             None => PortState::Unknown,
         }
     }
 
-    /// Probes per state.
+    /// Probes per state, both protocols together.
     pub fn counts(&self) -> StateCounts {
-        self.counts
+        let [tcp, udp] = self.counts;
+        StateCounts {
+            open: tcp.open + udp.open,
+            suspect: tcp.suspect + udp.suspect,
+            unverified: tcp.unverified + udp.unverified,
+            closed: tcp.closed + udp.closed,
+            filtered: tcp.filtered + udp.filtered,
+            open_filtered: tcp.open_filtered + udp.open_filtered,
+            unknown: tcp.unknown + udp.unknown,
+        }
+    }
+
+    /// Probes per state of one protocol.
+    pub fn counts_of(&self, protocol: Protocol) -> StateCounts {
+        self.counts[usize::from(protocol == Protocol::Udp)]
     }
 
     /// Hosts that answered at least one probe with SYN-ACK or RST.
@@ -333,6 +414,8 @@ impl ScanResults {
                 match self.get(host * ports.len() as u64 + slot as u64) {
                     PortState::Open => {
                         responded = true;
+                        // Suspicion is about SYN-ACKs: a UDP answer is the service's own.
+                        let suspect = suspect.filter(|_| port.is_tcp());
                         match (suspect, self.unverified_of(address, port)) {
                             (Some(reason), _) => endpoints.suspect.push((address, port, reason)),
                             (None, Some(verdict)) => endpoints.unverified.push((address, port, verdict)),
@@ -399,7 +482,7 @@ mod tests {
         let scan = results(&space, &[("192.0.2.1", 80), ("192.0.2.1", 443), ("192.0.2.3", 443)]);
         assert_eq!(
             scan.counts(),
-            StateCounts { open: 3, suspect: 0, unverified: 0, closed: 5, filtered: 4, unknown: 0 }
+            StateCounts { open: 3, suspect: 0, unverified: 0, closed: 5, filtered: 4, open_filtered: 0, unknown: 0 }
         );
         assert_eq!(scan.hosts_responding(), 4);
         let endpoints = scan.endpoints();
@@ -432,7 +515,7 @@ mod tests {
         let after = proxied.clone().with_suspects(vec![("192.0.2.2".parse().unwrap(), Suspect::Synproxy)]);
         assert_eq!(
             after.counts(),
-            StateCounts { open: 1, suspect: 2, unverified: 0, closed: 5, filtered: 4, unknown: 0 }
+            StateCounts { open: 1, suspect: 2, unverified: 0, closed: 5, filtered: 4, open_filtered: 0, unknown: 0 }
         );
         assert_eq!(after.hosts_suspect(), [0, 1]);
         assert_eq!(after.changes_since(&before), Changes { opened: 0, closed: 0, turned_suspect: 1 });
@@ -476,6 +559,60 @@ mod tests {
     }
 
     #[test]
+    fn udp_probes_keep_four_states_and_change_like_tcp_ones() {
+        let space = space(&["192.0.2.0/30"], "22,udp/53,161");
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        // Per host: tcp/22, udp/53, udp/161.
+        let states = [
+            [PortState::Open, PortState::Open, PortState::Filtered],
+            [PortState::Closed, PortState::OpenFiltered, PortState::Closed],
+            [PortState::Filtered, PortState::Filtered, PortState::OpenFiltered],
+            [PortState::Open, PortState::Open, PortState::Open],
+        ];
+        let before =
+            ScanResults::from_fn(Arc::clone(&space), |index| states[(index / 3) as usize][(index % 3) as usize]);
+        for (index, expected) in states.iter().flatten().enumerate() {
+            assert_eq!(before.get(index as u64), *expected, "probe {index}");
+        }
+        let udp = before.counts_of(Protocol::Udp);
+        assert_eq!((udp.open, udp.closed, udp.filtered, udp.open_filtered), (3, 1, 2, 2));
+        let tcp = before.counts_of(Protocol::Tcp);
+        assert_eq!((tcp.open, tcp.closed, tcp.filtered, tcp.open_filtered), (2, 1, 1, 0));
+        assert_eq!(before.counts().open, 5);
+        // A suspect host's SYN-ACKs are suspect; its UDP answers stay open.
+        let suspect = before.clone().with_suspects(vec![(ip("192.0.2.3"), Suspect::AllOpen)]);
+        assert_eq!(suspect.counts_of(Protocol::Tcp).suspect, 1);
+        assert_eq!(suspect.counts_of(Protocol::Udp).open, 3);
+        let endpoints = suspect.endpoints();
+        assert!(endpoints.open.contains(&(ip("192.0.2.3"), Port::udp(53))));
+        assert!(endpoints.suspect.iter().all(|(_, port, _)| port.is_tcp()));
+        // open → open|filtered closes, open|filtered → open opens; filtered ↔ open|filtered
+        // is no change.
+        let mut after_states = states;
+        after_states[0][1] = PortState::OpenFiltered;
+        after_states[1][1] = PortState::Open;
+        after_states[2][1] = PortState::OpenFiltered;
+        let after =
+            ScanResults::from_fn(Arc::clone(&space), |index| after_states[(index / 3) as usize][(index % 3) as usize]);
+        assert_eq!(after.changes_since(&before), Changes { opened: 1, closed: 1, turned_suspect: 0 });
+        // Projection and the bits' own form keep filtered apart from open|filtered.
+        let projected = before.project(super::tests::space(&["192.0.2.2"], "udp/53,161"));
+        assert_eq!(projected.get(0), PortState::Filtered);
+        assert_eq!(projected.get(1), PortState::OpenFiltered);
+        let reloaded = ScanResults::from_packed(Arc::clone(&space), before.packed().to_vec())
+            .unwrap()
+            .with_udp_filtered(before.udp_filtered().to_vec())
+            .unwrap();
+        assert_eq!(reloaded, before);
+        assert!(
+            ScanResults::from_packed(Arc::clone(&space), before.packed().to_vec())
+                .unwrap()
+                .with_udp_filtered(vec![1, 2, 3])
+                .is_none()
+        );
+    }
+
+    #[test]
     fn projection_keeps_shared_probes_and_forgets_the_rest() {
         let old_space = space(&["192.0.2.0/30"], "80,443");
         let old = results(&old_space, &[("192.0.2.1", 80), ("192.0.2.1", 443)]);
@@ -495,7 +632,7 @@ mod tests {
         );
         assert_eq!(
             projected.counts(),
-            StateCounts { open: 1, suspect: 0, unverified: 0, closed: 0, filtered: 0, unknown: 3 }
+            StateCounts { open: 1, suspect: 0, unverified: 0, closed: 0, filtered: 0, open_filtered: 0, unknown: 3 }
         );
         // A new port found open on its first scan is not a change: nothing was known before.
         let next = results(&new_space, &[("192.0.2.1", 8080)]);

@@ -93,6 +93,8 @@ struct Labels<'a> {
     ip: String,
     #[serde(rename = "__meta_synwatch_port")]
     port: String,
+    #[serde(rename = "__meta_synwatch_proto")]
+    proto: &'static str,
     #[serde(rename = "__meta_synwatch_hostname")]
     hostname: String,
     #[serde(rename = "__meta_synwatch_suspect", skip_serializing_if = "Option::is_none")]
@@ -116,18 +118,31 @@ pub fn render_sd(
         let suspect = target.suspect.iter().map(|&(address, port, reason)| (address, port, Some(reason.name())));
         let suspect = suspect.filter(|_| filter.include_suspect);
         for (address, port, suspect) in open.chain(suspect) {
-            if filter.ports.as_ref().is_some_and(|wanted| wanted.index_of(port).is_none()) {
+            // Scrape targets are TCP: a UDP open is offered only when `port=` names it.
+            let wanted = match &filter.ports {
+                Some(wanted) => wanted.contains(port),
+                None => port.is_tcp(),
+            };
+            if !wanted {
                 continue;
             }
             let ip = address.to_string();
+            let number = port.number;
             let endpoint = match address {
-                IpAddr::V4(_) => format!("{ip}:{port}"),
-                IpAddr::V6(_) => format!("[{ip}]:{port}"),
+                IpAddr::V4(_) => format!("{ip}:{number}"),
+                IpAddr::V6(_) => format!("[{ip}]:{number}"),
             };
             let hostname = hostname(address).map_or_else(|| ip.clone(), |name| name.to_string());
             groups.push(Group {
                 targets: [endpoint],
-                labels: Labels { target: name, ip, port: port.to_string(), hostname, suspect },
+                labels: Labels {
+                    target: name,
+                    ip,
+                    port: number.to_string(),
+                    proto: port.protocol.name(),
+                    hostname,
+                    suspect,
+                },
             });
         }
     }

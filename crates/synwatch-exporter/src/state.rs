@@ -91,6 +91,10 @@ struct StoredResults {
     /// Open ports whose verification failed: address, port and verdict.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     unverified: Vec<(IpAddr, u16, String)>,
+    /// The UDP probes filtered rather than open|filtered: one bit per probe, little-endian
+    /// 64-bit words, hex-encoded (absent when none, and in files from before UDP).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    udp_filtered: String,
 }
 
 /// Seconds since the Unix epoch, as exported in timestamps.
@@ -133,6 +137,9 @@ impl StateStore {
                             .iter()
                             .map(|(address, port, verdict)| (*address, port.number, verdict.name().to_string()))
                             .collect(),
+                        udp_filtered: hex::encode(
+                            results.udp_filtered().iter().flat_map(|word| word.to_le_bytes()).collect::<Vec<u8>>(),
+                        ),
                     }),
                 })
                 .collect(),
@@ -222,8 +229,16 @@ fn decode_results(stored: &StoredResults) -> Result<ScanResults, String> {
                 .ok_or(format!("verdict {verdict:?}"))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let udp_filtered = hex::decode(&stored.udp_filtered).map_err(|error| format!("udp_filtered: {error}"))?;
+    if udp_filtered.len() % 8 != 0 {
+        return Err("udp_filtered is not whole 64-bit words".into());
+    }
+    let udp_filtered: Vec<u64> =
+        udp_filtered.chunks_exact(8).map(|chunk| u64::from_le_bytes(chunk.try_into().expect("eight bytes"))).collect();
     let results = ScanResults::from_packed(Arc::new(space), packed)
-        .ok_or_else(|| "the states do not fit the space".to_string())?;
+        .ok_or_else(|| "the states do not fit the space".to_string())?
+        .with_udp_filtered(udp_filtered)
+        .ok_or_else(|| "udp_filtered does not fit the space".to_string())?;
     Ok(results.with_suspects(suspects).with_verdicts(verdicts))
 }
 
@@ -251,6 +266,19 @@ mod tests {
         let mut records = BTreeMap::new();
         records.insert("web".to_string(), TargetRecord { results: Some(results), last_attempt: Some(attempt) });
         records.insert("never".to_string(), TargetRecord::default());
+        // UDP ports with all four states: the filtered ones must come back filtered and the
+        // silent ones open|filtered.
+        let hosts =
+            HostSet::build(vec![parse_target("192.0.2.8/30").unwrap()], Vec::new(), ExclusionPolicy::Default).unwrap();
+        let space = Arc::new(TargetSpace::new(hosts, PortSet::parse("22,udp/53,123").unwrap()).unwrap());
+        let states = [PortState::Open, PortState::Closed, PortState::Filtered, PortState::OpenFiltered];
+        let results = ScanResults::from_fn(space, |index| match index % 3 {
+            0 => PortState::Closed,
+            _ => states[(index % 4) as usize],
+        });
+        assert_eq!(results.counts_of(synwatch_engine::Protocol::Udp).filtered, 2);
+        assert_eq!(results.counts_of(synwatch_engine::Protocol::Udp).open_filtered, 2);
+        records.insert("dns".to_string(), TargetRecord { results: Some(results), last_attempt: Some(attempt) });
         records
     }
 

@@ -191,28 +191,28 @@ fn a_port_that_opens_and_closes_moves_its_series_and_counters_exactly_once() {
     std::fs::write(&config, WEB).unwrap();
     let network = Arc::new(SimulatedNetwork::default());
     let exporter = start(&network, &config, None);
-    let port_open = "synwatch_port_open{target=\"web\",ip=\"192.0.2.1\",port=\"80\"}";
+    let port_open = "synwatch_port_open{target=\"web\",ip=\"192.0.2.1\",port=\"80\",proto=\"tcp\"}";
     let opened = "synwatch_port_state_changes_total{change=\"opened\",target=\"web\"}";
     let closed = "synwatch_port_state_changes_total{change=\"closed\",target=\"web\"}";
     wait_for_scans(&exporter, "web", 1.0);
     let text = render(&exporter);
     assert_eq!(sample(&text, port_open), Some(0.0));
     assert_eq!(series_count(&text, "synwatch_port_open{"), 8, "4 hosts x 2 ports, each with a series");
-    assert_eq!(sample(&text, "synwatch_target_ports{target=\"web\",state=\"closed\"}"), Some(8.0));
+    assert_eq!(sample(&text, "synwatch_target_ports{target=\"web\",proto=\"tcp\",state=\"closed\"}"), Some(8.0));
 
     network.set("192.0.2.1", 80, PortState::Open);
     wait_for("the open port", || sample(&render(&exporter), port_open) == Some(1.0));
     wait_for_scans(&exporter, "web", 3.0);
     let text = render(&exporter);
     assert_eq!((sample(&text, opened), sample(&text, closed)), (Some(1.0), Some(0.0)), "counted once");
-    assert_eq!(sample(&text, "synwatch_target_ports{target=\"web\",state=\"open\"}"), Some(1.0));
+    assert_eq!(sample(&text, "synwatch_target_ports{target=\"web\",proto=\"tcp\",state=\"open\"}"), Some(1.0));
 
     network.set("192.0.2.1", 80, PortState::Filtered);
     wait_for("the closed port", || sample(&render(&exporter), port_open) == Some(0.0));
     wait_for_scans(&exporter, "web", 3.0);
     let text = render(&exporter);
     assert_eq!((sample(&text, opened), sample(&text, closed)), (Some(1.0), Some(1.0)), "counted once");
-    assert_eq!(sample(&text, "synwatch_target_ports{target=\"web\",state=\"filtered\"}"), Some(1.0));
+    assert_eq!(sample(&text, "synwatch_target_ports{target=\"web\",proto=\"tcp\",state=\"filtered\"}"), Some(1.0));
     assert_eq!(network.max_running.load(Ordering::SeqCst), 1, "one target never runs twice at once");
     exporter.shutdown(Duration::from_secs(1));
     std::fs::remove_dir_all(&directory).unwrap();
@@ -238,16 +238,22 @@ fn a_host_turning_into_a_syn_proxy_counts_no_opened_port_but_one_host_turned_sus
     let text = render(&exporter);
     assert_eq!(sample(&text, turned), Some(1.0), "counted once, not at every scan");
     assert_eq!(sample(&text, "synwatch_port_state_changes_total{change=\"opened\",target=\"web\"}"), Some(0.0));
-    assert_eq!(sample(&text, "synwatch_target_ports{target=\"web\",state=\"open\"}"), Some(1.0));
-    assert_eq!(sample(&text, "synwatch_target_ports{target=\"web\",state=\"suspect\"}"), Some(2.0));
+    assert_eq!(sample(&text, "synwatch_target_ports{target=\"web\",proto=\"tcp\",state=\"open\"}"), Some(1.0));
+    assert_eq!(sample(&text, "synwatch_target_ports{target=\"web\",proto=\"tcp\",state=\"suspect\"}"), Some(2.0));
     assert_eq!(sample(&text, "synwatch_target_hosts_suspect{target=\"web\",reason=\"synproxy\"}"), Some(1.0));
     assert_eq!(sample(&text, "synwatch_target_hosts_suspect{target=\"web\",reason=\"all_open\"}"), Some(0.0));
-    assert_eq!(sample(&text, "synwatch_port_open{target=\"web\",ip=\"192.0.2.2\",port=\"80\"}"), None);
+    assert_eq!(sample(&text, "synwatch_port_open{target=\"web\",ip=\"192.0.2.2\",port=\"80\",proto=\"tcp\"}"), None);
     assert_eq!(
-        sample(&text, "synwatch_port_suspect{target=\"web\",ip=\"192.0.2.2\",port=\"80\",reason=\"synproxy\"}"),
+        sample(
+            &text,
+            "synwatch_port_suspect{target=\"web\",ip=\"192.0.2.2\",port=\"80\",proto=\"tcp\",reason=\"synproxy\"}"
+        ),
         Some(1.0)
     );
-    assert_eq!(sample(&text, "synwatch_port_open{target=\"web\",ip=\"192.0.2.1\",port=\"22\"}"), Some(1.0));
+    assert_eq!(
+        sample(&text, "synwatch_port_open{target=\"web\",ip=\"192.0.2.1\",port=\"22\",proto=\"tcp\"}"),
+        Some(1.0)
+    );
     // The verdict is kept across a restart: the first scan after it counts nothing new.
     exporter.shutdown(Duration::from_secs(1));
     let exporter = start(&network, &config, Some(&state_dir));
@@ -322,7 +328,10 @@ fn a_broken_reload_keeps_the_old_config_and_a_good_one_removes_series() {
     assert_eq!(sample(&text, "synwatch_config_last_reload_successful"), Some(1.0));
     assert_eq!(series_count(&text, "synwatch_port_open{target=\"web\""), 4, "port 80's series are gone at once");
     assert!(!text.contains("port=\"80\""));
-    assert_eq!(sample(&text, "synwatch_port_open{target=\"web\",ip=\"192.0.2.2\",port=\"22\"}"), Some(1.0));
+    assert_eq!(
+        sample(&text, "synwatch_port_open{target=\"web\",ip=\"192.0.2.2\",port=\"22\",proto=\"tcp\"}"),
+        Some(1.0)
+    );
     wait_for_scans(&exporter, "db", 1.0);
 
     // Removing a target removes all its series.
@@ -352,7 +361,7 @@ fn a_restart_serves_the_saved_state_at_once_and_counts_no_false_change() {
     let restarted = start(&network, &config, Some(&state));
     let after = render(&restarted);
     let timestamp = "synwatch_target_last_scan_timestamp_seconds{target=\"web\"}";
-    let port = "synwatch_port_open{target=\"web\",ip=\"192.0.2.3\",port=\"22\"}";
+    let port = "synwatch_port_open{target=\"web\",ip=\"192.0.2.3\",port=\"22\",proto=\"tcp\"}";
     if network.scans.load(Ordering::SeqCst) == scans_before {
         assert_eq!(sample(&after, timestamp), sample(&before, timestamp), "the old timestamp is served");
     }
@@ -384,7 +393,10 @@ fn a_scan_past_its_timeout_fails_and_keeps_the_previous_results() {
     wait_for("a timed-out scan", || sample(&render(&exporter), failure) >= Some(1.0));
     let text = render(&exporter);
     assert_eq!(sample(&text, "synwatch_target_last_scan_success{target=\"web\"}"), Some(0.0));
-    assert_eq!(sample(&text, "synwatch_port_open{target=\"web\",ip=\"192.0.2.1\",port=\"22\"}"), Some(1.0));
+    assert_eq!(
+        sample(&text, "synwatch_port_open{target=\"web\",ip=\"192.0.2.1\",port=\"22\",proto=\"tcp\"}"),
+        Some(1.0)
+    );
     assert_eq!(sample(&text, "synwatch_port_state_changes_total{change=\"closed\",target=\"web\"}"), Some(0.0));
     exporter.shutdown(Duration::from_secs(1));
     std::fs::remove_dir_all(&directory).unwrap();
@@ -558,14 +570,14 @@ fn issue_6_policy_violations_sd_groups_and_host_names_follow_the_scans() {
     assert_eq!(
         sample(
             &text,
-            "synwatch_port_policy_violation{target=\"web\",ip=\"192.0.2.1\",port=\"22\",kind=\"unexpected_open\"}"
+            "synwatch_port_policy_violation{target=\"web\",ip=\"192.0.2.1\",port=\"22\",proto=\"tcp\",kind=\"unexpected_open\"}"
         ),
         Some(1.0)
     );
     assert_eq!(
         sample(
             &text,
-            "synwatch_port_policy_violation{target=\"web\",ip=\"192.0.2.2\",port=\"443\",kind=\"expected_missing\"}"
+            "synwatch_port_policy_violation{target=\"web\",ip=\"192.0.2.2\",port=\"443\",proto=\"tcp\",kind=\"expected_missing\"}"
         ),
         Some(1.0)
     );

@@ -281,6 +281,9 @@ impl Lab {
                 "net.ipv4.conf.default.rp_filter=0",
                 "net.ipv4.icmp_ratelimit=0",
                 "net.ipv4.icmp_msgs_per_sec=1000000",
+                // The global ICMP credit refills every 20 ms up to this burst (50 by default:
+                // at most 2,500 errors a second, which a UDP scan's port unreachables exceed).
+                "net.ipv4.icmp_msgs_burst=1000000",
                 "net.ipv6.icmp.ratelimit=0",
                 "net.core.somaxconn=65535",
                 "net.ipv4.tcp_max_syn_backlog=65535",

@@ -123,7 +123,10 @@ fn commands(
     let numbers: Vec<String> = table.ports.iter().map(u16::to_string).collect();
     Ok(match tool {
         "synwatch" | "synwatch-connect" => {
-            let mut argv = vec![arguments.synwatch.to_string_lossy().into_owned()];
+            // Absolute: the tools run in the scratch directory.
+            let synwatch = std::fs::canonicalize(&arguments.synwatch)
+                .with_context(|| format!("{}", arguments.synwatch.display()))?;
+            let mut argv = vec![synwatch.to_string_lossy().into_owned()];
             argv.extend(strings(&[
                 "scan",
                 table.target,

@@ -285,20 +285,13 @@ impl<'de> Deserialize<'de> for Address {
     }
 }
 
-/// `"22,80,8000-8100"` or `[22, 80, "8000-8100"]`: TCP ports (see [`serve_ports`]).
+/// `"22,80,udp/53"` or `[22, 80, "8000-8100", "udp/53,161"]` (see [`serve_ports`]).
 pub(crate) struct Ports;
 
-/// Parses the ports of a target, an `expect:`, `/probe` or `/sd`: `serve` scans TCP only so
-/// far, so `udp/` ports are refused with that reason instead of being half-served (the
-/// scanner itself, `synwatch scan`, takes them).
+/// Parses the ports of a target, an `expect:`, `/probe` or `/sd`: `22`, `tcp/22,80`,
+/// `udp/53,161` (see [`PortSet::parse`]), with the specification in the error.
 pub(crate) fn serve_ports(spec: &str) -> Result<PortSet, String> {
-    let ports = PortSet::parse(spec).map_err(|error| format!("ports {spec:?}: {error}"))?;
-    match ports.ports().iter().find(|port| port.is_udp()) {
-        Some(port) => Err(format!(
-            "ports {spec:?}: {port}: serve does not scan UDP ports yet (synwatch scan does); list TCP ports only"
-        )),
-        None => Ok(ports),
-    }
+    PortSet::parse(spec).map_err(|error| format!("ports {spec:?}: {error}"))
 }
 
 impl<'de> DeserializeAs<'de, PortSet> for Ports {

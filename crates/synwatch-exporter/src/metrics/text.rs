@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use synwatch_engine::PortState;
+use synwatch_engine::{PortState, Protocol};
 use synwatch_io::{RTT_BUCKETS, RttHistogramSnapshot};
 
 use crate::hostnames::HostnameCache;
@@ -153,20 +153,41 @@ pub fn render_targets(targets: &[TargetView<'_>], output: &mut Vec<u8>) {
     header(
         output,
         "synwatch_target_ports",
-        "Ports of the last completed scan by state (suspect: SYN-ACK from a host judged all_open or synproxy; unverified: SYN-ACK whose real handshake failed; neither counted open); the states sum to the ports scanned.",
+        "Ports of the last completed scan by protocol and state (tcp: open, suspect (SYN-ACK from a host judged all_open or synproxy), unverified (SYN-ACK whose real handshake failed), closed, filtered; udp: open, closed, filtered, open|filtered); the states sum to the ports scanned.",
     );
     for target in targets {
         if let Some(results) = target.results {
-            let counts = results.counts();
-            for (state, count) in [
-                ("open", counts.open),
-                ("suspect", counts.suspect),
-                ("unverified", counts.unverified),
-                ("closed", counts.closed),
-                ("filtered", counts.filtered),
-            ] {
-                let _ =
-                    writeln!(output, "synwatch_target_ports{{target=\"{}\",state=\"{state}\"}} {count}", target.name);
+            let ports = results.space().ports();
+            if ports.count_of(Protocol::Tcp) > 0 {
+                let counts = results.counts_of(Protocol::Tcp);
+                for (state, count) in [
+                    ("open", counts.open),
+                    ("suspect", counts.suspect),
+                    ("unverified", counts.unverified),
+                    ("closed", counts.closed),
+                    ("filtered", counts.filtered),
+                ] {
+                    let _ = writeln!(
+                        output,
+                        "synwatch_target_ports{{target=\"{}\",proto=\"tcp\",state=\"{state}\"}} {count}",
+                        target.name
+                    );
+                }
+            }
+            if ports.count_of(Protocol::Udp) > 0 {
+                let counts = results.counts_of(Protocol::Udp);
+                for (state, count) in [
+                    ("open", counts.open),
+                    ("closed", counts.closed),
+                    ("filtered", counts.filtered),
+                    ("open|filtered", counts.open_filtered),
+                ] {
+                    let _ = writeln!(
+                        output,
+                        "synwatch_target_ports{{target=\"{}\",proto=\"udp\",state=\"{state}\"}} {count}",
+                        target.name
+                    );
+                }
             }
         }
     }
@@ -265,6 +286,8 @@ pub fn render_targets(targets: &[TargetView<'_>], output: &mut Vec<u8>) {
             output.extend_from_slice(violation.address.to_string().as_bytes());
             output.extend_from_slice(b"\",port=\"");
             output.extend_from_slice(digits.format(violation.port.number).as_bytes());
+            output.extend_from_slice(b"\",proto=\"");
+            output.extend_from_slice(violation.port.protocol.name().as_bytes());
             output.extend_from_slice(b"\",kind=\"");
             output.extend_from_slice(violation.kind.label().as_bytes());
             output.extend_from_slice(b"\"} 1\n");
@@ -343,15 +366,17 @@ pub(super) fn render_port_open(
             {
                 let _ = writeln!(
                     others.unverified,
-                    "synwatch_port_unverified{{target=\"{name}\",ip=\"{address_text}\",port=\"{port}\",verdict=\"{}\"}} 1",
+                    "synwatch_port_unverified{{target=\"{name}\",ip=\"{address_text}\",port=\"{}\",proto=\"tcp\",verdict=\"{}\"}} 1",
+                    port.number,
                     verdict.name()
                 );
                 continue;
             }
-            if let (PortState::Open, Some(reason)) = (state, reason) {
+            if let (PortState::Open, Some(reason), true) = (state, reason, port.is_tcp()) {
                 let _ = writeln!(
                     others.suspect,
-                    "synwatch_port_suspect{{target=\"{name}\",ip=\"{address_text}\",port=\"{port}\",reason=\"{}\"}} 1",
+                    "synwatch_port_suspect{{target=\"{name}\",ip=\"{address_text}\",port=\"{}\",proto=\"tcp\",reason=\"{}\"}} 1",
+                    port.number,
                     reason.name()
                 );
                 continue;
@@ -362,6 +387,8 @@ pub(super) fn render_port_open(
             output.extend_from_slice(address_text.as_bytes());
             output.extend_from_slice(b"\",port=\"");
             output.extend_from_slice(digits.format(port.number).as_bytes());
+            output.extend_from_slice(b"\",proto=\"");
+            output.extend_from_slice(port.protocol.name().as_bytes());
             output.extend_from_slice(if state == PortState::Open { b"\"} 1\n" } else { b"\"} 0\n" });
         }
     }

@@ -551,8 +551,9 @@ impl OnDemand {
                 PortState::Open if scan.unverified_at(index).is_some() => unverified += 1,
                 PortState::Open => open += 1,
                 PortState::Closed => closed += 1,
-                PortState::Filtered | PortState::OpenFiltered => filtered += 1,
-                PortState::Unknown => {}
+                PortState::Filtered => filtered += 1,
+                // Unanswered (a UDP probe's is open|filtered once the scan is over).
+                PortState::OpenFiltered | PortState::Unknown => {}
             }
         }
         json!({

@@ -187,8 +187,10 @@ pub struct ProbeOutcome {
     pub hosts_suspect: u64,
     /// Closed pairs.
     pub closed: u64,
-    /// Filtered pairs.
+    /// Filtered pairs (no answer to TCP, or an ICMP error).
     pub filtered: u64,
+    /// UDP pairs probed without any answer (`open|filtered`).
+    pub open_filtered: u64,
     /// Hosts that answered on any port.
     pub hosts_responding: u64,
     /// With `details=1`: every requested pair and whether it is open.
@@ -228,8 +230,12 @@ pub fn tally(
         .filter(|(_, _, verdict)| *verdict != Verdict::Ok)
         .map(|&(address, port, _)| (address, port))
         .collect();
+    let mut udp_unanswered = 0;
     for (address, port, state) in states {
         outcome.requested += 1;
+        if port.is_udp() && matches!(state, PortState::Unknown | PortState::OpenFiltered) {
+            udp_unanswered += 1;
+        }
         if state == PortState::Open && failed.contains(&(address, port)) {
             outcome.unverified += 1;
             responding.insert(address);
@@ -239,6 +245,7 @@ pub fn tally(
             continue;
         }
         if state == PortState::Open
+            && port.is_tcp()
             && let Some(reason) = suspect_of(address)
         {
             outcome.suspect += 1;
@@ -262,7 +269,11 @@ pub fn tally(
     }
     let answered = outcome.open + outcome.suspect + outcome.unverified + outcome.closed;
     outcome.scanned = scanned.min(outcome.requested).max(answered);
-    outcome.filtered = outcome.scanned - answered;
+    // Of the pairs probed without an answer, the UDP ones with no answer at all are
+    // open|filtered (as far as they were probed); the rest are filtered.
+    let unanswered = outcome.scanned - answered;
+    outcome.open_filtered = udp_unanswered.min(unanswered);
+    outcome.filtered = unanswered - outcome.open_filtered;
     outcome.hosts_responding = responding.len() as u64;
     outcome
 }
@@ -280,6 +291,7 @@ pub const PROBE_FAMILIES: &[&str] = &[
     "probe_ports_unverified",
     "probe_ports_closed",
     "probe_ports_filtered",
+    "probe_ports_open_filtered",
     "probe_hosts_responding",
     "probe_hosts_suspect",
     "probe_port_open",
@@ -313,7 +325,16 @@ pub fn render(outcome: &ProbeOutcome) -> String {
         outcome.unverified.to_string(),
     );
     gauge("probe_ports_closed", "Pairs found closed.", outcome.closed.to_string());
-    gauge("probe_ports_filtered", "Pairs probed that gave no answer or an ICMP error.", outcome.filtered.to_string());
+    gauge(
+        "probe_ports_filtered",
+        "Pairs probed that gave an ICMP error, or (TCP) no answer.",
+        outcome.filtered.to_string(),
+    );
+    gauge(
+        "probe_ports_open_filtered",
+        "UDP pairs probed that gave no answer at all (open|filtered).",
+        outcome.open_filtered.to_string(),
+    );
     gauge("probe_hosts_responding", "Hosts that answered on any port.", outcome.hosts_responding.to_string());
     gauge(
         "probe_hosts_suspect",
@@ -321,9 +342,17 @@ pub fn render(outcome: &ProbeOutcome) -> String {
         outcome.hosts_suspect.to_string(),
     );
     if !outcome.details.is_empty() {
-        text.push_str("# HELP probe_port_open 1 if the port answered SYN-ACK, else 0.\n# TYPE probe_port_open gauge\n");
+        text.push_str(
+            "# HELP probe_port_open 1 if the port answered (TCP: SYN-ACK; UDP: a datagram), else 0.\n# TYPE probe_port_open gauge\n",
+        );
         for (address, port, open) in &outcome.details {
-            let _ = writeln!(text, "probe_port_open{{ip=\"{address}\",port=\"{port}\"}} {}", u8::from(*open));
+            let _ = writeln!(
+                text,
+                "probe_port_open{{ip=\"{address}\",port=\"{}\",proto=\"{}\"}} {}",
+                port.number,
+                port.protocol.name(),
+                u8::from(*open)
+            );
         }
     }
     if !outcome.suspect_details.is_empty() {
@@ -331,8 +360,12 @@ pub fn render(outcome: &ProbeOutcome) -> String {
             "# HELP probe_port_suspect 1 for a port that answered SYN-ACK from a host judged suspect.\n# TYPE probe_port_suspect gauge\n",
         );
         for (address, port, reason) in &outcome.suspect_details {
-            let _ =
-                writeln!(text, "probe_port_suspect{{ip=\"{address}\",port=\"{port}\",reason=\"{}\"}} 1", reason.name());
+            let _ = writeln!(
+                text,
+                "probe_port_suspect{{ip=\"{address}\",port=\"{}\",proto=\"tcp\",reason=\"{}\"}} 1",
+                port.number,
+                reason.name()
+            );
         }
     }
     text
@@ -432,8 +465,8 @@ mod tests {
         assert_eq!(outcome.hosts_responding, 1);
         let text = render(&outcome);
         assert!(text.contains("probe_ports_scanned 3\n") && text.contains("probe_hosts_responding 1\n"), "{text}");
-        assert!(text.contains("probe_port_open{ip=\"198.18.0.1\",port=\"22\"} 1\n"), "{text}");
-        assert!(text.contains("probe_port_open{ip=\"198.18.0.2\",port=\"80\"} 0\n"), "{text}");
+        assert!(text.contains("probe_port_open{ip=\"198.18.0.1\",port=\"22\",proto=\"tcp\"} 1\n"), "{text}");
+        assert!(text.contains("probe_port_open{ip=\"198.18.0.2\",port=\"80\",proto=\"tcp\"} 0\n"), "{text}");
         // The same answers from a host judged a SYN proxy: its SYN-ACK is suspect, not open.
         let suspect = Untrusted { suspects: vec![(address, Suspect::Synproxy)], verdicts: Vec::new() };
         let outcome = tally(states.clone().into_iter(), 3, true, &suspect);
@@ -443,14 +476,16 @@ mod tests {
         );
         let text = render(&outcome);
         assert!(text.contains("probe_ports_open 0\n") && text.contains("probe_ports_suspect 1\n"), "{text}");
-        assert!(text.contains("probe_port_suspect{ip=\"198.18.0.1\",port=\"22\",reason=\"synproxy\"} 1\n"));
-        assert!(!text.contains("probe_port_open{ip=\"198.18.0.1\",port=\"22\"}"), "{text}");
+        assert!(
+            text.contains("probe_port_suspect{ip=\"198.18.0.1\",port=\"22\",proto=\"tcp\",reason=\"synproxy\"} 1\n")
+        );
+        assert!(!text.contains("probe_port_open{ip=\"198.18.0.1\",port=\"22\",proto=\"tcp\"}"), "{text}");
         // Its verification failed instead: unverified, not open, and 0 in the details.
         let reset = Untrusted { suspects: Vec::new(), verdicts: vec![(address, Port::tcp(22), Verdict::Reset)] };
         let outcome = tally(states.into_iter(), 3, true, &reset);
         assert_eq!((outcome.open, outcome.unverified, outcome.closed), (0, 1, 1));
         let text = render(&outcome);
         assert!(text.contains("probe_ports_unverified 1\n"), "{text}");
-        assert!(text.contains("probe_port_open{ip=\"198.18.0.1\",port=\"22\"} 0\n"), "{text}");
+        assert!(text.contains("probe_port_open{ip=\"198.18.0.1\",port=\"22\",proto=\"tcp\"} 0\n"), "{text}");
     }
 }

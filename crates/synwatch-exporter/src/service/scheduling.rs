@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use synwatch_engine::{FinishReason, JobSettings, Shard, TargetSpace};
+use synwatch_engine::{FinishReason, JobSettings, Protocol, Shard, TargetSpace};
 
 use crate::results::ScanResults;
 use crate::schedule::{Schedule, ScheduledTarget};
@@ -161,7 +161,9 @@ impl SchedulerLoop {
             let success = matches!(reason, FinishReason::AllAnswered | FinishReason::WaitOver);
             if success {
                 let results = ScanResults::from_fn(Arc::clone(&running.space), |probe| {
-                    running.scan.state(probe).finalized(synwatch_engine::Protocol::Tcp)
+                    // No answer is filtered for TCP, open|filtered for UDP.
+                    let protocol = running.space.probe_at(probe).map_or(Protocol::Tcp, |(_, port)| port.protocol);
+                    running.scan.state(probe).finalized(protocol)
                 })
                 .with_suspects(running.scan.suspects());
                 let verdicts = running.scan.verdicts();

@@ -42,8 +42,8 @@ fn issue_17_a_probe_only_exporter_serves_probe_metrics_and_sd_without_targets() 
     let (status, _, answer) = serve.request("GET", &path, &[], "").unwrap();
     assert_eq!(status, 200, "{answer}");
     assert_eq!(sample(&answer, "probe_success"), Some(1.0), "{answer}");
-    let open_series = format!("probe_port_open{{ip=\"127.0.0.1\",port=\"{open}\"}}");
-    let closed_series = format!("probe_port_open{{ip=\"127.0.0.1\",port=\"{closed}\"}}");
+    let open_series = format!("probe_port_open{{ip=\"127.0.0.1\",port=\"{open}\",proto=\"tcp\"}}");
+    let closed_series = format!("probe_port_open{{ip=\"127.0.0.1\",port=\"{closed}\",proto=\"tcp\"}}");
     assert_eq!(sample(&answer, &open_series), Some(1.0), "{answer}");
     assert_eq!(sample(&answer, &closed_series), Some(0.0), "{answer}");
     // A refused target is still refused (the allowlist guards a probe-only exporter too).

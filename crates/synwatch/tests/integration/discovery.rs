@@ -350,7 +350,7 @@ fn issue_6_policy_violations_in_the_lab_match_the_ground_truth() {
             .filter_map(|line| line.strip_prefix("synwatch_port_policy_violation{target=\"lab\",ip=\""))
             .filter_map(|rest| {
                 let (address, rest) = rest.split_once("\",port=\"")?;
-                let (port, rest) = rest.split_once("\",kind=\"")?;
+                let (port, rest) = rest.split_once("\",proto=\"tcp\",kind=\"")?;
                 let (kind, _) = rest.split_once('"')?;
                 Some((address.parse().ok()?, port.parse().ok()?, kind.to_string()))
             })

@@ -269,8 +269,9 @@ fn field_lab_a_scheduled_change_in_the_model_is_seen_by_the_exporter_as_one_open
     let serve = Serve::start_in_lab(&lab, &scratch, &["--config", config.to_str().unwrap()]);
     let opened = "synwatch_port_state_changes_total{change=\"opened\",target=\"field\"}";
     let closed_changes = "synwatch_port_state_changes_total{change=\"closed\",target=\"field\"}";
-    let series =
-        |address: IpAddr, port: u16| format!("synwatch_port_open{{target=\"field\",ip=\"{address}\",port=\"{port}\"}}");
+    let series = |address: IpAddr, port: u16| {
+        format!("synwatch_port_open{{target=\"field\",ip=\"{address}\",port=\"{port}\",proto=\"tcp\"}}")
+    };
     serve.wait_for_scans("field", 2.0);
     assert!(
         lab.field().unwrap().elapsed() < Duration::from_millis(at_ms),
@@ -364,8 +365,15 @@ fn field_lab_issue_21_every_syn_proxy_and_tarpit_of_a_16_is_flagged_and_no_real_
             .collect::<BTreeSet<_>>()
             .len() as f64
     };
-    assert_eq!(value("synwatch_target_ports{target=\"internet\",state=\"open\"}"), real as f64, "{metrics}");
-    assert_eq!(value("synwatch_target_ports{target=\"internet\",state=\"suspect\"}"), suspect_pairs as f64);
+    assert_eq!(
+        value("synwatch_target_ports{target=\"internet\",proto=\"tcp\",state=\"open\"}"),
+        real as f64,
+        "{metrics}"
+    );
+    assert_eq!(
+        value("synwatch_target_ports{target=\"internet\",proto=\"tcp\",state=\"suspect\"}"),
+        suspect_pairs as f64
+    );
     assert_eq!(
         value("synwatch_target_hosts_suspect{target=\"internet\",reason=\"synproxy\"}"),
         hosts_of(HostKind::Synproxy)

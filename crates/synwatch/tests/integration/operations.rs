@@ -325,7 +325,8 @@ fn issue_8_serve_shards_split_the_hosts_and_refuse_bad_shards() {
     assert_eq!(seen.len(), 10, "{seen:?}");
     for host in 1..=5 {
         for port in [open, closed] {
-            let series = format!("synwatch_port_open{{target=\"block\",ip=\"127.0.0.{host}\",port=\"{port}\"}}");
+            let series =
+                format!("synwatch_port_open{{target=\"block\",ip=\"127.0.0.{host}\",port=\"{port}\",proto=\"tcp\"}}");
             let expected = (usize::from(host > 2), if host == 1 && port == open { "1" } else { "0" }.to_string());
             assert_eq!(seen.get(&series), Some(&expected), "{series}");
         }

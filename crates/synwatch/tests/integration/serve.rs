@@ -60,7 +60,7 @@ fn config_for(scratch: &Scratch, name: &str, ports: &str, extra: &str) -> std::p
 }
 
 fn port_open(target: &str, port: u16) -> String {
-    format!("synwatch_port_open{{target=\"{target}\",ip=\"127.0.0.1\",port=\"{port}\"}}")
+    format!("synwatch_port_open{{target=\"{target}\",ip=\"127.0.0.1\",port=\"{port}\",proto=\"tcp\"}}")
 }
 
 #[test]

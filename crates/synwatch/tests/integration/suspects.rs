@@ -202,7 +202,7 @@ fn issue_21_a_host_turning_into_a_syn_proxy_fires_the_suspect_alert_and_no_port_
     .unwrap();
     let serve = Serve::start_in_lab(&lab, &scratch, &["--config", config.to_str().unwrap()]);
     serve.wait_for_scans("lab", 2.0);
-    assert_eq!(serve.value("synwatch_target_ports{target=\"lab\",state=\"open\"}"), Some(2.0));
+    assert_eq!(serve.value("synwatch_target_ports{target=\"lab\",proto=\"tcp\",state=\"open\"}"), Some(2.0));
     assert_eq!(
         serve.value("synwatch_verifications_total{target=\"lab\",verdict=\"ok\"}").map(|ok| ok >= 4.0),
         Some(true)
@@ -233,15 +233,24 @@ fn issue_21_a_host_turning_into_a_syn_proxy_fires_the_suspect_alert_and_no_port_
         crate::helpers::sample(&metrics, "synwatch_target_hosts_suspect{target=\"lab\",reason=\"synproxy\"}"),
         Some(1.0)
     );
-    assert_eq!(crate::helpers::sample(&metrics, "synwatch_target_ports{target=\"lab\",state=\"open\"}"), Some(1.0));
-    assert_eq!(crate::helpers::sample(&metrics, "synwatch_target_ports{target=\"lab\",state=\"suspect\"}"), Some(3.0));
+    assert_eq!(
+        crate::helpers::sample(&metrics, "synwatch_target_ports{target=\"lab\",proto=\"tcp\",state=\"open\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        crate::helpers::sample(&metrics, "synwatch_target_ports{target=\"lab\",proto=\"tcp\",state=\"suspect\"}"),
+        Some(3.0)
+    );
     assert_eq!(
         crate::helpers::sample(&metrics, "synwatch_port_state_changes_total{change=\"opened\",target=\"lab\"}"),
         Some(0.0),
         "{metrics}"
     );
     assert_eq!(
-        crate::helpers::sample(&metrics, "synwatch_port_open{target=\"lab\",ip=\"198.18.22.2\",port=\"443\"}"),
+        crate::helpers::sample(
+            &metrics,
+            "synwatch_port_open{target=\"lab\",ip=\"198.18.22.2\",port=\"443\",proto=\"tcp\"}"
+        ),
         None
     );
     // No port-opened alert, neither pending nor firing, ever.

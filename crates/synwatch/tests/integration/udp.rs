@@ -9,7 +9,9 @@ use std::process::{Child, Stdio};
 
 use synwatch_lab::{Expected, Lab, LabConfig, UdpService};
 
-use crate::helpers::{Scratch, assert_success, net, package_or_skip, parse_jsonl_with_proto, scan_in_lab, wait_until};
+use crate::helpers::{
+    Scratch, Serve, assert_success, net, package_or_skip, parse_jsonl_with_proto, scan_in_lab, wait_until,
+};
 
 /// Where the real dnsmasq answers (an address of its own on the target side's `lo`).
 const DNSMASQ: &str = "198.18.0.3";
@@ -197,4 +199,114 @@ fn issue_22_a_user_payload_file_replaces_the_built_in_one_and_a_bad_one_is_refus
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(&format!("{bad}:3:10: text must be in double quotes")), "{stderr}");
+}
+
+/// Issue 22: a UDP target in `serve`: per-protocol series, a UDP port opening between two scans
+/// is one opened change and fires SynwatchPortOpened in a real Prometheus, and an `expect:`
+/// policy over UDP ports.
+#[test]
+fn issue_22_serve_scans_a_udp_target_and_a_udp_port_opening_fires_the_opened_alert() {
+    let test = "issue_22_serve_scans_a_udp_target_and_a_udp_port_opening_fires_the_opened_alert";
+    let config = LabConfig {
+        target_ranges: vec![net("198.18.30.0/30")],
+        listeners: vec!["198.18.30.1:22".parse().unwrap()],
+        udp_services: vec![
+            ("198.18.30.1:53".parse().unwrap(), UdpService::Dns),
+            ("198.18.30.2:123".parse().unwrap(), UdpService::Ntp),
+        ],
+        prohibited: vec![net("198.18.30.3/32")],
+        static_neighbour: true,
+        ..LabConfig::default()
+    };
+    let Some(lab) = synwatch_lab::lab_or_skip(test, config) else { return };
+    let scratch = Scratch::new("issue22-serve");
+    let config = scratch.join("synwatch.yaml");
+    std::fs::write(
+        &config,
+        "targets:\n  - name: mixed\n    addresses: [198.18.30.0/30]\n    ports: [22, \"udp/53,123\"]\n    interval: 1s\n    \
+         details: true\n    expect:\n      open: \"udp/53\"\n      hosts: responding\n\
+         ondemand:\n  enabled: true\n  allow_targets: [198.18.30.0/30]\n  allow_clients: [127.0.0.0/8]\n",
+    )
+    .unwrap();
+    let serve = Serve::start_in_lab(&lab, &scratch, &["--config", config.to_str().unwrap()]);
+    serve.wait_for_scans("mixed", 2.0);
+    let metrics = serve.metrics();
+    let value = |series: &str| crate::helpers::sample(&metrics, series);
+    // Hosts .0-.3 × (tcp/22, udp/53, udp/123); .3 is prohibited (ICMP admin-prohibited).
+    assert_eq!(value("synwatch_target_ports{target=\"mixed\",proto=\"tcp\",state=\"open\"}"), Some(1.0), "{metrics}");
+    assert_eq!(value("synwatch_target_ports{target=\"mixed\",proto=\"udp\",state=\"open\"}"), Some(2.0), "{metrics}");
+    assert_eq!(value("synwatch_target_ports{target=\"mixed\",proto=\"udp\",state=\"closed\"}"), Some(4.0));
+    assert_eq!(value("synwatch_target_ports{target=\"mixed\",proto=\"udp\",state=\"filtered\"}"), Some(2.0));
+    assert_eq!(value("synwatch_target_ports{target=\"mixed\",proto=\"udp\",state=\"open|filtered\"}"), Some(0.0));
+    assert_eq!(
+        value("synwatch_port_open{target=\"mixed\",ip=\"198.18.30.1\",port=\"53\",proto=\"udp\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(value("synwatch_port_open{target=\"mixed\",ip=\"198.18.30.2\",port=\"53\",proto=\"udp\"}"), Some(0.0));
+    assert_eq!(value("synwatch_port_open{target=\"mixed\",ip=\"198.18.30.1\",port=\"22\",proto=\"tcp\"}"), Some(1.0));
+    // The policy: udp/53 only. .2's NTP is unexpected; .2 answered but lacks udp/53; 22/tcp on
+    // .1 is unexpected too.
+    let violation = |ip: &str, port: u16, proto: &str, kind: &str| {
+        value(&format!(
+            "synwatch_port_policy_violation{{target=\"mixed\",ip=\"{ip}\",port=\"{port}\",proto=\"{proto}\",kind=\"{kind}\"}}"
+        ))
+    };
+    assert_eq!(violation("198.18.30.2", 123, "udp", "unexpected_open"), Some(1.0), "{metrics}");
+    assert_eq!(violation("198.18.30.2", 53, "udp", "expected_missing"), Some(1.0), "{metrics}");
+    assert_eq!(violation("198.18.30.1", 22, "tcp", "unexpected_open"), Some(1.0), "{metrics}");
+    // /sd offers the TCP opens, and UDP ones only when asked for by port.
+    let (_, _, body) = serve.request("GET", "/sd", &[], "").unwrap();
+    assert!(body.contains("198.18.30.1:22") && !body.contains(":53"), "{body}");
+    let (status, _, body) = serve.request("GET", "/sd?port=udp/53", &[], "").unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("\"198.18.30.1:53\"") && body.contains("\"__meta_synwatch_proto\":\"udp\""), "{body}");
+    // /probe takes UDP ports too.
+    let (status, _, body) = serve.request("GET", "/probe?target=198.18.30.0%2F30&ports=udp%2F53,123", &[], "").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(crate::helpers::sample(&body, "probe_ports_open"), Some(2.0), "{body}");
+    assert_eq!(crate::helpers::sample(&body, "probe_ports_closed"), Some(4.0), "{body}");
+    assert_eq!(crate::helpers::sample(&body, "probe_ports_filtered"), Some(2.0), "{body}");
+    assert_eq!(crate::helpers::sample(&body, "probe_ports_open_filtered"), Some(0.0), "{body}");
+    // A real Prometheus with the shipped rules: a UDP port that opens is an opened change.
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/prometheus/synwatch.rules.yml");
+    let scrape = format!(
+        "  - job_name: synwatch\n    static_configs:\n      - targets: [\"{}\"]\nrule_files: [\"{}\"]\n",
+        serve.address,
+        rules.canonicalize().unwrap().display()
+    );
+    let Some(prometheus) = crate::helpers::Prometheus::start_in(test, &scratch, &scrape, Some(&lab)) else { return };
+    wait_until("Prometheus to scrape synwatch", 60, || {
+        (!prometheus.query("synwatch_target_ports{proto=\"udp\",state=\"open\"}").is_empty()).then_some(())
+    });
+    let opened_before = serve.value("synwatch_port_state_changes_total{change=\"opened\",target=\"mixed\"}").unwrap();
+    let _new_dns = synwatch_lab::run_in_namespace(lab.target_namespace(), || {
+        synwatch_lab::UdpServices::start(&[("198.18.30.2:53".parse().unwrap(), UdpService::Dns)])
+    })
+    .unwrap()
+    .unwrap();
+    wait_until("the UDP port to open", 60, || {
+        let now = serve.value("synwatch_port_state_changes_total{change=\"opened\",target=\"mixed\"}")?;
+        (now == opened_before + 1.0).then_some(())
+    });
+    let firing = wait_until("SynwatchPortOpened to fire in Prometheus", 90, || {
+        let alerts = prometheus.query("ALERTS{alertname=\"SynwatchPortOpened\",alertstate=\"firing\"}");
+        (!alerts.is_empty()).then_some(alerts)
+    });
+    assert_eq!(firing[0].0["target"], "mixed", "{firing:?}");
+    serve.wait_for_scans("mixed", 2.0);
+    let metrics = serve.metrics();
+    assert_eq!(
+        crate::helpers::sample(
+            &metrics,
+            "synwatch_port_open{target=\"mixed\",ip=\"198.18.30.2\",port=\"53\",proto=\"udp\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    // Exactly one change: nothing flaps.
+    assert_eq!(
+        crate::helpers::sample(&metrics, "synwatch_port_state_changes_total{change=\"opened\",target=\"mixed\"}"),
+        Some(opened_before + 1.0)
+    );
 }
