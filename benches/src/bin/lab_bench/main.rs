@@ -155,7 +155,8 @@ enum Bench {
         /// Random loss at the target side, in percent.
         #[arg(long, default_value_t = 0)]
         loss: u8,
-        /// Tools: synwatch, synwatch-connect, masscan, zmap, nmap (`-sU -T4`).
+        /// Tools: synwatch, synwatch-connect, masscan (with synwatch's payloads), masscan-own (its
+        /// own), zmap, nmap (`-sU -T4`).
         #[arg(long, value_delimiter = ',', default_value = udp::UDP_TOOLS)]
         udp_tools: Vec<String>,
     },

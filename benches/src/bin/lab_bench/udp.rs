@@ -22,7 +22,7 @@ use synwatch_lab::{Lab, LabConfig, UdpService};
 use crate::Arguments;
 
 /// The tools `lab_bench udp` runs by default.
-pub const UDP_TOOLS: &str = "synwatch,synwatch-connect,masscan,zmap,nmap";
+pub const UDP_TOOLS: &str = "synwatch,synwatch-connect,masscan,masscan-own,zmap,nmap";
 
 /// What `lab_bench udp` is asked to run.
 pub struct UdpTable<'a> {
@@ -145,11 +145,11 @@ fn commands(
             }
             vec![Command { argv, output, port: None }]
         }
-        "masscan" => {
+        "masscan" | "masscan-own" => {
             let payloads = scratch.join("nmap-payloads");
             std::fs::write(&payloads, nmap_payloads(table.ports))?;
             let ports: Vec<String> = table.ports.iter().map(|port| format!("U:{port}")).collect();
-            let argv = strings(&[
+            let mut argv = strings(&[
                 "masscan",
                 table.target,
                 "-p",
@@ -164,11 +164,14 @@ fn commands(
                 &source,
                 "--router-mac",
                 &gateway,
-                "--nmap-payloads",
-                &payloads.to_string_lossy(),
                 "-oL",
                 &output,
             ]);
+            // masscan-own keeps masscan's built-in payloads (and its parsers, which check
+            // the ids it put in them); masscan gets synwatch's.
+            if tool == "masscan" {
+                argv.extend(strings(&["--nmap-payloads", &payloads.to_string_lossy()]));
+            }
             vec![Command { argv, output, port: None }]
         }
         "zmap" => {
@@ -270,7 +273,11 @@ pub fn udp_table(arguments: &Arguments, table: &UdpTable<'_>) -> Result<()> {
     println!("| tool | range | probes | wall s | probes/s | open found | recall % | false opens | CPU s |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for tool in table.tools {
-        let program = if tool.starts_with("synwatch") { "sh" } else { tool.as_str() };
+        let program = match tool.as_str() {
+            name if name.starts_with("synwatch") => "sh",
+            "masscan-own" => "masscan",
+            name => name,
+        };
         if !runner::program_installed(program) {
             println!("| {tool} | not installed | | | | | | | |");
             continue;
@@ -302,7 +309,11 @@ pub fn udp_table(arguments: &Arguments, table: &UdpTable<'_>) -> Result<()> {
                     .with_context(|| format!("starting {}", command.argv[0]))?;
                 let sending = Duration::from_secs_f64(probes as f64 / table.rate as f64);
                 let deadline = Instant::now()
-                    + if tool == "masscan" { sending + Duration::from_secs(3) } else { Duration::from_secs(1800) };
+                    + if tool.starts_with("masscan") {
+                        sending + Duration::from_secs(3)
+                    } else {
+                        Duration::from_secs(1800)
+                    };
                 let ended =
                     runner::wait_child_until(child.id() as libc::pid_t, deadline, &|| lab.nudge_scanner(), &|| false)?;
                 let _ = child.try_wait();
@@ -316,7 +327,7 @@ pub fn udp_table(arguments: &Arguments, table: &UdpTable<'_>) -> Result<()> {
                 cpu += ended.cpu;
                 let text = std::fs::read_to_string(&command.output).unwrap_or_default();
                 found.extend(match tool.as_str() {
-                    "masscan" => masscan_udp_open(&text),
+                    "masscan" | "masscan-own" => masscan_udp_open(&text),
                     "zmap" => tools::parse_open(ExternalTool::Zmap, &text, command.port),
                     "nmap" => tools::parse_open(ExternalTool::Nmap, &text, None),
                     _ => synwatch_udp_open(&text),
@@ -339,6 +350,19 @@ pub fn udp_table(arguments: &Arguments, table: &UdpTable<'_>) -> Result<()> {
             "| {tool} | {range} | {probes} | {wall:.2} | {:.0} | {found:.0} | {recall:.2} | {false_opens:.0} | {cpu:.2} |",
             probes as f64 / wall.max(1e-9)
         );
+        // Where recall is lost: the last run's opens found per port.
+        if let Some((_, _, found)) = runs.last() {
+            let per_port: Vec<String> = table
+                .ports
+                .iter()
+                .map(|&port| {
+                    let truly = in_range.iter().filter(|(_, open_port)| *open_port == port).count();
+                    let hit = found.intersection(&in_range).filter(|(_, open_port)| *open_port == port).count();
+                    format!("{port} {hit}/{truly}")
+                })
+                .collect();
+            eprintln!("    {tool}: opens found per port: {}", per_port.join(", "));
+        }
     }
     let _ = std::fs::remove_dir_all(&scratch);
     drop(lab);
