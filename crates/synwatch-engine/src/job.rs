@@ -26,7 +26,8 @@
 //! estimate, and at most `max_wait` after the last send. A fixed `retry_gap` or `wait` replaces
 //! the learned time.
 
-use std::collections::HashSet;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +46,10 @@ use crate::timing::{GroupKey, RttMemory, TimeSetting, TimingBounds};
 /// The most extra retries a host that answered can get.
 pub const MAX_HOST_UP_RETRIES: u32 = 8;
 
+/// The default [`JobSettings::udp_host_interval`]: a little over Linux's one ICMP error a
+/// second per peer (`net.ipv4.icmp_ratelimit`), so that a paced retry always finds a token.
+pub const DEFAULT_UDP_HOST_INTERVAL: Duration = Duration::from_millis(1200);
+
 /// The knobs of one job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JobSettings {
@@ -62,6 +67,11 @@ pub struct JobSettings {
     /// Canary ports per host that answered SYN-ACK (default 3, at most [`MAX_CANARIES`]; 0
     /// turns canaries off).
     pub canaries: u32,
+    /// The least time between two UDP retries to one host that answered (0: none). Hosts
+    /// rate-limit their ICMP port unreachable (Linux: six, then one a second per peer), so a
+    /// closed port's retry sent sooner would go unanswered and look `open|filtered`. The first
+    /// round is never paced, and neither are hosts that answered nothing.
+    pub udp_host_interval: Duration,
     /// The permutation seed. Shards of one scan must share it.
     pub seed: u64,
     /// Which shard of the permutation this job sends.
@@ -77,6 +87,7 @@ impl Default for JobSettings {
             wait: TimeSetting::Auto,
             timing: TimingBounds::DEFAULT,
             canaries: DEFAULT_CANARIES,
+            udp_host_interval: DEFAULT_UDP_HOST_INTERVAL,
             seed: 0,
             shard: Shard::WHOLE,
         }
@@ -212,6 +223,10 @@ pub struct JobCore {
     survey: Survey,
     /// The host whose canaries are being sent, and the next slot to look at.
     canary_cursor: Option<(u64, usize)>,
+    /// UDP retries held back by the per-host pacing: (when, probe index), earliest first.
+    paced: BinaryHeap<Reverse<(Duration, u64)>>,
+    /// Per paced host: when its next UDP retry may go (cleared at each round's end).
+    host_next_udp: HashMap<u64, Duration>,
 }
 
 impl JobCore {
@@ -263,6 +278,8 @@ impl JobCore {
             last_send: Duration::ZERO,
             survey: Survey::default(),
             canary_cursor: None,
+            paced: BinaryHeap::new(),
+            host_next_udp: HashMap::new(),
         }
     }
 
@@ -285,6 +302,8 @@ impl JobCore {
                     lane,
                     lane_size: lane.size(total),
                     survey: Survey::default(),
+                    paced: BinaryHeap::new(),
+                    host_next_udp: HashMap::new(),
                     ..self
                 }
             })
@@ -381,6 +400,11 @@ impl JobCore {
                         self.last_send = now;
                         return NextStep::Send(probe);
                     }
+                    // The walk is over; paced UDP retries still belong to this round.
+                    if let Some(&Reverse((due, _))) = self.paced.peek() {
+                        return NextStep::WaitUntil(self.capped_by_deadline(due));
+                    }
+                    self.host_next_udp.clear();
                     self.phase = self.after_round(now);
                 }
                 Phase::BetweenRounds { mut next_round_at, mut recheck_at } => {
@@ -588,6 +612,16 @@ impl JobCore {
             if let Some(canary) = self.next_canary(now) {
                 return Some(canary);
             }
+            if let Some(&Reverse((due, index))) = self.paced.peek()
+                && due <= now
+            {
+                self.paced.pop();
+                // Answered meanwhile (to another lane's probe, or late): nothing to send.
+                if self.matcher.table().get(index) != PortState::Unknown {
+                    continue;
+                }
+                return self.probe_at(index, now);
+            }
             if self.next_in_round >= self.lane_size {
                 return None;
             }
@@ -600,11 +634,42 @@ impl JobCore {
             if self.round > self.last_round() || !self.sends_in_round(self.round, index) {
                 continue;
             }
-            let (address, port) = self.matcher.space().probe_at(index)?;
-            let source = self.matcher.source_for(address.is_ipv6())?;
-            let cookie = self.matcher.cookie_key().cookie(source, address, port).stamped(now);
-            return Some(Probe { index, address, port, source, cookie, round: self.round });
+            if let Some(slot) = self.udp_pace_slot(index, now)
+                && slot > now
+            {
+                self.paced.push(Reverse((slot, index)));
+                continue;
+            }
+            return self.probe_at(index, now);
         }
+    }
+
+    /// The probe `index`, stamped with `now`, in the current round.
+    fn probe_at(&mut self, index: u64, now: Duration) -> Option<Probe> {
+        let (address, port) = self.matcher.space().probe_at(index)?;
+        let source = self.matcher.source_for(address.is_ipv6())?;
+        let cookie = self.matcher.cookie_key().cookie(source, address, port).stamped(now);
+        Some(Probe { index, address, port, source, cookie, round: self.round })
+    }
+
+    /// For a UDP retry to a host that answered, the time its slot of the per-host pacing
+    /// begins (taking the slot); `None` for every other probe. Each lane keeps its own books,
+    /// so a host's interval is multiplied by the job's lanes.
+    fn udp_pace_slot(&mut self, index: u64, now: Duration) -> Option<Duration> {
+        let interval = self.settings.udp_host_interval;
+        if self.round == 0 || interval.is_zero() || !self.matcher.host_up(index) {
+            return None;
+        }
+        let ports = self.matcher.space().ports().len() as u64;
+        let port = self.matcher.space().ports().port_at((index % ports) as usize)?;
+        if !port.is_udp() {
+            return None;
+        }
+        let lanes = (self.lane.count / self.settings.shard.count.max(1)).max(1);
+        let next = self.host_next_udp.entry(index / ports).or_insert(now);
+        let slot = (*next).max(now);
+        *next = slot + interval * lanes as u32;
+        Some(slot)
     }
 
     /// The next unanswered canary of the host under the canary cursor.

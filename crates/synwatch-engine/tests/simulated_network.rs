@@ -1152,3 +1152,55 @@ fn a_reply_storm_from_a_middlebox_is_counted_and_dropped_and_never_becomes_evide
     assert_eq!(matcher.table().count(PortState::Open), 1);
     assert!(matcher.suspects().is_empty(), "one proxied SYN-ACK without a canary is no verdict");
 }
+
+/// Issue 22: UDP retries to a host that answered (and so may rate-limit its ICMP errors) are
+/// paced per host; the first round, and hosts that answered nothing, are not.
+#[test]
+fn udp_retries_to_an_answering_host_are_paced_and_the_first_round_is_not() {
+    let space = space(&["198.18.40.1", "198.18.40.2"], "22,udp/1-4");
+    let settings = JobSettings {
+        retries: 1,
+        host_up_retries: 0,
+        retry_gap: TimeSetting::Fixed(Duration::from_millis(100)),
+        wait: TimeSetting::Fixed(Duration::from_millis(100)),
+        udp_host_interval: Duration::from_secs(1),
+        ..no_canaries()
+    };
+    let mut core = job(&space, settings, 7);
+    let mut now = Duration::ZERO;
+    let mut first_round = Vec::new();
+    while let NextStep::Send(probe) = core.next_step(now) {
+        first_round.push(probe);
+    }
+    assert_eq!(first_round.len(), 10, "the first round is never paced");
+    // 198.18.40.1 answers port unreachable on one UDP port and RST on tcp/22; 198.18.40.2
+    // answers nothing.
+    let answering = v4("198.18.40.1");
+    let answered: Vec<&Probe> = first_round.iter().filter(|probe| probe.address == answering).take(5).collect();
+    let udp = answered.iter().find(|probe| probe.port.is_udp()).unwrap();
+    let tcp = answered.iter().find(|probe| probe.port.is_tcp()).unwrap();
+    core.matcher().record(udp.index, answering, PortState::Closed, None);
+    core.matcher().record(tcp.index, answering, PortState::Closed, None);
+    let mut retries: Vec<(IpAddr, Port, Duration)> = Vec::new();
+    loop {
+        match core.next_step(now) {
+            NextStep::Send(probe) => retries.push((probe.address, probe.port, now)),
+            NextStep::WaitUntil(time) => now = time,
+            NextStep::Done(_) => break,
+        }
+        assert!(now < Duration::from_secs(30), "the job never ends");
+    }
+    let at = |address: IpAddr, udp: bool| -> Vec<Duration> {
+        retries.iter().filter(|(a, port, _)| *a == address && port.is_udp() == udp).map(|(_, _, time)| *time).collect()
+    };
+    let retry_round = Duration::from_millis(100);
+    // The silent host: its five retries at once (tcp/22 included).
+    assert_eq!(at(v4("198.18.40.2"), true), vec![retry_round; 4]);
+    assert_eq!(at(v4("198.18.40.2"), false), vec![retry_round]);
+    // The answering host: its three unanswered UDP ports one second apart, nothing else.
+    let mut paced = at(answering, true);
+    paced.sort();
+    assert_eq!(paced, [retry_round, retry_round + Duration::from_secs(1), retry_round + Duration::from_secs(2)]);
+    assert!(at(answering, false).is_empty(), "tcp/22 was answered");
+    assert_eq!(core.matcher().table().get(udp.index), PortState::Closed);
+}

@@ -85,6 +85,9 @@ pub struct LabConfig {
     pub prohibited: Vec<IpNetwork>,
     /// Share of incoming TCP and UDP packets the target drops at random, in percent.
     pub loss_percent: u8,
+    /// Keep the target kernel's own ICMP rate limits (Linux: six errors to a peer, then one a
+    /// second; 1,000 a second in all) instead of lifting them, as real hosts have them.
+    pub kernel_icmp_limits: bool,
     /// Scripted UDP services in the target namespace ([`udp_services`]), each on its
     /// (address, port); every other UDP port of a target range is closed (the kernel answers
     /// ICMP port unreachable, without rate limit in the lab).
@@ -276,6 +279,7 @@ impl Lab {
         for (namespace, link, address, address6) in
             [(&s, scanner_link, SCANNER_V4, SCANNER_V6), (&t, target_link, TARGET_LINK_V4, TARGET_LINK_V6)]
         {
+            let keep_icmp_limits = self.config.kernel_icmp_limits && namespace == &t;
             for sysctl in [
                 "net.ipv4.conf.all.rp_filter=0",
                 "net.ipv4.conf.default.rp_filter=0",
@@ -288,6 +292,9 @@ impl Lab {
                 "net.core.somaxconn=65535",
                 "net.ipv4.tcp_max_syn_backlog=65535",
             ] {
+                if keep_icmp_limits && sysctl.contains("icmp") {
+                    continue;
+                }
                 in_namespace(namespace, "sysctl", &["-qw", sysctl])?;
             }
             in_namespace(namespace, "ip", &["link", "set", "lo", "up"])?;

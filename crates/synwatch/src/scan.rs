@@ -60,6 +60,10 @@ pub struct ScanArgs {
     /// real service listens on, whose SYN-ACKs show a SYN proxy or tarpit.
     #[arg(long, default_value_t = synwatch_engine::DEFAULT_CANARIES, value_parser = clap::value_parser!(u32).range(0..=8))]
     canaries: u32,
+    /// The least time between two UDP retries to one host that answered, so that hosts
+    /// rate-limiting their ICMP port unreachable (Linux: one a second) answer each; 0: none.
+    #[arg(long, default_value = "1200ms", value_parser = crate::durations::parse_cli_duration)]
+    udp_host_interval: Duration,
     /// A file of UDP payloads, one per line (`udp/9999 hex 00ff`, `7777 text "ping\r\n"`), over
     /// the built-in ones (see docs/CONFIGURATION.md, "UDP payloads").
     #[arg(long, value_name = "FILE")]
@@ -255,6 +259,7 @@ fn build_job(args: &ScanArgs) -> Result<(Arc<TargetSpace>, JobSettings)> {
         wait: args.wait,
         timing,
         canaries: args.canaries,
+        udp_host_interval: args.udp_host_interval,
         seed,
         shard,
     };

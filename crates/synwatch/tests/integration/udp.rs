@@ -310,3 +310,38 @@ fn issue_22_serve_scans_a_udp_target_and_a_udp_port_opening_fires_the_opened_ale
         Some(opened_before + 1.0)
     );
 }
+
+/// Issue 22: a target that rate-limits its ICMP port unreachable (the target kernel's own
+/// defaults: six to a peer, then one a second). Without pacing most of its closed UDP ports
+/// look open|filtered, and the summary says the host looks rate-limited; with the default
+/// per-host pacing of UDP retries every one is found closed.
+#[test]
+fn issue_22_closed_udp_ports_of_an_icmp_rate_limited_host_are_found_closed_with_pacing() {
+    let test = "issue_22_closed_udp_ports_of_an_icmp_rate_limited_host_are_found_closed_with_pacing";
+    let config = LabConfig {
+        target_ranges: vec![net("198.18.31.1/32")],
+        kernel_icmp_limits: true,
+        static_neighbour: true,
+        ..LabConfig::default()
+    };
+    let Some(lab) = synwatch_lab::lab_or_skip(test, config) else { return };
+    let closed = |output: &std::process::Output| {
+        parse_jsonl_with_proto(output).iter().filter(|(_, _, _, state)| *state == Expected::Closed).count()
+    };
+    let started = std::time::Instant::now();
+    let unpaced = scan_in_lab(&lab, &["198.18.31.1", "-p", "udp/1000-1029", "--udp-host-interval", "0"]);
+    eprintln!("unpaced: {} of 30 closed in {:.1} s", closed(&unpaced), started.elapsed().as_secs_f64());
+    assert_success(&unpaced);
+    let stderr = String::from_utf8_lossy(&unpaced.stderr);
+    assert!(closed(&unpaced) < 30, "the kernel limit did not show: {stderr}");
+    assert!(stderr.contains("their ICMP may be rate-limited"), "{stderr}");
+    // Let the target's token bucket refill before the paced scan.
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    let started = std::time::Instant::now();
+    let paced = scan_in_lab(&lab, &["198.18.31.1", "-p", "udp/1000-1029"]);
+    eprintln!("paced: {} of 30 closed in {:.1} s", closed(&paced), started.elapsed().as_secs_f64());
+    assert_success(&paced);
+    let stderr = String::from_utf8_lossy(&paced.stderr);
+    assert_eq!(closed(&paced), 30, "{stderr}");
+    assert!(!stderr.contains("rate-limited"), "{stderr}");
+}
