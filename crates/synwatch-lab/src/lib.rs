@@ -480,13 +480,7 @@ impl Lab {
         let open_one = |address: SocketAddr| -> io::Result<Socket> {
             let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
             socket.set_reuse_address(true)?;
-            if address.is_ipv6() {
-                socket.set_only_v6(true)?;
-                socket.set_freebind_v6(true)?;
-            } else {
-                socket.set_freebind_v4(true)?;
-            }
-            socket.bind(&address.into())?;
+            bind_any_lab_address(&socket, address)?;
             socket.listen(65535)?;
             socket.set_nonblocking(true)?;
             Ok(socket)
@@ -615,6 +609,18 @@ fn read_link_counter(namespace: &str, link: &str, index: usize) -> Result<u64, L
     let fields: Vec<u64> =
         line.split(':').nth(1).unwrap_or("").split_whitespace().filter_map(|field| field.parse().ok()).collect();
     Ok(fields.get(index).copied().unwrap_or(0))
+}
+
+/// Binds `socket` to `address`, one of the lab's AnyIP addresses (`IP_FREEBIND`: the address
+/// is routed locally, not configured), IPv6 sockets for IPv6 only.
+pub(crate) fn bind_any_lab_address(socket: &Socket, address: SocketAddr) -> io::Result<()> {
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+        socket.set_freebind_v6(true)?;
+    } else {
+        socket.set_freebind_v4(true)?;
+    }
+    socket.bind(&address.into())
 }
 
 /// Runs `work` on a new thread that has entered the named network namespace.

@@ -461,13 +461,7 @@ impl UdpServices {
         let mut sockets = Vec::with_capacity(services.len());
         for &(address, service) in services {
             let socket = Socket::new(Domain::for_address(address), Type::DGRAM, None)?;
-            if address.is_ipv6() {
-                socket.set_only_v6(true)?;
-                socket.set_freebind_v6(true)?;
-            } else {
-                socket.set_freebind_v4(true)?;
-            }
-            socket.bind(&address.into())?;
+            crate::bind_any_lab_address(&socket, address)?;
             socket.set_nonblocking(true)?;
             sockets.push((address, service, std::net::UdpSocket::from(socket)));
         }
@@ -530,12 +524,7 @@ fn serve(sockets: Vec<(SocketAddr, UdpService, std::net::UdpSocket)>, stop: &Ato
 /// Sends `answer` from a new socket on `address` with a port of the kernel's choosing.
 fn reply_from_new_port(address: SocketAddr, peer: SocketAddr, answer: &[u8]) -> io::Result<()> {
     let socket = Socket::new(Domain::for_address(address), Type::DGRAM, None)?;
-    if address.is_ipv6() {
-        socket.set_freebind_v6(true)?;
-    } else {
-        socket.set_freebind_v4(true)?;
-    }
-    socket.bind(&SocketAddr::new(address.ip(), 0).into())?;
+    crate::bind_any_lab_address(&socket, SocketAddr::new(address.ip(), 0))?;
     socket.send_to(answer, &peer.into()).map(|_| ())
 }
 

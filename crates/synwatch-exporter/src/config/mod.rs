@@ -122,25 +122,9 @@ impl Default for DnsSection {
     }
 }
 
-/// A transport protocol of the listeners collector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// Listening TCP sockets.
-    Tcp,
-    /// Bound, unconnected UDP sockets.
-    Udp,
-}
-
-impl Protocol {
-    /// `tcp` or `udp`, the `protocol` label.
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        }
-    }
-}
+/// A transport protocol of the listeners collector: the engine's, so that `udp/53` means the
+/// same to a listener rule and to a scan.
+pub use synwatch_engine::Protocol;
 
 /// Ports of one protocol, as written in `expect_listening` / `forbid_listening`
 /// (`22`, `"tcp/22"`, `"udp/53"`, `"tcp/8000-8100"`).

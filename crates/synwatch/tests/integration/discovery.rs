@@ -22,19 +22,8 @@ impl Dnsmasq {
     fn start(lab: &synwatch_lab::Lab, scratch: &Scratch, records: &[(&str, &str)]) -> Dnsmasq {
         let port = free_port();
         let mut command = lab.scanner_command("dnsmasq");
-        command.args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--no-poll",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            "--pid-file=",
-            "--user=root",
-            "--log-queries",
-            "--log-facility=-",
-        ]);
+        command.args(crate::helpers::DNSMASQ_ALONE);
+        command.args(["--listen-address=127.0.0.1", "--pid-file=", "--user=root", "--log-queries", "--log-facility=-"]);
         command.arg(format!("--port={port}"));
         for (address, name) in records {
             let address: std::net::Ipv4Addr = address.parse().unwrap();

@@ -143,6 +143,11 @@ pub fn scan_in_lab(lab: &Lab, arguments: &[&str]) -> Output {
         .expect("running synwatch")
 }
 
+/// The arguments of a dnsmasq that serves only what its other arguments say: in the
+/// foreground, no config file, no upstream, no /etc/hosts, bound to its listen addresses.
+pub const DNSMASQ_ALONE: [&str; 6] =
+    ["--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--no-poll", "--bind-interfaces"];
+
 /// A port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

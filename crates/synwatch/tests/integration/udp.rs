@@ -36,13 +36,8 @@ impl TargetDnsmasq {
         assert!(status.success(), "adding {DNSMASQ} to the target's lo");
         let child = std::process::Command::new("ip")
             .args(["netns", "exec", namespace, "dnsmasq"])
+            .args(crate::helpers::DNSMASQ_ALONE)
             .args([
-                "--keep-in-foreground",
-                "--conf-file=/dev/null",
-                "--no-resolv",
-                "--no-hosts",
-                "--no-poll",
-                "--bind-interfaces",
                 &format!("--listen-address={DNSMASQ}"),
                 "--port=53",
                 "--pid-file=",
