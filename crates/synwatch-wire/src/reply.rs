@@ -426,8 +426,9 @@ fn parse_icmpv4(reporter: IpAddr, bytes: &[u8]) -> Result<ReplyRepr, ParseError>
     if header_len < 20 {
         return Err(ParseError::BadHeaderLength);
     }
-    // The quote ends where the quoted datagram says it does, or where the error ends.
-    let quoted_end = usize::from(view.get_total_length()).clamp(header_len, quoted.len());
+    // The quote ends where the quoted datagram says it does, or where the error ends (a
+    // header longer than the quote is a truncated quote, never a panic).
+    let quoted_end = usize::from(view.get_total_length()).min(quoted.len()).max(header_len);
     let transport = quoted.get(header_len..quoted_end).ok_or(ParseError::Truncated)?;
     let (transport, source_port, destination_port, sequence, payload) = parse_quoted_transport(protocol.0, transport)?;
     Ok(ReplyRepr::Unreachable(UnreachableReply {
@@ -459,9 +460,9 @@ fn parse_icmpv6(reporter: IpAddr, bytes: &[u8]) -> Result<ReplyRepr, ParseError>
         return Err(ParseError::UnknownVersion(view.get_version()));
     }
     let (protocol, offset) = skip_ipv6_extensions(quoted, view.get_next_header().0, 40, quoted.len())?;
-    let quoted_end = (40 + usize::from(view.get_payload_length())).clamp(offset, quoted.len());
+    let quoted_end = (40 + usize::from(view.get_payload_length())).min(quoted.len()).max(offset);
     let (transport, source_port, destination_port, sequence, payload) =
-        parse_quoted_transport(protocol, &quoted[offset..quoted_end])?;
+        parse_quoted_transport(protocol, quoted.get(offset..quoted_end).ok_or(ParseError::Truncated)?)?;
     Ok(ReplyRepr::Unreachable(UnreachableReply {
         reporter,
         code,

@@ -210,3 +210,43 @@ fn pseudo_random_garbage_never_panics() {
         }
     }
 }
+
+/// Found by the fuzz target `parse_reply` (issue 22): an ICMP error quoting an IPv4 header
+/// longer than the quote itself.
+#[test]
+fn an_icmp_quote_shorter_than_its_own_header_is_truncated_not_a_panic() {
+    let packet: [u8; 56] = [
+        0x45, 0x00, 0x00, 0x38, 0x00, 0x00, 0x40, 0x00, 0x40, 0x01, 0xb6, 0x41, 0xc0, 0x00, 0x02, 0x01, 0xc0, 0x00,
+        0x02, 0x64, 0x03, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x4e, 0x00, 0x02, 0x04, 0x3a, 0x00, 0x40, 0x00,
+        0x41, 0x11, 0xb6, 0x4d, 0xc0, 0x00, 0x02, 0x64, 0xc0, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x64,
+        0x00, 0x03,
+    ];
+    assert_eq!(parse_reply(&packet), Err(ParseError::Truncated));
+}
+
+/// UDP answers and ICMP errors quoting UDP probes, mangled at random, never panic either.
+#[test]
+fn mangled_udp_answers_and_quotes_never_panic() {
+    let udp_answer: &[u8] = include_bytes!("../../../fuzz/seeds/parse_reply/udp-dns-answer");
+    let udp_quote: &[u8] = include_bytes!("../../../fuzz/seeds/parse_reply/icmp-port-unreachable-udp");
+    assert!(matches!(parse_reply(udp_answer), Ok(ReplyRepr::Udp(_))));
+    assert!(matches!(parse_reply(udp_quote), Ok(ReplyRepr::Unreachable(_))));
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for seed in [udp_answer, udp_quote] {
+        for _ in 0..20_000 {
+            let mut packet = seed.to_vec();
+            for _ in 0..(next() % 4 + 1) {
+                let position = (next() as usize) % packet.len();
+                packet[position] = next() as u8;
+            }
+            packet.truncate((next() as usize) % (seed.len() + 1));
+            let _ = parse_reply(&packet);
+        }
+    }
+}

@@ -99,7 +99,8 @@ pub struct ScanArgs {
     /// Source address (once per family).
     #[arg(long)]
     source_ip: Vec<IpAddr>,
-    /// Which states to print: open, closed, filtered, or all (comma-separated).
+    /// Which states to print: open, closed, filtered (with UDP's open|filtered), or all
+    /// (comma-separated).
     #[arg(long, default_value = "open", value_delimiter = ',')]
     states: Vec<String>,
     /// Output format.
