@@ -1204,3 +1204,68 @@ fn udp_retries_to_an_answering_host_are_paced_and_the_first_round_is_not() {
     assert!(at(answering, false).is_empty(), "tcp/22 was answered");
     assert_eq!(core.matcher().table().get(udp.index), PortState::Closed);
 }
+
+/// Issue 22: a UDP answer counts only to the cookie port, from a probed port, with the DNS id
+/// the probe carried; an ICMP error quoting the probe counts when the quoted id is right or
+/// not quoted at all (RFC 792 asks for eight bytes only).
+#[test]
+fn udp_answers_and_quotes_are_checked_by_port_and_echoed_id() {
+    let space = space(&["198.18.41.1"], "udp/53,123");
+    let core = job(&space, no_canaries(), 9);
+    let matcher = core.matcher();
+    let (local, remote) = (v4(LOCAL_V4), v4("198.18.41.1"));
+    let cookie = matcher.cookie_key().cookie(local, remote, Port::udp(53)).stamped(Duration::from_millis(700));
+    let dns_answer = |id: u16| {
+        let mut answer = vec![0u8; 12];
+        answer[..2].copy_from_slice(&id.to_be_bytes());
+        answer[2] = 0x81;
+        answer
+    };
+    let udp = |from_port: u16, to_port: u16, cookie: ReplyCookie, state: PortState| Classified {
+        local,
+        local_port: to_port,
+        remote,
+        remote_port: Port::udp(from_port),
+        cookie,
+        state,
+        timestamp_echo: None,
+        fingerprint: None,
+    };
+    let now = Duration::from_millis(720);
+    let answer = |id: u16| ReplyCookie::UdpAnswer(PayloadHead::of(&dns_answer(id)));
+    let good_id = cookie.sequence as u16;
+    // A wrong id (the cookie bits above the stamp), the wrong cookie port, an unprobed port.
+    let wrong_id = good_id ^ 0x1000;
+    assert_eq!(
+        matcher.offer(&udp(53, cookie.source_port, answer(wrong_id), PortState::Open), now),
+        ReplyMatch::BadCookie
+    );
+    let wrong_port = cookie.source_port.wrapping_add(1);
+    assert_eq!(matcher.offer(&udp(53, wrong_port, answer(good_id), PortState::Open), now), ReplyMatch::BadCookie);
+    assert_eq!(
+        matcher.offer(&udp(54, cookie.source_port, answer(good_id), PortState::Open), now),
+        ReplyMatch::NotInJob
+    );
+    assert_eq!(matcher.table().answered(), 0, "nothing forged was recorded");
+    // The real answer: recorded, with the round trip its id's stamp carries.
+    match matcher.offer(&udp(53, cookie.source_port, answer(good_id), PortState::Open), now) {
+        ReplyMatch::Matched { outcome: RecordOutcome::First, rtt, .. } => {
+            assert_eq!(rtt, Some(Duration::from_millis(20)));
+        }
+        other => panic!("{other:?}"),
+    }
+    // NTP (no answer yet): an ICMP error quoting the probe with another origin is refused; one
+    // quoting only the UDP header counts (port unreachable: closed), without a round trip.
+    let ntp = matcher.cookie_key().cookie(local, remote, Port::udp(123));
+    let mut quoted = vec![0u8; 48];
+    quoted[40..44].copy_from_slice(&(!ntp.sequence).to_be_bytes());
+    let quote = ReplyCookie::UdpQuote(PayloadHead::of(&quoted));
+    assert_eq!(matcher.offer(&udp(123, ntp.source_port, quote, PortState::Closed), now), ReplyMatch::BadCookie);
+    let header_only = ReplyCookie::UdpQuote(PayloadHead::of(&[]));
+    assert!(matches!(
+        matcher.offer(&udp(123, ntp.source_port, header_only, PortState::Closed), now),
+        ReplyMatch::Matched { outcome: RecordOutcome::First, rtt: None, .. }
+    ));
+    let index = space.index_of(remote, Port::udp(123)).unwrap();
+    assert_eq!(matcher.table().get(index), PortState::Closed);
+}

@@ -294,6 +294,27 @@ mod tests {
     }
 
     #[test]
+    fn a_state_file_from_before_udp_loads_as_tcp() {
+        let store = StateStore::new(temporary_directory("before-udp"));
+        fs::create_dir_all(&store.directory).unwrap();
+        // Written by the exporter of issue 21: no `udp_filtered`, bare TCP port numbers.
+        let old = format!(
+            "{{\"format\":\"{FORMAT}\",\"targets\":[{{\"name\":\"web\",\"last_attempt\":null,\
+             \"results\":{{\"addresses\":[\"192.0.2.0/31\"],\"ports\":\"22,80\",\"states\":\"95\"}}}}]}}"
+        );
+        fs::write(store.path(), old).unwrap();
+        let loaded = store.load();
+        assert!(loaded.set_aside.is_none(), "{:?}", loaded.set_aside);
+        let results = loaded.records["web"].results.as_ref().unwrap();
+        assert!(results.space().ports().is_tcp_only());
+        // 0x95 = 0b10_01_01_01: probes 0 to 3 are open, open, open, closed (two bits each, low
+        // bits first).
+        let states: Vec<PortState> = (0..4).map(|index| results.get(index)).collect();
+        assert_eq!(states, [PortState::Open, PortState::Open, PortState::Open, PortState::Closed]);
+        fs::remove_dir_all(&store.directory).unwrap();
+    }
+
+    #[test]
     fn truncated_or_foreign_files_are_set_aside() {
         let store = StateStore::new(temporary_directory("corrupt"));
         store.save(&sample()).unwrap();

@@ -232,8 +232,9 @@ fn ber_cookie_offset(bytes: &[u8]) -> usize {
     bytes.windows(6).position(|window| window == [0x02, 0x04, 0x40, 0, 0, 0]).map_or(0, |index| index + 2)
 }
 
-/// SNMPv2c GetRequest (RFC 3416 §3, RFC 1901 for the community message) for sysDescr.0
-/// (1.3.6.1.2.1.1.1.0), community `public`.
+/// SNMPv1 GetRequest (RFC 1157 §4.1.2, the PDU as RFC 3416 keeps it) for sysDescr.0
+/// (1.3.6.1.2.1.1.1.0), community `public`: version 1 because v1-only agents ignore v2c
+/// messages while agents that speak v2c answer v1 too (net-snmp's default).
 fn snmp_get_request() -> Vec<u8> {
     let oid = ber(0x06, &[0x2b, 6, 1, 2, 1, 1, 1, 0]);
     let varbind = ber(0x30, &[oid, vec![0x05, 0x00]].concat());
@@ -242,7 +243,7 @@ fn snmp_get_request() -> Vec<u8> {
         0xa0,
         &[vec![0x02, 0x04, 0x40, 0, 0, 0], vec![0x02, 0x01, 0x00], vec![0x02, 0x01, 0x00], varbinds].concat(),
     );
-    ber(0x30, &[vec![0x02, 0x01, 0x01], ber(0x04, b"public"), pdu].concat())
+    ber(0x30, &[vec![0x02, 0x01, 0x00], ber(0x04, b"public"), pdu].concat())
 }
 
 /// A connectionless LDAP (RFC 4511 §4.5.1, CLDAP as RFC 1798 and Active Directory's DC

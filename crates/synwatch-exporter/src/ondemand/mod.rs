@@ -114,7 +114,7 @@ pub struct ScanBody {
 pub fn parse_scan_body(body: &[u8], modules: &BTreeMap<String, Module>) -> Result<ScanBody, String> {
     let submission: ScanSubmission = serde_json::from_slice(body).map_err(|error| format!("request body: {error}"))?;
     let timeout = submission.timeout.as_deref().map(probe::parse_timeout).transpose()?;
-    let ports = submission.ports.as_ref().map(OneOrMany::joined);
+    let ports = submission.ports.as_ref().map(OneOrMany::joined_ports);
     let params = probe::scan_params(
         &submission.targets.joined(),
         ports.as_deref(),
@@ -163,6 +163,26 @@ impl Item {
 }
 
 impl OneOrMany {
+    /// Port items joined into one specification, each item standing alone as in a config
+    /// list: a bare item after a `udp/` one is TCP, so it gets its `tcp/` here.
+    fn joined_ports(&self) -> String {
+        match self {
+            OneOrMany::One(item) => item.text(),
+            OneOrMany::Many(items) => items
+                .iter()
+                .map(Item::text)
+                .map(|text| {
+                    let prefixed = text
+                        .trim_start()
+                        .get(..4)
+                        .is_some_and(|head| head.eq_ignore_ascii_case("tcp/") || head.eq_ignore_ascii_case("udp/"));
+                    if prefixed { text } else { format!("tcp/{}", text.trim_start()) }
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+
     fn joined(&self) -> String {
         match self {
             OneOrMany::One(item) => item.text(),
@@ -689,4 +709,22 @@ impl OnDemand {
 /// A refusal as a reply.
 fn refuse(kind: RefusalKind, reason: impl Into<String>) -> Reply {
     Reply::Refused(Refusal::new(kind, reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use synwatch_engine::Port;
+
+    use super::*;
+
+    #[test]
+    fn a_scan_body_takes_udp_ports_and_each_list_item_stands_alone() {
+        let modules = BTreeMap::new();
+        let ports = |body: &str| parse_scan_body(body.as_bytes(), &modules).map(|body| body.params.ports);
+        let listed = ports(r#"{"targets": "198.18.0.1", "ports": ["udp/53", 161, "22,udp/123"]}"#).unwrap();
+        assert_eq!(listed.ports(), [Port::tcp(22), Port::tcp(161), Port::udp(53), Port::udp(123)]);
+        let text = ports(r#"{"targets": "198.18.0.1", "ports": "udp/53,161"}"#).unwrap();
+        assert_eq!(text.ports(), [Port::udp(53), Port::udp(161)]);
+        assert!(ports(r#"{"targets": "198.18.0.1", "ports": "sctp/9"}"#).unwrap_err().contains("not a protocol"));
+    }
 }
