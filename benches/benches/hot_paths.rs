@@ -54,7 +54,7 @@ fn cookie(criterion: &mut Criterion) {
     criterion.bench_function("cookie_ipv4", |bencher| {
         bencher.iter(|| {
             counter = counter.wrapping_add(1);
-            black_box(key.cookie(local, IpAddr::V4(counter.into()), 443))
+            black_box(key.cookie(local, IpAddr::V4(counter.into()), synwatch_engine::Port::tcp(443)))
         })
     });
 }

@@ -328,10 +328,9 @@ fn run_jobs(jobs: Vec<SimulatedJob>, network: &mut Network, rate: u64, batch: u3
                 .map(|matcher| (matcher, matcher.offer(&classified, now)))
                 .find(|(_, outcome)| !matches!(outcome, ReplyMatch::NotInJob | ReplyMatch::BadCookie));
             // The receiver's part: first answers' round trips go into the job's estimates.
-            if let Some((matcher, ReplyMatch::Matched { outcome: RecordOutcome::First, rtt, .. })) = matched {
-                if let Some(rtt) = rtt {
-                    matcher.take_samples(&[(classified.remote, rtt)]);
-                }
+            if let Some((matcher, ReplyMatch::Matched { outcome: RecordOutcome::First, rtt: Some(rtt), .. })) = matched
+            {
+                matcher.take_samples(&[(classified.remote, rtt)]);
             }
             log.matches.push(matched.map_or(ReplyMatch::BadCookie, |(_, outcome)| outcome));
         }
