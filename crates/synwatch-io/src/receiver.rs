@@ -118,8 +118,13 @@ fn handle_packet(
                     ProbeResult {
                         index,
                         address: classified.remote,
-                        // The probed port: a TFTP answer comes from another port than it.
-                        port: job.matcher.space().probe_at(index).map_or(classified.remote_port, |(_, port)| port),
+                        // The probed port: a TFTP answer comes from another port than it (only
+                        // UDP looks it up, off the path of SYN-ACKs and RSTs).
+                        port: if classified.remote_port.is_udp() {
+                            job.matcher.space().probe_at(index).map_or(classified.remote_port, |(_, port)| port)
+                        } else {
+                            classified.remote_port
+                        },
                         state: classified.state,
                         rtt,
                     },
