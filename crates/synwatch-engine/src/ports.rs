@@ -78,15 +78,6 @@ impl Port {
     pub fn is_udp(self) -> bool {
         self.protocol == Protocol::Udp
     }
-
-    /// Parses one port: `22` (TCP), `tcp/22` or `udp/53`.
-    pub fn parse(text: &str) -> Result<Port, PortError> {
-        let set = PortSet::parse(text)?;
-        match set.ports() {
-            [port] => Ok(*port),
-            _ => Err(PortError { position: 0, reason: format!("{text:?} is not one port") }),
-        }
-    }
 }
 
 impl fmt::Display for Port {
@@ -297,9 +288,6 @@ mod tests {
         assert!(!set.is_tcp_only());
         assert_eq!(PortSet::parse("udp/53").unwrap().to_string(), "udp/53");
         assert_eq!(PortSet::parse("53,udp/53").unwrap().len(), 2);
-        assert_eq!(Port::parse("udp/161").unwrap(), Port::udp(161));
-        assert_eq!(Port::parse("22").unwrap(), Port::tcp(22));
-        assert!(Port::parse("22,23").is_err());
         assert_eq!(Port::udp(53).to_string(), "udp/53");
         assert_eq!(Port::tcp(22).to_string(), "22");
     }

@@ -50,13 +50,6 @@ impl PortState {
         }
     }
 
-    /// The state called `name` (as [`PortState::name`] writes it).
-    pub fn from_name(name: &str) -> Option<PortState> {
-        [PortState::Unknown, PortState::Open, PortState::Closed, PortState::Filtered, PortState::OpenFiltered]
-            .into_iter()
-            .find(|state| state.name() == name)
-    }
-
     /// The state as finally reported for a probe of `protocol`: no answer is `filtered` for
     /// TCP and `open|filtered` for UDP.
     pub fn finalized(self, protocol: Protocol) -> PortState {

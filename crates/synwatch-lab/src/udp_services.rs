@@ -10,7 +10,9 @@
 //!
 //! They are written here because no Debian server fits most of them in a test (an SNMP agent,
 //! an IKE daemon or a memcached would each need its own configuration, privileges and start-up
-//! wait); DNS is also tested against a real dnsmasq by the integration tests.
+//! wait); DNS is also tested against a real dnsmasq by the integration tests. Their BER and
+//! header reading is written apart from `synwatch_wire::payloads` on purpose: a second
+//! implementation, so that a mistake in the probes' encoding is not mirrored by the server.
 //!
 //! All services of a lab run on one thread in the target namespace, one socket bound per
 //! (address, port) with `IP_FREEBIND` (the addresses are the lab's AnyIP ranges), so replies

@@ -165,15 +165,7 @@ fn run_tool(arguments: &Arguments, lab: &Lab, tool: &str, scan: &ToolScan, probe
     for (command, reader) in commands(arguments, lab, tool, scan)? {
         let _ = std::fs::remove_file(&command.output);
         let stderr_path = format!("{}.stderr", command.output);
-        let mut child = lab
-            .scanner_command(&command.argv[0])
-            .args(&command.argv[1..])
-            .current_dir(std::env::temp_dir())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr_path)?)
-            .spawn()
-            .with_context(|| format!("starting {}", command.argv[0]))?;
+        let mut child = spawn_in_scanner(lab, &command.argv, &std::env::temp_dir(), &stderr_path)?;
         // masscan: past its probes, its wait and 2 s it is nudged, then stopped; everything
         // else gets a generous deadline.
         let sending = Duration::from_secs_f64(probes as f64 / scan.rate as f64);
@@ -215,6 +207,24 @@ fn run_tool(arguments: &Arguments, lab: &Lab, tool: &str, scan: &ToolScan, probe
     run.wall = started.elapsed();
     run.syns = lab.syns_received()?.saturating_sub(syns_before);
     Ok(run)
+}
+
+/// Starts a compared program (`argv`) in the lab's scanner namespace, in `directory`, its
+/// stderr into `stderr_path` and nothing on stdin or stdout.
+pub fn spawn_in_scanner(
+    lab: &Lab,
+    argv: &[String],
+    directory: &std::path::Path,
+    stderr_path: &str,
+) -> Result<std::process::Child> {
+    lab.scanner_command(&argv[0])
+        .args(&argv[1..])
+        .current_dir(directory)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(stderr_path)?)
+        .spawn()
+        .with_context(|| format!("starting {}", argv[0]))
 }
 
 /// One tool's scan of `target` × `ports` in the lab (no retries, a 1 s wait, one thread, zmap

@@ -10,7 +10,6 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -298,15 +297,7 @@ pub fn udp_table(arguments: &Arguments, table: &UdpTable<'_>) -> Result<()> {
             for command in commands(arguments, &lab, tool, table, &scratch)? {
                 let _ = std::fs::remove_file(&command.output);
                 let stderr_path = format!("{}.stderr", command.output);
-                let mut child = lab
-                    .scanner_command(&command.argv[0])
-                    .args(&command.argv[1..])
-                    .current_dir(&scratch)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(std::fs::File::create(&stderr_path)?)
-                    .spawn()
-                    .with_context(|| format!("starting {}", command.argv[0]))?;
+                let mut child = crate::field::spawn_in_scanner(&lab, &command.argv, &scratch, &stderr_path)?;
                 let sending = Duration::from_secs_f64(probes as f64 / table.rate as f64);
                 let deadline = Instant::now()
                     + if tool.starts_with("masscan") {
