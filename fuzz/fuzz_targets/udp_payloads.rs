@@ -5,8 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use synwatch_wire::payloads::BUILT_IN_PORTS;
 use synwatch_wire::PayloadTable;
+use synwatch_wire::payloads::BUILT_IN_PORTS;
 
 fuzz_target!(|data: &[u8]| {
     let table = PayloadTable::built_in();

@@ -114,6 +114,11 @@ impl UdpService {
         UdpService::Quic,
     ];
 
+    /// The service with a protocol of its own whose well-known port is `port`.
+    pub fn for_port(port: u16) -> Option<UdpService> {
+        UdpService::PROTOCOLS.into_iter().find(|service| service.default_port() == port)
+    }
+
     /// The answer to `request`, or `None` when the service would not answer it.
     pub fn answer(self, request: &[u8]) -> Option<Vec<u8>> {
         match self {

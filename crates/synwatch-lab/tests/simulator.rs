@@ -1,18 +1,20 @@
 //! The field lab's simulator driven without I/O: SYN frames written with synwatch's own probe
 //! templates go in at chosen times, and the replies that come out are parsed with synwatch's
 //! own reply parser, so what the responder answers is checked against the model's ground truth
-//! exactly as a scanner would read it.
+//! exactly as a scanner would read it. UDP probes are written with synwatch's UDP template and
+//! built-in payloads, and must draw the answers of the lab's scripted services.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use synwatch_lab::field::model::{HostMix, Loss, PortMix, RateLimit, ScheduledChange};
+use synwatch_lab::field::model::{HostMix, Loss, PortMix, RateLimit, ScheduledChange, UdpPortMix};
+
 use synwatch_lab::field::{
-    FieldModel, PortBehaviour, Simulator, SimulatorOptions, TrueState, ground_truth_json, parse_segment, profile,
-    write_reply,
+    FieldModel, MAX_REPLY_LEN, PortBehaviour, Simulator, SimulatorOptions, Transport, TrueState, ground_truth_json,
+    parse_segment, profile, write_reply,
 };
-use synwatch_wire::{LinkLayer, ReplyRepr, SynFields, SynTemplate, parse_reply};
+use synwatch_wire::{LinkLayer, PayloadTable, ReplyRepr, SynFields, SynTemplate, UdpFields, UdpTemplate, parse_reply};
 
 const SCANNER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const TARGET_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
@@ -37,14 +39,33 @@ fn syn_frame(address: IpAddr, port: u16, sequence: u32) -> Vec<u8> {
     frame
 }
 
+/// A UDP probe as synwatch sends it: the built-in payload for `port`, `cookie` in its slot.
+fn udp_frame(address: IpAddr, port: u16, cookie: u32) -> Vec<u8> {
+    let link = LinkLayer::Ethernet { source_mac: SCANNER_MAC, destination_mac: TARGET_MAC };
+    let template = UdpTemplate::for_address(address, link);
+    let table = PayloadTable::built_in();
+    let payload = table.for_port(port);
+    let mut frame = vec![0u8; template.frame_len(payload)];
+    let fields = UdpFields {
+        source: scanner_for(address),
+        destination: address,
+        source_port: 40_001,
+        destination_port: port,
+        cookie,
+    };
+    let length = template.write(&mut frame, &fields, payload).unwrap();
+    frame.truncate(length);
+    frame
+}
+
 /// Every reply out of the simulator up to `until`, parsed, with when it came out.
 fn drain(simulator: &mut Simulator, from: Duration, until: Duration, step: Duration) -> Vec<(Duration, Vec<u8>)> {
     let mut out = Vec::new();
     let mut now = from;
     while now <= until {
-        simulator.poll_transmit(now, |reply| {
-            let mut buffer = [0u8; 256];
-            let length = write_reply(reply, &mut buffer).expect("every reply can be written");
+        simulator.poll_transmit(now, |reply, answer| {
+            let mut buffer = [0u8; MAX_REPLY_LEN];
+            let length = write_reply(reply, answer, &mut buffer).expect("every reply can be written");
             out.push((now, buffer[..length].to_vec()));
         });
         now += step;
@@ -146,8 +167,14 @@ fn the_model_is_deterministic_and_its_ground_truth_file_lists_what_it_answers() 
     assert!((150..210).contains(&silent), "{silent} of 256 silent");
 
     let mut text = Vec::new();
-    let written =
-        ground_truth_json(&first, &["198.18.7.0/24".parse().unwrap()], &[22, 80], Duration::ZERO, &mut text).unwrap();
+    let written = ground_truth_json(
+        &first,
+        &["198.18.7.0/24".parse().unwrap()],
+        &[(Transport::Tcp, 22), (Transport::Tcp, 80)],
+        Duration::ZERO,
+        &mut text,
+    )
+    .unwrap();
     let text = String::from_utf8(text).unwrap();
     let mut lines = text.lines();
     let header: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
@@ -280,7 +307,13 @@ fn late_replies_duplicates_scheduled_changes_and_outside_addresses() {
     model.late.delay_ms = 5000.0;
     model.duplicate_percent = 10.0;
     let changed: IpAddr = "198.18.1.1".parse().unwrap();
-    model.changes.push(ScheduledChange { at_ms: 2000, address: changed, port: 80, state: PortBehaviour::Closed });
+    model.changes.push(ScheduledChange {
+        at_ms: 2000,
+        address: changed,
+        port: 80,
+        transport: Transport::Tcp,
+        state: PortBehaviour::Closed,
+    });
     assert_eq!(model.truth(changed, 80, Duration::from_millis(1999)), TrueState::Open);
     assert_eq!(model.truth(changed, 80, Duration::from_millis(2000)), TrueState::Closed);
     let mut simulator = Simulator::new(model, SimulatorOptions::default()).unwrap();
@@ -331,7 +364,7 @@ fn malformed_frames_never_panic_and_are_not_answered() {
     for (_, frame) in drain(&mut simulator, Duration::ZERO, Duration::from_millis(5), Duration::from_millis(1)) {
         assert!(parse_reply(&frame[14..]).is_ok(), "a reply synwatch cannot parse: {frame:?}");
     }
-    assert!(simulator.counters().not_tcp > 0);
+    assert!(simulator.counters().not_tcp_or_udp > 0);
 }
 
 #[test]
@@ -357,15 +390,182 @@ fn a_reply_written_into_a_used_buffer_carries_none_of_its_bytes() {
     let mut simulator = Simulator::new(model.clone(), SimulatorOptions::default()).unwrap();
     let host: IpAddr = "198.18.0.9".parse().unwrap();
     simulator.handle_frame(Duration::ZERO, &syn_frame(host, 80, 5));
-    let mut clean = [0u8; 256];
-    let mut dirty = [0xffu8; 256];
+    let mut clean = [0u8; MAX_REPLY_LEN];
+    let mut dirty = [0xffu8; MAX_REPLY_LEN];
     let mut lengths = Vec::new();
-    simulator.poll_transmit(Duration::from_millis(5), |reply| {
-        lengths.push(write_reply(reply, &mut clean).unwrap());
-        assert_eq!(write_reply(reply, &mut dirty), lengths.last().copied());
+    simulator.poll_transmit(Duration::from_millis(5), |reply, answer| {
+        lengths.push(write_reply(reply, answer, &mut clean).unwrap());
+        assert_eq!(write_reply(reply, answer, &mut dirty), lengths.last().copied());
     });
     assert_eq!(lengths.len(), 1);
     assert_eq!(&clean[..lengths[0]], &dirty[..lengths[0]], "the reply is the same whatever the buffer held");
     // IPv4: no fragment offset, so the scanner's kernel does not try to reassemble it.
     assert_eq!(u16::from_be_bytes([clean[14 + 6], clean[14 + 7]]) & 0x3fff, 0);
+}
+
+/// One IPv4 and one IPv6 range of `lan` with `udp` as their UDP mix, and no per-peer ICMP limit
+/// unless `peer_limit`.
+fn udp_lan(udp: UdpPortMix, peer_limit: bool) -> FieldModel {
+    let mut model = profile("lan", 5).unwrap();
+    for range in &mut model.ranges {
+        range.udp = udp;
+    }
+    if !peer_limit {
+        model.host_icmp_peer_limit = None;
+    }
+    model
+}
+
+/// A UDP reply frame's payload (the frame is IPv4 or IPv6 without options).
+fn udp_payload(frame: &[u8]) -> &[u8] {
+    let ip_len = if frame[14] >> 4 == 6 { 40 } else { 20 };
+    &frame[14 + ip_len + 8..]
+}
+
+#[test]
+fn every_built_in_udp_probe_draws_its_scripted_service_s_answer_carrying_its_cookie() {
+    let model = udp_lan(UdpPortMix { open: 100.0, ..UdpPortMix::default() }, false);
+    let mut simulator = Simulator::new(model, SimulatorOptions::default()).unwrap();
+    let table = PayloadTable::built_in();
+    let mut sent = BTreeMap::new();
+    for (index, service) in synwatch_lab::UdpService::PROTOCOLS.into_iter().enumerate() {
+        let port = service.default_port();
+        for address in [format!("198.18.9.{}", index + 1), format!("2001:2::9:{}", index + 1)] {
+            let address: IpAddr = address.parse().unwrap();
+            let cookie = 0x1357_0000 + index as u32 * 7919;
+            let frame = udp_frame(address, port, cookie);
+            if frame.len() > 400 {
+                // As the receive ring hands it over: cut short, with its length on the wire.
+                simulator.handle_captured_frame(Duration::ZERO, &frame[..400], frame.len());
+            } else {
+                simulator.handle_frame(Duration::ZERO, &frame);
+            }
+            sent.insert((address, port), (service, cookie));
+        }
+    }
+    let replies = drain(&mut simulator, Duration::ZERO, Duration::from_millis(2), Duration::from_micros(100));
+    assert_eq!(replies.len(), sent.len(), "every service answered: {:?}", simulator.counters());
+    let mut answered = std::collections::BTreeSet::new();
+    for (_, frame) in &replies {
+        let ReplyRepr::Udp(reply) = parsed(frame) else { panic!("a UDP answer") };
+        assert_eq!(reply.destination_port, 40_001, "to the probe's source port");
+        assert_eq!(reply.destination, scanner_for(reply.source));
+        let port = sent
+            .keys()
+            .find(|(address, port)| *address == reply.source && (*port == reply.source_port || *port == 69))
+            .map(|key| key.1)
+            .expect("from a probed address");
+        let (service, cookie) = sent[&(reply.source, port)];
+        if service.answers_from_new_port() {
+            assert_ne!(reply.source_port, port, "{service:?} answers from a new port");
+        } else {
+            assert_eq!(reply.source_port, port, "{service:?} answers from its own port");
+        }
+        if let Some(bits) = table.for_port(port).echoed_cookie(udp_payload(frame)) {
+            assert_eq!(bits.value, cookie & bits.mask, "{service:?} echoes the cookie");
+        }
+        answered.insert((reply.source, port));
+    }
+    assert_eq!(answered.len(), sent.len());
+    assert_eq!(simulator.datagrams_to("198.18.9.1".parse().unwrap(), 53), 1);
+    assert_eq!(simulator.counters().datagrams, sent.len() as u64);
+    // A datagram its service does not understand (an empty one to DNS) is not answered.
+    simulator.handle_frame(Duration::from_millis(3), &udp_frame("198.18.9.1".parse().unwrap(), 9999, 1)[..]);
+    let mut wrong = udp_frame("198.18.9.1".parse().unwrap(), 53, 1);
+    let header = wrong.len() - table.for_port(53).bytes.len();
+    wrong[header + 2] |= 0x80; // a response: servers do not answer those
+    simulator.handle_frame(Duration::from_millis(3), &wrong);
+    let later = drain(&mut simulator, Duration::from_millis(3), Duration::from_millis(5), Duration::from_micros(100));
+    assert_eq!(later.len(), 1, "the echo service on 9999 answers, DNS does not answer a response");
+}
+
+#[test]
+fn closed_udp_ports_answer_port_unreachable_within_the_host_s_per_peer_limit_like_linux() {
+    let model = udp_lan(UdpPortMix::default(), true);
+    let mut simulator = Simulator::new(model.clone(), SimulatorOptions::default()).unwrap();
+    let (v4, v6): (IpAddr, IpAddr) = ("198.18.20.1".parse().unwrap(), "2001:2::20:1".parse().unwrap());
+    // 20 ports at once to each host: the burst of 6 answers.
+    for port in 1000..1020 {
+        for address in [v4, v6] {
+            assert_eq!(model.udp_truth(address, port, Duration::ZERO), TrueState::Closed);
+            simulator.handle_frame(Duration::ZERO, &udp_frame(address, port, u32::from(port)));
+        }
+    }
+    let burst = drain(&mut simulator, Duration::ZERO, Duration::from_millis(2), Duration::from_micros(100));
+    assert_eq!(burst.len(), 12, "6 per host");
+    assert_eq!(simulator.counters().icmp_peer_rate_limited, 28);
+    for (_, frame) in &burst {
+        let ReplyRepr::Unreachable(icmp) = parsed(frame) else { panic!("ICMP port unreachable") };
+        assert_eq!(icmp.code, if icmp.is_icmpv6 { 4 } else { 3 });
+        assert_eq!(icmp.reporter, icmp.probe.destination, "from the host itself");
+        assert_eq!(icmp.probe.transport, synwatch_wire::QuotedTransport::Udp);
+        assert_eq!(icmp.probe.source_port, 40_001);
+        assert!((1000..1020).contains(&icmp.probe.destination_port));
+    }
+    // Then one a second: probes 1.2 s apart are all answered, probes 0.1 s apart one in ten.
+    let mut now = Duration::from_millis(100);
+    let mut paced = 0;
+    for port in 2000..2005 {
+        now += Duration::from_millis(1200);
+        simulator.handle_frame(now, &udp_frame(v4, port, 1));
+        paced += drain(&mut simulator, now, now + Duration::from_millis(2), Duration::from_micros(100)).len();
+    }
+    assert_eq!(paced, 5);
+    let mut hurried = 0;
+    for port in 3000..3020 {
+        now += Duration::from_millis(100);
+        simulator.handle_frame(now, &udp_frame(v4, port, 1));
+        hurried += drain(&mut simulator, now, now + Duration::from_millis(2), Duration::from_micros(100)).len();
+    }
+    assert!((2..=3).contains(&hurried), "{hurried} of 20 answered over 2 s");
+    // Another peer's limit is its own: the scanner's IPv4 address is not the only peer.
+    let mut other = udp_frame(v4, 4000, 1);
+    other[14 + 12..14 + 16].copy_from_slice(&[198, 19, 255, 9]);
+    now += Duration::from_millis(10);
+    simulator.handle_frame(now, &other);
+    assert_eq!(drain(&mut simulator, now, now + Duration::from_millis(2), Duration::from_micros(100)).len(), 1);
+}
+
+#[test]
+fn udp_probes_are_answered_as_the_udp_ground_truth_says_in_the_internet_profile() {
+    let model = lossless(profile("internet", 8).unwrap());
+    let mut simulator = Simulator::new(model.clone(), SimulatorOptions::default()).unwrap();
+    let mut truth = BTreeMap::new();
+    let mut now = Duration::ZERO;
+    for host in 0..2048u32 {
+        let address: IpAddr =
+            std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, 32, 0)) + host).into();
+        for port in [53u16, 123, 161] {
+            // 2 ms apart: within the router's 1,000 errors a second.
+            now += Duration::from_millis(2);
+            truth.insert((address, port), model.udp_truth(address, port, now));
+            simulator.handle_frame(now, &udp_frame(address, port, host));
+        }
+    }
+    let replies = drain(&mut simulator, Duration::ZERO, now + Duration::from_secs(1), Duration::from_millis(1));
+    let mut seen = BTreeMap::new();
+    for (_, frame) in &replies {
+        let (key, state) = match parsed(frame) {
+            ReplyRepr::Udp(reply) => ((reply.source, reply.source_port), TrueState::Open),
+            ReplyRepr::Unreachable(icmp) => {
+                let state = if icmp.code == 3 { TrueState::Closed } else { TrueState::Filtered };
+                ((icmp.probe.destination, icmp.probe.destination_port), state)
+            }
+            ReplyRepr::Tcp(_) => panic!("no TCP was sent"),
+        };
+        assert!(seen.insert(key, state).is_none(), "one answer per probe: {key:?}");
+    }
+    let mut by_state = BTreeMap::new();
+    for (key, state) in &truth {
+        *by_state.entry(*state).or_insert(0) += 1;
+        let answered = seen.get(key).copied().unwrap_or(TrueState::OpenFiltered);
+        assert_eq!(answered, *state, "{key:?}");
+    }
+    // 30 % of hosts answer for themselves; of their ports 4 % open, 22 % silent or filtered.
+    let count = |state| by_state.get(&state).copied().unwrap_or(0);
+    assert!(count(TrueState::Open) > 30, "{by_state:?}");
+    assert!(count(TrueState::Closed) > 1000, "{by_state:?}");
+    assert!(count(TrueState::Filtered) > 100, "{by_state:?}");
+    assert!(count(TrueState::OpenFiltered) > 4000, "{by_state:?}");
+    assert_eq!(count(TrueState::Suspect), 0, "SYN proxies stand in front of TCP only");
 }

@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use ipnetwork::IpNetwork;
 use synwatch_bench::tools::{self, ExternalTool, ToolScan, ZmapPorts};
 use synwatch_lab::field::profiles::Knobs;
-use synwatch_lab::field::{SimulatorOptions, TrueState, profile};
+use synwatch_lab::field::{SimulatorOptions, Transport, TrueState, profile};
 use synwatch_lab::{Lab, LabConfig, runner};
 
 use super::{Arguments, median};
@@ -295,7 +295,8 @@ pub fn field_table(arguments: &Arguments, table: &FieldTable<'_>) -> Result<()> 
             let path = directory.join(format!("field-{name}.jsonl"));
             let file =
                 std::io::BufWriter::new(std::fs::File::create(&path).with_context(|| path.display().to_string())?);
-            synwatch_lab::field::ground_truth_json(&model, &[IpNetwork::V4(target)], &ports, Duration::ZERO, file)?;
+            let tcp_ports: Vec<_> = ports.iter().map(|&port| (Transport::Tcp, port)).collect();
+            synwatch_lab::field::ground_truth_json(&model, &[IpNetwork::V4(target)], &tcp_ports, Duration::ZERO, file)?;
         }
         let mut truth_open = BTreeSet::new();
         for address in IpNetwork::V4(target).iter() {

@@ -34,6 +34,9 @@ pub(crate) enum Purpose {
     /// `ReverseLoss`).
     ForwardLossState = 11,
     ReverseLossState = 12,
+    UdpPortState = 13,
+    /// The port a service that answers from a new one (TFTP) answers from.
+    UdpAnswerPort = 14,
 }
 
 fn address_bits(address: IpAddr) -> u128 {

@@ -13,7 +13,7 @@
 //! * [`profiles`]: the named models `lan`, `internet` and `hostile`.
 //! * [`simulator`]: the sans-IO core that applies the model to frames over simulated time.
 //! * [`responder`]: the thread that feeds it frames and sends its replies.
-//! * `packets`, `wheel`, `limits`, `draw`: segment parsing and reply writing, the timer wheel,
+//! * `packets`, `wheel`, `limits`, `draw`: probe parsing (TCP and UDP) and reply writing, the timer wheel,
 //!   token buckets and the loss chain, the seeded draws.
 //!
 //! A [`crate::Lab`] built with [`crate::LabConfig::field`] runs a responder for its model.
@@ -27,8 +27,8 @@ pub mod responder;
 pub mod simulator;
 mod wheel;
 
-pub use model::{FieldModel, HostKind, PortBehaviour, TrueState, ground_truth_json};
-pub use packets::{ReplyKind, parse_segment, write_reply};
+pub use model::{FieldModel, HostKind, PortBehaviour, Transport, TrueState, ground_truth_json};
+pub use packets::{MAX_REPLY_LEN, ReplyKind, parse_probe, parse_segment, write_reply};
 pub use profiles::profile;
 pub use responder::Responder;
 pub use simulator::{FieldCounters, Simulator, SimulatorOptions};

@@ -8,6 +8,12 @@
 //! nothing answers, and the probe is counted as outside the model); the host's kind (silent,
 //! unreachable, SYN proxy, tarpit, up) is drawn once per host; for an up host, the (host, port)
 //! state is drawn once per pair, unless a scheduled change has set it.
+//!
+//! TCP and UDP ports are drawn apart ([`Transport`]), each from its own mix: a range's
+//! [`PortMix`] for TCP, its [`UdpPortMix`] for UDP. A SYN proxy or tarpit stands in front of
+//! TCP only: for UDP its host is an up host. A silent UDP port (dropped, or bound by a service
+//! that does not answer) is `open|filtered` in the truth, as nmap names it, since no scanner
+//! can tell which.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
@@ -45,6 +51,23 @@ pub struct FieldModel {
     pub late: LateReplies,
     /// Scheduled state changes of single (host, port)s.
     pub changes: Vec<ScheduledChange>,
+    /// Each simulated host limits the ICMP errors it sends to one peer like Linux
+    /// (`net.ipv4.icmp_ratelimit` 1,000 ms with a burst of 6, the same for ICMPv6): a scan
+    /// that sends a host many probes to closed UDP ports at once sees only some of its port
+    /// unreachables. Routers are held only to `icmp_limit`. `None`: no per-peer limit.
+    #[serde(default)]
+    pub host_icmp_peer_limit: Option<RateLimit>,
+}
+
+/// The transport a probe or a port belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// TCP: SYN probes.
+    #[default]
+    Tcp,
+    /// UDP: datagrams.
+    Udp,
 }
 
 /// One range of the model.
@@ -61,8 +84,11 @@ pub struct RangeModel {
     pub jitter_ms: f64,
     /// What kinds of host the range holds.
     pub hosts: HostMix,
-    /// What the ports of its up hosts do.
+    /// What the TCP ports of its up hosts do.
     pub ports: PortMix,
+    /// What the UDP ports of its hosts do (all but silent and unreachable ones).
+    #[serde(default)]
+    pub udp: UdpPortMix,
     /// A firewall in front of the range that drops SYNs beyond a rate per source address.
     pub firewall: Option<RateLimit>,
 }
@@ -181,6 +207,23 @@ pub struct PortMix {
     pub prohibited_by_router: f64,
 }
 
+/// Shares of (host, port) states of UDP ports, percent; the rest are closed (ICMP port
+/// unreachable from the host, within its ICMP limits).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct UdpPortMix {
+    /// A service that answers its protocol's request (the lab's scripted one for the port, see
+    /// [`crate::UdpService`]; an echo service on ports without one).
+    pub open: f64,
+    /// A service bound to the port that answers nothing the scanner sends (`open|filtered`).
+    pub open_silent: f64,
+    /// Silently dropped by a firewall (`open|filtered` too: no scanner can tell them apart).
+    pub filtered: f64,
+    /// ICMP administratively prohibited from the host itself (`filtered`).
+    pub prohibited_by_host: f64,
+    /// ICMP administratively prohibited from the router (`filtered`).
+    pub prohibited_by_router: f64,
+}
+
 /// A (host, port) switched to a state at a time since the responder started.
 #[serde_as]
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -192,6 +235,9 @@ pub struct ScheduledChange {
     pub address: IpAddr,
     /// The port.
     pub port: u16,
+    /// The port's transport (TCP when not given).
+    #[serde(default)]
+    pub transport: Transport,
     /// Its state from then on.
     pub state: PortBehaviour,
 }
@@ -232,6 +278,12 @@ pub enum PortBehaviour {
     SynproxySynAck,
     /// SYN-ACK from a tarpit.
     TarpitSynAck,
+    /// A UDP service's answer to its protocol's request.
+    UdpAnswer,
+    /// A UDP service bound to the port that answers nothing.
+    UdpSilent,
+    /// ICMP port unreachable from the host (a closed UDP port).
+    PortUnreachable,
 }
 
 /// What a correct scanner reports for a (host, port).
@@ -247,15 +299,20 @@ pub enum TrueState {
     /// A SYN-ACK that is not a service: a SYN proxy or tarpit. Reporting it open is a false
     /// open.
     Suspect,
+    /// A UDP port that answers nothing, neither datagram nor ICMP: a correct scanner reports
+    /// `open|filtered`.
+    OpenFiltered,
 }
 
 impl PortBehaviour {
-    /// The state a correct scanner reports.
-    pub fn truth(self) -> TrueState {
+    /// The state a correct scanner reports for a port of `transport` that behaves so.
+    pub fn truth(self, transport: Transport) -> TrueState {
         match self {
-            PortBehaviour::Open => TrueState::Open,
-            PortBehaviour::Closed => TrueState::Closed,
+            PortBehaviour::Open | PortBehaviour::UdpAnswer => TrueState::Open,
+            PortBehaviour::Closed | PortBehaviour::PortUnreachable => TrueState::Closed,
             PortBehaviour::SynproxySynAck | PortBehaviour::TarpitSynAck => TrueState::Suspect,
+            PortBehaviour::UdpSilent => TrueState::OpenFiltered,
+            PortBehaviour::Filtered if transport == Transport::Udp => TrueState::OpenFiltered,
             PortBehaviour::Filtered
             | PortBehaviour::ProhibitedByHost
             | PortBehaviour::ProhibitedByRouter
@@ -312,7 +369,16 @@ impl FieldModel {
                 range.ports.prohibited_by_host,
                 range.ports.prohibited_by_router,
             ];
-            for (what, shares) in [("the host mix", hosts), ("the port mix", ports)] {
+            let udp = [
+                range.udp.open,
+                range.udp.open_silent,
+                range.udp.filtered,
+                range.udp.prohibited_by_host,
+                range.udp.prohibited_by_router,
+            ];
+            for (what, shares) in
+                [("the host mix", &hosts[..]), ("the port mix", &ports[..]), ("the UDP port mix", &udp[..])]
+            {
                 let total: f64 = shares.iter().sum();
                 if shares.iter().any(|share| !share.is_finite() || *share < 0.0) || total > 100.0 {
                     return Err(ModelError::Shares { range: name.clone(), what, total });
@@ -335,6 +401,10 @@ impl FieldModel {
                 finite("firewall per_second", limit.per_second)?;
                 finite("firewall burst", limit.burst)?;
             }
+        }
+        if let Some(limit) = self.host_icmp_peer_limit {
+            finite("host_icmp_peer_limit per_second", limit.per_second)?;
+            finite("host_icmp_peer_limit burst", limit.burst)?;
         }
         for (what, value) in [
             ("icmp_limit per_second", self.icmp_limit.per_second),
@@ -400,19 +470,26 @@ impl FieldModel {
         Some(Duration::from_secs_f64(ms.max(0.0) / 1000.0))
     }
 
+    /// The state a scheduled change has set (address, port) to by `at`.
+    fn scheduled(&self, transport: Transport, address: IpAddr, port: u16, at: Duration) -> Option<PortBehaviour> {
+        self.changes
+            .iter()
+            .filter(|change| {
+                change.transport == transport
+                    && change.address == address
+                    && change.port == port
+                    && Duration::from_millis(change.at_ms) <= at
+            })
+            .max_by_key(|change| change.at_ms)
+            .map(|change| change.state)
+    }
+
     /// What (address, port) does with a SYN at `at` (time since the responder started); `None`
     /// outside every range.
     pub fn behaviour(&self, address: IpAddr, port: u16, at: Duration) -> Option<PortBehaviour> {
         let range = self.range_of(address)?;
-        let scheduled = self
-            .changes
-            .iter()
-            .filter(|change| {
-                change.address == address && change.port == port && Duration::from_millis(change.at_ms) <= at
-            })
-            .max_by_key(|change| change.at_ms);
-        if let Some(change) = scheduled {
-            return Some(change.state);
+        if let Some(state) = self.scheduled(Transport::Tcp, address, port, at) {
+            return Some(state);
         }
         let behaviour = match self.host_kind(address)? {
             HostKind::Silent => PortBehaviour::Filtered,
@@ -442,10 +519,65 @@ impl FieldModel {
         Some(behaviour)
     }
 
-    /// What a correct scanner reports for (address, port) at `at`; outside every range nothing
-    /// answers, so filtered.
+    /// What UDP (address, port) does with a datagram at `at`; `None` outside every range.
+    pub fn udp_behaviour(&self, address: IpAddr, port: u16, at: Duration) -> Option<PortBehaviour> {
+        let range = self.range_of(address)?;
+        if let Some(state) = self.scheduled(Transport::Udp, address, port, at) {
+            return Some(state);
+        }
+        let behaviour = match self.host_kind(address)? {
+            HostKind::Silent => PortBehaviour::Filtered,
+            HostKind::Unreachable => PortBehaviour::HostUnreachable,
+            // SYN proxies and tarpits stand in front of TCP only.
+            HostKind::Up | HostKind::Synproxy | HostKind::Tarpit => {
+                let draw = unit(self.seed, Purpose::UdpPortState, address, u64::from(port)) * 100.0;
+                let mix = range.udp;
+                let mut bound = 0.0;
+                let mut state = PortBehaviour::PortUnreachable;
+                for (share, behaviour) in [
+                    (mix.open, PortBehaviour::UdpAnswer),
+                    (mix.open_silent, PortBehaviour::UdpSilent),
+                    (mix.filtered, PortBehaviour::Filtered),
+                    (mix.prohibited_by_host, PortBehaviour::ProhibitedByHost),
+                    (mix.prohibited_by_router, PortBehaviour::ProhibitedByRouter),
+                ] {
+                    bound += share;
+                    if draw < bound {
+                        state = behaviour;
+                        break;
+                    }
+                }
+                state
+            }
+        };
+        Some(behaviour)
+    }
+
+    /// What `transport` (address, port) does at `at`; `None` outside every range.
+    pub fn behaviour_of(
+        &self,
+        transport: Transport,
+        address: IpAddr,
+        port: u16,
+        at: Duration,
+    ) -> Option<PortBehaviour> {
+        match transport {
+            Transport::Tcp => self.behaviour(address, port, at),
+            Transport::Udp => self.udp_behaviour(address, port, at),
+        }
+    }
+
+    /// What a correct scanner reports for TCP (address, port) at `at`; outside every range
+    /// nothing answers, so filtered.
     pub fn truth(&self, address: IpAddr, port: u16, at: Duration) -> TrueState {
-        self.behaviour(address, port, at).map_or(TrueState::Filtered, PortBehaviour::truth)
+        self.behaviour(address, port, at).map_or(TrueState::Filtered, |behaviour| behaviour.truth(Transport::Tcp))
+    }
+
+    /// What a correct scanner reports for UDP (address, port) at `at`; outside every range
+    /// nothing answers, so `open|filtered`.
+    pub fn udp_truth(&self, address: IpAddr, port: u16, at: Duration) -> TrueState {
+        self.udp_behaviour(address, port, at)
+            .map_or(TrueState::OpenFiltered, |behaviour| behaviour.truth(Transport::Udp))
     }
 
     /// The router's address in `address`'s family.
@@ -466,19 +598,22 @@ pub struct TruthEntry {
     pub ip: IpAddr,
     /// The port.
     pub port: u16,
+    /// The port's transport.
+    pub proto: Transport,
     /// What a correct scanner reports.
     pub state: TrueState,
-    /// What the network does with the SYN.
+    /// What the network does with the probe.
     pub behaviour: PortBehaviour,
 }
 
 /// The ground truth of `targets` × `ports` at `at` as JSON lines: the model itself on the first
-/// line (`{"model": ...}`), then one [`TruthEntry`] per (address, port) that is not plain
-/// filtered (silent hosts are most of an Internet range; what is not listed is filtered).
+/// line (`{"model": ...}`), then one [`TruthEntry`] per (address, transport, port) that is not
+/// silently dropped (silent hosts are most of an Internet range; what is not listed is
+/// filtered over TCP and `open|filtered` over UDP).
 pub fn ground_truth_json(
     model: &FieldModel,
     targets: &[IpNetwork],
-    ports: &[u16],
+    ports: &[(Transport, u16)],
     at: Duration,
     mut out: impl std::io::Write,
 ) -> std::io::Result<u64> {
@@ -487,12 +622,12 @@ pub fn ground_truth_json(
     let mut written = 0;
     for target in targets {
         for address in target.iter() {
-            for &port in ports {
-                let Some(behaviour) = model.behaviour(address, port, at) else { continue };
+            for &(proto, port) in ports {
+                let Some(behaviour) = model.behaviour_of(proto, address, port, at) else { continue };
                 if behaviour == PortBehaviour::Filtered {
                     continue;
                 }
-                let entry = TruthEntry { ip: address, port, state: behaviour.truth(), behaviour };
+                let entry = TruthEntry { ip: address, port, proto, state: behaviour.truth(proto), behaviour };
                 serde_json::to_writer(&mut out, &entry)?;
                 out.write_all(b"\n")?;
                 written += 1;

@@ -2,21 +2,29 @@
 //! 198.18.0.0/16 and 2001:2::/64 (the part of 198.18.0.0/15 and 2001:2::/48 not taken by the
 //! lab link).
 //!
-//! * `lan`: 0.2 ms, no loss, every host up, 5 % of ports open and the rest closed: a scanner
-//!   must be exact here.
+//! * `lan`: 0.2 ms, no loss, every host up, 5 % of ports open and the rest closed (TCP and UDP
+//!   alike): a scanner must be exact here.
 //! * `internet`: log-normal round trips around 80 ms (up to 300 ms), 5 ms jitter, 1 % loss each
 //!   way, 70 % of hosts silent, 2 % unreachable (the router's ICMP), 0.5 % SYN proxies, 0.3 %
-//!   tarpits; on up hosts 8 % open, 15 % filtered, 3 % prohibited by the host, 2 % by the
-//!   router, the rest closed; ICMP limited like Linux (1,000/s, burst 50, per source).
+//!   tarpits; on up hosts 8 % of TCP ports open, 15 % filtered, 3 % prohibited by the host, 2 %
+//!   by the router, the rest closed; of UDP ports 4 % answer, 3 % are bound but silent, 15 %
+//!   filtered, 3 % prohibited by the host, 2 % by the router, the rest closed.
 //! * `hostile`: log-normal around 150 ms (up to 400 ms), 20 ms jitter, bursty loss (about 5 %
-//!   each way), a firewall dropping SYNs beyond 5,000/s per source (burst 500), 60 % silent,
-//!   2 % tarpits, 1 % SYN proxies, 1 % duplicated replies and 2 % late replies (5 s).
+//!   each way), a firewall dropping probes beyond 5,000/s per source (burst 500), 60 % silent,
+//!   2 % tarpits, 1 % SYN proxies, 1 % duplicated replies and 2 % late replies (5 s); of UDP
+//!   ports 4 % answer, 4 % bound but silent, 25 % filtered, 3 % and 3 % prohibited.
+//!
+//! In every profile ICMP is limited like Linux: each source 1,000/s with a burst of 50
+//! (`icmp_msgs_per_sec`, `icmp_msgs_burst`), and each host towards one peer 1/s with a burst of
+//! 6 (`icmp_ratelimit`), which is what makes closed UDP ports slow to scan.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::IpNetwork;
 
-use super::model::{FieldModel, HostMix, LateReplies, Loss, PortMix, RangeModel, RateLimit, RttDistribution};
+use super::model::{
+    FieldModel, HostMix, LateReplies, Loss, PortMix, RangeModel, RateLimit, RttDistribution, UdpPortMix,
+};
 
 /// The profiles' names.
 pub const PROFILES: [&str; 3] = ["lan", "internet", "hostile"];
@@ -33,6 +41,10 @@ pub const ROUTER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0xfffe, 0, 0, 0, 1);
 
 /// Linux's default ICMP error limit (`icmp_msgs_per_sec` 1,000, `icmp_msgs_burst` 50).
 pub const LINUX_ICMP_LIMIT: RateLimit = RateLimit { per_second: 1000.0, burst: 50.0 };
+
+/// Linux's default per-peer ICMP error limit: `icmp_ratelimit` 1,000 ms (one a second) with the
+/// inet peer's burst of 6 (`XRLIM_BURST_FACTOR`).
+pub const LINUX_ICMP_PEER_LIMIT: RateLimit = RateLimit { per_second: 1.0, burst: 6.0 };
 
 fn both_families(range: impl Fn(IpNetwork) -> RangeModel) -> Vec<RangeModel> {
     [FIELD_V4, FIELD_V6].iter().map(|text| range(text.parse().expect("a valid CIDR"))).collect()
@@ -52,6 +64,7 @@ pub fn profile(name: &str, seed: u64) -> Option<FieldModel> {
         duplicate_percent: 0.0,
         late: LateReplies { percent: 0.0, delay_ms: 5000.0 },
         changes: Vec::new(),
+        host_icmp_peer_limit: Some(LINUX_ICMP_PEER_LIMIT),
     };
     let model = match name {
         "lan" => base(
@@ -62,6 +75,7 @@ pub fn profile(name: &str, seed: u64) -> Option<FieldModel> {
                 jitter_ms: 0.0,
                 hosts: HostMix::default(),
                 ports: PortMix { open: 5.0, ..PortMix::default() },
+                udp: UdpPortMix { open: 5.0, ..UdpPortMix::default() },
                 firewall: None,
             }),
         ),
@@ -76,6 +90,13 @@ pub fn profile(name: &str, seed: u64) -> Option<FieldModel> {
                     jitter_ms: 5.0,
                     hosts: HostMix { silent: 70.0, unreachable: 2.0, synproxy: 0.5, tarpit: 0.3 },
                     ports: PortMix { open: 8.0, filtered: 15.0, prohibited_by_host: 3.0, prohibited_by_router: 2.0 },
+                    udp: UdpPortMix {
+                        open: 4.0,
+                        open_silent: 3.0,
+                        filtered: 15.0,
+                        prohibited_by_host: 3.0,
+                        prohibited_by_router: 2.0,
+                    },
                     firewall: None,
                 }),
             )
@@ -103,6 +124,13 @@ pub fn profile(name: &str, seed: u64) -> Option<FieldModel> {
                         ports: PortMix {
                             open: 8.0,
                             filtered: 20.0,
+                            prohibited_by_host: 3.0,
+                            prohibited_by_router: 3.0,
+                        },
+                        udp: UdpPortMix {
+                            open: 4.0,
+                            open_silent: 4.0,
+                            filtered: 25.0,
                             prohibited_by_host: 3.0,
                             prohibited_by_router: 3.0,
                         },

@@ -4,12 +4,17 @@
 //! ([`Simulator::poll_transmit`]) and sleeps until [`Simulator::poll_timeout`]. Tests drive the
 //! same type with frames they build and times they choose.
 //!
-//! The decisions for a SYN, in order: counted (per (host, port) too, when asked); outside every
-//! range, nothing more; lost on the way in; dropped by the range's firewall (SYNs beyond its
-//! rate from one source); the model's behaviour for (host, port) at that time; an ICMP reply
-//! past its source's rate limit is not sent; lost on the way back; held late; duplicated. ACKs
-//! and RSTs of the scanner (a raw scan's kernel RST, a connect() scan's handshake and close)
-//! are taken without an answer.
+//! The decisions for a SYN or a UDP datagram, in order: counted (per (host, port) too, when
+//! asked); outside every range, nothing more; lost on the way in; dropped by the range's
+//! firewall (probes beyond its rate from one source); the model's behaviour for (host, port) at
+//! that time; for an open UDP port, whether its service answers what was sent (the lab's
+//! scripted service for the port, [`crate::UdpService`], or an echo); an ICMP reply from a host
+//! past its per-peer limit, or from any source past its overall limit, is not sent; lost on the
+//! way back; held late; duplicated. ACKs and RSTs of the scanner (a raw scan's kernel RST, a
+//! connect() scan's handshake and close) are taken without an answer.
+//!
+//! A UDP answer's bytes are kept beside the timer wheel, keyed by a number the reply carries,
+//! so the wheel holds small plain replies whatever the answer's size.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -19,9 +24,10 @@ use serde::Serialize;
 
 use super::draw::{Purpose, hash, unit};
 use super::limits::{Bucket, LossChain};
-use super::model::{FieldModel, ModelError, PortBehaviour};
-use super::packets::{Reply, ReplyKind, Segment, parse_segment};
+use super::model::{FieldModel, ModelError, PortBehaviour, Transport};
+use super::packets::{Reply, ReplyKind, Segment, parse_probe};
 use super::wheel::TimerWheel;
+use crate::UdpService;
 
 /// The timer wheel's tick.
 pub const TICK: Duration = Duration::from_micros(100);
@@ -33,19 +39,26 @@ pub struct FieldCounters {
     pub frames: u64,
     /// SYNs (probes and connection attempts) to any address.
     pub syns: u64,
-    /// SYNs to addresses outside every range of the model.
+    /// UDP datagrams (probes) to any address.
+    pub datagrams: u64,
+    /// SYNs and datagrams to addresses outside every range of the model.
     pub outside: u64,
     /// Other TCP segments to simulated addresses (ACKs, RSTs), taken without an answer.
     pub taken_quietly: u64,
-    /// Frames that are not IPv4 or IPv6 TCP (address resolution, the kernel's own traffic).
-    pub not_tcp: u64,
-    /// SYNs lost on the way in.
+    /// Frames that are neither IPv4 nor IPv6 TCP or UDP (address resolution, the kernel's own
+    /// traffic).
+    pub not_tcp_or_udp: u64,
+    /// Probes lost on the way in.
     pub lost_forward: u64,
-    /// SYNs the firewall dropped.
+    /// Probes the firewall dropped.
     pub dropped_by_firewall: u64,
-    /// SYNs to filtered (host, port)s: no answer by design.
+    /// Probes to filtered or silent (host, port)s: no answer by design.
     pub unanswered: u64,
-    /// ICMP errors not sent because their source's rate limit was spent.
+    /// Datagrams to open UDP ports whose service does not answer what they carried.
+    pub not_understood: u64,
+    /// ICMP errors not sent because their host's limit towards the scanner was spent.
+    pub icmp_peer_rate_limited: u64,
+    /// ICMP errors not sent because their source's overall rate limit was spent.
     pub icmp_rate_limited: u64,
     /// Replies lost on the way back.
     pub lost_reverse: u64,
@@ -85,8 +98,14 @@ pub struct Simulator {
     options: SimulatorOptions,
     counters: FieldCounters,
     syns_per_port: HashMap<(IpAddr, u16), u32>,
+    datagrams_per_port: HashMap<(IpAddr, u16), u32>,
     wheel: TimerWheel<Reply>,
+    /// The bytes of the UDP answers the wheel holds, by [`Reply::answer`].
+    answers: HashMap<u32, Vec<u8>>,
+    next_answer: u32,
     icmp_buckets: HashMap<IpAddr, Bucket>,
+    /// Per (host, peer): the hosts' per-peer ICMP limit.
+    icmp_peer_buckets: HashMap<(IpAddr, IpAddr), Bucket>,
     firewall_buckets: HashMap<(IpAddr, IpAddr), Bucket>,
     forward_chain: LossChain,
     reverse_chain: LossChain,
@@ -107,8 +126,12 @@ impl Simulator {
             options,
             counters: FieldCounters::default(),
             syns_per_port: HashMap::new(),
+            datagrams_per_port: HashMap::new(),
             wheel: TimerWheel::new(options.wheel_slots, options.wheel_capacity),
+            answers: HashMap::new(),
+            next_answer: 1,
             icmp_buckets: HashMap::new(),
+            icmp_peer_buckets: HashMap::new(),
             firewall_buckets: HashMap::new(),
             forward_chain: LossChain::default(),
             reverse_chain: LossChain::default(),
@@ -136,6 +159,16 @@ impl Simulator {
         &self.syns_per_port
     }
 
+    /// UDP datagrams to (address, port) so far (0 when per-port counting is off).
+    pub fn datagrams_to(&self, address: IpAddr, port: u16) -> u32 {
+        self.datagrams_per_port.get(&(address, port)).copied().unwrap_or(0)
+    }
+
+    /// UDP datagrams per (host, port) so far.
+    pub fn datagrams_per_port(&self) -> &HashMap<(IpAddr, u16), u32> {
+        &self.datagrams_per_port
+    }
+
     /// Replies waiting for their time.
     pub fn held(&self) -> usize {
         self.wheel.len()
@@ -147,24 +180,53 @@ impl Simulator {
 
     /// Takes one arriving frame at `now` (time since the responder started).
     pub fn handle_frame(&mut self, now: Duration, frame: &[u8]) {
+        self.handle_captured_frame(now, frame, frame.len());
+    }
+
+    /// Takes one arriving frame of `wire_len` bytes at `now`, of which `frame` holds the first
+    /// (the receive ring keeps a few hundred bytes of each). A UDP datagram cut short reaches
+    /// its service with the missing tail as zeros: of the built-in probes only QUIC's is that
+    /// long, and its tail is padding, which is zeros.
+    pub fn handle_captured_frame(&mut self, now: Duration, frame: &[u8], wire_len: usize) {
         self.counters.frames += 1;
-        let Some(segment) = parse_segment(frame) else {
-            self.counters.not_tcp += 1;
+        let Some(probe) = parse_probe(frame, wire_len) else {
+            self.counters.not_tcp_or_udp += 1;
             return;
         };
-        if segment.is_syn() {
-            self.handle_syn(now, segment);
+        let segment = probe.segment;
+        if segment.transport == Transport::Udp {
+            let mut payload = probe.payload.to_vec();
+            payload.resize(probe.payload_len, 0);
+            self.handle_probe(now, segment, &payload);
+        } else if segment.is_syn() {
+            self.handle_probe(now, segment, &[]);
         } else if self.model.range_of(segment.destination).is_some() {
             self.counters.taken_quietly += 1;
         }
     }
 
-    fn handle_syn(&mut self, now: Duration, probe: Segment) {
+    /// Stores a UDP answer's bytes; returns its number.
+    fn store_answer(&mut self, bytes: Vec<u8>) -> u32 {
+        let number = self.next_answer;
+        self.next_answer = self.next_answer.checked_add(1).unwrap_or(1);
+        self.answers.insert(number, bytes);
+        number
+    }
+
+    fn handle_probe(&mut self, now: Duration, probe: Segment, payload: &[u8]) {
         self.packets += 1;
-        self.counters.syns += 1;
+        let transport = probe.transport;
         let (address, port) = (probe.destination, probe.destination_port);
+        match transport {
+            Transport::Tcp => self.counters.syns += 1,
+            Transport::Udp => self.counters.datagrams += 1,
+        }
         if self.options.count_per_port {
-            *self.syns_per_port.entry((address, port)).or_insert(0) += 1;
+            let counts = match transport {
+                Transport::Tcp => &mut self.syns_per_port,
+                Transport::Udp => &mut self.datagrams_per_port,
+            };
+            *counts.entry((address, port)).or_insert(0) += 1;
         }
         let Some(range) = self.model.range_of(address) else {
             self.counters.outside += 1;
@@ -186,15 +248,31 @@ impl Simulator {
                 return;
             }
         }
-        let behaviour = self.model.behaviour(address, port, now).expect("the address is in a range");
+        let behaviour = self.model.behaviour_of(transport, address, port, now).expect("the address is in a range");
         let rtt = self.model.host_rtt(address).expect("the address is in a range");
         let jitter = Duration::from_secs_f64(jitter_ms / 1000.0 * self.draw(Purpose::Jitter, address));
         let host_ttl = 64 - (hash(self.model.seed, Purpose::HostRtt, address, 1) % 16) as u8 - 4;
         let router = self.model.router_for(address);
+        let mut answer_bytes = None;
         let (kind, icmp_source, delay, ttl) = match behaviour {
             PortBehaviour::Open => (ReplyKind::StackSynAck, address, rtt + jitter, host_ttl),
             PortBehaviour::Closed => (ReplyKind::Rst, address, rtt + jitter, host_ttl),
-            PortBehaviour::Filtered => {
+            PortBehaviour::UdpAnswer => {
+                let service = UdpService::for_port(port).unwrap_or(UdpService::Echo);
+                let Some(answer) = service.answer(payload) else {
+                    self.counters.not_understood += 1;
+                    return;
+                };
+                let answer_port = if service.answers_from_new_port() {
+                    32_768 + (hash(self.model.seed, Purpose::UdpAnswerPort, address, self.packets) % 28_232) as u16
+                } else {
+                    port
+                };
+                answer_bytes = Some((answer, answer_port));
+                (ReplyKind::UdpAnswer, address, rtt + jitter, host_ttl)
+            }
+            PortBehaviour::PortUnreachable => (ReplyKind::PortUnreachable, address, rtt + jitter, host_ttl),
+            PortBehaviour::UdpSilent | PortBehaviour::Filtered => {
                 self.counters.unanswered += 1;
                 return;
             }
@@ -207,7 +285,18 @@ impl Simulator {
             PortBehaviour::SynproxySynAck => (ReplyKind::ProxySynAck, address, rtt / 2, 60),
             PortBehaviour::TarpitSynAck => (ReplyKind::TarpitSynAck, address, rtt + jitter, host_ttl),
         };
-        if matches!(kind, ReplyKind::Prohibited | ReplyKind::HostUnreachable) {
+        let is_icmp = matches!(kind, ReplyKind::Prohibited | ReplyKind::HostUnreachable | ReplyKind::PortUnreachable);
+        // A host's own errors first meet its limit towards this peer, then every source's
+        // overall one (recent Linux checks them in this order).
+        if let (true, Some(limit)) = (is_icmp && icmp_source == address, self.model.host_icmp_peer_limit) {
+            let bucket =
+                self.icmp_peer_buckets.entry((icmp_source, probe.source)).or_insert_with(|| Bucket::full(limit, now));
+            if !bucket.take(limit, now) {
+                self.counters.icmp_peer_rate_limited += 1;
+                return;
+            }
+        }
+        if is_icmp {
             let limit = self.model.icmp_limit;
             let bucket = self.icmp_buckets.entry(icmp_source).or_insert_with(|| Bucket::full(limit, now));
             if !bucket.take(limit, now) {
@@ -232,28 +321,44 @@ impl Simulator {
         let initial_sequence =
             hash(self.model.seed, Purpose::InitialSequence, address, u64::from(port) << 32 | u64::from(probe.sequence))
                 as u32;
-        let reply = Reply { kind, probe, icmp_source, initial_sequence, ttl };
+        let duplicate = self.draw(Purpose::Duplicate, address) * 100.0 < self.model.duplicate_percent;
+        let (answer_port, mut answers) = match answer_bytes {
+            None => (0, [0, 0]),
+            Some((bytes, answer_port)) => {
+                let copy = if duplicate { self.store_answer(bytes.clone()) } else { 0 };
+                (answer_port, [self.store_answer(bytes), copy])
+            }
+        };
+        let reply = Reply { kind, probe, icmp_source, initial_sequence, ttl, answer_port, answer: answers[0] };
         // Rounded up: a reply never comes sooner than its delay.
         let due = ticks(now + delay) + 1;
         if self.wheel.insert(due, reply).is_err() {
             self.counters.wheel_full += 1;
-            return;
-        }
-        if self.draw(Purpose::Duplicate, address) * 100.0 < self.model.duplicate_percent {
-            if self.wheel.insert(due + 10, reply).is_err() {
-                self.counters.wheel_full += 1;
-            } else {
-                self.counters.duplicated += 1;
+        } else {
+            answers[0] = 0;
+            if duplicate {
+                if self.wheel.insert(due + 10, Reply { answer: answers[1], ..reply }).is_err() {
+                    self.counters.wheel_full += 1;
+                } else {
+                    answers[1] = 0;
+                    self.counters.duplicated += 1;
+                }
             }
+        }
+        // The bytes of an answer the wheel refused.
+        for number in answers {
+            self.answers.remove(&number);
         }
     }
 
-    /// Hands every reply due at `now` to `send`, in the order they fall due.
-    pub fn poll_transmit(&mut self, now: Duration, mut send: impl FnMut(&Reply)) {
-        let counters = &mut self.counters;
+    /// Hands every reply due at `now` to `send`, in the order they fall due, with a UDP
+    /// answer's bytes (empty for every other reply).
+    pub fn poll_transmit(&mut self, now: Duration, mut send: impl FnMut(&Reply, &[u8])) {
+        let (counters, answers) = (&mut self.counters, &mut self.answers);
         self.wheel.expire(ticks(now), |reply| {
             counters.replies += 1;
-            send(&reply);
+            let bytes = if reply.answer == 0 { None } else { answers.remove(&reply.answer) };
+            send(&reply, bytes.as_deref().unwrap_or(&[]));
         });
     }
 

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
-use synwatch_lab::field::{SimulatorOptions, TrueState, profile};
+use synwatch_lab::field::{SimulatorOptions, Transport, TrueState, profile};
 use synwatch_lab::{Expected, Lab, LabConfig};
 
 use crate::helpers::{assert_success, net, parse_jsonl, scan_in_lab};
@@ -255,8 +255,20 @@ fn field_lab_a_scheduled_change_in_the_model_is_seen_by_the_exporter_as_one_open
     let closed = *hosts.iter().find(|host| model.truth(**host, 443, Duration::ZERO) == TrueState::Closed).unwrap();
     // Long enough for `serve` to start and finish its first scans before the network changes.
     let at_ms = 10_000;
-    model.changes.push(ScheduledChange { at_ms, address: open, port: 80, state: PortBehaviour::Closed });
-    model.changes.push(ScheduledChange { at_ms, address: closed, port: 443, state: PortBehaviour::Open });
+    model.changes.push(ScheduledChange {
+        at_ms,
+        address: open,
+        port: 80,
+        transport: Transport::Tcp,
+        state: PortBehaviour::Closed,
+    });
+    model.changes.push(ScheduledChange {
+        at_ms,
+        address: closed,
+        port: 443,
+        transport: Transport::Tcp,
+        state: PortBehaviour::Open,
+    });
     let config = LabConfig { field: Some(model), static_neighbour: true, ..LabConfig::default() };
     let Some(lab) = synwatch_lab::lab_or_skip(test, config) else { return };
     let scratch = Scratch::new("field-change");
