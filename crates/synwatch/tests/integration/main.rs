@@ -10,6 +10,7 @@ mod deployments;
 mod discovery;
 mod docs;
 mod field_lab;
+mod field_lab_udp;
 mod helpers;
 mod http_limits;
 mod lab_scan;
