@@ -439,19 +439,13 @@ impl FieldModel {
         let range = self.range_of(address)?;
         let draw = unit(self.seed, Purpose::HostKind, address, 0) * 100.0;
         let mix = range.hosts;
-        let mut bound = 0.0;
-        for (share, kind) in [
+        let kinds = [
             (mix.silent, HostKind::Silent),
             (mix.unreachable, HostKind::Unreachable),
             (mix.synproxy, HostKind::Synproxy),
             (mix.tarpit, HostKind::Tarpit),
-        ] {
-            bound += share;
-            if draw < bound {
-                return Some(kind);
-            }
-        }
-        Some(HostKind::Up)
+        ];
+        Some(pick(draw, &kinds, HostKind::Up))
     }
 
     /// The host's round trip (without the per-packet jitter).
@@ -497,23 +491,17 @@ impl FieldModel {
             HostKind::Synproxy => PortBehaviour::SynproxySynAck,
             HostKind::Tarpit => PortBehaviour::TarpitSynAck,
             HostKind::Up => {
-                let draw = unit(self.seed, Purpose::PortState, address, u64::from(port)) * 100.0;
                 let mix = range.ports;
-                let mut bound = 0.0;
-                let mut state = PortBehaviour::Closed;
-                for (share, behaviour) in [
-                    (mix.open, PortBehaviour::Open),
-                    (mix.filtered, PortBehaviour::Filtered),
-                    (mix.prohibited_by_host, PortBehaviour::ProhibitedByHost),
-                    (mix.prohibited_by_router, PortBehaviour::ProhibitedByRouter),
-                ] {
-                    bound += share;
-                    if draw < bound {
-                        state = behaviour;
-                        break;
-                    }
-                }
-                state
+                pick(
+                    unit(self.seed, Purpose::PortState, address, u64::from(port)) * 100.0,
+                    &[
+                        (mix.open, PortBehaviour::Open),
+                        (mix.filtered, PortBehaviour::Filtered),
+                        (mix.prohibited_by_host, PortBehaviour::ProhibitedByHost),
+                        (mix.prohibited_by_router, PortBehaviour::ProhibitedByRouter),
+                    ],
+                    PortBehaviour::Closed,
+                )
             }
         };
         Some(behaviour)
@@ -530,24 +518,18 @@ impl FieldModel {
             HostKind::Unreachable => PortBehaviour::HostUnreachable,
             // SYN proxies and tarpits stand in front of TCP only.
             HostKind::Up | HostKind::Synproxy | HostKind::Tarpit => {
-                let draw = unit(self.seed, Purpose::UdpPortState, address, u64::from(port)) * 100.0;
                 let mix = range.udp;
-                let mut bound = 0.0;
-                let mut state = PortBehaviour::PortUnreachable;
-                for (share, behaviour) in [
-                    (mix.open, PortBehaviour::UdpAnswer),
-                    (mix.open_silent, PortBehaviour::UdpSilent),
-                    (mix.filtered, PortBehaviour::Filtered),
-                    (mix.prohibited_by_host, PortBehaviour::ProhibitedByHost),
-                    (mix.prohibited_by_router, PortBehaviour::ProhibitedByRouter),
-                ] {
-                    bound += share;
-                    if draw < bound {
-                        state = behaviour;
-                        break;
-                    }
-                }
-                state
+                pick(
+                    unit(self.seed, Purpose::UdpPortState, address, u64::from(port)) * 100.0,
+                    &[
+                        (mix.open, PortBehaviour::UdpAnswer),
+                        (mix.open_silent, PortBehaviour::UdpSilent),
+                        (mix.filtered, PortBehaviour::Filtered),
+                        (mix.prohibited_by_host, PortBehaviour::ProhibitedByHost),
+                        (mix.prohibited_by_router, PortBehaviour::ProhibitedByRouter),
+                    ],
+                    PortBehaviour::PortUnreachable,
+                )
             }
         };
         Some(behaviour)
@@ -587,6 +569,19 @@ impl FieldModel {
             IpAddr::V6(_) => IpAddr::V6(self.router_v6),
         }
     }
+}
+
+/// The choice whose share (percent) `draw` (in [0, 100)) falls in, the shares laid end to end
+/// in order; `rest` past them all.
+fn pick<T: Copy>(draw: f64, shares: &[(f64, T)], rest: T) -> T {
+    let mut bound = 0.0;
+    for &(share, choice) in shares {
+        bound += share;
+        if draw < bound {
+            return choice;
+        }
+    }
+    rest
 }
 
 /// One line of the ground truth file.

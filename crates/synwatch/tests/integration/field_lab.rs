@@ -17,7 +17,7 @@ use crate::helpers::{assert_success, net, parse_jsonl, scan_in_lab};
 /// A field lab whose gateway the scanner knows from the start: an unknown one makes the engine
 /// send its first IPv4 probe once more through the kernel (the warm-up, see
 /// `synwatch_io::paths`), which would be a second SYN in the per-port counts.
-fn field_lab(test: &str, profile_name: &str, seed: u64) -> Option<Lab> {
+pub fn field_lab(test: &str, profile_name: &str, seed: u64) -> Option<Lab> {
     let config = LabConfig {
         field: Some(profile(profile_name, seed).expect("a profile")),
         field_options: SimulatorOptions::default(),

@@ -10,20 +10,11 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use ipnetwork::IpNetwork;
-use synwatch_lab::field::{SimulatorOptions, TrueState, profile};
-use synwatch_lab::{Expected, Lab, LabConfig};
+use synwatch_lab::field::TrueState;
+use synwatch_lab::{Expected, Lab};
 
+use crate::field_lab::field_lab;
 use crate::helpers::{assert_success, net, parse_jsonl_with_proto, scan_in_lab};
-
-fn field_lab(test: &str, profile_name: &str, seed: u64) -> Option<Lab> {
-    let config = LabConfig {
-        field: Some(profile(profile_name, seed).expect("a profile")),
-        field_options: SimulatorOptions::default(),
-        static_neighbour: true,
-        ..LabConfig::default()
-    };
-    synwatch_lab::lab_or_skip(test, config)
-}
 
 /// The model's truth for `targets` × TCP `tcp` and UDP `udp` ports, keyed by (address, proto,
 /// port).
