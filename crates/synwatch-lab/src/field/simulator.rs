@@ -195,8 +195,11 @@ impl Simulator {
         };
         let segment = probe.segment;
         if segment.transport == Transport::Udp {
-            let mut payload = probe.payload.to_vec();
-            payload.resize(probe.payload_len, 0);
+            // Copied only when the frame was cut, to give the service its zero tail.
+            let mut payload = std::borrow::Cow::Borrowed(probe.payload);
+            if probe.payload_len > payload.len() {
+                payload.to_mut().resize(probe.payload_len, 0);
+            }
             self.handle_probe(now, segment, &payload);
         } else if segment.is_syn() {
             self.handle_probe(now, segment, &[]);
