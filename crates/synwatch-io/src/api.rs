@@ -190,8 +190,7 @@ impl Engine {
         let cookie_key = CookieKey::new(key, self.config.source_ports);
         let (has_v4, has_v6) = request.space.hosts().families();
         let mut sources = [None, None];
-        let mut routes = [None, None];
-        let mut paths = Vec::new();
+        let mut resolved = Vec::new();
         for (ipv6, present) in [(false, has_v4), (true, has_v6)] {
             if !present {
                 continue;
@@ -201,16 +200,7 @@ impl Engine {
                 self.config.source_addresses.iter().copied().find(|address| address.is_ipv6() == ipv6);
             let path = route::resolve_path(first, self.config.interface.as_deref(), source_override)?;
             sources[usize::from(ipv6)] = Some(path.source);
-            if self.mode == RunningMode::Connect {
-                // The kernel routes connect() calls itself; the path is only reported.
-                paths.push((path, "connect"));
-                continue;
-            }
-            // The job's own first probe of the family, should the next hop need resolving.
-            let own_first = first_probe_of_family(&request.space, &request.settings, ipv6);
-            let (route, kind) = self.paths.choose(&path, first, own_first, &cookie_key);
-            routes[usize::from(ipv6)] = Some(route);
-            paths.push((path, kind));
+            resolved.push((ipv6, first, path));
         }
         let submitted = Instant::now();
         let deadline = request.timeout.map(|timeout| self.shared.now() + timeout);
@@ -269,7 +259,24 @@ impl Engine {
             woken_settled: AtomicBool::new(false),
             attempts_in_flight: AtomicUsize::new(0),
         });
+        // The job is registered before its routes are chosen: choosing one may send the job's
+        // first probe through the kernel (to resolve the next hop), and its reply must find the
+        // job, or a target that answers a port only once (a rate-limiting firewall) is lost.
         self.shared.register(&state);
+        let mut routes = [None, None];
+        let mut paths = Vec::new();
+        for (ipv6, first, path) in resolved {
+            if self.mode == RunningMode::Connect {
+                // The kernel routes connect() calls itself; the path is only reported.
+                paths.push((path, "connect"));
+                continue;
+            }
+            // The job's own first probe of the family, should the next hop need resolving.
+            let own_first = first_probe_of_family(&request.space, &request.settings, ipv6);
+            let (route, kind) = self.paths.choose(&path, first, own_first, core.matcher().cookie_key());
+            routes[usize::from(ipv6)] = Some(route);
+            paths.push((path, kind));
+        }
         if lane_count > 1 {
             tracing::info!(job = state.id, probes = state.shard_size, "split over {lane_count} sender thread(s)");
         } else {
