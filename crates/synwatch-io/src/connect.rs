@@ -23,8 +23,10 @@
 //!   no answer by the timeout leaves the probe unknown (`open|filtered` in the end). The
 //!   kernel only hands a connected socket datagrams from the probed address and port. TFTP is
 //!   the exception: its server answers from a new port (RFC 1350 §4), so a udp/69 probe's
-//!   socket stays unconnected with `IP_RECVERR` (errors still come back) and takes a datagram
-//!   from the probed address, whatever its port.
+//!   socket stays unconnected and takes a datagram from the probed address, whatever its port.
+//!   Every UDP probe socket has `IP_RECVERR` (`IPV6_RECVERR`): without it the kernel drops the
+//!   ICMP errors it does not deem fatal (net and host unreachable) and reports the others only
+//!   on connected sockets.
 //! * At most `max_inflight` attempts are open at once. `EMFILE`, `ENFILE`, `ENOBUFS` and
 //!   `EADDRNOTAVAIL` (no free descriptor, buffer or local port) keep the probe and pause opening
 //!   until an attempt completes: they slow the scan down and never lose a probe.
@@ -409,13 +411,17 @@ impl ConnectLoop {
 /// `Pending` when sent; an error the local stack reports at once is the port's answer.
 fn send_udp_probe(socket: &Socket, target: SocketAddr, state: &JobState, probe: &Probe) -> Outcome {
     let connected = !answers_from_new_port(probe.port);
-    let prepared = if connected {
-        socket.connect(&SockAddr::from(target))
-    } else if target.is_ipv6() {
-        nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::Ipv6RecvErr, &true).map_err(io::Error::from)
+    // IP_RECVERR on every UDP probe socket: without it Linux reports only the ICMP errors it
+    // deems fatal, and drops net and host unreachable (ICMPv4 codes 0 and 1, which routers send
+    // for a dead host), which would leave such a port open|filtered instead of filtered.
+    let recv_err = if target.is_ipv6() {
+        nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::Ipv6RecvErr, &true)
     } else {
-        nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::Ipv4RecvErr, &true).map_err(io::Error::from)
+        nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::Ipv4RecvErr, &true)
     };
+    let prepared = recv_err
+        .map_err(io::Error::from)
+        .and_then(|()| if connected { socket.connect(&SockAddr::from(target)) } else { Ok(()) });
     if let Err(error) = prepared {
         return classify_error(&error);
     }

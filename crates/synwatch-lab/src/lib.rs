@@ -7,7 +7,8 @@
 //!   routes 198.18.0.0/15, 2001:2::/48 via the  local (AnyIP) routes for the target ranges on lo,
 //!   target side                                listeners on chosen (address, port)s, nftables
 //!                                              rules: blackholed ranges (drop), prohibited
-//!                                              ranges (ICMP admin-prohibited), random loss
+//!                                              ranges (ICMP admin-prohibited), unreachable
+//!                                              ones (ICMP host unreachable), random loss
 //! ```
 //!
 //! The listeners accept and close every connection at once (one thread polls them all), so a
@@ -83,6 +84,10 @@ pub struct LabConfig {
     pub blackholed: Vec<IpNetwork>,
     /// Ranges the target answers with ICMP administratively prohibited.
     pub prohibited: Vec<IpNetwork>,
+    /// Ranges the target answers with ICMP host unreachable (ICMPv4 type 3 code 1, ICMPv6
+    /// address unreachable), as a router does for a host that is down; Linux reports it to a
+    /// UDP socket only with `IP_RECVERR`.
+    pub unreachable: Vec<IpNetwork>,
     /// Share of incoming TCP and UDP packets the target drops at random, in percent.
     pub loss_percent: u8,
     /// Keep the target kernel's own ICMP rate limits (Linux: six errors to a peer, then one a
@@ -381,6 +386,13 @@ impl Lab {
                 format!("  ip daddr {range} reject with icmp type admin-prohibited\n")
             };
         }
+        for range in &self.config.unreachable {
+            rules += &if range.is_ipv6() {
+                format!("  ip6 daddr {range} reject with icmpv6 type addr-unreachable\n")
+            } else {
+                format!("  ip daddr {range} reject with icmp type host-unreachable\n")
+            };
+        }
         rules += " }\n";
         if let Some(model) = &self.config.field {
             // The simulated addresses are the responder's: the kernel must not route them (it
@@ -509,7 +521,7 @@ impl Lab {
     /// is the model's: [`field::FieldModel::truth`]).
     pub fn expected(&self, address: IpAddr, port: u16) -> Expected {
         let inside = |ranges: &[IpNetwork]| ranges.iter().any(|range| range.contains(address));
-        if inside(&self.config.blackholed) || inside(&self.config.prohibited) {
+        if inside(&self.config.blackholed) || inside(&self.config.prohibited) || inside(&self.config.unreachable) {
             return Expected::Filtered;
         }
         if !inside(&self.config.target_ranges) {
@@ -531,7 +543,7 @@ impl Lab {
         if inside(&self.config.blackholed) {
             return Expected::OpenFiltered;
         }
-        if inside(&self.config.prohibited) || !inside(&self.config.target_ranges) {
+        if inside(&self.config.prohibited) || inside(&self.config.unreachable) || !inside(&self.config.target_ranges) {
             return Expected::Filtered;
         }
         let bound = self.config.udp_services.iter().find(|(bound, _)| {

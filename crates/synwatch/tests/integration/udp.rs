@@ -84,6 +84,9 @@ fn lab(test: &str) -> Option<Lab> {
         udp_services: v4_services.into_iter().chain(v6_services).collect(),
         blackholed: vec![net("198.18.0.8/29")],
         prohibited: vec![net("2001:2::18/125")],
+        // Host unreachable (what a router answers for a host that is down), which Linux hands
+        // a UDP socket only with IP_RECVERR: connect() mode must still see it.
+        unreachable: vec![net("198.18.0.6/31"), net("2001:2::16/127")],
         // IPv6 next-hop resolution takes about a second after the link comes up: probes sent
         // meanwhile would be dropped by the scanner's kernel.
         static_neighbour: true,
