@@ -198,6 +198,10 @@ pub struct ReplyMatcher {
     table: StateTable,
     /// One bit per host: it answered (SYN-ACK or RST) on some port.
     hosts_up: Box<[AtomicU64]>,
+    /// Two bits per host (empty for a job without UDP ports): it answered port unreachable to a
+    /// retry of a UDP probe at least once, and at least twice (see
+    /// [`ReplyMatcher::note_closed_on_retry`]).
+    closed_on_retry: [Box<[AtomicU64]>; 2],
     bounds: TimingBounds,
     timing: Mutex<MatcherTiming>,
     memory: Arc<RttMemory>,
@@ -221,12 +225,16 @@ impl ReplyMatcher {
         let table = StateTable::new(space.len());
         let evidence = EvidenceTable::new(space.hosts().len(), canary_ports);
         let hosts_up = (0..space.hosts().len().div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
+        let udp_words =
+            if space.ports().count_of(crate::Protocol::Udp) > 0 { space.hosts().len().div_ceil(64) } else { 0 };
+        let closed_on_retry = [0, 1].map(|_| (0..udp_words).map(|_| AtomicU64::new(0)).collect());
         ReplyMatcher {
             space,
             cookie_key,
             sources,
             table,
             hosts_up,
+            closed_on_retry,
             bounds,
             timing: Mutex::new(MatcherTiming::default()),
             memory,
@@ -455,6 +463,38 @@ impl ReplyMatcher {
             .open_hosts()
             .filter_map(|host| classify_host(&self.host_evidence(host)).map(|reason| (host, reason)))
             .collect()
+    }
+
+    /// Notes that the UDP probe `index` was first answered port unreachable in a retry round:
+    /// its first send drew nothing. A host doing so on two or more ports is most likely
+    /// limiting its ICMP errors (Linux: six to a peer, then one a second), which paced retries
+    /// get through; loss alone rarely hits two closed ports of one host. The I/O layer, which
+    /// knows the job's round, calls it after recording the answer.
+    pub fn note_closed_on_retry(&self, index: u64) {
+        let host = index / self.space.ports().len() as u64;
+        let (word, bit) = ((host / 64) as usize, 1u64 << (host % 64));
+        let [once, twice] = &self.closed_on_retry;
+        if let Some(word_once) = once.get(word)
+            && word_once.fetch_or(bit, Ordering::Relaxed) & bit != 0
+            && let Some(word_twice) = twice.get(word)
+        {
+            word_twice.fetch_or(bit, Ordering::Relaxed);
+        }
+    }
+
+    /// The hosts (by index) that answered port unreachable to retries on two or more UDP ports
+    /// they had left unanswered at first: their ICMP errors look rate-limited.
+    pub fn hosts_closed_on_retries(&self) -> Vec<u64> {
+        let [_, twice] = &self.closed_on_retry;
+        let mut hosts = Vec::new();
+        for (word_index, word) in twice.iter().enumerate() {
+            let mut bits = word.load(Ordering::Relaxed);
+            while bits != 0 {
+                hosts.push(word_index as u64 * 64 + u64::from(bits.trailing_zeros()));
+                bits &= bits - 1;
+            }
+        }
+        hosts
     }
 
     /// Whether the host of probe `index` answered on some port.

@@ -1204,6 +1204,33 @@ fn udp_retries_to_an_answering_host_are_paced_and_the_first_round_is_not() {
     assert_eq!(core.matcher().table().get(udp.index), PortState::Closed);
 }
 
+/// Issue 22: a host is taken for ICMP rate-limited once two of its UDP ports answered port
+/// unreachable to retries only; one such port (a lost first answer) is not enough, and a job
+/// without UDP ports keeps no such books.
+#[test]
+fn hosts_answering_port_unreachable_to_retries_on_two_ports_are_taken_for_rate_limited() {
+    let range = space(&["198.18.42.0/24"], "22,udp/1-3");
+    let core = job(&range, no_canaries(), 3);
+    let matcher = core.matcher();
+    let index = |address: &str, port: Port| range.index_of(v4(address), port).unwrap();
+    assert!(matcher.hosts_closed_on_retries().is_empty());
+    matcher.note_closed_on_retry(index("198.18.42.1", Port::udp(1)));
+    matcher.note_closed_on_retry(index("198.18.42.2", Port::udp(1)));
+    assert!(matcher.hosts_closed_on_retries().is_empty(), "one port is no verdict");
+    matcher.note_closed_on_retry(index("198.18.42.2", Port::udp(3)));
+    // .70 is past the first 64-bit word of the bitmap.
+    matcher.note_closed_on_retry(index("198.18.42.70", Port::udp(2)));
+    matcher.note_closed_on_retry(index("198.18.42.70", Port::udp(1)));
+    let host = |address: &str| index(address, Port::udp(1)) / 4;
+    assert!(host("198.18.42.70") >= 64);
+    assert_eq!(matcher.hosts_closed_on_retries(), vec![host("198.18.42.2"), host("198.18.42.70")]);
+    let tcp_only = space(&["198.18.42.1"], "22,80");
+    let core = job(&tcp_only, no_canaries(), 3);
+    core.matcher().note_closed_on_retry(0);
+    core.matcher().note_closed_on_retry(1);
+    assert!(core.matcher().hosts_closed_on_retries().is_empty(), "no UDP port, no books");
+}
+
 /// Issue 22: a UDP answer counts only to the cookie port, from a probed port, with the DNS id
 /// the probe carried; an ICMP error quoting the probe counts when the quoted id is right or
 /// not quoted at all (RFC 792 asks for eight bytes only).

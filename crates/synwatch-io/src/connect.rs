@@ -459,6 +459,7 @@ fn record(
         counters.replies_duplicate.fetch_add(1, Ordering::Relaxed);
         return;
     }
+    state.note_first_answer_round(index, port, port_state);
     if port_state == PortState::Filtered {
         tracing::debug!(%address, %port, reason, "filtered");
     }

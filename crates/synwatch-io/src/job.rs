@@ -150,6 +150,17 @@ pub(crate) struct JobState {
 
 impl JobState {
     /// Adds a lane's progress to the job's counters; `at` is when its batch was taken (since
+    /// Notes the round in which probe `index` (of `port`) got its first answer, `state`: a UDP
+    /// port unreachable first drawn by a retry is evidence of an ICMP rate limit
+    /// ([`synwatch_engine::ReplyMatcher::note_closed_on_retry`]). The job's round is the latest
+    /// its lanes published, so an answer to a first-round probe that arrives after the retries
+    /// began counts too: late port unreachables are rare, and one alone flags no host.
+    pub(crate) fn note_first_answer_round(&self, index: u64, port: Port, state: PortState) {
+        if state == PortState::Closed && port.is_udp() && self.round.load(Ordering::Relaxed) > 0 {
+            self.matcher.note_closed_on_retry(index);
+        }
+    }
+
     /// the engine's epoch), for the first round's send span. Done once per batch, so that
     /// threads do not contend for the counters' cache lines per probe.
     pub(crate) fn publish_progress(&self, progress: LaneProgress, at: Duration) {
@@ -351,6 +362,12 @@ impl JobHandle {
     /// The job's state table.
     pub fn table(&self) -> &StateTable {
         self.state.matcher.table()
+    }
+
+    /// The hosts (indices into the job's host set) that answered port unreachable to retries on
+    /// two or more UDP ports: their ICMP errors look rate-limited.
+    pub fn hosts_closed_on_retries(&self) -> Vec<u64> {
+        self.state.matcher.hosts_closed_on_retries()
     }
 
     /// The job's target space.

@@ -110,6 +110,7 @@ fn handle_packet(
                     counters.observe_rtt(job.priority, rtt);
                     job_samples.push((classified.remote, rtt));
                 }
+                job.note_first_answer_round(index, classified.remote_port, classified.state);
                 // The stream reports the echoed timestamp's round trip only, as before: it is
                 // exact to the microsecond, the sequence's stamp to the millisecond.
                 let rtt = classified.timestamp_echo.and(rtt);

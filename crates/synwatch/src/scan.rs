@@ -400,7 +400,8 @@ pub fn run(args: ScanArgs) -> Result<()> {
     );
     eprintln!("synwatch timing: {}", describe_timing(&settings, &summary.timing));
     if space.ports().count_of(Protocol::Udp) > 0 {
-        eprintln!("synwatch udp: {}", describe_udp(&space, table));
+        let limited = job.hosts_closed_on_retries();
+        eprintln!("synwatch udp: {}", describe_udp(&space, table, &limited, !settings.udp_host_interval.is_zero()));
     }
     let evidence = summary.evidence;
     let suspect_opens = opens.iter().filter(|result| suspects.contains_key(&result.address)).count();
@@ -441,11 +442,17 @@ fn read_payloads(path: &str) -> Result<synwatch_io::PayloadTable> {
         .map_err(|error| usage(format!("--udp-payloads {path}:{}:{}: {}", error.line, error.column, error.reason)))
 }
 
-/// The UDP part of a scan's summary: its four states, and hosts that look ICMP rate-limited:
-/// a host that answered port unreachable on some UDP ports but nothing on others is either
-/// behind a per-port firewall or rate-limiting its ICMP errors (Linux sends six, then one a
-/// second per peer), in which case its silent ports may be closed.
-fn describe_udp(space: &TargetSpace, table: &synwatch_engine::StateTable) -> String {
+/// The UDP part of a scan's summary: its four states, and the hosts whose ICMP errors look
+/// rate-limited (Linux sends six to a peer, then one a second).
+///
+/// * `limited`: hosts that answered port unreachable to retries on two or more ports they had
+///   left unanswered at first ([`synwatch_io::JobHandle::hosts_closed_on_retries`]). Retries
+///   paced per host (`--udp-host-interval`) get through such a limit, so their closed ports are
+///   found; any still silent may be closed too.
+/// * Without pacing (`paced` false) a limited host may answer nothing to its retries, so a host
+///   that answered port unreachable on some ports and nothing on others is reported as perhaps
+///   limited. With pacing such a host is taken as it looks: some ports closed, others filtered.
+fn describe_udp(space: &TargetSpace, table: &synwatch_engine::StateTable, limited: &[u64], paced: bool) -> String {
     let ports = space.ports().len() as u64;
     let udp_slots: Vec<u64> = space
         .ports()
@@ -455,7 +462,9 @@ fn describe_udp(space: &TargetSpace, table: &synwatch_engine::StateTable) -> Str
         .filter(|(_, port)| port.is_udp())
         .map(|(slot, _)| slot as u64)
         .collect();
-    let (mut open, mut closed, mut filtered, mut silent, mut mixed_hosts, mut mixed_silent) = (0u64, 0, 0, 0, 0, 0);
+    let limited: std::collections::BTreeSet<u64> = limited.iter().copied().collect();
+    let (mut open, mut closed, mut filtered, mut silent) = (0u64, 0, 0, 0);
+    let (mut limited_silent, mut mixed_hosts, mut mixed_silent) = (0u64, 0u64, 0u64);
     for host in 0..space.hosts().len() {
         let (mut host_closed, mut host_silent) = (0, 0);
         for &slot in &udp_slots {
@@ -468,7 +477,9 @@ fn describe_udp(space: &TargetSpace, table: &synwatch_engine::StateTable) -> Str
         }
         closed += host_closed;
         silent += host_silent;
-        if host_closed > 0 && host_silent > 0 {
+        if limited.contains(&host) {
+            limited_silent += host_silent;
+        } else if !paced && host_closed > 0 && host_silent > 0 {
             mixed_hosts += 1;
             mixed_silent += host_silent;
         }
@@ -478,9 +489,23 @@ fn describe_udp(space: &TargetSpace, table: &synwatch_engine::StateTable) -> Str
         udp_slots.len() as u64 * space.hosts().len(),
         udp_slots.len()
     );
+    if !limited.is_empty() {
+        text.push_str(&format!(
+            "; {} hosts answered port unreachable to retries on ports they had left unanswered: their ICMP looks rate-limited",
+            limited.len()
+        ));
+        if paced {
+            text.push_str(" (retries paced per host found those ports closed)");
+        }
+        if limited_silent > 0 {
+            text.push_str(&format!(
+                ", and {limited_silent} of their ports stayed open|filtered and may be closed (scan them again with more retries or fewer ports per host)"
+            ));
+        }
+    }
     if mixed_hosts > 0 {
         text.push_str(&format!(
-            "; {mixed_hosts} hosts answered port unreachable on some ports and nothing on {mixed_silent} others: their ICMP may be rate-limited (those ports may be closed; scan them again slower or with fewer ports per host)"
+            "; {mixed_hosts} hosts answered port unreachable on some ports and nothing on {mixed_silent} others: their ICMP may be rate-limited, so those ports may be closed (retries were not paced: leave --udp-host-interval on)"
         ));
     }
     text
