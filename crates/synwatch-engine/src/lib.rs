@@ -39,7 +39,10 @@ pub use evidence::{
     DEFAULT_CANARIES, EvidenceCounts, EvidenceTable, HostEvidence, MAX_CANARIES, Suspect, SynAckFingerprint,
     canary_ports, classify_host,
 };
-pub use job::{FinishReason, JobCore, JobSettings, MAX_HOST_UP_RETRIES, NextStep, Probe, first_probe_of_family};
+pub use job::{
+    DEFAULT_UDP_HOST_INTERVAL, FinishReason, JobCore, JobSettings, MAX_HOST_UP_RETRIES, NextStep, Probe,
+    first_probe_of_family,
+};
 pub use matcher::{Classified, ReplyCookie, ReplyMatch, ReplyMatcher, TimingReport, classify_reply};
 pub use pacing::TokenBucket;
 pub use permutation::{Permutation, Shard};

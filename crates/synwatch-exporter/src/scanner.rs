@@ -9,7 +9,9 @@ use std::net::IpAddr;
 
 use parking_lot::Mutex;
 use synwatch_engine::{FinishReason, JobSettings, Port, PortState, Suspect, TargetSpace};
-use synwatch_io::{CounterSnapshot, Engine, JobHandle, JobRequest, Priority, Verdict, Verifier, VerifyOptions};
+use synwatch_io::{
+    CounterSnapshot, Engine, JobHandle, JobRequest, PayloadTable, Priority, Verdict, Verifier, VerifyOptions,
+};
 
 /// A scan to start.
 #[derive(Debug, Clone)]
@@ -27,12 +29,23 @@ pub struct ScanOrder {
     /// Verify the opens of hosts not judged suspect once the job has ended (the scan counts as
     /// running until that is done).
     pub verify: bool,
+    /// The UDP payloads (the config's: built-in ones under `engine.udp_payloads`).
+    pub payloads: Arc<PayloadTable>,
 }
 
 impl ScanOrder {
-    /// A background scan without its own rate cap or verification.
+    /// A background scan without its own rate cap or verification, with the built-in UDP
+    /// payloads.
     pub fn background(space: Arc<TargetSpace>, settings: JobSettings, timeout: Duration) -> ScanOrder {
-        ScanOrder { space, settings, timeout, priority: Priority::Background, rate: None, verify: false }
+        ScanOrder {
+            space,
+            settings,
+            timeout,
+            priority: Priority::Background,
+            rate: None,
+            verify: false,
+            payloads: Arc::new(PayloadTable::built_in()),
+        }
     }
 }
 
@@ -102,6 +115,7 @@ impl Scanner for Engine {
         let request = JobRequest {
             priority: order.priority,
             rate: order.rate,
+            payloads: Some(order.payloads),
             ..JobRequest::new(order.space, order.settings, Some(order.timeout))
         };
         match self.submit(request) {

@@ -78,6 +78,47 @@ fn issue_21_canaries_and_verify_fall_back_on_defaults() {
 }
 
 #[test]
+fn issue_22_udp_host_interval_falls_back_on_defaults_and_udp_payloads_are_loaded_at_their_place() {
+    let text = "defaults: {udp_host_interval: 2s}\ntargets:\n  - {name: a, addresses: [192.0.2.1], ports: \"udp/53\"}\n  \
+                - {name: b, addresses: [192.0.2.2], ports: \"udp/53\", udp_host_interval: 0s}\n\
+                modules:\n  slow: {udp_host_interval: 3s}\n";
+    let config = parse(text, "issue22.yaml").unwrap();
+    assert_eq!(config.targets[0].settings.udp_host_interval, Duration::from_secs(2));
+    assert_eq!(config.targets[1].settings.udp_host_interval, Duration::ZERO);
+    assert_eq!(config.modules["slow"].udp_host_interval, Duration::from_secs(3));
+    let plain = parse("targets: [{name: a, addresses: [192.0.2.1], ports: \"22\"}]\n", "plain.yaml").unwrap();
+    assert_eq!(plain.targets[0].settings.udp_host_interval, Duration::from_millis(1200));
+    // engine.udp_payloads is read by load(), relative to the config's directory.
+    let directory = std::env::temp_dir().join(format!("synwatch-issue22-config-{}", std::process::id()));
+    std::fs::create_dir_all(&directory).unwrap();
+    let config_path = directory.join("synwatch.yaml");
+    std::fs::write(
+        &config_path,
+        "engine: {udp_payloads: payloads.txt}\ntargets: [{name: a, addresses: [192.0.2.1], ports: \"udp/9999\"}]\n",
+    )
+    .unwrap();
+    std::fs::write(directory.join("payloads.txt"), "# mine\nudp/9999 text \"ping\"\n").unwrap();
+    let config = load(&config_path).unwrap();
+    assert_eq!(config.udp_payloads.for_port(9999).bytes, b"ping");
+    assert_ne!(config.udp_payloads.for_port(53).bytes, b"", "the built-in payloads stay under the file's");
+    std::fs::write(directory.join("payloads.txt"), "# mine\nudp/9999 hex 0\n").unwrap();
+    let error = load(&config_path).unwrap_err();
+    let missing = directory.join("missing.txt");
+    std::fs::write(
+        &config_path,
+        format!(
+            "engine: {{udp_payloads: {}}}\ntargets: [{{name: a, addresses: [192.0.2.1], ports: \"22\"}}]\n",
+            missing.display()
+        ),
+    )
+    .unwrap();
+    let missing_error = load(&config_path).unwrap_err();
+    let _ = std::fs::remove_dir_all(&directory);
+    assert_eq!((error.origin.ends_with("payloads.txt"), error.line, error.column), (true, 2, 14), "{error}");
+    assert!(missing_error.origin.ends_with("missing.txt") && missing_error.message.contains("engine.udp_payloads"));
+}
+
+#[test]
 fn issue_6_names_listeners_and_expected_ports_are_read() {
     use synwatch_exporter::config::{ExpectHosts, Protocol};
     let text = "\

@@ -29,6 +29,7 @@ mod values;
 pub(crate) use values::serve_ports;
 mod yaml;
 
+use synwatch_io::PayloadTable;
 use values::{
     Addresses, AnyDuration, Bounded, Burst, Canaries, ConcurrentScans, Listen, Name, Nameserver, Ports,
     PositiveDuration, ProbeCount, ProcessName, Rate, RequestRate, Retries, TimeValue,
@@ -78,6 +79,10 @@ pub struct Config {
     pub dns: DnsSection,
     /// The local listeners collector (this host's listening sockets).
     pub listeners: ListenersSection,
+    /// The UDP payloads of every scan: the built-in ones, under those of `engine.udp_payloads`
+    /// (read by [`load`]; [`parse`] leaves the built-in ones).
+    #[serde(skip)]
+    pub udp_payloads: Arc<PayloadTable>,
 }
 
 /// `dns:`: how the reverse (PTR) lookups of `resolve_hostnames` are made and cached.
@@ -349,6 +354,9 @@ pub struct Module {
     /// Canary ports per host that answered SYN-ACK (0 to 8; 0 turns them off).
     #[serde_as(as = "Canaries")]
     pub canaries: u32,
+    /// The least time between two UDP retries to one host that answered (`0s`: none).
+    #[serde_as(as = "AnyDuration")]
+    pub udp_host_interval: Duration,
 }
 
 impl Default for Module {
@@ -363,6 +371,7 @@ impl Default for Module {
             retry_gap: TimeSetting::Auto,
             verify: VerifySetting::None,
             canaries: synwatch_engine::DEFAULT_CANARIES,
+            udp_host_interval: synwatch_engine::DEFAULT_UDP_HOST_INTERVAL,
         }
     }
 }
@@ -402,6 +411,10 @@ pub struct EngineSection {
     /// Scans running at once at most; further due targets wait in the scheduler queue.
     #[serde_as(as = "ConcurrentScans")]
     pub max_concurrent_scans: usize,
+    /// A file of UDP payloads over the built-in ones (the format of `synwatch scan
+    /// --udp-payloads`), read and checked when the config is loaded; a relative path is relative
+    /// to the config file's directory.
+    pub udp_payloads: Option<PathBuf>,
 }
 
 impl Default for EngineSection {
@@ -412,6 +425,7 @@ impl Default for EngineSection {
             interface: None,
             source_addresses: Vec::new(),
             max_concurrent_scans: 4,
+            udp_payloads: None,
         }
     }
 }
@@ -454,6 +468,9 @@ pub struct Defaults {
     /// Canary ports per host that answered SYN-ACK (0 to 8; 0 turns them off).
     #[serde_as(as = "Canaries")]
     pub canaries: u32,
+    /// The least time between two UDP retries to one host that answered (`0s`: none).
+    #[serde_as(as = "AnyDuration")]
+    pub udp_host_interval: Duration,
 }
 
 impl Default for Defaults {
@@ -466,6 +483,7 @@ impl Default for Defaults {
             retry_gap: TimeSetting::Auto,
             verify: VerifySetting::None,
             canaries: synwatch_engine::DEFAULT_CANARIES,
+            udp_host_interval: synwatch_engine::DEFAULT_UDP_HOST_INTERVAL,
         }
     }
 }
@@ -513,7 +531,8 @@ impl Target {
     }
 }
 
-/// Loads and validates a config file.
+/// Loads and validates a config file, and the UDP payload file it names (an error in that file
+/// is reported at its own line and column).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let origin = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
@@ -522,7 +541,29 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         column: 1,
         message: error.to_string(),
     })?;
-    parse(&text, &origin)
+    let mut config = parse(&text, &origin)?;
+    if let Some(payloads) = &config.engine.udp_payloads {
+        let payloads = path.parent().unwrap_or(Path::new(".")).join(payloads);
+        config.udp_payloads = Arc::new(load_udp_payloads(&payloads)?);
+    }
+    Ok(config)
+}
+
+/// Reads a UDP payload file over the built-in payloads.
+fn load_udp_payloads(path: &Path) -> Result<PayloadTable, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+        origin: origin.clone(),
+        line: 1,
+        column: 1,
+        message: format!("engine.udp_payloads: {error}"),
+    })?;
+    PayloadTable::built_in().parse_file(&text).map_err(|error| ConfigError {
+        origin,
+        line: error.line,
+        column: error.column,
+        message: error.reason,
+    })
 }
 
 /// The file's own shape: [`Config`] but for its targets, whose settings fall back to
@@ -595,6 +636,9 @@ struct TargetFile {
     #[serde_as(as = "Option<Canaries>")]
     #[serde(default)]
     canaries: Option<u32>,
+    #[serde_as(as = "Option<AnyDuration>")]
+    #[serde(default)]
+    udp_host_interval: Option<Duration>,
     #[serde(default)]
     details: bool,
     expect: Option<Expectation>,
@@ -646,6 +690,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
                 retry_gap: target.retry_gap.unwrap_or(defaults.retry_gap),
                 verify: target.verify.unwrap_or(defaults.verify),
                 canaries: target.canaries.unwrap_or(defaults.canaries),
+                udp_host_interval: target.udp_host_interval.unwrap_or(defaults.udp_host_interval),
             },
             details: target.details,
             expect: target.expect,
@@ -697,6 +742,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         resolve_hostnames: file.resolve_hostnames,
         dns: file.dns,
         listeners: file.listeners,
+        udp_payloads: Arc::new(PayloadTable::built_in()),
     })
 }
 

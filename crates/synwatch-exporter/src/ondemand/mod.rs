@@ -382,6 +382,7 @@ impl OnDemand {
             retry_gap: module.retry_gap,
             wait: module.wait,
             canaries: module.canaries,
+            udp_host_interval: module.udp_host_interval,
             seed: std::hash::Hasher::finish(&hasher),
             shard: Shard::WHOLE,
             ..JobSettings::default()
@@ -429,6 +430,7 @@ impl OnDemand {
                 priority: Priority::Interactive,
                 rate: params.preset.rate,
                 verify: params.preset.verify.connect(),
+                payloads: Arc::clone(&config.udp_payloads),
             })
         });
         let (outcome, success, scan) = match started_scan {
@@ -528,6 +530,7 @@ impl OnDemand {
                     priority,
                     rate: params.preset.rate,
                     verify: params.preset.verify.connect(),
+                    payloads: Arc::clone(&config.udp_payloads),
                 })
             })
             .map_err(|error| Refusal::new(RefusalKind::Failed, format!("the scan could not start: {error}")))?;

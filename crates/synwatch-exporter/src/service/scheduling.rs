@@ -128,6 +128,7 @@ impl SchedulerLoop {
             retry_gap: target.settings.retry_gap,
             wait: target.settings.wait,
             canaries: target.settings.canaries,
+            udp_host_interval: target.settings.udp_host_interval,
             seed: self.inner.seed ^ self.scans_started.wrapping_mul(0x9e37_79b9_7f4a_7c15),
             shard: Shard::WHOLE,
             ..JobSettings::default()
@@ -135,6 +136,7 @@ impl SchedulerLoop {
         let started = Instant::now();
         let order = ScanOrder {
             verify: target.settings.verify.connect(),
+            payloads: Arc::clone(&self.inner.config.read().udp_payloads),
             ..ScanOrder::background(Arc::clone(&space), settings, target.settings.timeout)
         };
         match self.inner.scanner.start(order) {

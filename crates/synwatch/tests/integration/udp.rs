@@ -199,6 +199,48 @@ fn issue_22_a_user_payload_file_replaces_the_built_in_one_and_a_bad_one_is_refus
     assert!(stderr.contains(&format!("{bad}:3:10: text must be in double quotes")), "{stderr}");
 }
 
+/// Issue 22: `engine.udp_payloads` in `serve`: the file's payloads are what its scans send
+/// (`/probe` here), a bad file is refused at its own line and column by `check-config` and by a
+/// reload, which keeps the old payloads running, and a fixed file is taken by the next reload.
+#[test]
+fn issue_22_serve_takes_the_udp_payload_file_and_a_bad_one_is_refused_keeping_the_old_one() {
+    let test = "issue_22_serve_takes_the_udp_payload_file_and_a_bad_one_is_refused_keeping_the_old_one";
+    let Some(lab) = lab(test) else { return };
+    let scratch = Scratch::new("issue22-serve-payloads");
+    // A DNS response, not a query: the DNS server at .1 ignores it.
+    let payloads = scratch.config("payloads.txt", "udp/53 hex 0000 8180 0001 0000 0000 0000\n");
+    let config = scratch.config(
+        "synwatch.yaml",
+        "engine:\n  udp_payloads: payloads.txt\nondemand:\n  enabled: true\n  allow_targets: [198.18.0.0/28]\n  \
+         allow_clients: [127.0.0.0/8]\n",
+    );
+    let serve = Serve::start_in_lab(&lab, &scratch, &["--config", &config]);
+    let probe = |serve: &Serve| {
+        let (status, _, body) = serve.request("GET", "/probe?target=198.18.0.1&ports=udp%2F53,123", &[], "").unwrap();
+        assert_eq!(status, 200, "{body}");
+        let value = |name: &str| crate::helpers::sample(&body, name).unwrap_or(-1.0);
+        (value("probe_ports_open"), value("probe_ports_open_filtered"))
+    };
+    // udp/53 carries the file's payload (no answer); udp/123 keeps the built-in NTP one.
+    assert_eq!(probe(&serve), (1.0, 1.0), "the file's payload for udp/53 draws no answer");
+    let bad = "udp/53 hex 00\n\n  7 text \"unterminated\n";
+    std::fs::write(&payloads, bad).unwrap();
+    let checked =
+        std::process::Command::new(crate::helpers::synwatch()).args(["check-config", &config]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&checked.stderr);
+    assert_eq!(checked.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("{payloads}:3:10: text must be in double quotes")), "{stderr}");
+    let (status, _, body) = serve.request("POST", "/-/reload", &[], "").unwrap();
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("payloads.txt:3:10") && body.contains("previous config keeps running"), "{body}");
+    assert_eq!(probe(&serve), (1.0, 1.0), "the old payloads keep running");
+    // Without a payload for udp/53 the built-in DNS query is sent again, and answered.
+    std::fs::write(&payloads, "# nothing of mine\n").unwrap();
+    let (status, _, body) = serve.request("POST", "/-/reload", &[], "").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(probe(&serve), (2.0, 0.0), "the built-in DNS payload is back");
+}
+
 /// Issue 22: a UDP target in `serve`: per-protocol series, a UDP port opening between two scans
 /// is one opened change and fires SynwatchPortOpened in a real Prometheus, and an `expect:`
 /// policy over UDP ports.
