@@ -325,24 +325,36 @@ pub fn parse_open(tool: ExternalTool, text: &str, port: Option<u16>) -> BTreeSet
                 }
             }
             ExternalTool::Nmap | ExternalTool::NmapConnect => {
-                // Host: 198.18.0.7 ()\tPorts: 80/open/tcp//http///, 443/closed/tcp//https///
-                let Some(rest) = line.strip_prefix("Host: ") else { continue };
-                let Some(address) = rest.split_whitespace().next().and_then(|text| text.parse().ok()) else {
-                    continue;
-                };
-                let Some((_, ports)) = rest.split_once("Ports: ") else { continue };
-                for entry in ports.split(", ") {
-                    let mut parts = entry.trim().split('/');
-                    if let (Some(port), Some("open")) = (parts.next(), parts.next())
-                        && let Ok(port) = port.parse()
-                    {
-                        open.insert((address, port));
-                    }
-                }
+                open.extend(nmap_line_ports_in_state(line, "open"));
             }
         }
     }
     open
+}
+
+/// The (address, port)s nmap's grepable output (`-oG`) lists in `state` (`open`, `closed`,
+/// `filtered`, `open|filtered`). Ports nmap folded into an "Ignored State" are not listed.
+pub fn nmap_ports_in_state(text: &str, state: &str) -> BTreeSet<(IpAddr, u16)> {
+    text.lines().flat_map(|line| nmap_line_ports_in_state(line, state)).collect()
+}
+
+fn nmap_line_ports_in_state(line: &str, state: &str) -> Vec<(IpAddr, u16)> {
+    // Host: 198.18.0.7 ()\tPorts: 80/open/tcp//http///, 443/closed/tcp//https///
+    let Some(rest) = line.strip_prefix("Host: ") else { return Vec::new() };
+    let Some(address) = rest.split_whitespace().next().and_then(|text| text.parse().ok()) else {
+        return Vec::new();
+    };
+    let Some((_, ports)) = rest.split_once("Ports: ") else { return Vec::new() };
+    ports
+        .split(", ")
+        .filter_map(|entry| {
+            let mut parts = entry.trim().split('/');
+            match (parts.next(), parts.next()) {
+                (Some(port), Some(found)) if found == state => Some((address, port.parse().ok()?)),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// What zmap's metadata file says about one run.
@@ -446,6 +458,17 @@ mod tests {
             found.into_iter().collect::<Vec<_>>(),
             [("198.18.0.7".parse().unwrap(), 80), ("198.18.0.8".parse().unwrap(), 443)]
         );
+    }
+
+    #[test]
+    fn nmap_udp_states_are_read_per_state() {
+        let nmap = "Host: 198.18.0.7 ()\tPorts: 53/open/udp//domain///, 123/closed/udp//ntp///, 161/open|filtered/udp//snmp///\n\
+                    Host: 198.18.0.8 ()\tPorts: 53/closed/udp//domain///\tIgnored State: open|filtered (4)\n";
+        let closed: Vec<_> = nmap_ports_in_state(nmap, "closed").into_iter().collect();
+        assert_eq!(closed, [("198.18.0.7".parse().unwrap(), 123), ("198.18.0.8".parse().unwrap(), 53)]);
+        let silent: Vec<_> = nmap_ports_in_state(nmap, "open|filtered").into_iter().collect();
+        assert_eq!(silent, [("198.18.0.7".parse().unwrap(), 161)]);
+        assert_eq!(nmap_ports_in_state(nmap, "open").len(), 1);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use super::{Arguments, median};
 /// The tools of the side-by-side table.
 pub const FIELD_TOOLS: &str = "synwatch,synwatch-connect,zmap,masscan,nmap-ss,nmap-st";
 
-fn field_lab(name: &str, seed: u64, knobs: &Knobs) -> Result<Lab> {
+pub fn field_lab(name: &str, seed: u64, knobs: &Knobs) -> Result<Lab> {
     let mut model = profile(name, seed).with_context(|| format!("no profile {name:?} (lan, internet, hostile)"))?;
     knobs.apply(&mut model);
     let options = SimulatorOptions { count_per_port: false, ..SimulatorOptions::default() };

@@ -23,7 +23,7 @@ use crate::Arguments;
 /// The tools `lab_bench udp` runs by default.
 pub const UDP_TOOLS: &str = "synwatch,synwatch-connect,masscan,masscan-own,zmap,nmap";
 
-/// What `lab_bench udp` is asked to run.
+/// What `lab_bench udp` is asked to run (and `lab_bench field-udp` builds per profile).
 pub struct UdpTable<'a> {
     /// The scanned range.
     pub target: &'a str,
@@ -88,13 +88,79 @@ fn masscan_udp_open(text: &str) -> BTreeSet<(IpAddr, u16)> {
         .collect()
 }
 
-/// The UDP opens in synwatch's JSON lines.
-fn synwatch_udp_open(text: &str) -> BTreeSet<(IpAddr, u16)> {
+/// The UDP (address, port)s in `state` in synwatch's JSON lines.
+fn synwatch_udp_in_state(text: &str, state: &str) -> BTreeSet<(IpAddr, u16)> {
     text.lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|value| value["state"] == "open" && value["proto"] == "udp")
+        .filter(|value| value["state"] == state && value["proto"] == "udp")
         .filter_map(|value| Some((value["ip"].as_str()?.parse().ok()?, value["port"].as_u64()? as u16)))
         .collect()
+}
+
+/// One run of one tool: wall time, CPU, the opens it reported and, for the tools that report
+/// them (synwatch and nmap; masscan and zmap list replies only), the closed ports.
+pub struct UdpRun {
+    pub wall: Duration,
+    pub cpu: Duration,
+    pub open: BTreeSet<(IpAddr, u16)>,
+    pub closed: Option<BTreeSet<(IpAddr, u16)>>,
+    /// Filtered (an ICMP error other than port unreachable), where the tool reports it.
+    pub filtered: Option<BTreeSet<(IpAddr, u16)>>,
+}
+
+/// Runs `tool` once over `table` (nmap over its `nmap_target`), `probes` being what it sends
+/// in its first round (masscan is stopped 3 s past sending them).
+pub fn run_udp_tool(
+    arguments: &Arguments,
+    lab: &Lab,
+    tool: &str,
+    table: &UdpTable<'_>,
+    scratch: &std::path::Path,
+    probes: u64,
+) -> Result<UdpRun> {
+    let started = Instant::now();
+    let mut run = UdpRun {
+        wall: Duration::ZERO,
+        cpu: Duration::ZERO,
+        open: BTreeSet::new(),
+        closed: (tool.starts_with("synwatch") || tool == "nmap").then(BTreeSet::new),
+        filtered: (tool.starts_with("synwatch") || tool == "nmap").then(BTreeSet::new),
+    };
+    for command in commands(arguments, lab, tool, table, scratch)? {
+        let _ = std::fs::remove_file(&command.output);
+        let stderr_path = format!("{}.stderr", command.output);
+        let mut child = crate::field::spawn_in_scanner(lab, &command.argv, scratch, &stderr_path)?;
+        let sending = Duration::from_secs_f64(probes as f64 / table.rate as f64);
+        let deadline = Instant::now()
+            + if tool.starts_with("masscan") { sending + Duration::from_secs(3) } else { Duration::from_secs(1800) };
+        let ended = runner::wait_child_until(child.id() as libc::pid_t, deadline, &|| lab.nudge_scanner(), &|| false)?;
+        let _ = child.try_wait();
+        let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+        if ended.status != 0 && !ended.stopped {
+            bail!("{} exited with status {}: {}", command.argv.join(" "), ended.status, stderr.trim());
+        }
+        if let Some(line) = stderr.lines().find(|line| line.starts_with("synwatch udp: ")) {
+            eprintln!("    {tool}: {line}");
+        }
+        run.cpu += ended.cpu;
+        let text = std::fs::read_to_string(&command.output).unwrap_or_default();
+        run.open.extend(match tool {
+            "masscan" | "masscan-own" => masscan_udp_open(&text),
+            "zmap" => tools::parse_open(ExternalTool::Zmap, &text, command.port),
+            "nmap" => tools::parse_open(ExternalTool::Nmap, &text, None),
+            _ => synwatch_udp_in_state(&text, "open"),
+        });
+        for (set, state) in [(&mut run.closed, "closed"), (&mut run.filtered, "filtered")] {
+            if let Some(set) = set {
+                set.extend(match tool {
+                    "nmap" => tools::nmap_ports_in_state(&text, state),
+                    _ => synwatch_udp_in_state(&text, state),
+                });
+            }
+        }
+    }
+    run.wall = started.elapsed();
+    Ok(run)
 }
 
 struct Command {
@@ -136,6 +202,8 @@ fn commands(
                 "--no-progress",
                 "--format",
                 "jsonl",
+                "--states",
+                "all",
                 "-o",
                 &output,
             ]));
@@ -232,7 +300,7 @@ fn commands(
     })
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
@@ -291,40 +359,8 @@ pub fn udp_table(arguments: &Arguments, table: &UdpTable<'_>) -> Result<()> {
             .collect();
         let mut runs = Vec::new();
         for _ in 0..arguments.runs {
-            let started = Instant::now();
-            let mut found = BTreeSet::new();
-            let mut cpu = Duration::ZERO;
-            for command in commands(arguments, &lab, tool, table, &scratch)? {
-                let _ = std::fs::remove_file(&command.output);
-                let stderr_path = format!("{}.stderr", command.output);
-                let mut child = crate::field::spawn_in_scanner(&lab, &command.argv, &scratch, &stderr_path)?;
-                let sending = Duration::from_secs_f64(probes as f64 / table.rate as f64);
-                let deadline = Instant::now()
-                    + if tool.starts_with("masscan") {
-                        sending + Duration::from_secs(3)
-                    } else {
-                        Duration::from_secs(1800)
-                    };
-                let ended =
-                    runner::wait_child_until(child.id() as libc::pid_t, deadline, &|| lab.nudge_scanner(), &|| false)?;
-                let _ = child.try_wait();
-                let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-                if ended.status != 0 && !ended.stopped {
-                    bail!("{} exited with status {}: {}", command.argv.join(" "), ended.status, stderr.trim());
-                }
-                if let Some(line) = stderr.lines().find(|line| line.starts_with("synwatch udp: ")) {
-                    eprintln!("    {tool}: {line}");
-                }
-                cpu += ended.cpu;
-                let text = std::fs::read_to_string(&command.output).unwrap_or_default();
-                found.extend(match tool.as_str() {
-                    "masscan" | "masscan-own" => masscan_udp_open(&text),
-                    "zmap" => tools::parse_open(ExternalTool::Zmap, &text, command.port),
-                    "nmap" => tools::parse_open(ExternalTool::Nmap, &text, None),
-                    _ => synwatch_udp_open(&text),
-                });
-            }
-            runs.push((started.elapsed(), cpu, found));
+            let run = run_udp_tool(arguments, &lab, tool, table, &scratch, probes)?;
+            runs.push((run.wall, run.cpu, run.open));
         }
         let wall = median(runs.iter().map(|(wall, _, _)| wall.as_secs_f64()).collect());
         let cpu = median(runs.iter().map(|(_, cpu, _)| cpu.as_secs_f64()).collect());
