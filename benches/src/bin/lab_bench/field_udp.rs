@@ -141,6 +141,10 @@ pub fn field_udp_table(arguments: &Arguments, table: &FieldUdpTable<'_>) -> Resu
                 if set(&runs[0].0).is_none() {
                     return ("not reported".to_string(), "—".to_string());
                 }
+                if true_set.is_empty() {
+                    let found = figure(&|run| set(run).as_ref().map_or(0, BTreeSet::len) as f64);
+                    return (format!("{found:.0}"), "— (none true)".to_string());
+                }
                 let found = figure(&|run| set(run).as_ref().map_or(0, BTreeSet::len) as f64);
                 let recall = figure(&|run| {
                     let hits = set(run).as_ref().map_or(0, |found| found.intersection(true_set).count());
