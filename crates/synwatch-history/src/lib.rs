@@ -4,21 +4,23 @@
 //! library) under `state_dir`.
 //!
 //! * [`schema`]: the tables, what is stored and why only that, and the versioned migrations.
-//! * [`store`]: [`HistoryStore`]: opening (a corrupt, foreign or newer file is set aside, never
-//!   fatal), writing one scan in one transaction, pruning, the change and endpoint queries
-//!   (every value bound, never interpolated), and a read-only open for readers beside the
-//!   writer.
+//! * `store`: [`HistoryStore`]: opening (a corrupt, foreign or newer file is set aside, never
+//!   fatal), writing one scan in one transaction, pruning, and a read-only open for readers
+//!   beside the writer.
+//! * `query`: the change and endpoint readings (every value bound, never interpolated).
+//! * `rows`: what is written and read, and how an address is stored.
 //! * [`parse_time`]: the times the readers take (`24h` ago, or an RFC 3339 instant).
 //!
 //! The crate knows nothing of the exporter: its callers turn scan results into [`ChangeRow`]s.
 
+mod query;
+mod rows;
 pub mod schema;
-pub mod store;
+mod store;
 
-pub use store::{
-    Change, ChangeKind, ChangeQuery, ChangeRow, ChangesPage, Endpoint, EndpointQuery, EndpointsPage, HISTORY_FILE,
-    HistoryError, HistoryStore, OpenEndpoint, Opened, Proto, Pruned, ScanRow, states,
-};
+pub use query::{ChangeQuery, ChangesPage, EndpointQuery, EndpointStates, EndpointsPage};
+pub use rows::{Change, ChangeKind, ChangeRow, Endpoint, OpenEndpoint, Proto, ScanOutcome, ScanRow, states};
+pub use store::{HISTORY_FILE, HistoryError, HistoryStore, Opened, Pruned};
 
 /// A time a reader gives: a duration ago (`24h`, `90m`, `7d`) from `now`, or an RFC 3339
 /// instant (`2026-12-01T10:00:00Z`); in seconds since the Unix epoch.

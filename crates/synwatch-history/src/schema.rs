@@ -35,7 +35,7 @@ pub const MIGRATIONS: &[&str] = &[
         target TEXT NOT NULL,
         started REAL NOT NULL,
         ended REAL NOT NULL,
-        success INTEGER NOT NULL,
+        result TEXT NOT NULL,
         open INTEGER NOT NULL,
         closed INTEGER NOT NULL,
         filtered INTEGER NOT NULL,

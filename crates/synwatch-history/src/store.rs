@@ -1,5 +1,5 @@
 //! The store: opening (and setting aside what cannot be used), writing one scan in one
-//! transaction, pruning, and the two queries.
+//! transaction, and pruning (the readings are in `query`).
 //!
 //! The database runs in WAL mode with `synchronous = NORMAL`: a commit is one append to the
 //! log, a process killed at any moment (SIGKILL included) leaves a database that opens with
@@ -7,265 +7,16 @@
 //! HTTP API on another connection) never block the writer. A power loss may lose the last
 //! commits, never consistency.
 
-use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 
+use crate::rows::{ChangeRow, OpenEndpoint, ScanRow, address_bytes, states};
 use crate::schema::{self, MIGRATIONS, MigrateError, SchemaProblem};
 
 /// The database's file name under `state_dir`.
 pub const HISTORY_FILE: &str = "history.sqlite";
-
-/// A port's protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Proto {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-impl Proto {
-    /// `tcp` or `udp`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        }
-    }
-
-    fn from_name(name: &str) -> Option<Proto> {
-        match name {
-            "tcp" => Some(Proto::Tcp),
-            "udp" => Some(Proto::Udp),
-            _ => None,
-        }
-    }
-}
-
-/// The state names an endpoint can have in the history; the first three are opens.
-pub mod states {
-    /// Open, trusted.
-    pub const OPEN: &str = "open";
-    /// Open, but its host was judged suspect (a SYN proxy, every port open); `reason` says why.
-    pub const SUSPECT: &str = "suspect";
-    /// Open, but the verifying handshake failed; `reason` has the verdict.
-    pub const UNVERIFIED: &str = "unverified";
-    /// Closed.
-    pub const CLOSED: &str = "closed";
-    /// Filtered.
-    pub const FILTERED: &str = "filtered";
-    /// UDP, no answer.
-    pub const OPEN_FILTERED: &str = "open|filtered";
-
-    /// Whether `state` is one of the opens (trusted or not).
-    pub fn is_open(state: &str) -> bool {
-        matches!(state, OPEN | SUSPECT | UNVERIFIED)
-    }
-}
-
-/// One scan as it is written.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ScanRow {
-    /// The target's name.
-    pub target: String,
-    /// Start, in seconds since the Unix epoch.
-    pub started: f64,
-    /// End, in seconds since the Unix epoch; the time of its changes.
-    pub ended: f64,
-    /// Whether it completed.
-    pub success: bool,
-    /// Probes open (trusted), closed and filtered (the rest) at its end.
-    pub open: u64,
-    /// Closed.
-    pub closed: u64,
-    /// Filtered and open|filtered.
-    pub filtered: u64,
-}
-
-/// One change as it is written: an endpoint of the scan's target whose state went into or out
-/// of an open.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChangeRow {
-    /// The address.
-    pub ip: IpAddr,
-    /// The protocol.
-    pub proto: Proto,
-    /// The port.
-    pub port: u16,
-    /// The state before ([`states`]).
-    pub old_state: &'static str,
-    /// The state now.
-    pub new_state: &'static str,
-    /// Why the new state is suspect or unverified (the suspect reason, the verdict).
-    pub reason: Option<String>,
-}
-
-/// An endpoint open (trusted or not) at the end of a scan.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OpenEndpoint {
-    /// The address.
-    pub ip: IpAddr,
-    /// The protocol.
-    pub proto: Proto,
-    /// The port.
-    pub port: u16,
-    /// [`states::OPEN`], [`states::SUSPECT`] or [`states::UNVERIFIED`].
-    pub state: &'static str,
-    /// Why, for the last two.
-    pub reason: Option<String>,
-}
-
-/// A stored change.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Change {
-    /// Its id: increasing, the paging cursor.
-    pub id: i64,
-    /// The scan it came from.
-    pub scan: i64,
-    /// When (the scan's end), in seconds since the Unix epoch.
-    pub time: f64,
-    /// The target.
-    pub target: String,
-    /// The address.
-    pub ip: IpAddr,
-    /// The protocol.
-    pub proto: Proto,
-    /// The port.
-    pub port: u16,
-    /// The state before.
-    pub old_state: String,
-    /// The state after.
-    pub new_state: String,
-    /// The suspect reason or verification verdict of the new state.
-    pub reason: Option<String>,
-}
-
-impl Change {
-    /// What kind of change it is.
-    pub fn kind(&self) -> ChangeKind {
-        ChangeKind::of(&self.old_state, &self.new_state)
-    }
-}
-
-/// What a change did, as the `opened` and `closed` changes of `/metrics` count them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChangeKind {
-    /// Now open (trusted), not before.
-    Opened,
-    /// Open (trusted) before, now closed, filtered or open|filtered.
-    Closed,
-    /// Between a trusted and an untrusted open, or between untrusted opens and not open.
-    Other,
-}
-
-impl ChangeKind {
-    /// The kind of a change from `old` to `new`.
-    pub fn of(old: &str, new: &str) -> ChangeKind {
-        match (old == states::OPEN, new == states::OPEN) {
-            (false, true) => ChangeKind::Opened,
-            (true, false) if !states::is_open(new) => ChangeKind::Closed,
-            _ => ChangeKind::Other,
-        }
-    }
-
-    /// `opened`, `closed` or `other`.
-    pub fn name(self) -> &'static str {
-        match self {
-            ChangeKind::Opened => "opened",
-            ChangeKind::Closed => "closed",
-            ChangeKind::Other => "other",
-        }
-    }
-}
-
-/// A stored endpoint: one that was ever open.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Endpoint {
-    /// The target.
-    pub target: String,
-    /// The address.
-    pub ip: IpAddr,
-    /// The protocol.
-    pub proto: Proto,
-    /// The port.
-    pub port: u16,
-    /// Its state now.
-    pub state: String,
-    /// The suspect reason or verdict of its state.
-    pub reason: Option<String>,
-    /// When it was first seen open.
-    pub first_seen: f64,
-    /// When it was last seen open (trusted).
-    pub last_seen_open: f64,
-    /// Its last change (or its first sighting).
-    pub last_change: f64,
-    /// How many times it was seen opening (its first sighting included).
-    pub times_opened: u64,
-}
-
-impl Endpoint {
-    /// The paging cursor that continues after this endpoint.
-    pub fn cursor(&self) -> String {
-        format!("{}/{}/{}/{}", hex(self.target.as_bytes()), self.ip, self.proto.name(), self.port)
-    }
-}
-
-/// Which changes to read, newest first.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ChangeQuery {
-    /// At or after (seconds since the Unix epoch).
-    pub since: Option<f64>,
-    /// At or before.
-    pub until: Option<f64>,
-    /// Of this target.
-    pub target: Option<String>,
-    /// Of this address.
-    pub ip: Option<IpAddr>,
-    /// Of this port (and protocol, when given).
-    pub port: Option<(Option<Proto>, u16)>,
-    /// Of this kind.
-    pub kind: Option<ChangeKind>,
-    /// At most this many.
-    pub limit: usize,
-    /// Older than the change with this id (the previous page's `next_cursor`).
-    pub before_id: Option<i64>,
-}
-
-/// A page of changes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChangesPage {
-    /// Newest first.
-    pub changes: Vec<Change>,
-    /// The cursor of the next (older) page, when there may be one.
-    pub next_cursor: Option<i64>,
-}
-
-/// Which endpoints to read, in (target, ip, proto, port) order.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct EndpointQuery {
-    /// Of this target.
-    pub target: Option<String>,
-    /// In this state (`open`: trusted opens).
-    pub state: Option<String>,
-    /// First seen at or after.
-    pub since_first_seen: Option<f64>,
-    /// At most this many.
-    pub limit: usize,
-    /// After the endpoint of this cursor ([`Endpoint::cursor`]).
-    pub after: Option<String>,
-}
-
-/// A page of endpoints.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EndpointsPage {
-    /// In order.
-    pub endpoints: Vec<Endpoint>,
-    /// The cursor of the next page, when there may be one.
-    pub next_cursor: Option<String>,
-}
 
 /// What pruning removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -326,7 +77,7 @@ pub struct Opened {
 /// The history database.
 #[derive(Debug)]
 pub struct HistoryStore {
-    connection: Connection,
+    pub(crate) connection: Connection,
     path: PathBuf,
 }
 
@@ -400,7 +151,7 @@ impl HistoryStore {
         &self.path
     }
 
-    fn sqlite(&self, source: rusqlite::Error) -> HistoryError {
+    pub(crate) fn sqlite(&self, source: rusqlite::Error) -> HistoryError {
         HistoryError::Sqlite { path: self.path.clone(), source }
     }
 
@@ -423,13 +174,13 @@ impl HistoryStore {
     ) -> rusqlite::Result<i64> {
         let transaction = self.connection.transaction()?;
         transaction.execute(
-            "INSERT INTO scans (target, started, ended, success, open, closed, filtered, changes)
+            "INSERT INTO scans (target, started, ended, result, open, closed, filtered, changes)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 scan.target,
                 scan.started,
                 scan.ended,
-                scan.success,
+                scan.result.name(),
                 scan.open as i64,
                 scan.closed as i64,
                 scan.filtered as i64,
@@ -547,151 +298,6 @@ impl HistoryStore {
             .map(|count| count as u64)
             .map_err(|error| self.sqlite(error))
     }
-
-    /// Changes matching `query`, newest first.
-    pub fn changes(&self, query: &ChangeQuery) -> Result<ChangesPage, HistoryError> {
-        self.changes_inner(query).map_err(|error| self.sqlite(error))
-    }
-
-    fn changes_inner(&self, query: &ChangeQuery) -> rusqlite::Result<ChangesPage> {
-        let mut sql = String::from(
-            "SELECT id, scan, time, target, ip, proto, port, old_state, new_state, reason FROM changes WHERE 1",
-        );
-        let mut binder = Binder::default();
-        if let Some(since) = query.since {
-            sql += &format!(" AND time >= {}", binder.bind(since));
-        }
-        if let Some(until) = query.until {
-            sql += &format!(" AND time <= {}", binder.bind(until));
-        }
-        if let Some(target) = &query.target {
-            sql += &format!(" AND target = {}", binder.bind(target.clone()));
-        }
-        if let Some(ip) = query.ip {
-            sql += &format!(" AND ip = {}", binder.bind(address_bytes(ip).to_vec()));
-        }
-        if let Some((proto, port)) = query.port {
-            sql += &format!(" AND port = {}", binder.bind(i64::from(port)));
-            if let Some(proto) = proto {
-                sql += &format!(" AND proto = {}", binder.bind(proto.name().to_string()));
-            }
-        }
-        match query.kind {
-            Some(ChangeKind::Opened) => sql += &format!(" AND {OPENED}"),
-            Some(ChangeKind::Closed) => sql += &format!(" AND {CLOSED}"),
-            Some(ChangeKind::Other) => sql += &format!(" AND NOT ({OPENED}) AND NOT ({CLOSED})"),
-            None => {}
-        }
-        if let Some(before) = query.before_id {
-            sql += &format!(" AND id < {}", binder.bind(before));
-        }
-        // One more than asked: whether there is a next page.
-        sql += &format!(" ORDER BY id DESC LIMIT {}", binder.bind(query.limit as i64 + 1));
-        let mut statement = self.connection.prepare(&sql)?;
-        let mut changes = statement
-            .query_map(rusqlite::params_from_iter(binder.values), |row| {
-                Ok(Change {
-                    id: row.get(0)?,
-                    scan: row.get(1)?,
-                    time: row.get(2)?,
-                    target: row.get(3)?,
-                    ip: address_from(&row.get::<_, Vec<u8>>(4)?),
-                    proto: Proto::from_name(&row.get::<_, String>(5)?).unwrap_or(Proto::Tcp),
-                    port: row.get(6)?,
-                    old_state: row.get(7)?,
-                    new_state: row.get(8)?,
-                    reason: row.get(9)?,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let next_cursor = if changes.len() > query.limit {
-            changes.truncate(query.limit);
-            changes.last().map(|change| change.id)
-        } else {
-            None
-        };
-        Ok(ChangesPage { changes, next_cursor })
-    }
-
-    /// Endpoints matching `query`, in (target, ip, proto, port) order.
-    pub fn endpoints(&self, query: &EndpointQuery) -> Result<EndpointsPage, HistoryError> {
-        let after = match &query.after {
-            Some(cursor) => Some(parse_endpoint_cursor(cursor).ok_or_else(|| HistoryError::BadCursor(cursor.clone()))?),
-            None => None,
-        };
-        self.endpoints_inner(query, after).map_err(|error| self.sqlite(error))
-    }
-
-    fn endpoints_inner(
-        &self,
-        query: &EndpointQuery,
-        after: Option<(String, IpAddr, Proto, u16)>,
-    ) -> rusqlite::Result<EndpointsPage> {
-        let mut sql = String::from(
-            "SELECT target, ip, proto, port, state, reason, first_seen, last_seen_open, last_change, times_opened
-             FROM endpoints WHERE 1",
-        );
-        let mut binder = Binder::default();
-        if let Some(target) = &query.target {
-            sql += &format!(" AND target = {}", binder.bind(target.clone()));
-        }
-        if let Some(state) = &query.state {
-            sql += &format!(" AND state = {}", binder.bind(state.clone()));
-        }
-        if let Some(since) = query.since_first_seen {
-            sql += &format!(" AND first_seen >= {}", binder.bind(since));
-        }
-        if let Some((target, ip, proto, port)) = after {
-            let (target, ip) = (binder.bind(target), binder.bind(address_bytes(ip).to_vec()));
-            let (proto, port) = (binder.bind(proto.name().to_string()), binder.bind(i64::from(port)));
-            sql += &format!(" AND (target, ip, proto, port) > ({target}, {ip}, {proto}, {port})");
-        }
-        sql += &format!(" ORDER BY target, ip, proto, port LIMIT {}", binder.bind(query.limit as i64 + 1));
-        let mut statement = self.connection.prepare(&sql)?;
-        let mut endpoints = statement
-            .query_map(rusqlite::params_from_iter(binder.values), |row| {
-                Ok(Endpoint {
-                    target: row.get(0)?,
-                    ip: address_from(&row.get::<_, Vec<u8>>(1)?),
-                    proto: Proto::from_name(&row.get::<_, String>(2)?).unwrap_or(Proto::Tcp),
-                    port: row.get(3)?,
-                    state: row.get(4)?,
-                    reason: row.get(5)?,
-                    first_seen: row.get(6)?,
-                    last_seen_open: row.get(7)?,
-                    last_change: row.get(8)?,
-                    times_opened: row.get::<_, i64>(9)? as u64,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let next_cursor = if endpoints.len() > query.limit {
-            endpoints.truncate(query.limit);
-            endpoints.last().map(Endpoint::cursor)
-        } else {
-            None
-        };
-        Ok(EndpointsPage { endpoints, next_cursor })
-    }
-}
-
-/// The SQL of an `opened` change (as `/metrics` counts them).
-const OPENED: &str = "new_state = 'open' AND old_state != 'open'";
-/// The SQL of a `closed` change.
-const CLOSED: &str = "old_state = 'open' AND new_state NOT IN ('open', 'suspect', 'unverified')";
-
-/// Values bound to a query's numbered parameters: every value is bound, none is written into
-/// the SQL text.
-#[derive(Default)]
-struct Binder {
-    values: Vec<rusqlite::types::Value>,
-}
-
-impl Binder {
-    /// Binds `value` and returns its placeholder (`?N`).
-    fn bind(&mut self, value: impl Into<rusqlite::types::Value>) -> String {
-        self.values.push(value.into());
-        format!("?{}", self.values.len())
-    }
 }
 
 enum OpenError {
@@ -730,46 +336,4 @@ fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
         }
     }
     Ok(aside)
-}
-
-/// An address as 16 bytes: IPv4 as IPv4-mapped IPv6, so that addresses sort by number.
-fn address_bytes(address: IpAddr) -> [u8; 16] {
-    match address {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
-
-fn address_from(bytes: &[u8]) -> IpAddr {
-    let octets: [u8; 16] = bytes.try_into().unwrap_or([0; 16]);
-    let v6 = Ipv6Addr::from(octets);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(v6),
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-/// Reads an [`Endpoint::cursor`].
-fn parse_endpoint_cursor(cursor: &str) -> Option<(String, IpAddr, Proto, u16)> {
-    let mut parts = cursor.split('/');
-    let target_hex = parts.next()?;
-    if target_hex.len() % 2 != 0 {
-        return None;
-    }
-    let bytes = (0..target_hex.len())
-        .step_by(2)
-        .map(|at| u8::from_str_radix(target_hex.get(at..at + 2)?, 16).ok())
-        .collect::<Option<Vec<u8>>>()?;
-    let target = String::from_utf8(bytes).ok()?;
-    let ip = parts.next()?.parse().ok()?;
-    let proto = Proto::from_name(parts.next()?)?;
-    let port = parts.next()?.parse().ok()?;
-    if parts.next().is_some() {
-        return None;
-    }
-    Some((target, ip, proto, port))
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use synwatch_history::schema::{self, MIGRATIONS};
 use synwatch_history::{
-    ChangeKind, ChangeQuery, ChangeRow, EndpointQuery, HistoryStore, OpenEndpoint, Proto, ScanRow, states,
+    ChangeKind, ChangeQuery, ChangeRow, EndpointQuery, HistoryStore, OpenEndpoint, Proto, ScanOutcome, ScanRow, states,
 };
 
 /// A scratch directory, removed on drop.
@@ -38,7 +38,15 @@ fn ip(text: &str) -> IpAddr {
 }
 
 fn scan(target: &str, ended: f64) -> ScanRow {
-    ScanRow { target: target.into(), started: ended - 5.0, ended, success: true, open: 0, closed: 0, filtered: 0 }
+    ScanRow {
+        target: target.into(),
+        started: ended - 5.0,
+        ended,
+        result: ScanOutcome::Success,
+        open: 0,
+        closed: 0,
+        filtered: 0,
+    }
 }
 
 fn change(address: &str, proto: Proto, port: u16, old: &'static str, new: &'static str) -> ChangeRow {
@@ -321,8 +329,8 @@ fn every_schema_version_migrates_to_the_newest_keeping_its_rows() {
                 // A version-1 row: it must survive every later migration.
                 connection
                     .execute(
-                        "INSERT INTO scans (target, started, ended, success, open, closed, filtered, changes)
-                         VALUES ('kept', 1, 2, 1, 0, 0, 0, 0)",
+                        "INSERT INTO scans (target, started, ended, result, open, closed, filtered, changes)
+                         VALUES ('kept', 1, 2, 'success', 0, 0, 0, 0)",
                         [],
                     )
                     .unwrap();
@@ -428,4 +436,35 @@ fn times_are_durations_ago_or_rfc3339_instants() {
     assert_eq!(synwatch_history::parse_time("2026-12-01T00:00:00Z", now).unwrap(), 1_796_083_200.0);
     let error = synwatch_history::parse_time("yesterday", now).unwrap_err();
     assert!(error.contains("\"yesterday\"") && error.contains("RFC 3339"), "{error}");
+}
+
+/// The `change=` filter of the queries (SQL) and `Change::kind` (Rust) say the same of every
+/// pair of states, and count as `/metrics` does: only trusted opens open or close.
+#[test]
+fn change_kinds_agree_between_the_query_filter_and_the_rows() {
+    let scratch = Scratch::new("kinds");
+    let mut store = HistoryStore::open(&scratch.database()).unwrap().store;
+    let all =
+        [states::OPEN, states::SUSPECT, states::UNVERIFIED, states::CLOSED, states::FILTERED, states::OPEN_FILTERED];
+    let mut rows = Vec::new();
+    for (first, old) in all.iter().enumerate() {
+        for (second, new) in all.iter().enumerate() {
+            if old != new {
+                rows.push(change("192.0.2.1", Proto::Tcp, (first * 10 + second) as u16, old, new));
+            }
+        }
+    }
+    store.record_scan(&scan("t", 1.0), &rows, &[]).unwrap();
+    let mut by_filter = std::collections::BTreeMap::new();
+    for kind in [ChangeKind::Opened, ChangeKind::Closed, ChangeKind::Other] {
+        for change in store.changes(&ChangeQuery { kind: Some(kind), ..all_changes() }).unwrap().changes {
+            assert_eq!(change.kind(), kind, "{} -> {}", change.old_state, change.new_state);
+            assert!(by_filter.insert(change.port, kind).is_none(), "port {} matched two filters", change.port);
+        }
+    }
+    assert_eq!(by_filter.len(), rows.len(), "every change matches exactly one filter");
+    assert_eq!(ChangeKind::of(states::CLOSED, states::OPEN), ChangeKind::Opened);
+    assert_eq!(ChangeKind::of(states::SUSPECT, states::OPEN), ChangeKind::Other);
+    assert_eq!(ChangeKind::of(states::OPEN, states::UNVERIFIED), ChangeKind::Other);
+    assert_eq!(ChangeKind::of(states::OPEN, states::OPEN_FILTERED), ChangeKind::Closed);
 }
