@@ -12,6 +12,9 @@
 //! * [`sd`]: `/sd`, the open endpoints as Prometheus HTTP service discovery.
 //! * [`results`]: one target's last results, packed, with change detection.
 //! * [`state`]: the state file kept across restarts (atomic writes, corrupt files set aside).
+//! * [`exposure`] and `history`: what the exposure history records of a scan (the database is
+//!   `synwatch-history`; its writer thread is in `service`); [`history_api`]: its HTTP
+//!   readings, `/api/v1/changes` and `/api/v1/endpoints`.
 //! * [`metrics`]: the `/metrics` exposition.
 //! * [`service`]: the running exporter (scheduler thread, reload, readiness, landing page).
 //! * [`ondemand`]: `/probe` and the scans API, and their guards.
@@ -20,6 +23,9 @@
 //! * [`scanner`]: the [`Scanner`] trait the engine is reached through.
 
 pub mod config;
+pub mod exposure;
+pub(crate) mod history;
+pub mod history_api;
 pub mod hostnames;
 pub mod listeners;
 pub mod metrics;

@@ -39,7 +39,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{
-    ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
+    ACCEPT, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER,
+    WWW_AUTHENTICATE,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -49,10 +50,15 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 pub use connections::DropReason;
-pub use site::{Body as ReplyBody, OnDemandRequest, Operation, Refusal, RefusalKind, Reply, Site};
+pub use site::{
+    Body as ReplyBody, HistoryRequest, HistoryResource, OnDemandRequest, Operation, Refusal, RefusalKind, Reply, Site,
+};
 pub use web_config::{AuthVerdict, Authenticator, WebConfigError, WebSecurity};
 
 use connections::{Admission, ConnectionTable};
+
+/// The header of a history reading's next-page cursor (also in a JSON answer's body).
+pub const NEXT_CURSOR: HeaderName = HeaderName::from_static("x-next-cursor");
 
 /// The Content-Type of `/sd` (Prometheus HTTP service discovery).
 pub const SD_CONTENT_TYPE: &str = "application/json";
@@ -103,7 +109,7 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     response
 }
 
-const ENDPOINTS: &str = "endpoints: / /metrics /sd /-/healthy /-/ready POST /-/reload /probe /api/v1/scans";
+const ENDPOINTS: &str = "endpoints: / /metrics /sd /-/healthy /-/ready POST /-/reload /probe /api/v1/scans /api/v1/changes /api/v1/endpoints";
 
 /// The route label of a path, for metrics: a fixed set, so that clients cannot create series.
 pub fn route_label(path: &str) -> &'static str {
@@ -116,6 +122,8 @@ pub fn route_label(path: &str) -> &'static str {
         "/probe" => "/probe",
         "/sd" => "/sd",
         "/api/v1/scans" => "/api/v1/scans",
+        "/api/v1/changes" => "/api/v1/changes",
+        "/api/v1/endpoints" => "/api/v1/endpoints",
         _ if path.starts_with("/api/v1/scans/") && path.ends_with("/cancel") => "/api/v1/scans/{id}/cancel",
         _ if path.starts_with("/api/v1/scans/") => "/api/v1/scans/{id}",
         _ => "other",
@@ -123,7 +131,7 @@ pub fn route_label(path: &str) -> &'static str {
 }
 
 fn is_ondemand(route: &str) -> bool {
-    route == "/probe" || route.starts_with("/api/")
+    route == "/probe" || route.starts_with("/api/v1/scans")
 }
 
 /// The parts of a request the router looks at.
@@ -266,12 +274,54 @@ async fn route_parts(site: Arc<dyn Site>, head: &RequestHead<'_>, body: Bytes, p
             }
         };
     }
+    if let Some(resource) = site::HistoryResource::of_path(path) {
+        if !read_only(method) {
+            return wrong_method("GET, HEAD");
+        }
+        let accepts_csv = head
+            .headers
+            .get_all(ACCEPT)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .any(|value| value.split(',').any(|kind| kind.trim().starts_with("text/csv")));
+        let request = site::HistoryRequest { resource, query: head.query.to_string(), accepts_csv };
+        return match tokio::task::spawn_blocking(move || site.history(request)).await {
+            Ok((reply, next_cursor)) => {
+                let (status, content_type, _, body) = reply.into_parts();
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let mut response = text(status, body);
+                response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+                response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                // The cursor is made of hex digits, digits and colons: always a valid header.
+                if let Some(cursor) = next_cursor.and_then(|cursor| HeaderValue::from_str(&cursor).ok()) {
+                    response.headers_mut().insert(NEXT_CURSOR, cursor);
+                }
+                response
+            }
+            Err(error) => {
+                tracing::error!(%error, "history request failed");
+                text(StatusCode::INTERNAL_SERVER_ERROR, "the request failed; see the log\n")
+            }
+        };
+    }
     match path {
         "/" | "/metrics" | "/sd" | "/-/healthy" | "/-/ready" if !read_only(method) => wrong_method("GET, HEAD"),
         "/" => {
-            let mut response = text(StatusCode::OK, site.landing_page());
-            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-            response
+            let query = head.query.to_string();
+            match tokio::task::spawn_blocking(move || site.status_page(&query)).await {
+                Ok(reply) => {
+                    let (status, content_type, _, body) = reply.into_parts();
+                    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                    let mut response = text(status, body);
+                    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+                    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                    response
+                }
+                Err(error) => {
+                    tracing::error!(%error, "the status page failed");
+                    text(StatusCode::INTERNAL_SERVER_ERROR, "the status page failed; see the log\n")
+                }
+            }
         }
         "/metrics" => {
             let rendered = tokio::task::spawn_blocking(move || site.metrics()).await;
@@ -605,8 +655,8 @@ mod tests {
     }
 
     impl Site for TestSite {
-        fn landing_page(&self) -> String {
-            "<html>landing</html>".into()
+        fn status_page(&self, _query: &str) -> Reply {
+            Reply::Done(site::Body::Html("<html>landing</html>".into()))
         }
         fn metrics(&self) -> (Vec<u8>, &'static str) {
             (b"up 1\n".to_vec(), "text/plain; version=0.0.4")

@@ -14,8 +14,9 @@ use crate::connections::DropReason;
 
 /// What the server serves.
 pub trait Site: Send + Sync + 'static {
-    /// The landing page, HTML.
-    fn landing_page(&self) -> String;
+    /// The status page at `/` (called on the blocking pool): `query` is its raw query string;
+    /// the answer is HTML, or a refusal (an unknown target, a bad parameter).
+    fn status_page(&self, query: &str) -> Reply;
     /// The `/metrics` body and its Content-Type.
     fn metrics(&self) -> (Vec<u8>, &'static str);
     /// `Ok` when ready to serve meaningful metrics, else the reason.
@@ -39,6 +40,43 @@ pub trait Site: Send + Sync + 'static {
     fn service_discovery(&self, _query: &str) -> Option<Result<Vec<u8>, String>> {
         None
     }
+    /// `GET /api/v1/changes` and `GET /api/v1/endpoints`: readings of the exposure history
+    /// (called on the blocking pool), with the cursor of the next page when there is one. The
+    /// default: there is no history here.
+    fn history(&self, _request: HistoryRequest) -> (Reply, Option<String>) {
+        (Reply::Refused(Refusal::new(RefusalKind::Disabled, "no exposure history is served here")), None)
+    }
+}
+
+/// Which reading of the exposure history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryResource {
+    /// `/api/v1/changes`.
+    Changes,
+    /// `/api/v1/endpoints`.
+    Endpoints,
+}
+
+impl HistoryResource {
+    /// The resource of a path, if it is one.
+    pub fn of_path(path: &str) -> Option<HistoryResource> {
+        match path {
+            "/api/v1/changes" => Some(HistoryResource::Changes),
+            "/api/v1/endpoints" => Some(HistoryResource::Endpoints),
+            _ => None,
+        }
+    }
+}
+
+/// A reading of the exposure history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRequest {
+    /// What is read.
+    pub resource: HistoryResource,
+    /// The raw query string (percent-encoded), empty when none.
+    pub query: String,
+    /// Whether the `Accept` header asks for CSV (`text/csv`) rather than JSON.
+    pub accepts_csv: bool,
 }
 
 /// An on-demand operation, as routed from the method and path.
@@ -144,6 +182,10 @@ pub enum Body {
     Json(serde_json::Value),
     /// Prometheus text exposition (`/probe`).
     Metrics(String),
+    /// CSV with a header line (the exposure history's readings).
+    Csv(String),
+    /// An HTML page (the status page).
+    Html(String),
 }
 
 impl Body {
@@ -153,13 +195,15 @@ impl Body {
             Body::Text(_) => "text/plain; charset=utf-8",
             Body::Json(_) => "application/json",
             Body::Metrics(_) => "text/plain; version=0.0.4; charset=utf-8",
+            Body::Csv(_) => "text/csv; charset=utf-8",
+            Body::Html(_) => "text/html; charset=utf-8",
         }
     }
 
     /// The body's bytes (JSON pretty-printed, text ending in a newline).
     pub fn into_bytes(self) -> Vec<u8> {
         let mut bytes = match self {
-            Body::Text(text) | Body::Metrics(text) => text.into_bytes(),
+            Body::Text(text) | Body::Metrics(text) | Body::Csv(text) | Body::Html(text) => text.into_bytes(),
             Body::Json(value) => serde_json::to_vec_pretty(&value).unwrap_or_default(),
         };
         if bytes.last() != Some(&b'\n') {

@@ -6,6 +6,7 @@
 //! * `synwatch bench`: sweeps packet rates and recommends `max_rate` (see [`bench`]).
 //! * `synwatch doctor`: what the host allows and which mode a scan would use (see [`doctor`]).
 //! * `synwatch check-config`: validates an exporter config (see [`check_config`]).
+//! * `synwatch history`: prints the exposure history `serve` keeps (see [`history`]).
 //!
 //! Exit codes: 0 success, 1 runtime error (for example no permission for raw sockets),
 //! 2 bad usage (clap's own errors and our validation of its values).
@@ -15,6 +16,7 @@ mod check_config;
 mod dns;
 mod doctor;
 mod durations;
+mod history;
 mod output;
 mod scan;
 mod serve;
@@ -44,6 +46,9 @@ enum Command {
     Doctor(doctor::DoctorArgs),
     /// Validate an exporter config file and print it as it would run.
     CheckConfig(check_config::CheckConfigArgs),
+    /// Print the exposure history: port changes (newest first) or the endpoints ever open,
+    /// read from the database `serve` keeps in its state directory (read-only, safe while it runs).
+    History(Box<history::HistoryArgs>),
 }
 
 /// An error in the user's input (exit 2) rather than at run time (exit 1).
@@ -66,6 +71,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(*args),
         Command::Doctor(args) => doctor::run(args),
         Command::CheckConfig(args) => check_config::run(args),
+        Command::History(args) => history::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

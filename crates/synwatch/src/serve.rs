@@ -84,8 +84,8 @@ fn parse_shard(text: &str) -> Result<Shard, String> {
 struct ExporterSite(Arc<Exporter>);
 
 impl Site for ExporterSite {
-    fn landing_page(&self) -> String {
-        self.0.landing_page()
+    fn status_page(&self, query: &str) -> synwatch_http::Reply {
+        self.0.status_page(query)
     }
 
     fn metrics(&self) -> (Vec<u8>, &'static str) {
@@ -116,6 +116,10 @@ impl Site for ExporterSite {
 
     fn service_discovery(&self, query: &str) -> Option<Result<Vec<u8>, String>> {
         Some(self.0.service_discovery(query))
+    }
+
+    fn history(&self, request: synwatch_http::HistoryRequest) -> (synwatch_http::Reply, Option<String>) {
+        self.0.history(&request)
     }
 
     fn reload(&self) -> Result<String, String> {

@@ -25,6 +25,8 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_with::serde_as;
 use synwatch_engine::{AddressRange, ExclusionPolicy, HostSet, Port, PortSet, Shard, TargetSpace, TimeSetting};
 
+mod history;
+pub use history::HistorySection;
 mod values;
 pub(crate) use values::serve_ports;
 mod yaml;
@@ -79,6 +81,8 @@ pub struct Config {
     pub dns: DnsSection,
     /// The local listeners collector (this host's listening sockets).
     pub listeners: ListenersSection,
+    /// The exposure history in `state_dir`.
+    pub history: HistorySection,
     /// The UDP payloads of every scan: the built-in ones, under those of `engine.udp_payloads`
     /// (read by [`load`]; [`parse`] leaves the built-in ones).
     #[serde(skip)]
@@ -585,6 +589,7 @@ struct ConfigFile {
     resolve_hostnames: bool,
     dns: DnsSection,
     listeners: ListenersSection,
+    history: HistorySection,
 }
 
 impl Default for ConfigFile {
@@ -601,6 +606,7 @@ impl Default for ConfigFile {
             resolve_hostnames: false,
             dns: DnsSection::default(),
             listeners: ListenersSection::default(),
+            history: HistorySection::default(),
         }
     }
 }
@@ -742,6 +748,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         resolve_hostnames: file.resolve_hostnames,
         dns: file.dns,
         listeners: file.listeners,
+        history: file.history,
         udp_payloads: Arc::new(PayloadTable::built_in()),
     })
 }

@@ -173,9 +173,49 @@ pub struct Metrics {
     pub(crate) listener_read_errors: IntCounter,
     pub(crate) dns_lookups: IntCounterVec,
     pub(crate) dns_cache_entries: IntGauge,
+    pub(crate) history: HistoryCounters,
     engine: EngineCounters,
     /// Serializes copying the engine counters (see the module documentation).
     sync: Mutex<()>,
+}
+
+/// The exposure history's own series.
+#[derive(Debug)]
+pub(crate) struct HistoryCounters {
+    pub(crate) database_bytes: IntGauge,
+    pub(crate) write_failures: IntCounter,
+    pub(crate) changes_recorded: IntCounter,
+    pub(crate) changes_pruned: IntCounter,
+}
+
+impl HistoryCounters {
+    fn new(registry: &Registrar) -> HistoryCounters {
+        HistoryCounters {
+            database_bytes: register(
+                registry,
+                IntGauge::new(
+                    "synwatch_history_database_bytes",
+                    "Size of the exposure history database and its write-ahead log (0 without a history).",
+                )
+                .expect("valid metric"),
+            ),
+            write_failures: counter(
+                registry,
+                "synwatch_history_write_failures_total",
+                "Writes to the exposure history that failed (a full or read-only disk); the history catches up on the target's next scan.",
+            ),
+            changes_recorded: counter(
+                registry,
+                "synwatch_history_changes_recorded_total",
+                "Changes written to the exposure history.",
+            ),
+            changes_pruned: counter(
+                registry,
+                "synwatch_history_changes_pruned_total",
+                "Changes removed from the exposure history by retention or max_changes.",
+            ),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -482,6 +522,7 @@ impl Metrics {
                 "synwatch_state_write_failures_total",
                 "Failed writes of the state file (the previous file stays in place).",
             ),
+            history: HistoryCounters::new(&registry),
             engine,
             sync: Mutex::new(()),
             registered: registry.names.take(),

@@ -7,8 +7,9 @@
 //!
 //! * `targets`: the target table (per target: config, space, record, derived views) and the
 //!   pure fold of a finished scan into a record.
-//! * `scheduling`: the scheduler thread; `dns_thread` and `listeners_thread`: the helpers.
-//! * `landing`: the landing page.
+//! * `scheduling`: the scheduler thread; `dns_thread`, `listeners_thread` and
+//!   `history_thread` (the exposure history's writer): the helpers.
+//! * `status_page`: the status page at `/`.
 //!
 //! Architecture invariant: the target table is replaced only by the scheduler thread (after a
 //! scan) and by [`Exporter::reload`] (which builds it anew for the new config, keeping and
@@ -17,22 +18,23 @@
 //! never waits for a scrape.
 
 mod dns_thread;
-mod landing;
+mod history_thread;
 mod listeners_thread;
 mod scheduling;
+mod status_page;
 mod targets;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 use synwatch_engine::Shard;
-use synwatch_http::site::{OnDemandRequest, RefusalKind, Reply};
+use synwatch_http::site::{HistoryRequest, OnDemandRequest, Refusal, RefusalKind, Reply};
 
 use crate::config::{self, Config, ConfigError};
 use crate::hostnames::{HostnameCache, ResolverFactory};
@@ -43,6 +45,7 @@ use crate::ondemand::{OnDemand, ScannerFactory};
 use crate::state::{StateStore, TargetRecord, unix_seconds};
 
 use crate::scanner::Scanner;
+use history_thread::HistoryEvent;
 use targets::{TargetTable, detail_allotments};
 
 /// How the exporter is set up.
@@ -107,6 +110,49 @@ struct Inner {
     resolver_factory: Mutex<Option<ResolverFactory>>,
     /// The last reading of the local listeners (none while the collector is off).
     listeners: RwLock<Option<Arc<ListenerSnapshot>>>,
+    /// Events for the `synwatch-history` thread (none after shutdown).
+    history_queue: Mutex<Option<Sender<HistoryEvent>>>,
+    /// The exposure history database, when there is one (its readers open it read-only).
+    history_path: Option<PathBuf>,
+    /// The readers' connection, opened at the first reading.
+    history_reader: Mutex<Option<synwatch_history::HistoryStore>>,
+}
+
+/// How long a shutdown waits for the history thread's last writes.
+const HISTORY_SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+
+/// Opens the exposure history in `state_dir` when there is one and `history.enabled`; a file
+/// that cannot be used is set aside (logged, as a corrupt state file is) and one that cannot
+/// be opened at all leaves the exporter without a history (logged and counted), never stopped.
+fn open_history(
+    state_dir: Option<&std::path::Path>,
+    config: &Config,
+    metrics: &Metrics,
+) -> Option<synwatch_history::HistoryStore> {
+    let state_dir = state_dir?;
+    if !config.history.enabled {
+        tracing::info!("history.enabled is false: no exposure history is kept");
+        return None;
+    }
+    let path = state_dir.join(synwatch_history::HISTORY_FILE);
+    let opened = std::fs::create_dir_all(state_dir)
+        .map_err(|error| error.to_string())
+        .and_then(|()| synwatch_history::HistoryStore::open(&path).map_err(|error| error.to_string()));
+    match opened {
+        Ok(opened) => {
+            if let Some((aside, reason)) = &opened.set_aside {
+                tracing::error!(path = %aside.display(), %reason, "the history database is unusable; set aside, starting a new history");
+            }
+            tracing::info!(path = %path.display(), migrated_from = opened.migrated_from, "exposure history opened");
+            metrics.history.database_bytes.set(opened.store.size_bytes() as i64);
+            Some(opened.store)
+        }
+        Err(error) => {
+            metrics.history.write_failures.inc();
+            tracing::error!(path = %path.display(), %error, "cannot open the exposure history; running without one");
+            None
+        }
+    }
 }
 
 /// Batches of addresses waiting for the DNS thread at most; more are dropped (the next scan
@@ -138,6 +184,33 @@ impl Inner {
         }
     }
 
+    /// Runs `read` on the history readers' connection (opened at the first reading); `None`
+    /// when there is no history.
+    pub(super) fn read_history<T>(
+        &self,
+        read: impl FnOnce(&synwatch_history::HistoryStore) -> Result<T, synwatch_history::HistoryError>,
+    ) -> Option<Result<T, synwatch_history::HistoryError>> {
+        let path = self.history_path.as_ref()?;
+        let mut reader = self.history_reader.lock();
+        let store = match reader.take() {
+            Some(store) => store,
+            None => match synwatch_history::HistoryStore::open_read_only(path) {
+                Ok(store) => store,
+                Err(error) => return Some(Err(error)),
+            },
+        };
+        let answer = read(&store);
+        *reader = Some(store);
+        Some(answer)
+    }
+
+    /// Hands an event to the history thread (after shutdown, nothing is written).
+    fn tell_history(&self, event: HistoryEvent) {
+        if let Some(queue) = self.history_queue.lock().as_ref() {
+            let _ = queue.send(event);
+        }
+    }
+
     fn shutting_down(&self) -> bool {
         self.control.lock().shutdown
     }
@@ -149,6 +222,8 @@ pub struct Exporter {
     thread: Mutex<Option<Worker>>,
     /// The DNS and listeners threads.
     helpers: Mutex<Vec<Worker>>,
+    /// The history thread (it writes what it was given before it ends).
+    history: Mutex<Option<Worker>>,
 }
 
 impl std::fmt::Debug for Exporter {
@@ -214,7 +289,8 @@ impl Exporter {
         for target in &config.targets {
             metrics.add_target(&target.name);
         }
-        let store = options.state_dir.clone().or_else(|| config.state_dir.clone()).map(StateStore::new);
+        let state_dir = options.state_dir.clone().or_else(|| config.state_dir.clone());
+        let store = state_dir.clone().map(StateStore::new);
         let mut records = BTreeMap::new();
         match &store {
             None => tracing::info!("no state_dir: results are not kept across restarts"),
@@ -233,6 +309,8 @@ impl Exporter {
             let restored = table.entries().iter().filter(|entry| entry.record.is_some()).count();
             tracing::info!(path = %store.path().display(), targets = restored, "state restored");
         }
+        let history = open_history(state_dir.as_deref(), &config, &metrics);
+        let history_path = history.as_ref().map(|store| store.path().to_path_buf());
         let inner = Arc::new(Inner {
             ondemand: OnDemand::new(Arc::clone(&scanner), options.seed.rotate_left(17) ^ 0x5eed),
             scanner,
@@ -252,6 +330,23 @@ impl Exporter {
             dns_queue: Mutex::new(None),
             resolver_factory: Mutex::new(None),
             listeners: RwLock::new(None),
+            history_queue: Mutex::new(None),
+            history_path,
+            history_reader: Mutex::new(None),
+        });
+        let (history_sender, history_receiver) = std::sync::mpsc::channel();
+        // The first event: make the database agree with the restored results.
+        let restored: Vec<(String, Arc<TargetRecord>)> = inner
+            .targets()
+            .entries()
+            .iter()
+            .filter_map(|entry| Some((entry.target.name.clone(), Arc::clone(entry.record.as_ref()?))))
+            .collect();
+        let _ = history_sender.send(HistoryEvent::Reconcile(restored));
+        *inner.history_queue.lock() = Some(history_sender);
+        let history_inner = Arc::clone(&inner);
+        let history = Worker::spawn("synwatch-history", move || {
+            history_thread::history_loop(&history_inner, history, &history_receiver);
         });
         let (dns_sender, dns_receiver) = std::sync::mpsc::sync_channel(DNS_QUEUE_BATCHES);
         *inner.dns_queue.lock() = Some(dns_sender);
@@ -261,7 +356,12 @@ impl Exporter {
         let listeners = Worker::spawn("synwatch-listeners", move || listeners_thread::listeners_loop(&listeners_inner));
         let thread_inner = Arc::clone(&inner);
         let thread = Worker::spawn("synwatch-schedule", move || scheduling::SchedulerLoop::new(thread_inner).run());
-        Exporter { inner, thread: Mutex::new(Some(thread)), helpers: Mutex::new(vec![dns, listeners]) }
+        Exporter {
+            inner,
+            thread: Mutex::new(Some(thread)),
+            helpers: Mutex::new(vec![dns, listeners]),
+            history: Mutex::new(Some(history)),
+        }
     }
 
     /// How to build the reverse DNS resolver for `resolve_hostnames` (without one, no lookups
@@ -298,6 +398,27 @@ impl Exporter {
                 if names_on { self.inner.hostnames.name(address) } else { None }
             },
         ))
+    }
+
+    /// Answers a reading of the exposure history (`/api/v1/changes`, `/api/v1/endpoints`), with
+    /// the next page's cursor.
+    pub fn history(&self, request: &HistoryRequest) -> (Reply, Option<String>) {
+        if self.inner.history_path.is_none() {
+            let reason = "no exposure history here: it needs state_dir (and history.enabled)";
+            return (Reply::Refused(Refusal::new(RefusalKind::Disabled, reason)), None);
+        }
+        let parsed = match crate::history_api::parse_reading(request, unix_seconds(SystemTime::now())) {
+            Ok(parsed) => parsed,
+            Err(reason) => return (Reply::Refused(Refusal::new(RefusalKind::BadRequest, reason)), None),
+        };
+        match self.inner.read_history(|store| Ok(crate::history_api::answer(store, &parsed))) {
+            Some(Ok(answer)) => answer,
+            Some(Err(error)) => {
+                tracing::error!(%error, "cannot read the exposure history");
+                (Reply::Refused(Refusal::new(RefusalKind::Failed, error.to_string())), None)
+            }
+            None => (Reply::Refused(Refusal::new(RefusalKind::Disabled, "no exposure history here")), None),
+        }
     }
 
     /// Answers an on-demand request (`/probe`, `/api/v1/scans...`); blocks while a probe runs.
@@ -384,6 +505,9 @@ impl Exporter {
         if new.state_dir != old.state_dir {
             needs_restart.push("state_dir");
         }
+        if new.history.enabled != old.history.enabled {
+            needs_restart.push("history.enabled");
+        }
         if new.engine.mode != old.engine.mode
             || new.engine.interface != old.engine.interface
             || new.engine.source_addresses != old.engine.source_addresses
@@ -451,9 +575,10 @@ impl Exporter {
         self.inner.metrics.render(&self.inner.scanner.counters(), &views, &host, output);
     }
 
-    /// The landing page (HTML): targets, their last scan, links.
-    pub fn landing_page(&self) -> String {
-        landing::landing_page(&self.config(), &self.inner.targets())
+    /// The status page (`/`, HTML): the engine, the targets and the latest changes; with
+    /// `target=NAME`, that target's open endpoints and changes.
+    pub fn status_page(&self, query: &str) -> Reply {
+        status_page::answer(&self.inner, query)
     }
 
     /// Stops the scheduler: cancels running scans, waits for them at most `grace`, saves the
@@ -475,6 +600,14 @@ impl Exporter {
         let deadline = Instant::now() + Duration::from_millis(1000);
         for helper in helpers {
             helper.join_within(deadline.saturating_duration_since(Instant::now()));
+        }
+        // The scheduler has handed over its last scan: the history thread writes what it has
+        // and ends.
+        self.inner.history_queue.lock().take();
+        if let Some(history) = self.history.lock().take()
+            && !history.join_within(HISTORY_SHUTDOWN_WAIT)
+        {
+            tracing::warn!("the history thread did not finish its writes in time; the next start reconciles");
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::schedule::{Schedule, ScheduledTarget};
 use crate::state::{ScanAttempt, TargetRecord, unix_seconds};
 
 use super::Inner;
+use super::history_thread::HistoryEvent;
 use super::targets::{detail_allotments, fold_scan};
 use crate::scanner::{RunningScan, ScanOrder};
 
@@ -234,6 +235,15 @@ impl SchedulerLoop {
         let table = Arc::new(table);
         *self.inner.targets.write() = Arc::clone(&table);
         drop(_serialized);
+        if let Some(now) = table.get(name).and_then(|entry| entry.record.clone()) {
+            self.inner.tell_history(HistoryEvent::ScanEnded {
+                target: name.to_string(),
+                started: attempt.timestamp - attempt.duration_seconds,
+                ended: attempt.timestamp,
+                success,
+                now,
+            });
+        }
         if success && let Some(entry) = table.get(name) {
             self.inner.request_lookups(&config, entry.responding());
         }

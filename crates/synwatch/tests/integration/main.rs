@@ -12,6 +12,7 @@ mod docs;
 mod field_lab;
 mod field_lab_udp;
 mod helpers;
+mod history;
 mod http_limits;
 mod lab_scan;
 mod ondemand;
