@@ -195,6 +195,58 @@ fn pages_follow_their_cursors_without_overlap_and_filters_combine() {
     assert!(store.changes(&udp).unwrap().changes.is_empty());
 }
 
+/// Endpoint pages, with and without a target and a state filter: every endpoint once, in key
+/// order; a cursor of another target is refused.
+#[test]
+fn endpoint_pages_follow_their_cursors_with_and_without_filters() {
+    let scratch = Scratch::new("endpoint-pages");
+    let mut store = HistoryStore::open(&scratch.database()).unwrap().store;
+    for target in ["a", "b"] {
+        let opens: Vec<OpenEndpoint> = (0..60u16)
+            .map(|n| {
+                let endpoint = open(
+                    &format!("192.0.2.{}", n % 20 + 1),
+                    if n % 3 == 0 { Proto::Udp } else { Proto::Tcp },
+                    1000 + n / 20,
+                );
+                OpenEndpoint { state: if n % 4 == 0 { states::SUSPECT } else { states::OPEN }, ..endpoint }
+            })
+            .collect();
+        store.record_scan(&scan(target, 1.0), &[], &opens).unwrap();
+    }
+    let read_all = |query: EndpointQuery| {
+        let mut all = Vec::new();
+        let mut query = EndpointQuery { limit: 7, ..query };
+        loop {
+            let page = store.endpoints(&query).unwrap();
+            assert!(page.endpoints.len() <= 7);
+            all.extend(page.endpoints.iter().map(|endpoint| endpoint.cursor()));
+            match page.next_cursor {
+                Some(cursor) => query.after = Some(cursor),
+                None => return all,
+            }
+        }
+    };
+    for (query, expected) in [
+        (EndpointQuery::default(), 120),
+        (EndpointQuery { target: Some("b".into()), ..EndpointQuery::default() }, 60),
+        (EndpointQuery { target: Some("a".into()), state: Some(states::OPEN.into()), ..EndpointQuery::default() }, 45),
+        (EndpointQuery { state: Some(states::SUSPECT.into()), ..EndpointQuery::default() }, 30),
+    ] {
+        let cursors = read_all(query.clone());
+        let mut sorted = cursors.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(cursors.len(), expected, "{query:?}");
+        assert_eq!(cursors.len(), sorted.len(), "no endpoint twice: {query:?}");
+    }
+    let of_a =
+        store.endpoints(&EndpointQuery { target: Some("a".into()), limit: 1, ..EndpointQuery::default() }).unwrap();
+    let foreign =
+        EndpointQuery { target: Some("b".into()), after: of_a.next_cursor, limit: 5, ..EndpointQuery::default() };
+    assert!(matches!(store.endpoints(&foreign), Err(synwatch_history::HistoryError::BadCursor(_))));
+}
+
 #[test]
 fn hostile_strings_are_values_never_sql() {
     let scratch = Scratch::new("sql");
