@@ -2,8 +2,10 @@
 //! the routes, content types, limits and graceful shutdown. It holds no scan logic: whatever it
 //! serves comes from a [`Site`], which the exporter implements.
 //!
-//! Routes: `/` (landing page, HTML), `/metrics`, `/-/healthy`, `/-/ready` (503 with the reason
-//! until the site is ready), `POST /-/reload` (loopback peers only), and the on-demand routes
+//! Routes: `/` (the status page, HTML, [`Site::status_page`]), `/metrics`, `/-/healthy`,
+//! `/-/ready` (503 with the reason until the site is ready), `POST /-/reload` (loopback peers
+//! only), `/api/v1/changes` and `/api/v1/endpoints` (the exposure history, [`Site::history`],
+//! with the next page's cursor in `X-Next-Cursor`), and the on-demand routes
 //! `/probe` and `/api/v1/scans...`, which are routed to a typed [`Operation`] here and answered
 //! by [`Site::ondemand`] with a typed [`Reply`] (the site decides whether they are enabled, who
 //! may call them and what they do; this crate alone turns the reply into a status, headers and

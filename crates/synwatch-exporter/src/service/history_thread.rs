@@ -111,9 +111,10 @@ impl Writer<'_> {
                 Err(error) => return self.failed(target, &error),
             },
         };
-        log_changes(target, ended, &changes, false);
         let row = scan_row(target, started, ended, ScanOutcome::Success, Some(results));
-        self.write(store, target, &row, &changes, &open_rows(results), Some(record));
+        if self.write(store, target, &row, &changes, &open_rows(results), Some(record)) {
+            log_changes(target, ended, &changes, false);
+        }
     }
 
     fn reconcile(&mut self, store: &mut HistoryStore, target: &str, now: f64, record: &Arc<TargetRecord>) {
@@ -129,13 +130,16 @@ impl Writer<'_> {
             self.written.insert(target.to_string(), Arc::clone(record));
             return;
         }
-        log_changes(target, now, &changes, true);
-        tracing::info!(target = %target, changes = changes.len(), "history reconciled with the served results");
         let row = scan_row(target, now, now, ScanOutcome::Reconciled, Some(results));
-        self.write(store, target, &row, &changes, &opens, Some(record));
+        if self.write(store, target, &row, &changes, &opens, Some(record)) {
+            tracing::info!(target = %target, changes = changes.len(), "history reconciled with the served results");
+            log_changes(target, now, &changes, true);
+        }
     }
 
-    /// Writes one scan row; on success the database holds `record`'s results (when given).
+    /// Writes one scan row; on success (true) the database holds `record`'s results (when
+    /// given). The changes are logged only once written, so a failed write that the next one
+    /// catches up logs each change once.
     fn write(
         &mut self,
         store: &mut HistoryStore,
@@ -144,15 +148,27 @@ impl Writer<'_> {
         changes: &[ChangeRow],
         opens: &[OpenEndpoint],
         record: Option<&Arc<TargetRecord>>,
-    ) {
+    ) -> bool {
+        let started = Instant::now();
         match store.record_scan(row, changes, opens) {
             Ok(_) => {
                 if let Some(record) = record {
                     self.written.insert(target.to_string(), Arc::clone(record));
                 }
                 self.inner.metrics.history.changes_recorded.inc_by(changes.len() as u64);
+                tracing::debug!(
+                    target = %target,
+                    changes = changes.len(),
+                    opens = opens.len(),
+                    seconds = started.elapsed().as_secs_f64(),
+                    "scan written to the history"
+                );
+                true
             }
-            Err(error) => self.failed(target, &error),
+            Err(error) => {
+                self.failed(target, &error);
+                false
+            }
         }
     }
 

@@ -228,11 +228,12 @@ fn issue_23_a_port_opening_is_one_change_in_the_api_the_cli_the_log_and_the_stat
     drop((first, second));
 }
 
-/// The history on a nearly full disk: a tmpfs of 1 MiB in a mount namespace of its own, in
-/// which serve runs. Filled up, the history's writes fail (counted), scans and scrapes go on;
-/// with room again, the next scan writes what was missed.
+/// The history on a full, then a read-only disk: a tmpfs of 1 MiB in a mount namespace of its
+/// own, in which serve runs. Filled up, the history's writes fail (counted), scans and scrapes
+/// go on; with room again, the next scan writes what was missed. Read-only, the history cannot
+/// be opened (counted), and scans and scrapes go on.
 #[test]
-fn issue_23_a_full_disk_fails_history_writes_counted_while_scans_go_on_and_the_history_catches_up() {
+fn issue_23_a_full_or_read_only_disk_fails_history_writes_counted_while_scans_go_on_and_the_history_catches_up() {
     const TEST: &str = "issue_23_full_disk";
     if !nix::unistd::geteuid().is_root() {
         assert!(
@@ -251,7 +252,8 @@ fn issue_23_a_full_disk_fails_history_writes_counted_while_scans_go_on_and_the_h
     let first = TcpListener::bind("127.0.0.1:0").unwrap();
     let first_port = first.local_addr().unwrap().port();
     let second_port = free_port();
-    let config = config(&scratch, &[first_port, second_port], &state_dir);
+    let third_port = free_port();
+    let config = config(&scratch, &[first_port, second_port, third_port], &state_dir);
     let address = format!("127.0.0.1:{}", free_port());
     let log = scratch.join("serve.log");
     let child = Command::new("unshare")
@@ -299,5 +301,37 @@ fn issue_23_a_full_disk_fails_history_writes_counted_while_scans_go_on_and_the_h
     assert_eq!(changes[0]["port"], second_port);
     let open = json(&serve, "/api/v1/endpoints?state=open");
     assert_eq!(open["endpoints"].as_array().unwrap().len(), 2, "{open}");
-    drop((serve, first, second));
+
+    drop(serve);
+
+    // A read-only disk from the start (a running process cannot be moved to one: Linux refuses
+    // to remount a file system read-only while files are open for writing): the history cannot
+    // be opened, which is logged and counted; scans and scrapes go on.
+    let log = scratch.join("serve-read-only.log");
+    let address = format!("127.0.0.1:{}", free_port());
+    let child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs -o size=1m,ro synwatch-test {} && exec {} serve --listen {address} --config {config}",
+            state_dir.display(),
+            synwatch()
+        ))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let serve = Serve { child, address: address.parse().unwrap(), log, namespace: None };
+    wait_until("serve ready", 30, || serve.request("GET", "/-/ready", &[], "").ok().filter(|answer| answer.0 == 200));
+    let third = TcpListener::bind(("127.0.0.1", third_port)).unwrap();
+    serve.wait_for_scans("loopback", 2.0);
+    let metrics = serve.metrics();
+    assert_eq!(crate::helpers::sample(&metrics, "synwatch_history_write_failures_total"), Some(1.0), "{metrics}");
+    assert!(crate::helpers::sample(&metrics, "synwatch_state_write_failures_total").unwrap() >= 1.0, "{metrics}");
+    let (status, _, reason) = serve.request("GET", "/api/v1/changes", &[], "").unwrap();
+    assert_eq!(status, 404, "{reason}");
+    let (status, _, page) = serve.request("GET", "/", &[], "").unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains("No exposure history"), "{page}");
+    assert!(serve.log_text().contains("cannot open the exposure history"), "{}", serve.log_text());
+    drop((serve, first, second, third));
 }

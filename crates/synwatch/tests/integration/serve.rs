@@ -292,7 +292,7 @@ fn issue_4_the_embedded_default_serves_with_the_environment_overrides() {
     serve.wait_ready();
     let (status, page) = http("GET", serve.address, "/").unwrap();
     assert_eq!(status, 200);
-    assert!(page.contains("<td>loopback</td>") && page.contains("127.0.0.1, ::1"), "{page}");
+    assert!(page.contains("\">loopback</a></td>") && page.contains("127.0.0.1, ::1"), "{page}");
     let metrics = serve.metrics();
     assert!(metrics.contains("synwatch_build_info{revision="), "{metrics}");
     assert_eq!(sample(&metrics, "synwatch_config_last_reload_successful"), Some(1.0));
