@@ -187,7 +187,7 @@ pub fn exporter_memory(arguments: &Arguments) -> Result<()> {
 
 /// An HTTP client (ureq) that keeps its connection alive between requests and takes error
 /// statuses as answers.
-fn http_client() -> ureq::Agent {
+pub(crate) fn http_client() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(30)))
@@ -196,7 +196,7 @@ fn http_client() -> ureq::Agent {
 }
 
 /// Sends a GET and reads the answer; returns the status and the body.
-fn get(client: &ureq::Agent, address: SocketAddr, path: &str) -> Result<(u16, String)> {
+pub(crate) fn get(client: &ureq::Agent, address: SocketAddr, path: &str) -> Result<(u16, String)> {
     let mut response = client.get(format!("http://{address}{path}")).call()?;
     let status = response.status().as_u16();
     Ok((status, response.body_mut().with_config().limit(64 << 20).read_to_string()?))

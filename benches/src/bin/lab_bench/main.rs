@@ -21,6 +21,7 @@
 //! * `field`, `field-speed`: the field lab (see `field.rs`); `udp`: UDP side by side in the kernel
 //!   lab (`udp.rs`); `field-udp`: UDP in the field lab (`field_udp.rs`).
 //! * `metrics-render`, `exporter-memory`, `probe-latency`: the exporter (`exporter.rs`).
+//! * `history`: the exposure history's writes, queries and memory (`history.rs`; no lab).
 //!
 //! Every figure is the median of `--runs` runs (default 3).
 
@@ -37,6 +38,7 @@ use synwatch_lab::{Lab, LabConfig, runner};
 mod exporter;
 mod field;
 mod field_udp;
+mod history;
 mod timing;
 mod udp;
 
@@ -90,6 +92,17 @@ enum Bench {
         /// Renders to time.
         #[arg(long, default_value_t = 200)]
         renders: usize,
+    },
+    /// The exposure history (issue 23): writing scans of many changes, queries over millions
+    /// of stored changes through the store and through `serve`, and serve's memory holding
+    /// them (no lab, no packets).
+    History {
+        /// Changes to store in all.
+        #[arg(long, default_value_t = 10_000_000)]
+        changes: u64,
+        /// Changes per scan.
+        #[arg(long, default_value_t = 100_000)]
+        per_scan: u64,
     },
     /// Resident memory of `synwatch serve`: idle on its embedded loopback config, and scanning
     /// a /16 × 10 ports target in the lab (peak, then idle holding the results).
@@ -334,6 +347,9 @@ fn main() -> Result<()> {
     if let Bench::ListenerRead { readings, sockets } = arguments.command {
         return listener_read(readings, sockets);
     }
+    if let Bench::History { changes, per_scan } = arguments.command {
+        return history::history(&arguments, changes, per_scan);
+    }
     if let Err(reason) = synwatch_lab::lab_available() {
         bail!("the lab needs root, iproute2, nftables and ethtool: {reason}");
     }
@@ -381,7 +397,9 @@ fn main() -> Result<()> {
             };
             field_udp::field_udp_table(&arguments, &table)
         }
-        Bench::MetricsRender { .. } | Bench::ListenerRead { .. } => unreachable!("handled above"),
+        Bench::MetricsRender { .. } | Bench::ListenerRead { .. } | Bench::History { .. } => {
+            unreachable!("handled above")
+        }
     }
 }
 
