@@ -236,6 +236,34 @@ fn issue_23_a_restart_makes_the_history_agree_with_the_state_it_serves() {
     std::fs::remove_dir_all(&directory).unwrap();
 }
 
+#[test]
+fn issue_23_a_corrupt_history_file_is_set_aside_and_a_new_history_starts() {
+    let directory = scratch("history-corrupt");
+    let config = directory.join("synwatch.yaml");
+    std::fs::write(&config, WEB).unwrap();
+    let state_dir = directory.join("state");
+    std::fs::create_dir_all(&state_dir).unwrap();
+    std::fs::write(state_dir.join(synwatch_history::HISTORY_FILE), vec![0x5a; 4096]).unwrap();
+    let network = Arc::new(SimulatedNetwork::default());
+    network.set("192.0.2.1", 22, PortState::Open);
+    let exporter = start(&network, &config, Some(&state_dir));
+    wait_for_scans(&exporter, "web", 1.0);
+    wait_for("the new history's first sighting", || {
+        json(&exporter, HistoryResource::Endpoints, "")["endpoints"].as_array().is_some_and(|all| all.len() == 1)
+    });
+    let aside: Vec<String> = std::fs::read_dir(&state_dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(".corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the garbage is kept aside: {aside:?}");
+    assert_eq!(std::fs::read(state_dir.join(&aside[0])).unwrap(), vec![0x5a; 4096], "and kept as it was");
+    assert_eq!(sample(&render(&exporter), "synwatch_history_write_failures_total"), Some(0.0));
+    exporter.shutdown(Duration::from_secs(1));
+    std::fs::remove_dir_all(&directory).unwrap();
+}
+
 /// The (ip, port) opens the exporter serves, from `/sd`.
 fn served_opens(exporter: &synwatch_exporter::Exporter) -> BTreeSet<(String, u64)> {
     let groups: Value = serde_json::from_slice(&exporter.service_discovery("").unwrap()).unwrap();

@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use crate::rows::{Change, ChangeKind, Endpoint, Proto, address_bytes, address_from, parse_endpoint_cursor};
+use rusqlite::OptionalExtension;
+
+use crate::rows::{Change, ChangeKind, Endpoint, Proto, address_bytes, address_from, parse_endpoint_cursor, states};
 use crate::store::{HistoryError, HistoryStore};
 
 /// Which changes to read, newest first.
@@ -206,6 +208,31 @@ impl HistoryStore {
         } else {
             None
         };
+        // An endpoint open now was last seen open by its target's last scan that saw anything
+        // (the writer does not touch an unchanged endpoint, see `store`).
+        let mut sightings: HashMap<String, Option<f64>> = HashMap::new();
+        for endpoint in &mut endpoints {
+            if !states::is_open(&endpoint.state) {
+                continue;
+            }
+            let sighting = match sightings.get(&endpoint.target) {
+                Some(sighting) => *sighting,
+                None => {
+                    let sighting = self
+                        .connection
+                        .prepare_cached(
+                            "SELECT ended FROM scans WHERE target = ?1 AND result != 'failure' ORDER BY id DESC LIMIT 1",
+                        )?
+                        .query_row([&endpoint.target], |row| row.get::<_, f64>(0))
+                        .optional()?;
+                    sightings.insert(endpoint.target.clone(), sighting);
+                    sighting
+                }
+            };
+            if let Some(sighting) = sighting {
+                endpoint.last_seen_open = sighting;
+            }
+        }
         Ok(EndpointsPage { endpoints, next_cursor })
     }
 

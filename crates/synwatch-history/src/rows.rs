@@ -213,7 +213,9 @@ pub struct Endpoint {
     pub reason: Option<String>,
     /// When it was first seen open.
     pub first_seen: f64,
-    /// When it was last seen open (trusted).
+    /// Last seen open: for an endpoint open now, its target's last scan that saw anything; for
+    /// one not open, the last scan that saw it open (the column holds only the latter: an
+    /// unchanged open endpoint is never rewritten).
     pub last_seen_open: f64,
     /// Its last change (or its first sighting).
     pub last_change: f64,

@@ -189,18 +189,30 @@ impl HistoryStore {
         )?;
         let scan_id = transaction.last_insert_rowid();
         {
+            // The target's scan before this one that saw its endpoints (a failed one saw none):
+            // the last time an endpoint that closes now was seen open.
+            let previous_sighting: Option<f64> = transaction
+                .query_row(
+                    "SELECT ended FROM scans WHERE target = ?1 AND id < ?2 AND result != 'failure'
+                     ORDER BY id DESC LIMIT 1",
+                    params![scan.target, scan_id],
+                    |row| row.get(0),
+                )
+                .optional()?;
             let mut insert_change = transaction.prepare_cached(
                 "INSERT INTO changes (scan, time, target, ip, proto, port, old_state, new_state, reason)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             // A change into an open creates the endpoint or updates it; a change out of one
-            // updates it (or, for a history newer than the endpoint, records it from now).
+            // updates it and records when it was last seen open (or, for a history newer than
+            // the endpoint, records it from now).
             let mut upsert_endpoint = transaction.prepare_cached(
                 "INSERT INTO endpoints (target, ip, proto, port, state, reason, first_seen, last_seen_open, last_change, times_opened)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?9, ?7, ?8)
                  ON CONFLICT (target, ip, proto, port) DO UPDATE SET
                    state = excluded.state, reason = excluded.reason, last_change = excluded.last_change,
-                   times_opened = times_opened + excluded.times_opened",
+                   times_opened = times_opened + excluded.times_opened,
+                   last_seen_open = CASE WHEN ?10 THEN last_seen_open ELSE excluded.last_seen_open END",
             )?;
             for change in changes {
                 let ip = address_bytes(change.ip);
@@ -215,7 +227,9 @@ impl HistoryStore {
                     change.new_state,
                     change.reason
                 ])?;
-                let opened = i64::from(change.new_state == states::OPEN);
+                let opened = i64::from(change.new_state == states::OPEN && !states::is_open(change.old_state));
+                let now_open = states::is_open(change.new_state);
+                let last_seen_open = if now_open { scan.ended } else { previous_sighting.unwrap_or(scan.ended) };
                 upsert_endpoint.execute(params![
                     scan.target,
                     ip,
@@ -224,17 +238,20 @@ impl HistoryStore {
                     change.new_state,
                     change.reason,
                     scan.ended,
-                    opened
+                    opened,
+                    last_seen_open,
+                    now_open
                 ])?;
             }
-            // Every open at the end of the scan: first sightings (a first scan has no changes),
-            // and the last time each was seen open.
+            // Every open at the end of the scan: first sightings are written (a first scan has
+            // no changes); an endpoint already held in the same state is not written at all,
+            // since an open endpoint's "last seen open" is its target's last scan (see
+            // `query`), so a scan of a /16 with 40,000 opens and no change writes no row.
             let mut seen_open = transaction.prepare_cached(
                 "INSERT INTO endpoints (target, ip, proto, port, state, reason, first_seen, last_seen_open, last_change, times_opened)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8)
-                 ON CONFLICT (target, ip, proto, port) DO UPDATE SET
-                   state = excluded.state, reason = excluded.reason,
-                   last_seen_open = CASE WHEN excluded.state = 'open' THEN excluded.last_seen_open ELSE last_seen_open END",
+                 ON CONFLICT (target, ip, proto, port) DO UPDATE SET state = excluded.state, reason = excluded.reason
+                 WHERE state IS NOT excluded.state OR reason IS NOT excluded.reason",
             )?;
             for endpoint in open_now {
                 seen_open.execute(params![

@@ -133,13 +133,31 @@ fn a_scan_writes_its_changes_and_its_endpoints_and_reads_back_newest_first() {
         summary,
         [
             (ip("192.0.2.1"), 22, "open", 100.0, 300.0, 300.0, 2),
-            (ip("192.0.2.1"), 443, "suspect", 200.0, 200.0, 300.0, 1),
+            (ip("192.0.2.1"), 443, "suspect", 200.0, 300.0, 300.0, 1),
             (ip("2001:db8::1"), 53, "open", 200.0, 300.0, 200.0, 1),
         ]
     );
+    // A failed scan sees nothing; then 53 closes: it was last seen open by the scan at 300.
+    store.record_scan(&ScanRow { result: ScanOutcome::Failure, ..scan("web", 350.0) }, &[], &[]).unwrap();
+    store
+        .record_scan(
+            &scan("web", 400.0),
+            &[change("2001:db8::1", Proto::Udp, 53, states::OPEN, states::CLOSED)],
+            &[open("192.0.2.1", Proto::Tcp, 22)],
+        )
+        .unwrap();
+    let endpoints = store.endpoints(&EndpointQuery { limit: 100, ..EndpointQuery::default() }).unwrap().endpoints;
+    let udp = endpoints.iter().find(|e| e.port == 53).unwrap();
+    assert_eq!((udp.state.as_str(), udp.last_seen_open, udp.last_change), ("closed", 300.0, 400.0));
+    let ssh = endpoints.iter().find(|e| e.port == 22).unwrap();
+    assert_eq!(
+        (ssh.last_seen_open, ssh.last_change, ssh.times_opened),
+        (400.0, 300.0, 2),
+        "open: seen by the last scan"
+    );
     let open_only =
         store.endpoints(&EndpointQuery { state: Some("open".into()), limit: 100, ..EndpointQuery::default() }).unwrap();
-    assert_eq!(open_only.endpoints.len(), 2);
+    assert_eq!(open_only.endpoints.len(), 1, "22 is open; 53 closed, 443 is suspect");
     let first_seen_late = store
         .endpoints(&EndpointQuery { since_first_seen: Some(150.0), limit: 100, ..EndpointQuery::default() })
         .unwrap();

@@ -65,8 +65,11 @@ fn issue_5_each_guard_gives_its_status_and_outcome_and_refused_targets_get_no_pa
         }
         serve.request("GET", path, &headers, "").unwrap()
     };
-    // The metrics endpoint is protected too (the health endpoints are not: see the docs).
-    assert_eq!(serve.request("GET", "/metrics", &[], "").unwrap().0, 401);
+    // The metrics endpoint is protected too (the health endpoints are not: see the docs), and
+    // so are the status page and the exposure history's readings (issue 23).
+    for path in ["/metrics", "/", "/api/v1/changes", "/api/v1/endpoints?state=open"] {
+        assert_eq!(serve.request("GET", path, &[], "").unwrap().0, 401, "{path}");
+    }
     let metrics = |serve: &Serve| {
         let (status, _, body) = serve.request("GET", "/metrics", &[("Authorization", &auth)], "").unwrap();
         assert_eq!(status, 200);
