@@ -9,6 +9,28 @@ use std::process::{Command, Stdio};
 
 use crate::helpers::{Scratch, Serve, free_port, package_or_skip, synwatch, wait_until};
 
+/// A loopback port nothing listens on now, which the test opens later: outside the kernel's
+/// ephemeral range, so that no other test's socket (every one binds port 0, or connects from an
+/// ephemeral port) takes it meanwhile, which a port from `free_port()` is not safe from.
+fn closed_port_to_open_later() -> u16 {
+    let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut bounds = text.split_whitespace().map(|value| value.parse::<u16>().ok());
+            Some((bounds.next()??, bounds.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    // Each call starts past the last one: two tests of this process never get the same port.
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let call = CALLS.fetch_add(97, std::sync::atomic::Ordering::Relaxed);
+    let start = 10_000 + ((std::process::id() as u16 % 10_000).wrapping_add(call) % 10_000);
+    (start..u16::MAX)
+        .chain(10_000..start)
+        .filter(|port| *port < low || *port > high)
+        .find(|port| TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .expect("a free loopback port outside the ephemeral range")
+}
+
 /// A loopback target scanned with connect() every second (no privilege needed).
 fn config(scratch: &Scratch, ports: &[u16], state_dir: &Path) -> String {
     let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
@@ -91,7 +113,7 @@ fn issue_23_a_port_opening_is_one_change_in_the_api_the_cli_the_log_and_the_stat
     let state_dir = scratch.join("state");
     let first = TcpListener::bind("127.0.0.1:0").unwrap();
     let first_port = first.local_addr().unwrap().port();
-    let second_port = free_port();
+    let second_port = closed_port_to_open_later();
     let config = config(&scratch, &[first_port, second_port], &state_dir);
     let serve = Serve::start(&scratch, &["--config", &config, "--log-format", "json"]);
     serve.wait_for_scans("loopback", 1.0);
@@ -228,6 +250,28 @@ fn issue_23_a_port_opening_is_one_change_in_the_api_the_cli_the_log_and_the_stat
     drop((first, second));
 }
 
+/// `synwatch serve` in a mount namespace of its own, with a tmpfs mounted (`options`) on
+/// `state_dir`; ready when it returns. `exec` makes the child serve itself, so the returned
+/// [`Serve`] kills it on drop.
+fn serve_on_tmpfs(scratch: &Scratch, state_dir: &Path, config: &str, options: &str, log: &str) -> Serve {
+    let address = format!("127.0.0.1:{}", free_port());
+    let log = scratch.join(log);
+    let child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs -o {options} synwatch-test {} && exec {} serve --listen {address} --config {config}",
+            state_dir.display(),
+            synwatch()
+        ))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let serve = Serve { child, address: address.parse().unwrap(), log, namespace: None };
+    wait_until("serve ready", 30, || serve.request("GET", "/-/ready", &[], "").ok().filter(|answer| answer.0 == 200));
+    serve
+}
+
 /// The history on a full, then a read-only disk: a tmpfs of 1 MiB in a mount namespace of its
 /// own, in which serve runs. Filled up, the history's writes fail (counted), scans and scrapes
 /// go on; with room again, the next scan writes what was missed. Read-only, the history cannot
@@ -251,27 +295,11 @@ fn issue_23_a_full_or_read_only_disk_fails_history_writes_counted_while_scans_go
     std::fs::create_dir_all(&state_dir).unwrap();
     let first = TcpListener::bind("127.0.0.1:0").unwrap();
     let first_port = first.local_addr().unwrap().port();
-    let second_port = free_port();
-    let third_port = free_port();
-    let config = config(&scratch, &[first_port, second_port, third_port], &state_dir);
-    let address = format!("127.0.0.1:{}", free_port());
-    let log = scratch.join("serve.log");
-    let child = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(format!(
-            "mount -t tmpfs -o size=1m synwatch-test {} && exec {} serve --listen {address} --config {config}",
-            state_dir.display(),
-            synwatch()
-        ))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    // `exec` makes the child serve itself: the Serve kills it on drop.
-    let serve = Serve { child, address: address.parse().unwrap(), log, namespace: None };
+    let second_port = closed_port_to_open_later();
+    let config = config(&scratch, &[first_port, second_port], &state_dir);
+    let serve = serve_on_tmpfs(&scratch, &state_dir, &config, "size=1m", "serve.log");
     let pid = serve.child.id().to_string();
     let metric = |name: &str| crate::helpers::sample(&serve.metrics(), name);
-    wait_until("serve ready", 30, || serve.request("GET", "/-/ready", &[], "").ok().filter(|answer| answer.0 == 200));
     serve.wait_for_scans("loopback", 1.0);
     // Fill the tmpfs from inside serve's mount namespace.
     let filler = state_dir.join("filler");
@@ -307,22 +335,7 @@ fn issue_23_a_full_or_read_only_disk_fails_history_writes_counted_while_scans_go
     // A read-only disk from the start (a running process cannot be moved to one: Linux refuses
     // to remount a file system read-only while files are open for writing): the history cannot
     // be opened, which is logged and counted; scans and scrapes go on.
-    let log = scratch.join("serve-read-only.log");
-    let address = format!("127.0.0.1:{}", free_port());
-    let child = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(format!(
-            "mount -t tmpfs -o size=1m,ro synwatch-test {} && exec {} serve --listen {address} --config {config}",
-            state_dir.display(),
-            synwatch()
-        ))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let serve = Serve { child, address: address.parse().unwrap(), log, namespace: None };
-    wait_until("serve ready", 30, || serve.request("GET", "/-/ready", &[], "").ok().filter(|answer| answer.0 == 200));
-    let third = TcpListener::bind(("127.0.0.1", third_port)).unwrap();
+    let serve = serve_on_tmpfs(&scratch, &state_dir, &config, "size=1m,ro", "serve-read-only.log");
     serve.wait_for_scans("loopback", 2.0);
     let metrics = serve.metrics();
     assert_eq!(crate::helpers::sample(&metrics, "synwatch_history_write_failures_total"), Some(1.0), "{metrics}");
@@ -333,5 +346,5 @@ fn issue_23_a_full_or_read_only_disk_fails_history_writes_counted_while_scans_go
     assert_eq!(status, 200);
     assert!(page.contains("No exposure history"), "{page}");
     assert!(serve.log_text().contains("cannot open the exposure history"), "{}", serve.log_text());
-    drop((serve, first, second, third));
+    drop((serve, first, second));
 }
