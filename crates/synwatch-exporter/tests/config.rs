@@ -275,6 +275,11 @@ const BAD: &[(&str, usize, usize, &str)] = &[
         "tcp/22 is in both",
     ),
     ("listeners: {watch: true}\n", 1, 13, "unknown field `watch`"),
+    // Issue 23: the exposure history.
+    ("history: {retention: 0s}\n", 1, 22, "above zero"),
+    ("history: {max_changes: 5}\n", 1, 24, "expected 1000 to"),
+    ("history: {prune_interval: often}\n", 1, 27, "duration"),
+    ("history: {keep: 1d}\n", 1, 11, "unknown field `keep`"),
     (
         "targets:\n  - name: a\n    addresses: [192.0.2.1]\n    ports: \"22\"\n    expect: {open: \"80\"}\n",
         2,

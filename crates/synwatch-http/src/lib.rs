@@ -230,6 +230,20 @@ async fn authorize(
     }
     Some(refusal)
 }
+/// The response of a site's [`Reply`]: its status, Content-Type, `Retry-After` and body, never
+/// cached.
+fn reply_response(reply: Reply) -> Response<Body> {
+    let (status, content_type, retry_after, body) = reply.into_parts();
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = text(status, body);
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(seconds) = retry_after {
+        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
+
 async fn route_parts(site: Arc<dyn Site>, head: &RequestHead<'_>, body: Bytes, peer: SocketAddr) -> Response<Body> {
     let (method, path) = (head.method, head.path);
     let read_only = |allowed: &Method| allowed == Method::GET || allowed == Method::HEAD;
@@ -259,17 +273,7 @@ async fn route_parts(site: Arc<dyn Site>, head: &RequestHead<'_>, body: Bytes, p
             body,
         };
         return match tokio::task::spawn_blocking(move || site.ondemand(request)).await {
-            Ok(reply) => {
-                let (status, content_type, retry_after, body) = reply.into_parts();
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                let mut response = text(status, body);
-                response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-                response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                if let Some(seconds) = retry_after {
-                    response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
-                }
-                response
-            }
+            Ok(reply) => reply_response(reply),
             Err(error) => {
                 tracing::error!(%error, "on-demand request failed");
                 text(StatusCode::INTERNAL_SERVER_ERROR, "the request failed; see the log\n")
@@ -289,11 +293,7 @@ async fn route_parts(site: Arc<dyn Site>, head: &RequestHead<'_>, body: Bytes, p
         let request = site::HistoryRequest { resource, query: head.query.to_string(), accepts_csv };
         return match tokio::task::spawn_blocking(move || site.history(request)).await {
             Ok((reply, next_cursor)) => {
-                let (status, content_type, _, body) = reply.into_parts();
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                let mut response = text(status, body);
-                response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-                response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                let mut response = reply_response(reply);
                 // The cursor is made of hex digits, digits and colons: always a valid header.
                 if let Some(cursor) = next_cursor.and_then(|cursor| HeaderValue::from_str(&cursor).ok()) {
                     response.headers_mut().insert(NEXT_CURSOR, cursor);
@@ -311,14 +311,7 @@ async fn route_parts(site: Arc<dyn Site>, head: &RequestHead<'_>, body: Bytes, p
         "/" => {
             let query = head.query.to_string();
             match tokio::task::spawn_blocking(move || site.status_page(&query)).await {
-                Ok(reply) => {
-                    let (status, content_type, _, body) = reply.into_parts();
-                    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                    let mut response = text(status, body);
-                    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-                    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                    response
-                }
+                Ok(reply) => reply_response(reply),
                 Err(error) => {
                     tracing::error!(%error, "the status page failed");
                     text(StatusCode::INTERNAL_SERVER_ERROR, "the status page failed; see the log\n")
