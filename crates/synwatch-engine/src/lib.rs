@@ -26,6 +26,7 @@ pub mod cookie;
 pub mod evidence;
 pub mod job;
 pub mod matcher;
+pub mod names;
 pub mod pacing;
 pub mod permutation;
 pub mod ports;
@@ -44,6 +45,7 @@ pub use job::{
     first_probe_of_family,
 };
 pub use matcher::{Classified, ReplyCookie, ReplyMatch, ReplyMatcher, TimingReport, classify_reply};
+pub use names::{AddressFamily, HostName, TargetItem, parse_target_item, parse_target_item_list};
 pub use pacing::TokenBucket;
 pub use permutation::{Permutation, Shard};
 pub use ports::{Port, PortError, PortSet, Protocol};

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 
 use crate::config::DnsSection;
+use crate::names::ForwardResolver;
 
 /// The answer to one reverse lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,8 +58,14 @@ pub trait ReverseResolver: Send + Sync {
     fn reverse(&self, addresses: &[IpAddr]) -> Vec<(IpAddr, ReverseLookup)>;
 }
 
+/// What makes both kinds of lookups: reverse ones for `resolve_hostnames`, forward ones for the
+/// targets given by name.
+pub trait Resolver: ReverseResolver + ForwardResolver {}
+
+impl<T: ReverseResolver + ForwardResolver + ?Sized> Resolver for T {}
+
 /// Builds a resolver for a `dns:` section (called again when the section changes).
-pub type ResolverFactory = Box<dyn Fn(&DnsSection) -> Result<Arc<dyn ReverseResolver>, String> + Send + Sync>;
+pub type ResolverFactory = Box<dyn Fn(&DnsSection) -> Result<Arc<dyn Resolver>, String> + Send + Sync>;
 
 #[derive(Debug, Clone)]
 struct Entry {

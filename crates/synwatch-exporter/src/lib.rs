@@ -29,6 +29,7 @@ pub mod history_api;
 pub mod hostnames;
 pub mod listeners;
 pub mod metrics;
+pub mod names;
 pub mod ondemand;
 pub mod policy;
 pub mod query;

@@ -5,8 +5,11 @@
 //! {"__meta_synwatch_target": ..., "__meta_synwatch_ip": ..., "__meta_synwatch_port": ...,
 //! "__meta_synwatch_hostname": ...}}`. The hostname is the cached reverse-DNS name when
 //! `resolve_hostnames` is on and one was found, else the address itself, so the label is never
-//! empty. The target address is always the IP (bracketed for IPv6): Prometheus scrapes exactly
-//! what was scanned, without a lookup of its own.
+//! empty. The target address is the IP (bracketed for IPv6), so that Prometheus scrapes exactly
+//! what was scanned without a lookup of its own, except for an address a named target's names
+//! gave: its scrape address is the name (`db.example.org:9100`, as a user would write it, and
+//! as TLS certificates name it) and its hostname label the name too. A target's own labels
+//! (`labels:`, and those of its `file_sd` groups) are group labels as well.
 //!
 //! The SYN-ACKs of hosts judged suspect (a SYN proxy, a host that answers on every port) are not
 //! services to scrape, and are left out unless `?suspect=include` asks for them; they then carry
@@ -18,13 +21,14 @@
 //! makes it keep the old list); a malformed filter or an unknown parameter is a 400 with the
 //! reason. An empty answer is `[]`, never `null`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde::Serialize;
 use synwatch_engine::{Port, PortSet, Suspect};
 
+use crate::names::ResolvedNames;
 use crate::query::query_pairs;
 
 /// What a `/sd` request asks for.
@@ -47,6 +51,10 @@ pub struct SdTarget<'a> {
     pub open: &'a [(IpAddr, Port)],
     /// Its suspect hosts' SYN-ACKs.
     pub suspect: &'a [(IpAddr, Port, Suspect)],
+    /// A named target's names and the addresses they gave in its last scan.
+    pub names: Option<&'a ResolvedNames>,
+    /// The target's own labels.
+    pub labels: &'a BTreeMap<String, String>,
 }
 
 /// Parses the query string of a `/sd` request.
@@ -99,6 +107,8 @@ struct Labels<'a> {
     hostname: String,
     #[serde(rename = "__meta_synwatch_suspect", skip_serializing_if = "Option::is_none")]
     suspect: Option<&'static str>,
+    #[serde(flatten)]
+    own: &'a BTreeMap<String, String>,
 }
 
 /// Renders the groups of `targets` (name and open endpoints, in config order) that pass
@@ -128,11 +138,16 @@ pub fn render_sd(
             }
             let ip = address.to_string();
             let number = port.number;
-            let endpoint = match address {
-                IpAddr::V4(_) => format!("{ip}:{number}"),
-                IpAddr::V6(_) => format!("[{ip}]:{number}"),
+            let forward = target.names.and_then(|names| names.name_of(address));
+            let endpoint = match (forward, address) {
+                (Some(name), _) => format!("{name}:{number}"),
+                (None, IpAddr::V4(_)) => format!("{ip}:{number}"),
+                (None, IpAddr::V6(_)) => format!("[{ip}]:{number}"),
             };
-            let hostname = hostname(address).map_or_else(|| ip.clone(), |name| name.to_string());
+            let hostname = match forward {
+                Some(name) => name.to_string(),
+                None => hostname(address).map_or_else(|| ip.clone(), |name| name.to_string()),
+            };
             groups.push(Group {
                 targets: [endpoint],
                 labels: Labels {
@@ -142,6 +157,7 @@ pub fn render_sd(
                     proto: port.protocol.name(),
                     hostname,
                     suspect,
+                    own: target.labels,
                 },
             });
         }
@@ -176,8 +192,10 @@ mod tests {
     }
 
     fn sd<'a>(name: &'a str, endpoints: &'a crate::results::Endpoints) -> SdTarget<'a> {
-        SdTarget { name, open: &endpoints.open, suspect: &endpoints.suspect }
+        SdTarget { name, open: &endpoints.open, suspect: &endpoints.suspect, names: None, labels: &NO_LABELS }
     }
+
+    static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
     fn groups(body: &[u8]) -> Vec<serde_json::Value> {
         serde_json::from_slice::<serde_json::Value>(body).unwrap().as_array().unwrap().clone()

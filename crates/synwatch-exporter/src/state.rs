@@ -19,8 +19,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use synwatch_engine::targets::parse_target;
-use synwatch_engine::{ExclusionPolicy, HostSet, PortSet, Suspect, TargetSpace};
+use synwatch_engine::{ExclusionPolicy, HostName, HostSet, PortSet, Suspect, TargetSpace};
 
+use crate::names::ResolvedNames;
 use crate::results::ScanResults;
 
 /// The file name under `state_dir`.
@@ -46,6 +47,8 @@ pub struct TargetRecord {
     pub results: Option<ScanResults>,
     /// The last attempt (none before the first).
     pub last_attempt: Option<ScanAttempt>,
+    /// The names of a named target and the addresses they had for the last completed scan.
+    pub names: Option<ResolvedNames>,
 }
 
 /// What loading found.
@@ -76,6 +79,9 @@ struct StoredTarget {
     name: String,
     last_attempt: Option<ScanAttempt>,
     results: Option<StoredResults>,
+    /// A named target's names (as written, with a family prefix) and their addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    names: Vec<(String, Vec<IpAddr>)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -123,6 +129,9 @@ impl StateStore {
                 .map(|(name, record)| StoredTarget {
                     name: name.clone(),
                     last_attempt: record.last_attempt,
+                    names: record.names.as_ref().map_or_else(Vec::new, |names| {
+                        names.entries().iter().map(|(name, addresses)| (name.to_string(), addresses.clone())).collect()
+                    }),
                     results: record.results.as_ref().map(|results| StoredResults {
                         addresses: results.space().hosts().ranges().iter().map(ToString::to_string).collect(),
                         ports: results.space().ports().to_string(),
@@ -196,7 +205,14 @@ fn decode(bytes: &[u8]) -> Result<BTreeMap<String, TargetRecord>, String> {
                 Some(decode_results(&stored).map_err(|reason| format!("target {:?}: {reason}", target.name))?)
             }
         };
-        records.insert(target.name, TargetRecord { results, last_attempt: target.last_attempt });
+        let mut names = Vec::with_capacity(target.names.len());
+        for (name, addresses) in target.names {
+            let name = HostName::parse(&name, synwatch_engine::AddressFamily::Any)
+                .map_err(|reason| format!("target {:?}: name {name:?}: {reason}", target.name))?;
+            names.push((name, addresses));
+        }
+        let names = (!names.is_empty()).then(|| ResolvedNames::new(names));
+        records.insert(target.name, TargetRecord { results, last_attempt: target.last_attempt, names });
     }
     Ok(records)
 }
@@ -264,7 +280,10 @@ mod tests {
         // same bits (serde_json's `float_roundtrip`), or a restart would serve a changed value.
         let attempt = ScanAttempt { timestamp: 1_795_268_343.280_401_5, duration_seconds: 0.1 + 0.2, success: true };
         let mut records = BTreeMap::new();
-        records.insert("web".to_string(), TargetRecord { results: Some(results), last_attempt: Some(attempt) });
+        records.insert(
+            "web".to_string(),
+            TargetRecord { results: Some(results), last_attempt: Some(attempt), names: None },
+        );
         records.insert("never".to_string(), TargetRecord::default());
         // UDP ports with all four states: the filtered ones must come back filtered and the
         // silent ones open|filtered.
@@ -278,7 +297,10 @@ mod tests {
         });
         assert_eq!(results.counts_of(synwatch_engine::Protocol::Udp).filtered, 2);
         assert_eq!(results.counts_of(synwatch_engine::Protocol::Udp).open_filtered, 2);
-        records.insert("dns".to_string(), TargetRecord { results: Some(results), last_attempt: Some(attempt) });
+        records.insert(
+            "dns".to_string(),
+            TargetRecord { results: Some(results), last_attempt: Some(attempt), names: None },
+        );
         records
     }
 

@@ -344,10 +344,28 @@ fn issue_5_scans_api_submits_dedupes_pages_cancels_and_forgets() {
     exporter.shutdown(Duration::from_millis(200));
 }
 
-/// A resolver that knows a fixed table and counts its lookups.
+/// A resolver that knows a table (reverse: fixed; forward: changeable) and counts its
+/// reverse lookups.
 struct TableResolver {
     names: HashMap<IpAddr, String>,
     lookups: AtomicU64,
+    forward: parking_lot::Mutex<HashMap<String, synwatch_exporter::names::ForwardLookup>>,
+}
+
+impl TableResolver {
+    fn new(names: HashMap<IpAddr, String>) -> TableResolver {
+        TableResolver { names, lookups: AtomicU64::new(0), forward: parking_lot::Mutex::new(HashMap::new()) }
+    }
+}
+
+impl synwatch_exporter::names::ForwardResolver for TableResolver {
+    fn forward(&self, names: &[synwatch_engine::HostName]) -> Vec<synwatch_exporter::names::ForwardLookup> {
+        let table = self.forward.lock();
+        names
+            .iter()
+            .map(|name| table.get(name.name()).cloned().unwrap_or(synwatch_exporter::names::ForwardLookup::NotFound))
+            .collect()
+    }
 }
 
 impl synwatch_exporter::hostnames::ReverseResolver for TableResolver {
@@ -384,13 +402,11 @@ fn issue_6_policy_violations_sd_groups_and_host_names_follow_the_scans() {
         network.set("192.0.2.3", port, PortState::Filtered);
     }
     let exporter = start(&network, &config, None);
-    let resolver = Arc::new(TableResolver {
-        names: HashMap::from([("192.0.2.1".parse().unwrap(), "www.example.org".to_string())]),
-        lookups: AtomicU64::new(0),
-    });
+    let resolver =
+        Arc::new(TableResolver::new(HashMap::from([("192.0.2.1".parse().unwrap(), "www.example.org".to_string())])));
     let handed = Arc::clone(&resolver);
     exporter.set_resolver_factory(Box::new(move |_| {
-        Ok(Arc::clone(&handed) as Arc<dyn synwatch_exporter::hostnames::ReverseResolver>)
+        Ok(Arc::clone(&handed) as Arc<dyn synwatch_exporter::hostnames::Resolver>)
     }));
     wait_for_scans(&exporter, "web", 1.0);
     let host_info = "synwatch_host_info{target=\"web\",ip=\"192.0.2.1\",hostname=\"www.example.org\"}";

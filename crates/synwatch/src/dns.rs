@@ -1,11 +1,18 @@
-//! The reverse DNS resolver of `resolve_hostnames`: hickory-resolver behind the exporter's
-//! [`ReverseResolver`] trait.
+//! The DNS resolver of the exporter and of `synwatch scan`: hickory-resolver behind the
+//! exporter's [`ReverseResolver`] (PTR lookups of `resolve_hostnames`) and [`ForwardResolver`]
+//! (the addresses of targets given by name) traits.
 //!
-//! The exporter calls [`HickoryReverse::reverse`] from its `synwatch-dns` thread with a chunk of
-//! addresses; the lookups of a chunk run concurrently on this resolver's own single-threaded
-//! tokio runtime (so that DNS never competes with the HTTP runtime's threads), each cut off
-//! after `dns.timeout`. Name servers are the configured ones (UDP, falling back to TCP for
-//! truncated answers) or, when none are configured, the system's from /etc/resolv.conf.
+//! The exporter calls [`HickoryResolver::reverse`] from its `synwatch-dns` thread with a chunk
+//! of addresses, and [`HickoryResolver::forward`] from a scan's `synwatch-resolve` thread or a
+//! request with a target's names; the lookups of a call run concurrently on this resolver's own
+//! single-threaded tokio runtime (so that DNS never competes with the HTTP runtime's threads),
+//! each cut off after `dns.timeout`. Name servers are the configured ones (UDP, falling back to
+//! TCP for truncated answers) or, when none are configured, the system's from /etc/resolv.conf;
+//! /etc/hosts is read either way (so `localhost` resolves as the system resolves it).
+//!
+//! A forward lookup asks for A and AAAA records as the name's family says (`ipv4:` only A,
+//! `ipv6:` only AAAA), both at once; a name is not found only when every query says so
+//! (NXDOMAIN or no records), and a time-out of one query is a time-out of the name.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -13,27 +20,31 @@ use std::time::Instant;
 
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::op::Query;
+use hickory_resolver::proto::rr::RecordType;
 use hickory_resolver::proto::xfer::Protocol;
-use hickory_resolver::{ResolveError, TokioResolver};
+use hickory_resolver::{Hosts, Name, ResolveError, TokioResolver};
+use synwatch_engine::{AddressFamily, HostName};
 use synwatch_exporter::config::DnsSection;
-use synwatch_exporter::hostnames::{ReverseLookup, ReverseResolver};
+use synwatch_exporter::hostnames::{Resolver, ReverseLookup, ReverseResolver};
+use synwatch_exporter::names::{ForwardLookup, ForwardResolver};
 
 /// hickory-resolver with the settings of one `dns:` section.
-pub struct HickoryReverse {
+pub struct HickoryResolver {
     resolver: TokioResolver,
     runtime: tokio::runtime::Runtime,
     timeout: std::time::Duration,
 }
 
-impl std::fmt::Debug for HickoryReverse {
+impl std::fmt::Debug for HickoryResolver {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("HickoryReverse").field("timeout", &self.timeout).finish()
+        formatter.debug_struct("HickoryResolver").field("timeout", &self.timeout).finish()
     }
 }
 
-impl HickoryReverse {
+impl HickoryResolver {
     /// Builds the resolver for `dns`.
-    pub fn new(dns: &DnsSection) -> Result<HickoryReverse, String> {
+    pub fn new(dns: &DnsSection) -> Result<HickoryResolver, String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -58,7 +69,7 @@ impl HickoryReverse {
             let _entered = runtime.enter();
             builder.build()
         };
-        Ok(HickoryReverse { resolver, runtime, timeout: dns.timeout })
+        Ok(HickoryResolver { resolver, runtime, timeout: dns.timeout })
     }
 }
 
@@ -86,7 +97,7 @@ fn classify(result: Result<hickory_resolver::lookup::ReverseLookup, ResolveError
     }
 }
 
-impl ReverseResolver for HickoryReverse {
+impl ReverseResolver for HickoryResolver {
     fn reverse(&self, addresses: &[IpAddr]) -> Vec<(IpAddr, ReverseLookup)> {
         self.runtime.block_on(async {
             let mut lookups = tokio::task::JoinSet::new();
@@ -113,7 +124,129 @@ impl ReverseResolver for HickoryReverse {
     }
 }
 
+/// What one query (A or AAAA) of a forward lookup found.
+enum QueryAnswer {
+    Addresses(Vec<IpAddr>),
+    NotFound,
+    TimedOut,
+    Failed(String),
+}
+
+fn query_answer<L>(result: Result<L, ResolveError>, addresses: impl FnOnce(L) -> Vec<IpAddr>) -> QueryAnswer {
+    match result {
+        Ok(lookup) => QueryAnswer::Addresses(addresses(lookup)),
+        Err(error) if error.is_no_records_found() || error.is_nx_domain() => QueryAnswer::NotFound,
+        Err(error) => {
+            let text = error.to_string();
+            if text.contains("timed out") || text.contains("timeout") {
+                QueryAnswer::TimedOut
+            } else {
+                QueryAnswer::Failed(text)
+            }
+        }
+    }
+}
+
+/// Combines the answers of a name's queries (see the module documentation).
+fn combine(answers: Vec<QueryAnswer>) -> ForwardLookup {
+    let mut found = Vec::new();
+    let mut any_found = false;
+    let mut failure = None;
+    for answer in answers {
+        match answer {
+            QueryAnswer::Addresses(addresses) => {
+                any_found = true;
+                found.extend(addresses);
+            }
+            QueryAnswer::NotFound => {}
+            QueryAnswer::TimedOut => failure = Some(ForwardLookup::TimedOut),
+            QueryAnswer::Failed(text) => {
+                if failure.is_none() {
+                    failure = Some(ForwardLookup::Failed(text));
+                }
+            }
+        }
+    }
+    match failure {
+        // One query's failure fails the name: its other family might have answered more.
+        Some(failure) => failure,
+        None if any_found && !found.is_empty() => ForwardLookup::Found(found),
+        None => ForwardLookup::NotFound,
+    }
+}
+
+/// The addresses /etc/hosts gives `name` in its family, if it lists it.
+fn from_hosts(hosts: &Hosts, name: &HostName) -> Option<Vec<IpAddr>> {
+    let fqdn = Name::from_ascii(name.name()).ok()?;
+    let mut found = Vec::new();
+    for (record_type, wanted) in [
+        (RecordType::A, name.family() != AddressFamily::Ipv6),
+        (RecordType::AAAA, name.family() != AddressFamily::Ipv4),
+    ] {
+        if !wanted {
+            continue;
+        }
+        if let Some(lookup) = hosts.lookup_static_host(&Query::query(fqdn.clone(), record_type)) {
+            found.extend(lookup.iter().filter_map(|record| record.ip_addr()));
+        }
+    }
+    (!found.is_empty()).then_some(found)
+}
+
+impl ForwardResolver for HickoryResolver {
+    fn forward(&self, names: &[HostName]) -> Vec<ForwardLookup> {
+        // /etc/hosts first, as the system's `files dns` order has it, read again at every
+        // call so that an edit counts at the next scan.
+        let hosts = Hosts::from_system().unwrap_or_default();
+        self.runtime.block_on(async {
+            let mut lookups = tokio::task::JoinSet::new();
+            let mut answers = vec![ForwardLookup::Failed("no answer".into()); names.len()];
+            for (index, name) in names.iter().enumerate() {
+                if let Some(found) = from_hosts(&hosts, name) {
+                    answers[index] = ForwardLookup::Found(found);
+                    continue;
+                }
+                let resolver = self.resolver.clone();
+                let timeout = self.timeout;
+                // A fully qualified query: the search domains of resolv.conf are not tried
+                // (the name the user wrote is the one scanned), except for a single label
+                // such as `localhost`, which /etc/hosts answers.
+                let query =
+                    if name.name().contains('.') { format!("{}.", name.name()) } else { name.name().to_string() };
+                let family = name.family();
+                lookups.spawn(async move {
+                    let v4 = async {
+                        if family == AddressFamily::Ipv6 {
+                            return None;
+                        }
+                        let result = resolver.ipv4_lookup(query.as_str()).await;
+                        Some(query_answer(result, |lookup| lookup.iter().map(|record| IpAddr::V4(record.0)).collect()))
+                    };
+                    let v6 = async {
+                        if family == AddressFamily::Ipv4 {
+                            return None;
+                        }
+                        let result = resolver.ipv6_lookup(query.as_str()).await;
+                        Some(query_answer(result, |lookup| lookup.iter().map(|record| IpAddr::V6(record.0)).collect()))
+                    };
+                    // hickory's own timeout covers each attempt; this one covers the whole lookup.
+                    match tokio::time::timeout(timeout, async { tokio::join!(v4, v6) }).await {
+                        Ok((v4, v6)) => (index, combine(v4.into_iter().chain(v6).collect())),
+                        Err(_) => (index, ForwardLookup::TimedOut),
+                    }
+                });
+            }
+            while let Some(joined) = lookups.join_next().await {
+                if let Ok((index, answer)) = joined {
+                    answers[index] = answer;
+                }
+            }
+            answers
+        })
+    }
+}
+
 /// The exporter's resolver factory.
 pub fn factory() -> synwatch_exporter::hostnames::ResolverFactory {
-    Box::new(|dns: &DnsSection| HickoryReverse::new(dns).map(|resolver| Arc::new(resolver) as Arc<dyn ReverseResolver>))
+    Box::new(|dns: &DnsSection| HickoryResolver::new(dns).map(|resolver| Arc::new(resolver) as Arc<dyn Resolver>))
 }

@@ -1,5 +1,6 @@
 //! Result formats of `synwatch scan`: text, JSON lines and CSV.
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::time::Duration;
@@ -14,7 +15,7 @@ pub enum Format {
     Text,
     /// One JSON object per line.
     Jsonl,
-    /// `ip,port,proto,state,rtt_us,suspect,verify` with a header line.
+    /// `ip,port,proto,state,rtt_us,suspect,verify,name` with a header line.
     Csv,
 }
 
@@ -38,6 +39,9 @@ pub struct Line {
     /// `unreachable`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verify: Option<&'static str>,
+    /// The host name the address was resolved from, for targets given by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// What is known of an open port beyond its SYN-ACK.
@@ -53,15 +57,22 @@ pub struct OpenNotes {
 pub struct Writer<W: Write> {
     format: Format,
     out: W,
+    names: HashMap<IpAddr, String>,
 }
 
 impl<W: Write> Writer<W> {
     /// A writer; CSV gets its header line at once.
     pub fn new(format: Format, mut out: W) -> io::Result<Writer<W>> {
         if format == Format::Csv {
-            writeln!(out, "ip,port,proto,state,rtt_us,suspect,verify")?;
+            writeln!(out, "ip,port,proto,state,rtt_us,suspect,verify,name")?;
         }
-        Ok(Writer { format, out })
+        Ok(Writer { format, out, names: HashMap::new() })
+    }
+
+    /// Names the addresses that came from host names (the first name of each).
+    pub fn with_names(mut self, names: HashMap<IpAddr, String>) -> Writer<W> {
+        self.names = names;
+        self
     }
 
     /// Writes one result.
@@ -81,7 +92,8 @@ impl<W: Write> Writer<W> {
         let OpenNotes { suspect, verify } = notes;
         let rtt_us = rtt.map(|rtt| rtt.as_micros() as u64);
         let proto = port.protocol.name();
-        let line = Line { ip, port: port.number, proto, state, rtt_us, suspect, verify };
+        let name = self.names.get(&ip).cloned();
+        let line = Line { ip, port: port.number, proto, state, rtt_us, suspect, verify, name };
         match self.format {
             Format::Jsonl => {
                 serde_json::to_writer(&mut self.out, &line)?;
@@ -90,7 +102,9 @@ impl<W: Write> Writer<W> {
             Format::Csv => {
                 let rtt = line.rtt_us.map(|micros| micros.to_string()).unwrap_or_default();
                 let (suspect, verify) = (suspect.unwrap_or(""), verify.unwrap_or(""));
-                writeln!(self.out, "{},{},{proto},{},{rtt},{suspect},{verify}", line.ip, line.port, line.state)
+                // Names are validated (letters, digits, '-', '_', '.'): no CSV quoting is needed.
+                let name = line.name.as_deref().unwrap_or("");
+                writeln!(self.out, "{},{},{proto},{},{rtt},{suspect},{verify},{name}", line.ip, line.port, line.state)
             }
             Format::Text => {
                 let number = port.number;
@@ -101,6 +115,9 @@ impl<W: Write> Writer<W> {
                 let mut suspect = suspect.map(|reason| format!(" suspect={reason}")).unwrap_or_default();
                 if let Some(verdict) = verify {
                     suspect.push_str(&format!(" verify={verdict}"));
+                }
+                if let Some(name) = &line.name {
+                    suspect.push_str(&format!(" name={name}"));
                 }
                 match rtt {
                     Some(rtt) => {

@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use synwatch_engine::targets::{AddressRange, parse_target, parse_target_list};
+use synwatch_engine::targets::AddressRange;
+use synwatch_engine::{AddressFamily, HostName, TargetItem, parse_target_item, parse_target_item_list};
 use synwatch_engine::{
     ExclusionPolicy, HostSet, JobSettings, Port, PortSet, PortState, Protocol, Shard, Suspect, TargetSpace,
     TimeSetting, TimingBounds, TimingReport,
 };
+use synwatch_exporter::names::{Resolution, ResolvedNames, resolve_names};
 use synwatch_io::{Engine, EngineConfig, JobRequest, Mode, TransmitChoice, Verdict, VerifyOptions};
 
 use crate::UsageError;
@@ -23,7 +25,9 @@ use crate::output::{Format, OpenNotes, Writer};
 /// Options of `synwatch scan`.
 #[derive(Debug, Args)]
 pub struct ScanArgs {
-    /// Targets: addresses, CIDRs, ranges (a.b.c.d-e.f.g.h), or @FILE with one per line.
+    /// Targets: addresses, CIDRs, ranges (a.b.c.d-e.f.g.h), host names (resolved once, A and
+    /// AAAA; `ipv4:NAME` or `ipv6:NAME` for one family), or @FILE: one per line, or a
+    /// Prometheus file_sd file (YAML or JSON; its host:port entries add their ports).
     #[arg(required = true, value_name = "TARGET")]
     targets: Vec<String>,
     /// Ports, for example 22,80,443,8000-8100.
@@ -156,24 +160,93 @@ fn usage(message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UsageError(message.into()))
 }
 
-/// Reads TARGET arguments (`@file` included) into ranges.
-pub(crate) fn read_targets(items: &[String], what: &str) -> Result<Vec<AddressRange>> {
-    let mut ranges = Vec::new();
+/// TARGET arguments as given: addresses, names, and the ports `file_sd` entries add.
+#[derive(Debug, Default)]
+pub(crate) struct TargetArguments {
+    pub(crate) ranges: Vec<AddressRange>,
+    pub(crate) names: Vec<HostName>,
+    pub(crate) ports: Vec<Port>,
+}
+
+impl TargetArguments {
+    fn add(&mut self, item: TargetItem) {
+        match item {
+            TargetItem::Addresses(range) => self.ranges.push(range),
+            TargetItem::Name(name) if !self.names.contains(&name) => self.names.push(name),
+            TargetItem::Name(_) => {}
+        }
+    }
+}
+
+/// Reads TARGET arguments (`@file` included), names allowed.
+pub(crate) fn read_target_arguments(items: &[String], what: &str) -> Result<TargetArguments> {
+    let mut read = TargetArguments::default();
     for item in items {
         if let Some(path) = item.strip_prefix('@') {
-            ranges.extend(read_target_file(path, what)?);
+            read_target_file(path, what, &mut read)?;
         } else {
             for part in item.split(',').filter(|part| !part.trim().is_empty()) {
-                ranges.push(parse_target(part).map_err(|error| usage(format!("{what}: {error}")))?);
+                let item =
+                    parse_target_item(part, AddressFamily::Any).map_err(|error| usage(format!("{what}: {error}")))?;
+                read.add(item);
             }
         }
     }
-    Ok(ranges)
+    Ok(read)
 }
 
-fn read_target_file(path: &str, what: &str) -> Result<Vec<AddressRange>> {
+/// Reads TARGET arguments (`@file` included) that must be addresses (exclusions, the bench).
+pub(crate) fn read_targets(items: &[String], what: &str) -> Result<Vec<AddressRange>> {
+    let read = read_target_arguments(items, what)?;
+    if let Some(name) = read.names.first() {
+        return Err(usage(format!(
+            "{what}: {name:?} is a host name; only addresses, CIDRs and ranges are taken here",
+            name = name.name()
+        )));
+    }
+    Ok(read.ranges)
+}
+
+/// Reads an @FILE: a Prometheus `file_sd` file (by its `.yml`, `.yaml` or `.json` name, or a
+/// first character of `[` or `-`), else a plain list.
+fn read_target_file(path: &str, what: &str, read: &mut TargetArguments) -> Result<()> {
     let text = fs::read_to_string(path).map_err(|error| usage(format!("{what} file {path}: {error}")))?;
-    parse_target_list(&text).map_err(|(line, error)| usage(format!("{path}:{line}: {error}")))
+    let by_name = [".yml", ".yaml", ".json"].iter().any(|extension| path.ends_with(extension));
+    let by_content = text.trim_start().starts_with(['[', '-']);
+    if by_name || by_content {
+        let (items, ports) = synwatch_exporter::config::read_target_file(std::path::Path::new(path))
+            .map_err(|error| usage(format!("{what} file: {error}")))?;
+        for item in items {
+            read.add(item);
+        }
+        read.ports.extend(ports);
+        return Ok(());
+    }
+    let items = parse_target_item_list(&text).map_err(|(line, error)| usage(format!("{path}:{line}: {error}")))?;
+    for item in items {
+        read.add(item);
+    }
+    Ok(())
+}
+
+/// Resolves the names of a scan once, with the system's resolver (and /etc/hosts).
+fn resolve(names: &[HostName]) -> Result<ResolvedNames> {
+    if names.is_empty() {
+        return Ok(ResolvedNames::default());
+    }
+    let resolver = crate::dns::HickoryResolver::new(&synwatch_exporter::config::DnsSection::default())
+        .map_err(|error| anyhow::anyhow!("cannot set up the DNS resolver: {error}"))?;
+    match resolve_names(names, &resolver) {
+        Resolution::Resolved(resolved) => {
+            for (name, addresses) in resolved.entries() {
+                tracing::info!("{} resolved to {addresses:?}", name.name());
+            }
+            Ok(resolved)
+        }
+        Resolution::Failed { name, reason, detail } => {
+            Err(anyhow::anyhow!("target {} did not resolve ({}): {detail}", name.name(), reason.label()))
+        }
+    }
 }
 
 /// Which states to print.
@@ -212,13 +285,22 @@ impl StateFilter {
 }
 
 /// Builds the job from the arguments (every check that is the user's fault happens here).
-fn build_job(args: &ScanArgs) -> Result<(Arc<TargetSpace>, JobSettings)> {
+fn build_job(args: &ScanArgs) -> Result<(Arc<TargetSpace>, JobSettings, ResolvedNames)> {
     let ports = PortSet::parse(&args.ports).map_err(|error| usage(format!("--ports {:?}: {error}", args.ports)))?;
-    let includes = read_targets(&args.targets, "target")?;
+    let targets = read_target_arguments(&args.targets, "target")?;
     let mut exclusions = read_targets(&args.exclude, "--exclude")?;
-    for path in &args.exclude_file {
-        exclusions.extend(read_target_file(path, "--exclude-file")?);
-    }
+    let excluded_files: Vec<String> = args.exclude_file.iter().map(|path| format!("@{path}")).collect();
+    exclusions.extend(read_targets(&excluded_files, "--exclude-file")?);
+    let ports = if targets.ports.is_empty() {
+        ports
+    } else {
+        let mut all = ports.ports().to_vec();
+        all.extend(&targets.ports);
+        PortSet::from_entries(all)
+    };
+    let resolved = resolve(&targets.names)?;
+    let mut includes = targets.ranges;
+    includes.extend(resolved.addresses().into_iter().map(AddressRange::single));
     let policy = if args.allow_reserved { ExclusionPolicy::AllowReserved } else { ExclusionPolicy::Default };
     let hosts = HostSet::build(includes, exclusions, policy).map_err(|error| usage(error.to_string()))?;
     if hosts.excluded_by_default() > 0 {
@@ -264,19 +346,25 @@ fn build_job(args: &ScanArgs) -> Result<(Arc<TargetSpace>, JobSettings)> {
         seed,
         shard,
     };
-    Ok((Arc::new(space), settings))
+    Ok((Arc::new(space), settings, resolved))
 }
 
 /// Runs `synwatch scan`.
 pub fn run(args: ScanArgs) -> Result<()> {
     init_logging(args.verbose);
     let filter = StateFilter::parse(&args.states)?;
-    let (space, settings) = build_job(&args)?;
+    let (space, settings, resolved) = build_job(&args)?;
     let out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(fs::File::create(path).with_context(|| format!("cannot create {path}"))?),
         None => Box::new(io::stdout().lock()),
     };
-    let mut writer = Writer::new(args.format, BufWriter::new(out))?;
+    let names = resolved
+        .entries()
+        .iter()
+        .rev()
+        .flat_map(|(name, addresses)| addresses.iter().map(|address| (*address, name.name().to_string())))
+        .collect();
+    let mut writer = Writer::new(args.format, BufWriter::new(out))?.with_names(names);
     let config = EngineConfig {
         rate: args.rate,
         batch: args.batch as usize,

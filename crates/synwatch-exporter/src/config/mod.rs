@@ -15,26 +15,40 @@
 //! * Each target's space is built once while parsing and kept in the [`Target`].
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
+use std::hash::Hasher;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_with::serde_as;
-use synwatch_engine::{AddressRange, ExclusionPolicy, HostSet, Port, PortSet, Shard, TargetSpace, TimeSetting};
+use synwatch_engine::{
+    AddressFamily, AddressRange, ExclusionPolicy, HostName, HostSet, PortSet, Shard, TargetError, TargetItem,
+    TargetSpace, TimeSetting,
+};
 
+mod dns;
+pub use dns::DnsSection;
 mod history;
 pub use history::HistorySection;
+mod listeners;
+use listeners::listener_policy_problem;
+pub use listeners::{ListenerPorts, ListenersSection, Protocol};
+mod target_files;
+use target_files::{FileGroup, FilesRead, TopLevelItem};
+pub use target_files::{
+    MAX_FILE_BYTES, MAX_FILE_ENTRIES, TargetsFilesEntry, matching_files, parse_entry, read_target_file,
+    target_files_fingerprint,
+};
 mod values;
 pub(crate) use values::serve_ports;
 mod yaml;
 
 use synwatch_io::PayloadTable;
 use values::{
-    Addresses, AnyDuration, Bounded, Burst, Canaries, ConcurrentScans, Listen, Name, Nameserver, Ports,
-    PositiveDuration, ProbeCount, ProcessName, Rate, RequestRate, Retries, TimeValue,
+    Addresses, AnyDuration, Burst, Canaries, ConcurrentScans, Family, Labels, Listen, Name, Ports, PositiveDuration,
+    ProbeCount, Rate, RequestRate, Retries, TargetItems, TimeValue,
 };
 use yaml::{NodePositions, Step, from_yaml};
 
@@ -57,6 +71,7 @@ pub struct ConfigError {
 }
 
 /// The whole configuration.
+#[serde_as]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
     /// HTTP listen address.
@@ -83,133 +98,24 @@ pub struct Config {
     pub listeners: ListenersSection,
     /// The exposure history in `state_dir`.
     pub history: HistorySection,
+    /// Target files in Prometheus's `file_sd` format, each group of which is a target.
+    #[serde_as(as = "Vec<TopLevelItem>")]
+    pub targets_files: Vec<TargetsFilesEntry>,
+    /// How often the target files are read again when no change was noticed (inotify tells of
+    /// most changes at once).
+    #[serde_as(as = "PositiveDuration")]
+    pub targets_files_refresh: Duration,
+    /// Every target file pattern of the config (top level and per target), resolved against the
+    /// config's directory: what the watcher watches.
+    #[serde(skip)]
+    pub target_file_patterns: Vec<PathBuf>,
+    /// A hash of every target file read, to tell whether they changed since.
+    #[serde(skip)]
+    pub target_files_fingerprint: u64,
     /// The UDP payloads of every scan: the built-in ones, under those of `engine.udp_payloads`
     /// (read by [`load`]; [`parse`] leaves the built-in ones).
     #[serde(skip)]
     pub udp_payloads: Arc<PayloadTable>,
-}
-
-/// `dns:`: how the reverse (PTR) lookups of `resolve_hostnames` are made and cached.
-#[serde_as]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DnsSection {
-    /// Name servers as `address` or `address:port` (empty: the system's, from /etc/resolv.conf).
-    #[serde_as(as = "Vec<Nameserver>")]
-    pub nameservers: Vec<SocketAddr>,
-    /// One lookup's deadline.
-    #[serde_as(as = "PositiveDuration")]
-    pub timeout: Duration,
-    /// A found name is kept at least this long, whatever its record's TTL.
-    #[serde_as(as = "AnyDuration")]
-    pub min_ttl: Duration,
-    /// A found name is looked up again after this long at most.
-    #[serde_as(as = "PositiveDuration")]
-    pub max_ttl: Duration,
-    /// A failed lookup (no PTR record, time-out, error) is retried after this long.
-    #[serde_as(as = "PositiveDuration")]
-    pub negative_ttl: Duration,
-    /// Addresses remembered at most.
-    #[serde_as(as = "Bounded<1, 10_000_000>")]
-    pub cache_size: usize,
-    /// Lookups in flight at once.
-    #[serde_as(as = "Bounded<1, 1024>")]
-    pub concurrency: usize,
-}
-
-impl Default for DnsSection {
-    fn default() -> DnsSection {
-        DnsSection {
-            nameservers: Vec::new(),
-            timeout: Duration::from_secs(2),
-            min_ttl: Duration::from_secs(60),
-            max_ttl: Duration::from_secs(3600),
-            negative_ttl: Duration::from_secs(300),
-            cache_size: 65_536,
-            concurrency: 32,
-        }
-    }
-}
-
-/// A transport protocol of the listeners collector: the engine's, so that `udp/53` means the
-/// same to a listener rule and to a scan.
-pub use synwatch_engine::Protocol;
-
-/// Ports of one protocol, as written in `expect_listening` / `forbid_listening`
-/// (`22`, `"tcp/22"`, `"udp/53"`, `"tcp/8000-8100"`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenerPorts {
-    /// The protocol (a bare port means TCP).
-    pub protocol: Protocol,
-    /// The ports.
-    pub ports: PortSet,
-}
-
-impl fmt::Display for ListenerPorts {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(formatter, "{}/{}", self.protocol.name(), self.ports)
-    }
-}
-
-impl Serialize for ListenerPorts {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-/// `listeners:`: the collector of this host's listening sockets, off by default.
-#[serde_as]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ListenersSection {
-    /// Read /proc and export `synwatch_listener_up` when true.
-    pub enabled: bool,
-    /// Only these ports (none: every port).
-    #[serde_as(as = "Option<Ports>")]
-    pub include_ports: Option<PortSet>,
-    /// Never these ports.
-    #[serde_as(as = "Option<Ports>")]
-    pub exclude_ports: Option<PortSet>,
-    /// Only sockets of these processes (by command name; empty: every process).
-    #[serde_as(as = "Vec<ProcessName>")]
-    pub include_processes: Vec<String>,
-    /// Never sockets of these processes.
-    #[serde_as(as = "Vec<ProcessName>")]
-    pub exclude_processes: Vec<String>,
-    /// Time between two readings.
-    #[serde_as(as = "PositiveDuration")]
-    pub interval: Duration,
-    /// A listener that went away is exported as 0 this long, then forgotten.
-    #[serde_as(as = "AnyDuration")]
-    pub forget_after: Duration,
-    /// Whether bound UDP sockets on ephemeral ports (`ip_local_port_range`, the source ports of
-    /// clients) are listeners too.
-    pub udp_ephemeral: bool,
-    /// Listener series at most (the rest are counted as dropped).
-    #[serde_as(as = "Bounded<1, 1_000_000>")]
-    pub max_series: usize,
-    /// Ports that must have a listener.
-    pub expect_listening: Vec<ListenerPorts>,
-    /// Ports that must not have one.
-    pub forbid_listening: Vec<ListenerPorts>,
-}
-
-impl Default for ListenersSection {
-    fn default() -> ListenersSection {
-        ListenersSection {
-            enabled: false,
-            include_ports: None,
-            exclude_ports: None,
-            include_processes: Vec::new(),
-            exclude_processes: Vec::new(),
-            interval: Duration::from_secs(15),
-            forget_after: Duration::from_secs(3600),
-            udp_ephemeral: false,
-            max_series: 1000,
-            expect_listening: Vec::new(),
-            forbid_listening: Vec::new(),
-        }
-    }
 }
 
 /// A target's `expect:`: the ports that should be open and the ones that should not.
@@ -498,9 +404,19 @@ impl Default for Defaults {
 pub struct Target {
     /// Unique name, the `target` label.
     pub name: String,
-    /// Addresses, CIDRs and ranges.
-    #[serde_as(as = "Addresses<1>")]
+    /// Addresses, CIDRs and ranges (from `addresses:` and the target's files).
+    #[serde_as(as = "Addresses<0>")]
     pub addresses: Vec<AddressRange>,
+    /// DNS names, resolved at the start of every scan (from `addresses:` and the target's files).
+    #[serde_as(as = "Vec<serde_with::DisplayFromStr>")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<HostName>,
+    /// The target's own labels, written on its per-target series after `target`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The patterns of the target's own files (as written).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub targets_files: Vec<String>,
     /// Ports.
     #[serde_as(as = "Ports")]
     pub ports: PortSet,
@@ -511,27 +427,56 @@ pub struct Target {
     pub details: bool,
     /// The expected-port policy, if any.
     pub expect: Option<Expectation>,
-    /// The probes of this target: its addresses minus the built-in exclusions, times its ports,
-    /// built once while parsing.
+    /// The probes of this target when it has no names: its addresses minus the built-in
+    /// exclusions, times its ports, built once while parsing. `None` for a named target (its
+    /// space is built at each scan) and for one whose files list nothing yet.
     #[serde(skip)]
-    space: Arc<TargetSpace>,
+    space: Option<Arc<TargetSpace>>,
 }
 
 impl Target {
-    /// The probes of this target: its addresses minus the built-in exclusions, times its ports.
-    pub fn space(&self) -> &Arc<TargetSpace> {
-        &self.space
+    /// Whether the target has names, resolved at the start of each scan.
+    pub fn is_named(&self) -> bool {
+        !self.names.is_empty()
+    }
+
+    /// Whether there is anything to scan: addresses, names, and ports.
+    pub fn has_hosts(&self) -> bool {
+        self.space.is_some() || self.is_named()
+    }
+
+    /// The probes of a target without names (see the field).
+    pub fn space(&self) -> Option<&Arc<TargetSpace>> {
+        self.space.as_ref()
     }
 
     /// The probes of this target that a replica running `shard` scans: its block of the
     /// target's hosts ([`HostSet::shard`]) times every port; `None` when the target has fewer
-    /// hosts than shards and this replica's block is empty.
+    /// hosts than shards and this replica's block is empty, and for named targets.
     pub fn shard_space(&self, shard: Shard) -> Option<Arc<TargetSpace>> {
+        let space = self.space.as_ref()?;
         if shard == Shard::WHOLE {
-            return Some(Arc::clone(&self.space));
+            return Some(Arc::clone(space));
         }
-        let hosts = self.space.hosts().shard(shard)?;
+        let hosts = space.hosts().shard(shard)?;
         TargetSpace::new(hosts, self.ports.clone()).ok().map(Arc::new)
+    }
+
+    /// The probes of a scan that found its names at `resolved`: the target's addresses and
+    /// those, minus the built-in exclusions, this replica's block of them, times the ports.
+    pub fn resolved_space(&self, resolved: &[IpAddr], shard: Shard) -> Result<Option<TargetSpace>, TargetError> {
+        let mut includes = self.addresses.clone();
+        includes.extend(resolved.iter().map(|address| AddressRange::single(*address)));
+        let hosts = HostSet::build(includes, Vec::new(), ExclusionPolicy::Default)?;
+        let hosts = if shard == Shard::WHOLE {
+            hosts
+        } else {
+            match hosts.shard(shard) {
+                Some(hosts) => hosts,
+                None => return Ok(None),
+            }
+        };
+        TargetSpace::new(hosts, self.ports.clone()).map(Some)
     }
 }
 
@@ -545,7 +490,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         column: 1,
         message: error.to_string(),
     })?;
-    let mut config = parse(&text, &origin)?;
+    let mut config = parse_in(&text, &origin, path.parent().unwrap_or(Path::new(".")))?;
     if let Some(payloads) = &config.engine.udp_payloads {
         let payloads = path.parent().unwrap_or(Path::new(".")).join(payloads);
         config.udp_payloads = Arc::new(load_udp_payloads(&payloads)?);
@@ -590,6 +535,10 @@ struct ConfigFile {
     dns: DnsSection,
     listeners: ListenersSection,
     history: HistorySection,
+    #[serde_as(as = "Vec<TopLevelItem>")]
+    targets_files: Vec<TargetsFilesEntry>,
+    #[serde_as(as = "PositiveDuration")]
+    targets_files_refresh: Duration,
 }
 
 impl Default for ConfigFile {
@@ -607,6 +556,8 @@ impl Default for ConfigFile {
             dns: DnsSection::default(),
             listeners: ListenersSection::default(),
             history: HistorySection::default(),
+            targets_files: Vec::new(),
+            targets_files_refresh: Duration::from_secs(300),
         }
     }
 }
@@ -618,10 +569,20 @@ impl Default for ConfigFile {
 struct TargetFile {
     #[serde_as(as = "Name")]
     name: String,
-    #[serde_as(as = "Addresses<1>")]
-    addresses: Vec<AddressRange>,
-    #[serde_as(as = "Ports")]
-    ports: PortSet,
+    #[serde_as(as = "TargetItems")]
+    #[serde(default)]
+    addresses: Vec<TargetItem>,
+    #[serde_as(as = "Option<Family>")]
+    #[serde(default)]
+    family: Option<AddressFamily>,
+    #[serde_as(as = "Labels")]
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    targets_files: Vec<String>,
+    #[serde_as(as = "Option<Ports>")]
+    #[serde(default)]
+    ports: Option<PortSet>,
     #[serde_as(as = "Option<PositiveDuration>")]
     #[serde(default)]
     interval: Option<Duration>,
@@ -650,8 +611,14 @@ struct TargetFile {
     expect: Option<Expectation>,
 }
 
-/// Parses and validates config text; `origin` names it in errors.
+/// Parses and validates config text; `origin` names it in errors. Target files are read
+/// relative to the working directory.
 pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    parse_in(text, origin, Path::new("."))
+}
+
+/// [`parse`], with target file patterns relative to `base` (the config file's directory).
+pub fn parse_in(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigError> {
     let at =
         |line: usize, column: usize, message: String| ConfigError { origin: origin.to_string(), line, column, message };
     if text.trim().is_empty() {
@@ -666,6 +633,8 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         NodePositions::of(text).and_then(|nodes| nodes.value(&path)).unwrap_or((1, 1))
     };
     let defaults = file.defaults;
+    let mut files = FilesRead::default();
+    let mut patterns = Vec::new();
     let mut names = BTreeSet::new();
     let mut targets = Vec::with_capacity(file.targets.len());
     for (index, target) in file.targets.into_iter().enumerate() {
@@ -676,32 +645,98 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         if !names.insert(target.name.clone()) {
             return Err(refuse(format!("duplicate target name {:?}; names must be unique", target.name)));
         }
-        // Addresses that are all excluded (multicast, say) or a space too large are found only
-        // once addresses and ports are combined; the error points at the target's name.
-        let space = HostSet::build(target.addresses.clone(), Vec::new(), ExclusionPolicy::Default)
-            .and_then(|hosts| TargetSpace::new(hosts, target.ports.clone()))
-            .map_err(|error| refuse(format!("target {:?}: {error}", target.name)))?;
-        if let Some(problem) = target.expect.as_ref().and_then(|expect| expectation_problem(expect, &target.ports)) {
-            return Err(refuse(format!("target {:?}: {problem}", target.name)));
+        if target.addresses.is_empty() && target.targets_files.is_empty() {
+            let path = [Step::Key("targets".into()), Step::Item(index), Step::Key("addresses".into())];
+            if let Some((line, column)) = NodePositions::of(text).and_then(|nodes| nodes.value(&path)) {
+                return Err(at(
+                    line,
+                    column,
+                    format!("target {:?}: expected at least one address, CIDR, range or host name", target.name),
+                ));
+            }
+            return Err(refuse(format!(
+                "target {:?}: addresses: expected at least one address, CIDR, range or host name (or targets_files)",
+                target.name
+            )));
         }
-        targets.push(Target {
-            name: target.name,
-            addresses: target.addresses,
-            ports: target.ports,
-            settings: Defaults {
-                interval: target.interval.unwrap_or(defaults.interval),
-                timeout: target.timeout.unwrap_or(defaults.timeout),
-                retries: target.retries.unwrap_or(defaults.retries),
-                wait: target.wait.unwrap_or(defaults.wait),
-                retry_gap: target.retry_gap.unwrap_or(defaults.retry_gap),
-                verify: target.verify.unwrap_or(defaults.verify),
-                canaries: target.canaries.unwrap_or(defaults.canaries),
-                udp_host_interval: target.udp_host_interval.unwrap_or(defaults.udp_host_interval),
-            },
+        let mut items = target.addresses;
+        let mut ports = target.ports.map(|ports| ports.ports().to_vec()).unwrap_or_default();
+        let mut labels = target.labels;
+        for pattern in &target.targets_files {
+            patterns.push(base.join(pattern));
+            target_files::read_pattern(pattern, base, &mut files)?;
+        }
+        for group in files.groups.drain(..) {
+            merge_group(&target.name, group, &mut items, &mut ports, &mut labels)?;
+        }
+        let settings = Defaults {
+            interval: target.interval.unwrap_or(defaults.interval),
+            timeout: target.timeout.unwrap_or(defaults.timeout),
+            retries: target.retries.unwrap_or(defaults.retries),
+            wait: target.wait.unwrap_or(defaults.wait),
+            retry_gap: target.retry_gap.unwrap_or(defaults.retry_gap),
+            verify: target.verify.unwrap_or(defaults.verify),
+            canaries: target.canaries.unwrap_or(defaults.canaries),
+            udp_host_interval: target.udp_host_interval.unwrap_or(defaults.udp_host_interval),
+        };
+        let written = TargetParts {
+            name: target.name.clone(),
+            items,
+            family: target.family.unwrap_or_default(),
+            ports: PortSet::from_entries(ports),
+            settings,
             details: target.details,
             expect: target.expect,
-            space: Arc::new(space),
-        });
+            labels,
+            targets_files: target.targets_files,
+        };
+        targets.push(build_target(written).map_err(|problem| refuse(format!("target {:?}: {problem}", target.name)))?);
+    }
+    for entry in &file.targets_files {
+        patterns.push(base.join(&entry.files));
+        target_files::read_pattern(&entry.files, base, &mut files)?;
+        for group in files.groups.drain(..) {
+            let refuse = |message: String| ConfigError {
+                origin: group.origin.clone(),
+                line: group.position.0,
+                column: group.position.1,
+                message,
+            };
+            let name = if group.groups_in_file == 1 {
+                group.stem.clone()
+            } else {
+                format!("{}-{}", group.stem, group.index + 1)
+            };
+            if name.is_empty()
+                || name.len() > 64
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            {
+                return Err(refuse(format!(
+                    "this group would be target {name:?}; a target name has 1 to 64 letters, digits, '_', '-' or '.': rename the file"
+                )));
+            }
+            if !names.insert(name.clone()) {
+                return Err(refuse(format!("this group would be target {name:?}, a name already taken")));
+            }
+            let mut ports = entry.ports.as_ref().map(|ports| ports.ports().to_vec()).unwrap_or_default();
+            for port in &group.ports {
+                if !ports.contains(port) {
+                    ports.push(*port);
+                }
+            }
+            let written = TargetParts {
+                name: name.clone(),
+                items: group.items.clone(),
+                family: entry.family.unwrap_or_default(),
+                ports: PortSet::from_entries(ports),
+                settings: defaults,
+                details: entry.details,
+                expect: None,
+                labels: group.labels.clone(),
+                targets_files: Vec::new(),
+            };
+            targets.push(build_target(written).map_err(|problem| refuse(format!("target {name:?}: {problem}")))?);
+        }
     }
     let mut ondemand = file.ondemand;
     ondemand.global_rate_limit = Some(ondemand.global_rate());
@@ -749,7 +784,113 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         dns: file.dns,
         listeners: file.listeners,
         history: file.history,
+        targets_files: file.targets_files,
+        targets_files_refresh: file.targets_files_refresh,
+        target_file_patterns: patterns,
+        target_files_fingerprint: files.hasher.finish(),
         udp_payloads: Arc::new(PayloadTable::built_in()),
+    })
+}
+
+/// A target as written or as a file's group made it, before its checks.
+struct TargetParts {
+    name: String,
+    items: Vec<TargetItem>,
+    family: AddressFamily,
+    ports: PortSet,
+    settings: Defaults,
+    details: bool,
+    expect: Option<Expectation>,
+    labels: BTreeMap<String, String>,
+    targets_files: Vec<String>,
+}
+
+/// Adds a file's group to a target: its entries, its ports, and its labels, which must agree
+/// with the target's (a conflict is an error at the group).
+fn merge_group(
+    target: &str,
+    group: FileGroup,
+    items: &mut Vec<TargetItem>,
+    ports: &mut Vec<synwatch_engine::Port>,
+    labels: &mut BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
+    let refuse = |message: String| ConfigError {
+        origin: group.origin.clone(),
+        line: group.position.0,
+        column: group.position.1,
+        message,
+    };
+    for (name, value) in &group.labels {
+        match labels.get(name) {
+            Some(existing) if existing != value => {
+                return Err(refuse(format!(
+                    "label {name:?} is {value:?} here but {existing:?} elsewhere for target {target:?}: a target's labels must agree"
+                )));
+            }
+            _ => {
+                labels.insert(name.clone(), value.clone());
+            }
+        }
+    }
+    if labels.len() > values::MAX_TARGET_LABELS {
+        return Err(refuse(format!(
+            "target {target:?} would have {} labels, more than the limit of {}",
+            labels.len(),
+            values::MAX_TARGET_LABELS
+        )));
+    }
+    for port in &group.ports {
+        if !ports.contains(port) {
+            ports.push(*port);
+        }
+    }
+    items.extend(group.items);
+    Ok(())
+}
+
+/// Checks a target and builds its space when it has no names.
+fn build_target(parts: TargetParts) -> Result<Target, String> {
+    let mut addresses = Vec::new();
+    let mut names: Vec<HostName> = Vec::new();
+    for item in parts.items {
+        match item {
+            TargetItem::Addresses(range) => addresses.push(range),
+            TargetItem::Name(name) => {
+                let name = if name.family() == AddressFamily::Any { name.with_family(parts.family) } else { name };
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+    }
+    let has_hosts = !addresses.is_empty() || !names.is_empty();
+    if has_hosts && parts.ports.is_empty() {
+        return Err("no ports: give `ports:`, or host:port entries in its files".into());
+    }
+    // Addresses that are all excluded (multicast, say) or a space too large are found only
+    // once addresses and ports are combined.
+    let space = if names.is_empty() && has_hosts {
+        let space = HostSet::build(addresses.clone(), Vec::new(), ExclusionPolicy::Default)
+            .and_then(|hosts| TargetSpace::new(hosts, parts.ports.clone()))
+            .map_err(|error| error.to_string())?;
+        Some(Arc::new(space))
+    } else {
+        None
+    };
+    if let Some(problem) = parts.expect.as_ref().and_then(|expect| expectation_problem(expect, &parts.ports)) {
+        return Err(problem);
+    }
+    Ok(Target {
+        name: parts.name,
+        addresses,
+        names,
+        labels: parts.labels,
+        targets_files: parts.targets_files,
+        ports: parts.ports,
+        settings: parts.settings,
+        details: parts.details,
+        expect: parts.expect,
+        space,
     })
 }
 
@@ -768,21 +909,6 @@ fn expectation_problem(expect: &Expectation, ports: &PortSet) -> Option<String> 
         && let Some(port) = open.ports().iter().find(|port| closed.contains(**port))
     {
         return Some(format!("port {port} is in both expect.open and expect.closed"));
-    }
-    None
-}
-
-/// What is wrong with the listener policy, if anything: a port both expected and forbidden.
-fn listener_policy_problem(listeners: &ListenersSection) -> Option<String> {
-    for expected in &listeners.expect_listening {
-        for forbidden in listeners.forbid_listening.iter().filter(|rule| rule.protocol == expected.protocol) {
-            if let Some(port) = expected.ports.tcp_numbers().find(|&port| forbidden.ports.contains(Port::tcp(port))) {
-                return Some(format!(
-                    "listeners: {}/{port} is in both expect_listening and forbid_listening",
-                    expected.protocol.name()
-                ));
-            }
-        }
     }
     None
 }

@@ -4,6 +4,7 @@
 //! of the enclosing mapping), and writes it back as a user would (`30s`, `"22,80"`), for the
 //! effective config. `serde_with` composes them into `Option`, `Vec` and maps.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::net::{IpAddr, SocketAddr};
@@ -13,7 +14,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_with::{DeserializeAs, SerializeAs};
 use synwatch_engine::targets::parse_target;
-use synwatch_engine::{AddressRange, PortSet, TimeSetting};
+use synwatch_engine::{AddressFamily, AddressRange, PortSet, TargetItem, TimeSetting, parse_target_item};
 
 use super::{ListenerPorts, Protocol};
 
@@ -282,6 +283,117 @@ impl<'de> Deserialize<'de> for Address {
         from_string(deserializer, "an address, CIDR or range", |text| {
             parse_target(text).map(Address).map_err(|error| error.to_string())
         })
+    }
+}
+
+/// A target's `addresses:`: addresses, CIDRs, ranges and DNS names (see
+/// [`synwatch_engine::names`]), in any mix, possibly empty (a target may take its addresses
+/// from `targets_files` only).
+pub(crate) struct TargetItems;
+
+impl<'de> DeserializeAs<'de, Vec<TargetItem>> for TargetItems {
+    fn deserialize_as<D: Deserializer<'de>>(deserializer: D) -> Result<Vec<TargetItem>, D::Error> {
+        struct ItemsVisitor;
+        impl<'de> Visitor<'de> for ItemsVisitor {
+            type Value = Vec<TargetItem>;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a list of addresses, CIDRs, ranges and host names")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut sequence: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(Item(item)) = sequence.next_element()? {
+                    items.push(item);
+                }
+                Ok(items)
+            }
+        }
+        deserializer.deserialize_seq(ItemsVisitor)
+    }
+}
+
+/// One item of `addresses:`.
+struct Item(TargetItem);
+
+impl<'de> Deserialize<'de> for Item {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Item, D::Error> {
+        from_string(deserializer, "an address, CIDR, range or host name", |text| {
+            parse_target_item(text, AddressFamily::Any).map(Item).map_err(|error| error.to_string())
+        })
+    }
+}
+
+/// `family:`: `any`, `ipv4` or `ipv6`.
+pub(crate) struct Family;
+
+impl<'de> DeserializeAs<'de, AddressFamily> for Family {
+    fn deserialize_as<D: Deserializer<'de>>(deserializer: D) -> Result<AddressFamily, D::Error> {
+        from_string(deserializer, "any, ipv4 or ipv6", |text| {
+            AddressFamily::parse(text).ok_or_else(|| format!("family {text:?}: expected any, ipv4 or ipv6"))
+        })
+    }
+}
+
+impl SerializeAs<AddressFamily> for Family {
+    fn serialize_as<S: Serializer>(source: &AddressFamily, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(source.name())
+    }
+}
+
+/// The labels synwatch writes itself on per-target series, which a target's own labels may
+/// not take, and the scrape's own (`job`, `instance`), which Prometheus would rename.
+pub(crate) const RESERVED_LABELS: &[&str] =
+    &["target", "ip", "port", "proto", "state", "hostname", "reason", "kind", "verdict", "le", "job", "instance"];
+
+/// The most labels a target may carry.
+pub(crate) const MAX_TARGET_LABELS: usize = 32;
+
+/// What is wrong with a target label, if anything: a Prometheus label name
+/// (`[a-zA-Z_][a-zA-Z0-9_]*`, at most 128 bytes, not `__`-prefixed, not one of
+/// [`RESERVED_LABELS`]) and a value of at most 1,024 bytes.
+pub(crate) fn label_problem(name: &str, value: &str) -> Option<String> {
+    let mut bytes = name.bytes();
+    let well_formed = bytes.next().is_some_and(|first| first.is_ascii_alphabetic() || first == b'_')
+        && bytes.all(|byte| byte.is_ascii_alphanumeric() || byte == b'_');
+    if !well_formed || name.len() > 128 {
+        return Some(format!(
+            "label name {:?}: expected 1 to 128 letters, digits and '_', not starting with a digit",
+            name.chars().take(64).collect::<String>()
+        ));
+    }
+    if name.starts_with("__") {
+        return Some(format!("label name {name:?}: names starting with __ are reserved by Prometheus"));
+    }
+    if RESERVED_LABELS.contains(&name) {
+        return Some(format!("label name {name:?} is one synwatch or the scrape sets itself"));
+    }
+    if value.len() > 1024 {
+        return Some(format!("label {name:?}: the value is {} bytes long, more than the limit of 1024", value.len()));
+    }
+    None
+}
+
+/// A target's `labels:`, each checked by [`label_problem`], at most [`MAX_TARGET_LABELS`].
+pub(crate) struct Labels;
+
+impl<'de> DeserializeAs<'de, BTreeMap<String, String>> for Labels {
+    fn deserialize_as<D: Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error> {
+        let labels = BTreeMap::<String, String>::deserialize(deserializer)?;
+        if labels.len() > MAX_TARGET_LABELS {
+            return Err(de::Error::custom(format!(
+                "{} labels, more than the limit of {MAX_TARGET_LABELS}",
+                labels.len()
+            )));
+        }
+        if let Some(problem) = labels.iter().find_map(|(name, value)| label_problem(name, value)) {
+            return Err(de::Error::custom(problem));
+        }
+        Ok(labels)
+    }
+}
+
+impl SerializeAs<BTreeMap<String, String>> for Labels {
+    fn serialize_as<S: Serializer>(source: &BTreeMap<String, String>, serializer: S) -> Result<S::Ok, S::Error> {
+        source.serialize(serializer)
     }
 }
 

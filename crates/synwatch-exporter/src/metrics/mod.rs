@@ -26,6 +26,7 @@ use synwatch_io::CounterSnapshot;
 
 use crate::hostnames::HostnameCache;
 use crate::listeners::ListenerSnapshot;
+use crate::names::{ResolveFailure, ResolvedNames};
 use crate::policy::PolicyReport;
 use crate::results::ScanResults;
 use crate::state::ScanAttempt;
@@ -120,6 +121,13 @@ pub struct BuildInfo {
 pub struct TargetView<'a> {
     /// The configured name (the `target` label).
     pub name: &'a str,
+    /// What is written between `target="` and the closing quote: the name, then the target's
+    /// own labels as `",name="value` each (values escaped), so that every writer of a
+    /// per-target series writes them by writing this (see [`target_label_text`]).
+    pub label_text: &'a str,
+    /// A named target's names and their addresses (the `hostname` label of its per-port and
+    /// per-host series).
+    pub names: Option<&'a ResolvedNames>,
     /// The last completed scan.
     pub results: Option<&'a ScanResults>,
     /// The last attempt.
@@ -134,6 +142,20 @@ pub struct TargetView<'a> {
     pub violation_series: u64,
     /// The hosts that answered the last completed scan (for `synwatch_host_info`).
     pub responding: &'a [IpAddr],
+}
+
+/// The `label_text` of a [`TargetView`]: `name`, then each of `labels` as `",key="value`, with
+/// the values escaped for the text format.
+pub fn target_label_text(name: &str, labels: &std::collections::BTreeMap<String, String>) -> String {
+    let mut output = Vec::with_capacity(name.len() + labels.len() * 16);
+    output.extend_from_slice(name.as_bytes());
+    for (key, value) in labels {
+        output.extend_from_slice(b"\",");
+        output.extend_from_slice(key.as_bytes());
+        output.extend_from_slice(b"=\"");
+        text::push_label_value(&mut output, value);
+    }
+    String::from_utf8(output).unwrap_or_else(|_| name.to_string())
 }
 
 /// What `/metrics` shows beyond the targets: host names and this host's listeners.
@@ -155,6 +177,8 @@ pub struct Metrics {
     pub(crate) scan_duration: HistogramVec,
     pub(crate) port_changes: IntCounterVec,
     pub(crate) hosts_turned_suspect: IntCounterVec,
+    pub(crate) resolve_failures: IntCounterVec,
+    pub(crate) address_changes: IntCounterVec,
     pub(crate) verifications: IntCounterVec,
     pub(crate) scans: IntCounterVec,
     pub(crate) details_dropped: IntCounter,
@@ -361,6 +385,28 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let resolve_failures = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "synwatch_target_resolve_failures_total",
+                    "Scans of a named target that did not start because a name did not resolve, by reason (not_found, no_address_of_family, timeout, error); the previous results stay.",
+                ),
+                &["target", "reason"],
+            )
+            .expect("valid metric"),
+        );
+        let address_changes = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "synwatch_target_address_changes_total",
+                    "Names of a target whose addresses differed from those of its previous scan (each scanned at its new addresses).",
+                ),
+                &["target"],
+            )
+            .expect("valid metric"),
+        );
         let verifications = register(
             &registry,
             IntCounterVec::new(
@@ -485,6 +531,8 @@ impl Metrics {
             scan_duration,
             port_changes,
             hosts_turned_suspect,
+            resolve_failures,
+            address_changes,
             verifications,
             scans,
             details_dropped: counter(
@@ -553,13 +601,20 @@ impl Metrics {
     }
 
     /// Adds the per-target series that must exist from the start (zero counters).
-    pub(crate) fn add_target(&self, name: &str) {
+    pub(crate) fn add_target(&self, name: &str, named: bool) {
         for change in ["opened", "closed"] {
             self.port_changes.with_label_values(&[name, change]);
         }
         self.hosts_turned_suspect.with_label_values(&[name]);
         for result in ["success", "failure"] {
             self.scans.with_label_values(&[name, result]);
+        }
+        if named {
+            self.scans.with_label_values(&[name, "resolve_failed"]);
+            for reason in ResolveFailure::ALL {
+                self.resolve_failures.with_label_values(&[name, reason.label()]);
+            }
+            self.address_changes.with_label_values(&[name]);
         }
     }
 
@@ -572,9 +627,13 @@ impl Metrics {
         for verdict in synwatch_io::Verdict::ALL {
             let _ = self.verifications.remove_label_values(&[name, verdict.name()]);
         }
-        for result in ["success", "failure"] {
+        for result in ["success", "failure", "resolve_failed"] {
             let _ = self.scans.remove_label_values(&[name, result]);
         }
+        for reason in ResolveFailure::ALL {
+            let _ = self.resolve_failures.remove_label_values(&[name, reason.label()]);
+        }
+        let _ = self.address_changes.remove_label_values(&[name]);
         let _ = self.scan_duration.remove_label_values(&[name]);
     }
 
@@ -620,8 +679,8 @@ impl Metrics {
         }
         render_engine_rtt(&engine.rtt, output);
         render_targets(targets, output);
-        if let Some(hostnames) = host.hostnames {
-            render_host_info(targets, hostnames, host.host_info_limit, output);
+        if host.hostnames.is_some() || targets.iter().any(|target| target.names.is_some()) {
+            render_host_info(targets, host.hostnames, host.host_info_limit, output);
         }
         if let Some(listeners) = host.listeners {
             render_listeners(listeners, output);

@@ -74,10 +74,12 @@ pub(super) fn push_label_value(output: &mut Vec<u8>, text: &str) {
 }
 
 /// `synwatch_host_info{target,ip,hostname} 1` for each responding host, at most `limit` in all;
-/// the hostname is the reverse-DNS name, or the address while none is known.
+/// the hostname is the name a named target's names gave the address, else the reverse-DNS
+/// name (when `resolve_hostnames` is on), or the address while none is known. Without
+/// `resolve_hostnames`, only named targets' hosts have the series.
 pub(super) fn render_host_info(
     targets: &[TargetView<'_>],
-    hostnames: &HostnameCache,
+    hostnames: Option<&HostnameCache>,
     limit: u64,
     output: &mut Vec<u8>,
 ) {
@@ -89,14 +91,22 @@ pub(super) fn render_host_info(
     let mut written = 0u64;
     for target in targets {
         for &address in target.responding {
+            // The name the target's own names gave this address, else its reverse DNS name.
+            let forward = target.names.and_then(|names| names.name_of(address));
+            if forward.is_none() && hostnames.is_none() {
+                continue;
+            }
             if written >= limit {
                 return;
             }
             written += 1;
             let ip = address.to_string();
-            let name = hostnames.name(address);
+            let name = match forward {
+                Some(name) => Some(std::sync::Arc::from(name)),
+                None => hostnames.and_then(|hostnames| hostnames.name(address)),
+            };
             output.extend_from_slice(b"synwatch_host_info{target=\"");
-            output.extend_from_slice(target.name.as_bytes());
+            output.extend_from_slice(target.label_text.as_bytes());
             output.extend_from_slice(b"\",ip=\"");
             output.extend_from_slice(ip.as_bytes());
             output.extend_from_slice(b"\",hostname=\"");
@@ -170,7 +180,7 @@ pub fn render_targets(targets: &[TargetView<'_>], output: &mut Vec<u8>) {
                     let _ = writeln!(
                         output,
                         "synwatch_target_ports{{target=\"{}\",proto=\"tcp\",state=\"{state}\"}} {count}",
-                        target.name
+                        target.label_text
                     );
                 }
             }
@@ -185,7 +195,7 @@ pub fn render_targets(targets: &[TargetView<'_>], output: &mut Vec<u8>) {
                     let _ = writeln!(
                         output,
                         "synwatch_target_ports{{target=\"{}\",proto=\"udp\",state=\"{state}\"}} {count}",
-                        target.name
+                        target.label_text
                     );
                 }
             }
@@ -201,7 +211,7 @@ pub fn render_targets(targets: &[TargetView<'_>], output: &mut Vec<u8>) {
             let _ = writeln!(
                 output,
                 "synwatch_target_hosts_responding{{target=\"{}\"}} {}",
-                target.name,
+                target.label_text,
                 results.hosts_responding()
             );
         }
@@ -217,7 +227,7 @@ pub fn render_targets(targets: &[TargetView<'_>], output: &mut Vec<u8>) {
                 let _ = writeln!(
                     output,
                     "synwatch_target_hosts_suspect{{target=\"{}\",reason=\"{}\"}} {count}",
-                    target.name,
+                    target.label_text,
                     reason.name()
                 );
             }
@@ -240,7 +250,7 @@ pub fn render_targets(targets: &[TargetView<'_>], output: &mut Vec<u8>) {
                     1 => attempt.timestamp,
                     _ => attempt.duration_seconds,
                 };
-                let _ = writeln!(output, "{name}{{target=\"{}\"}} {value}", target.name);
+                let _ = writeln!(output, "{name}{{target=\"{}\"}} {value}", target.label_text);
             }
         }
     }
@@ -249,7 +259,7 @@ pub fn render_targets(targets: &[TargetView<'_>], output: &mut Vec<u8>) {
         let _ = writeln!(
             output,
             "synwatch_target_scan_interval_seconds{{target=\"{}\"}} {}",
-            target.name, target.interval_seconds
+            target.label_text, target.interval_seconds
         );
     }
     let policy_counts = [
@@ -267,7 +277,7 @@ pub fn render_targets(targets: &[TargetView<'_>], output: &mut Vec<u8>) {
         for target in targets {
             if let Some(policy) = target.policy {
                 let value = if index == 0 { policy.unexpected_open } else { policy.expected_missing };
-                let _ = writeln!(output, "{name}{{target=\"{}\"}} {value}", target.name);
+                let _ = writeln!(output, "{name}{{target=\"{}\"}} {value}", target.label_text);
             }
         }
     }
@@ -281,7 +291,7 @@ pub fn render_targets(targets: &[TargetView<'_>], output: &mut Vec<u8>) {
         let Some(policy) = target.policy else { continue };
         for violation in policy.violations.iter().take(target.violation_series as usize) {
             output.extend_from_slice(b"synwatch_port_policy_violation{target=\"");
-            output.extend_from_slice(target.name.as_bytes());
+            output.extend_from_slice(target.label_text.as_bytes());
             output.extend_from_slice(b"\",ip=\"");
             output.extend_from_slice(violation.address.to_string().as_bytes());
             output.extend_from_slice(b"\",port=\"");
@@ -302,7 +312,7 @@ pub fn render_targets(targets: &[TargetView<'_>], output: &mut Vec<u8>) {
     for target in targets {
         if let Some(results) = target.results {
             let others = Others { suspect: &mut suspect, unverified: &mut unverified };
-            render_port_open(target.name, results, target.detail_series, output, others);
+            render_port_open(target, results, output, others);
         }
     }
     header(
@@ -330,12 +340,12 @@ pub(super) struct Others<'a> {
 /// Writes `synwatch_port_open` series into `output`, and those of suspect and unverified ports
 /// into `others`, at most `limit` in all.
 pub(super) fn render_port_open(
-    name: &str,
+    target: &TargetView<'_>,
     results: &ScanResults,
-    limit: u64,
     output: &mut Vec<u8>,
     others: Others<'_>,
 ) {
+    let (name, limit) = (target.label_text, target.detail_series);
     let space = results.space();
     let ports = space.ports().ports();
     let port_count = ports.len() as u64;
@@ -351,6 +361,12 @@ pub(super) fn render_port_open(
         };
         address_text.clear();
         let _ = std::fmt::Write::write_fmt(&mut address_text, format_args!("{address}"));
+        // A named target's address carries the name it came from (names are validated, so no
+        // escaping is needed: letters, digits, '-', '_' and '.').
+        if let Some(hostname) = target.names.and_then(|names| names.name_of(address)) {
+            address_text.push_str("\",hostname=\"");
+            address_text.push_str(hostname);
+        }
         let reason = results.suspect_of(address);
         for (slot, port) in ports.iter().enumerate() {
             let state = results.get(host * port_count + slot as u64);

@@ -11,7 +11,10 @@
 //!    `rate_limited` with `Retry-After`);
 //! 4. the parameters (400 `bad_request`);
 //! 5. every requested address against `allow_targets`: a target outside is refused whole,
-//!    before any packet is sent (403 `forbidden`);
+//!    before any packet is sent (403 `forbidden`). Names are resolved once, here, and **every**
+//!    address found is checked: one outside refuses the whole request (a name rebound to an
+//!    address outside gets no probe), and the scan is over exactly the addresses checked. A
+//!    name that does not resolve is a 400 with the reason;
 //! 6. hosts × ports against `max_probes_per_request` (400 `too_large`, with the numbers);
 //! 7. on-demand jobs running against `max_concurrent` (429 `concurrency`).
 //!
@@ -37,12 +40,13 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::json;
 use siphasher::sip::SipHasher13;
-use synwatch_engine::{ExclusionPolicy, HostSet, JobSettings, PortState, Shard, TargetSpace};
+use synwatch_engine::{ExclusionPolicy, HostName, HostSet, JobSettings, PortState, Shard, TargetSpace};
 use synwatch_http::site::{Body, OnDemandRequest, Operation, Refusal, RefusalKind, Reply};
 use synwatch_io::Priority;
 
 use crate::config::{Config, ModeSetting, Module, OnDemandSection};
 use crate::metrics::{Metrics, Outcome};
+use crate::names::Resolution;
 use crate::query::{query_pairs, query_value};
 use crate::scanner::{ScanOrder, Scanner};
 use crate::state::unix_seconds;
@@ -236,7 +240,14 @@ impl OnDemand {
     }
 
     /// Answers one request (blocking: a probe waits for its scan).
-    pub fn handle(&self, config: &Config, metrics: &Metrics, request: &OnDemandRequest) -> Reply {
+    /// `resolve` resolves the names of a request (with the exporter's resolver).
+    pub fn handle(
+        &self,
+        config: &Config,
+        metrics: &Metrics,
+        request: &OnDemandRequest,
+        resolve: &dyn Fn(&[HostName]) -> Resolution,
+    ) -> Reply {
         let section = &config.ondemand;
         if !section.enabled {
             return Reply::Refused(Refusal::new(
@@ -248,9 +259,11 @@ impl OnDemand {
         let reply = match self.admit_client(section, request, work) {
             Err(refusal) => Reply::Refused(refusal),
             Ok(client) => match &request.operation {
-                Operation::Probe => self.probe(config, metrics, request, client).unwrap_or_else(Reply::Refused),
+                Operation::Probe => {
+                    self.probe(config, metrics, request, client, resolve).unwrap_or_else(Reply::Refused)
+                }
                 Operation::SubmitScan => {
-                    self.submit_scan(config, metrics, request, client).unwrap_or_else(Reply::Refused)
+                    self.submit_scan(config, metrics, request, client, resolve).unwrap_or_else(Reply::Refused)
                 }
                 Operation::ListScans => self.list_scans(config, metrics, &request.query),
                 Operation::ScanStatus { id } => self.scan_status(config, metrics, id, &request.query),
@@ -309,6 +322,7 @@ impl OnDemand {
         section: &OnDemandSection,
         metrics: &'a Metrics,
         params: &ScanParams,
+        resolve: &dyn Fn(&[HostName]) -> Resolution,
     ) -> Result<(Arc<TargetSpace>, InflightSlot<'a>), Refusal> {
         for range in &params.targets {
             if !guard::range_allowed(&section.allow_targets, range) {
@@ -318,7 +332,38 @@ impl OnDemand {
                 ));
             }
         }
-        let hosts = HostSet::build(params.targets.clone(), Vec::new(), ExclusionPolicy::Default)
+        let mut includes = params.targets.clone();
+        if !params.names.is_empty() {
+            // Resolved once; what is checked here is exactly what is scanned.
+            let names = match resolve(&params.names) {
+                Resolution::Resolved(names) => names,
+                Resolution::Failed { name, reason, detail } => {
+                    return Err(Refusal::new(
+                        RefusalKind::BadRequest,
+                        format!(
+                            "target {} did not resolve ({}): {detail}; nothing was scanned",
+                            name.name(),
+                            reason.label()
+                        ),
+                    ));
+                }
+            };
+            for (name, addresses) in names.entries() {
+                if let Some(outside) =
+                    addresses.iter().find(|address| !guard::allowed(&section.allow_targets, **address))
+                {
+                    return Err(Refusal::new(
+                        RefusalKind::Forbidden,
+                        format!(
+                            "target {} resolved to {outside}, which is not inside ondemand.allow_targets; nothing was scanned",
+                            name.name()
+                        ),
+                    ));
+                }
+            }
+            includes.extend(names.addresses().into_iter().map(synwatch_engine::AddressRange::single));
+        }
+        let hosts = HostSet::build(includes, Vec::new(), ExclusionPolicy::Default)
             .map_err(|error| Refusal::new(RefusalKind::BadRequest, format!("target: {error}")))?;
         let probes = u128::from(hosts.len()) * params.ports.len() as u128;
         if probes > u128::from(section.max_probes_per_request) {
@@ -395,6 +440,7 @@ impl OnDemand {
         metrics: &Metrics,
         request: &OnDemandRequest,
         client: std::net::IpAddr,
+        resolve: &dyn Fn(&[HostName]) -> Resolution,
     ) -> Result<Reply, Refusal> {
         let started = Instant::now();
         let section = &config.ondemand;
@@ -403,7 +449,7 @@ impl OnDemand {
             .map_err(|reason| Refusal::new(RefusalKind::BadRequest, reason))?;
         let (deadline, bounds) = probe::probe_deadline(section, &params, request.scrape_timeout.as_deref())
             .map_err(|reason| Refusal::new(RefusalKind::BadRequest, reason))?;
-        let (space, slot) = self.admit_scan(section, metrics, &params)?;
+        let (space, slot) = self.admit_scan(section, metrics, &params, resolve)?;
         let mut log = Vec::new();
         let mut note = |line: String| {
             if params.debug {
@@ -497,6 +543,7 @@ impl OnDemand {
         metrics: &Metrics,
         request: &OnDemandRequest,
         client: std::net::IpAddr,
+        resolve: &dyn Fn(&[HostName]) -> Resolution,
     ) -> Result<Reply, Refusal> {
         let section = &config.ondemand;
         let ScanBody { params, priority, dedupe_key } = parse_scan_body(&request.body, &config.modules)
@@ -512,7 +559,7 @@ impl OnDemand {
                 )));
             }
         }
-        let (space, slot) = self.admit_scan(section, metrics, &params)?;
+        let (space, slot) = self.admit_scan(section, metrics, &params, resolve)?;
         let deadline = [params.timeout, params.preset.timeout]
             .into_iter()
             .flatten()

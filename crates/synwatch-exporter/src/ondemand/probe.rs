@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use synwatch_engine::targets::parse_target;
+use synwatch_engine::{AddressFamily, HostName, TargetItem, parse_target_item};
 use synwatch_engine::{AddressRange, Port, PortSet, PortState, Suspect};
 use synwatch_io::Verdict;
 
@@ -19,6 +19,8 @@ use crate::config::{Module, OnDemandSection};
 pub struct ScanParams {
     /// The addresses asked for.
     pub targets: Vec<AddressRange>,
+    /// The names asked for, resolved once before the allowlist is checked.
+    pub names: Vec<HostName>,
     /// The ports (the request's, else the module's).
     pub ports: PortSet,
     /// The module's name, when one was named.
@@ -33,19 +35,30 @@ pub struct ScanParams {
     pub debug: bool,
 }
 
-/// Parses `a,b/24,c-d` into ranges.
-pub fn parse_targets(text: &str) -> Result<Vec<AddressRange>, String> {
+/// The most names one request may ask for.
+pub const MAX_NAMES_PER_REQUEST: usize = 16;
+
+/// Parses `a,b/24,c-d,db.example.org` into ranges and names.
+pub fn parse_targets(text: &str) -> Result<(Vec<AddressRange>, Vec<HostName>), String> {
     let items: Vec<&str> = text.split([',', ' ']).map(str::trim).filter(|item| !item.is_empty()).collect();
     if items.is_empty() {
-        return Err("target is empty; expected addresses, CIDRs or ranges such as 192.0.2.0/28".into());
+        return Err(
+            "target is empty; expected addresses, CIDRs, ranges or host names such as 192.0.2.0/28 or db.example.org"
+                .into(),
+        );
     }
-    items
-        .iter()
-        .map(|item| {
-            parse_target(item)
-                .map_err(|error| format!("target {item:?}: {error} (host names are not resolved; give addresses)"))
-        })
-        .collect()
+    let (mut ranges, mut names) = (Vec::new(), Vec::new());
+    for item in items {
+        match parse_target_item(item, AddressFamily::Any).map_err(|error| format!("target: {error}"))? {
+            TargetItem::Addresses(range) => ranges.push(range),
+            TargetItem::Name(name) if !names.contains(&name) => names.push(name),
+            TargetItem::Name(_) => {}
+        }
+    }
+    if names.len() > MAX_NAMES_PER_REQUEST {
+        return Err(format!("target names {} host names, more than the limit of {MAX_NAMES_PER_REQUEST}", names.len()));
+    }
+    Ok((ranges, names))
 }
 
 /// Parses a timeout: `5s`, `1500ms`, `2m`, or plain seconds (`2.5`).
@@ -106,7 +119,7 @@ pub fn scan_params(
     debug: bool,
     modules: &std::collections::BTreeMap<String, Module>,
 ) -> Result<ScanParams, String> {
-    let targets = parse_targets(target)?;
+    let (targets, names) = parse_targets(target)?;
     let preset = match module {
         Some(name) => modules.get(name).cloned().ok_or_else(|| {
             let known: Vec<&str> = modules.keys().map(String::as_str).collect();
@@ -121,7 +134,7 @@ pub fn scan_params(
         Some(spec) => crate::config::serve_ports(spec)?,
         None => preset.ports.clone().ok_or("missing parameter ports (or a module with ports)")?,
     };
-    Ok(ScanParams { targets, ports, module: module.map(str::to_string), preset, timeout, details, debug })
+    Ok(ScanParams { targets, names, ports, module: module.map(str::to_string), preset, timeout, details, debug })
 }
 
 /// The deadline of a probe: the smallest of the request's `timeout`, the module's timeout and
@@ -415,10 +428,15 @@ mod tests {
         let params =
             parse_probe_query(&pairs("target=198.18.0.1,198.18.0.9&ports=22&timeout=2.5"), &modules()).unwrap();
         assert_eq!((params.targets.len(), params.timeout), (2, Some(Duration::from_millis(2500))));
+        let params =
+            parse_probe_query(&pairs("target=db.example.org,198.18.0.1,DB.example.org.&ports=22"), &modules()).unwrap();
+        assert_eq!((params.targets.len(), params.names.len()), (1, 1), "names are kept once, beside addresses");
+        assert_eq!(params.names[0].name(), "db.example.org");
         for (query, reason) in [
             ("ports=22", "missing parameter target"),
             ("target=198.18.0.1", "missing parameter ports"),
-            ("target=host.example&ports=22", "host names are not resolved"),
+            ("target=host..example&ports=22", "empty label"),
+            ("target=198.18.0.300&ports=22", "not an address"),
             ("target=198.18.0.1&ports=0", "ports"),
             ("target=198.18.0.1&module=nope", "unknown module \"nope\"; configured: web"),
             ("target=198.18.0.1&ports=22&timeout=-1", "timeout"),

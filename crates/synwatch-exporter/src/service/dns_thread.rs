@@ -5,16 +5,14 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use crate::hostnames::ReverseResolver;
-
 use super::Inner;
 
 /// The `synwatch-dns` thread: looks up the addresses the scheduler hands over, with the
 /// resolver the binary's factory builds for the current `dns:` section (rebuilt when it
 /// changes), in chunks of `dns.concurrency`, and stores the answers in the cache.
 pub(super) fn dns_loop(inner: &Inner, queue: &Receiver<Vec<IpAddr>>) {
-    let mut resolver: Option<(crate::config::DnsSection, Arc<dyn ReverseResolver>)> = None;
     let mut factory_missing_logged = false;
+    let mut failure_logged: Option<String> = None;
     loop {
         let batch = match queue.recv_timeout(Duration::from_millis(250)) {
             Ok(batch) => batch,
@@ -30,30 +28,25 @@ pub(super) fn dns_loop(inner: &Inner, queue: &Receiver<Vec<IpAddr>>) {
         if !config.resolve_hostnames {
             continue;
         }
-        if resolver.as_ref().is_none_or(|(section, _)| *section != config.dns) {
-            let built = match inner.resolver_factory.lock().as_ref() {
-                Some(factory) => factory(&config.dns),
-                None => {
-                    // The binary hands the factory in just after the start; a batch sent before
-                    // that is asked for again by `set_resolver_factory`.
-                    if !factory_missing_logged && inner.epoch.elapsed() > Duration::from_secs(5) {
-                        tracing::warn!(
-                            "resolve_hostnames is on but this exporter has no resolver; names stay addresses"
-                        );
-                        factory_missing_logged = true;
-                    }
-                    continue;
-                }
-            };
-            match built {
-                Ok(built) => resolver = Some((config.dns.clone(), built)),
-                Err(error) => {
-                    tracing::error!(%error, "cannot set up the DNS resolver; names stay addresses");
-                    continue;
-                }
+        if inner.resolver_factory.lock().is_none() {
+            // The binary hands the factory in just after the start; a batch sent before that is
+            // asked for again by `set_resolver_factory`.
+            if !factory_missing_logged && inner.epoch.elapsed() > Duration::from_secs(5) {
+                tracing::warn!("resolve_hostnames is on but this exporter has no resolver; names stay addresses");
+                factory_missing_logged = true;
             }
+            continue;
         }
-        let Some((_, active)) = resolver.as_ref() else { continue };
+        let active = match inner.resolver(&config.dns) {
+            Ok(active) => active,
+            Err(error) => {
+                if failure_logged.as_ref() != Some(&error) {
+                    tracing::error!(%error, "cannot set up the DNS resolver; names stay addresses");
+                    failure_logged = Some(error);
+                }
+                continue;
+            }
+        };
         let due = inner.hostnames.due(batch, Instant::now());
         for chunk in due.chunks(config.dns.concurrency.max(1)) {
             if inner.shutting_down() {

@@ -18,6 +18,7 @@
 //! never waits for a scrape.
 
 mod dns_thread;
+mod files_thread;
 mod history_thread;
 mod listeners_thread;
 mod scheduling;
@@ -36,8 +37,8 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use synwatch_engine::Shard;
 use synwatch_http::site::{HistoryRequest, OnDemandRequest, Refusal, RefusalKind, Reply};
 
-use crate::config::{self, Config, ConfigError};
-use crate::hostnames::{HostnameCache, ResolverFactory};
+use crate::config::{self, Config, ConfigError, DnsSection};
+use crate::hostnames::{HostnameCache, Resolver, ResolverFactory};
 use crate::listeners::ListenerSnapshot;
 use crate::metrics::Outcome;
 use crate::metrics::{BuildInfo, HostView, Metrics, TargetView};
@@ -108,6 +109,8 @@ struct Inner {
     dns_queue: Mutex<Option<SyncSender<Vec<IpAddr>>>>,
     /// How to build the resolver (handed in by the binary; none: no lookups).
     resolver_factory: Mutex<Option<ResolverFactory>>,
+    /// The resolver the factory built, and the `dns:` section it was built for.
+    resolver: Mutex<Option<(DnsSection, Arc<dyn Resolver>)>>,
     /// The last reading of the local listeners (none while the collector is off).
     listeners: RwLock<Option<Arc<ListenerSnapshot>>>,
     /// Events for the `synwatch-history` thread (none after shutdown).
@@ -160,9 +163,84 @@ fn open_history(
 const DNS_QUEUE_BATCHES: usize = 64;
 
 impl Inner {
+    /// Reloads the config file (see [`Exporter::reload`]).
+    fn reload(&self) -> Result<ReloadReport, ConfigError> {
+        let _serialized = self.reloading.lock();
+        let metrics = &self.metrics;
+        let loaded = match &self.config_path {
+            Some(path) => config::load(path),
+            None => config::parse(config::EMBEDDED_DEFAULT, "<embedded>"),
+        };
+        let new = match loaded {
+            Ok(new) => new,
+            Err(error) => {
+                metrics.reload_successful.set(0);
+                tracing::error!(%error, "config reload rejected; the previous config keeps running");
+                return Err(error);
+            }
+        };
+        let old = Arc::clone(&self.config.read());
+        let mut needs_restart = Vec::new();
+        if new.listen != old.listen {
+            needs_restart.push("listen");
+        }
+        if new.state_dir != old.state_dir {
+            needs_restart.push("state_dir");
+        }
+        if new.history.enabled != old.history.enabled {
+            needs_restart.push("history.enabled");
+        }
+        if new.engine.mode != old.engine.mode
+            || new.engine.interface != old.engine.interface
+            || new.engine.source_addresses != old.engine.source_addresses
+        {
+            needs_restart.push("engine (mode, interface, source_addresses)");
+        }
+        if new.engine.max_rate != old.engine.max_rate {
+            self.scanner.set_rate(new.engine.max_rate);
+        }
+        let added = target_names_missing_from(&new, &old);
+        let removed = target_names_missing_from(&old, &new);
+        let table = TargetTable::build(&new, self.shard, &self.targets().records());
+        *self.targets.write() = Arc::new(table);
+        for name in &removed {
+            metrics.remove_target(name);
+        }
+        for name in &added {
+            metrics.add_target(name, new.targets.iter().any(|target| target.name == *name && target.is_named()));
+        }
+        *self.config.write() = Arc::new(new);
+        metrics.reload_successful.set(1);
+        metrics.reload_timestamp.set(unix_seconds(SystemTime::now()));
+        for setting in &needs_restart {
+            tracing::warn!(setting, "changed in the config; it takes effect after a restart");
+        }
+        tracing::info!(?added, ?removed, "config reloaded");
+        self.control.lock().config_changed = true;
+        self.wake.notify_all();
+        Ok(ReloadReport { added, removed, needs_restart })
+    }
+
     /// The target table now.
     fn targets(&self) -> Arc<TargetTable> {
         Arc::clone(&self.targets.read())
+    }
+
+    /// The resolver for `dns`, built by the binary's factory (again when the section changed).
+    fn resolver(&self, dns: &DnsSection) -> Result<Arc<dyn Resolver>, String> {
+        let mut cached = self.resolver.lock();
+        if let Some((section, resolver)) = cached.as_ref()
+            && section == dns
+        {
+            return Ok(Arc::clone(resolver));
+        }
+        let factory = self.resolver_factory.lock();
+        let Some(factory) = factory.as_ref() else {
+            return Err("this exporter has no DNS resolver yet".into());
+        };
+        let built = factory(dns)?;
+        *cached = Some((dns.clone(), Arc::clone(&built)));
+        Ok(built)
     }
 
     /// Asks the DNS thread to look up `addresses` (when names are on).
@@ -287,7 +365,7 @@ impl Exporter {
         metrics.reload_successful.set(1);
         metrics.reload_timestamp.set(unix_seconds(SystemTime::now()));
         for target in &config.targets {
-            metrics.add_target(&target.name);
+            metrics.add_target(&target.name, target.is_named());
         }
         let state_dir = options.state_dir.clone().or_else(|| config.state_dir.clone());
         let store = state_dir.clone().map(StateStore::new);
@@ -329,6 +407,7 @@ impl Exporter {
             hostnames: HostnameCache::default(),
             dns_queue: Mutex::new(None),
             resolver_factory: Mutex::new(None),
+            resolver: Mutex::new(None),
             listeners: RwLock::new(None),
             history_queue: Mutex::new(None),
             history_path,
@@ -352,6 +431,8 @@ impl Exporter {
         *inner.dns_queue.lock() = Some(dns_sender);
         let dns_inner = Arc::clone(&inner);
         let dns = Worker::spawn("synwatch-dns", move || dns_thread::dns_loop(&dns_inner, &dns_receiver));
+        let files_inner = Arc::clone(&inner);
+        let files = Worker::spawn("synwatch-files", move || files_thread::files_loop(&files_inner));
         let listeners_inner = Arc::clone(&inner);
         let listeners = Worker::spawn("synwatch-listeners", move || listeners_thread::listeners_loop(&listeners_inner));
         let thread_inner = Arc::clone(&inner);
@@ -359,7 +440,7 @@ impl Exporter {
         Exporter {
             inner,
             thread: Mutex::new(Some(thread)),
-            helpers: Mutex::new(vec![dns, listeners]),
+            helpers: Mutex::new(vec![dns, listeners, files]),
             history: Mutex::new(Some(history)),
         }
     }
@@ -387,6 +468,8 @@ impl Exporter {
                     name: entry.target.name.as_str(),
                     open: &endpoints.open,
                     suspect: &endpoints.suspect,
+                    names: entry.record.as_ref().and_then(|record| record.names.as_ref()),
+                    labels: &entry.target.labels,
                 })
             })
             .collect();
@@ -424,7 +507,15 @@ impl Exporter {
     /// Answers an on-demand request (`/probe`, `/api/v1/scans...`); blocks while a probe runs.
     pub fn ondemand(&self, request: &OnDemandRequest) -> Reply {
         let config = self.config();
-        self.inner.ondemand.handle(&config, &self.inner.metrics, request)
+        let resolve = |names: &[synwatch_engine::HostName]| match self.inner.resolver(&config.dns) {
+            Ok(resolver) => crate::names::resolve_names(names, resolver.as_ref()),
+            Err(detail) => crate::names::Resolution::Failed {
+                name: names[0].clone(),
+                reason: crate::names::ResolveFailure::Error,
+                detail,
+            },
+        };
+        self.inner.ondemand.handle(&config, &self.inner.metrics, request, &resolve)
     }
 
     /// Counts an on-demand request that starts or stops work, refused by the HTTP layer before
@@ -483,60 +574,7 @@ impl Exporter {
     /// Reloads the config file. A bad file is rejected (and counted in the reload metrics);
     /// the old config keeps running.
     pub fn reload(&self) -> Result<ReloadReport, ConfigError> {
-        let _serialized = self.inner.reloading.lock();
-        let metrics = &self.inner.metrics;
-        let loaded = match &self.inner.config_path {
-            Some(path) => config::load(path),
-            None => config::parse(config::EMBEDDED_DEFAULT, "<embedded>"),
-        };
-        let new = match loaded {
-            Ok(new) => new,
-            Err(error) => {
-                metrics.reload_successful.set(0);
-                tracing::error!(%error, "config reload rejected; the previous config keeps running");
-                return Err(error);
-            }
-        };
-        let old = self.config();
-        let mut needs_restart = Vec::new();
-        if new.listen != old.listen {
-            needs_restart.push("listen");
-        }
-        if new.state_dir != old.state_dir {
-            needs_restart.push("state_dir");
-        }
-        if new.history.enabled != old.history.enabled {
-            needs_restart.push("history.enabled");
-        }
-        if new.engine.mode != old.engine.mode
-            || new.engine.interface != old.engine.interface
-            || new.engine.source_addresses != old.engine.source_addresses
-        {
-            needs_restart.push("engine (mode, interface, source_addresses)");
-        }
-        if new.engine.max_rate != old.engine.max_rate {
-            self.inner.scanner.set_rate(new.engine.max_rate);
-        }
-        let added = target_names_missing_from(&new, &old);
-        let removed = target_names_missing_from(&old, &new);
-        let table = TargetTable::build(&new, self.inner.shard, &self.inner.targets().records());
-        *self.inner.targets.write() = Arc::new(table);
-        *self.inner.config.write() = Arc::new(new);
-        for name in &removed {
-            metrics.remove_target(name);
-        }
-        for name in &added {
-            metrics.add_target(name);
-        }
-        metrics.reload_successful.set(1);
-        metrics.reload_timestamp.set(unix_seconds(SystemTime::now()));
-        for setting in &needs_restart {
-            tracing::warn!(setting, "changed in the config; it takes effect after a restart");
-        }
-        tracing::info!(?added, ?removed, "config reloaded");
-        self.inner.control.lock().config_changed = true;
-        self.inner.wake.notify_all();
-        Ok(ReloadReport { added, removed, needs_restart })
+        self.inner.reload()
     }
 
     /// Renders `/metrics` into `output`.
@@ -546,16 +584,24 @@ impl Exporter {
         let allotments = detail_allotments(&table, config.details_budget);
         // The violation series share details_budget in config order, like the port series.
         let mut violations_left = config.details_budget as u64;
+        let label_texts: Vec<String> = table
+            .entries()
+            .iter()
+            .map(|entry| crate::metrics::target_label_text(&entry.target.name, &entry.target.labels))
+            .collect();
         let views: Vec<TargetView<'_>> = table
             .entries()
             .iter()
             .zip(allotments)
-            .map(|(entry, (detail_series, _))| {
+            .zip(&label_texts)
+            .map(|((entry, (detail_series, _)), label_text)| {
                 let policy = entry.derived.as_ref().and_then(|derived| derived.policy.as_ref());
                 let violation_series = policy.map_or(0, |policy| (policy.violations.len() as u64).min(violations_left));
                 violations_left -= violation_series;
                 TargetView {
                     name: &entry.target.name,
+                    label_text,
+                    names: entry.record.as_ref().and_then(|record| record.names.as_ref()),
                     results: entry.record.as_ref().and_then(|record| record.results.as_ref()),
                     last_attempt: entry.record.as_ref().and_then(|record| record.last_attempt),
                     detail_series,

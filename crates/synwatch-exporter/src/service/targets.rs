@@ -13,6 +13,7 @@ use std::sync::Arc;
 use synwatch_engine::{Shard, TargetSpace};
 
 use crate::config::{Config, Target};
+use crate::names::ResolvedNames;
 use crate::policy::PolicyReport;
 use crate::results::{Changes, Endpoints, ScanResults};
 use crate::state::{ScanAttempt, TargetRecord};
@@ -39,7 +40,9 @@ impl Derived {
 pub(crate) struct TargetEntry {
     pub(crate) target: Target,
     /// This replica's part of the target's space; `None` when its shard is empty here (the
-    /// target is then never scanned by this replica).
+    /// target is then never scanned by this replica). A named target's space is found at each
+    /// scan: here it is that of its last results (with the ports configured now), `None`
+    /// before the first.
     pub(crate) space: Option<Arc<TargetSpace>>,
     /// The last results and attempt (`None` before the first attempt).
     pub(crate) record: Option<Arc<TargetRecord>>,
@@ -50,6 +53,11 @@ pub(crate) struct TargetEntry {
 impl TargetEntry {
     fn results(&self) -> Option<&ScanResults> {
         self.record.as_ref().and_then(|record| record.results.as_ref())
+    }
+
+    /// Whether the scheduler scans this target in this replica.
+    pub(crate) fn scheduled(&self) -> bool {
+        self.space.is_some() || self.target.is_named()
     }
 
     /// The hosts that answered the last completed scan.
@@ -73,12 +81,24 @@ impl TargetTable {
             .targets
             .iter()
             .map(|target| {
-                let space = target.shard_space(shard);
+                let space = if target.is_named() {
+                    // The hosts its names had at the last scan, with the ports configured now.
+                    records
+                        .get(&target.name)
+                        .and_then(|record| record.results.as_ref())
+                        .and_then(|results| {
+                            TargetSpace::new(results.space().hosts().clone(), target.ports.clone()).ok()
+                        })
+                        .map(Arc::new)
+                } else {
+                    target.shard_space(shard)
+                };
                 let record = match (records.get(&target.name), &space) {
                     (Some(record), Some(space)) => Some(match &record.results {
                         Some(results) if **results.space() != **space => Arc::new(TargetRecord {
                             results: Some(results.project(Arc::clone(space))),
                             last_attempt: record.last_attempt,
+                            names: record.names.clone(),
                         }),
                         _ => Arc::clone(record),
                     }),
@@ -117,6 +137,9 @@ impl TargetTable {
         let mut table = self.clone();
         let entry = table.entries.iter_mut().find(|entry| entry.target.name == name)?;
         let results_changed = record.results.as_ref() != entry.results();
+        if entry.target.is_named() {
+            entry.space = record.results.as_ref().map(|results| Arc::clone(results.space()));
+        }
         entry.record = Some(Arc::new(record));
         if results_changed || entry.derived.is_none() {
             entry.derived =
@@ -161,13 +184,15 @@ pub(crate) struct Folded {
 
 /// Folds the end of a scan into `previous`: the attempt always, and when the scan completed,
 /// its `results` expressed over `space` (the target's space now: a reload may have changed it
-/// while the scan ran) and the changes since the previous results. A scan that did not
-/// complete keeps the previous results.
+/// while the scan ran; a named target's is the scan's own) with the `names` it resolved, and
+/// the changes since the previous results. A scan that did not complete (or whose names did
+/// not resolve) keeps the previous results and names.
 pub(crate) fn fold_scan(
     previous: Option<&TargetRecord>,
     results: Option<ScanResults>,
     space: Option<&Arc<TargetSpace>>,
     attempt: ScanAttempt,
+    names: Option<ResolvedNames>,
 ) -> Folded {
     let before = previous.and_then(|record| record.results.as_ref());
     match results {
@@ -177,10 +202,14 @@ pub(crate) fn fold_scan(
                 _ => results,
             };
             let changes = before.map(|before| results.changes_since(before));
-            Folded { record: TargetRecord { results: Some(results), last_attempt: Some(attempt) }, changes }
+            Folded { record: TargetRecord { results: Some(results), last_attempt: Some(attempt), names }, changes }
         }
         None => {
-            Folded { record: TargetRecord { results: before.cloned(), last_attempt: Some(attempt) }, changes: None }
+            let names = previous.and_then(|record| record.names.clone());
+            Folded {
+                record: TargetRecord { results: before.cloned(), last_attempt: Some(attempt), names },
+                changes: None,
+            }
         }
     }
 }
@@ -214,10 +243,10 @@ mod tests {
     #[test]
     fn a_completed_scan_replaces_the_results_and_counts_the_changes() {
         let space = space("22,80");
-        let first = fold_scan(None, Some(results(&space, &[0, 1])), Some(&space), attempt(true));
+        let first = fold_scan(None, Some(results(&space, &[0, 1])), Some(&space), attempt(true), None);
         assert_eq!(first.changes, None, "nothing to compare the first results with");
         assert_eq!(first.record.results.as_ref().unwrap().counts().open, 2);
-        let second = fold_scan(Some(&first.record), Some(results(&space, &[1, 2])), Some(&space), attempt(true));
+        let second = fold_scan(Some(&first.record), Some(results(&space, &[1, 2])), Some(&space), attempt(true), None);
         assert_eq!(second.changes, Some(Changes { opened: 1, closed: 1, turned_suspect: 0 }));
         assert_eq!(second.record.last_attempt, Some(attempt(true)));
     }
@@ -225,8 +254,8 @@ mod tests {
     #[test]
     fn a_failed_scan_keeps_the_results_and_records_the_attempt() {
         let space = space("22");
-        let done = fold_scan(None, Some(results(&space, &[3])), Some(&space), attempt(true));
-        let failed = fold_scan(Some(&done.record), None, Some(&space), attempt(false));
+        let done = fold_scan(None, Some(results(&space, &[3])), Some(&space), attempt(true), None);
+        let failed = fold_scan(Some(&done.record), None, Some(&space), attempt(false), None);
         assert_eq!(failed.record.results, done.record.results);
         assert_eq!(failed.record.last_attempt, Some(attempt(false)));
         assert_eq!(failed.changes, None);
@@ -236,9 +265,9 @@ mod tests {
     fn results_of_a_scan_that_ran_over_a_reload_are_projected_onto_the_new_space() {
         let old = space("22,80");
         let new = space("80,443");
-        let before = fold_scan(None, Some(results(&old, &[1])), Some(&old), attempt(true));
+        let before = fold_scan(None, Some(results(&old, &[1])), Some(&old), attempt(true), None);
         // The scan ran over the old space; the target now scans 80 and 443.
-        let folded = fold_scan(Some(&before.record), Some(results(&old, &[1, 3])), Some(&new), attempt(true));
+        let folded = fold_scan(Some(&before.record), Some(results(&old, &[1, 3])), Some(&new), attempt(true), None);
         let kept = folded.record.results.unwrap();
         assert_eq!(**kept.space(), *new);
         // Port 80 of every host is known (open on the first two), 443 of none.
