@@ -60,6 +60,9 @@ pub(super) fn files_loop(inner: &Inner) {
                 // read notices its files meanwhile).
                 if watcher.watch(&directory, RecursiveMode::NonRecursive).is_ok() {
                     watched.insert(directory);
+                    // A file written between the config's reading and this watch sent no
+                    // event: the files are read once now.
+                    changed_at.get_or_insert_with(Instant::now);
                 }
             }
         }
