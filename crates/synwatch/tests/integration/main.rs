@@ -15,6 +15,7 @@ mod helpers;
 mod history;
 mod http_limits;
 mod lab_scan;
+mod names;
 mod ondemand;
 mod operations;
 mod serve;
