@@ -12,6 +12,7 @@ use synwatch_engine::Port;
 use synwatch_history::{ChangeRow, OpenEndpoint, Proto, states};
 
 use crate::exposure::{Exposure, exposure_changes, exposure_of, open_exposures};
+use crate::names::ResolvedNames;
 use crate::results::ScanResults;
 
 /// What the history believes of a target: per (ip, proto, port) ever open, its state and
@@ -31,7 +32,18 @@ pub(crate) fn port_of(proto: Proto, number: u16) -> Port {
     }
 }
 
-fn change_row(address: IpAddr, port: Port, old_state: &'static str, now: Exposure) -> ChangeRow {
+/// The host name `address` came from, when its target is given by name.
+fn hostname(names: Option<&ResolvedNames>, address: IpAddr) -> Option<String> {
+    names.and_then(|names| names.name_of(address)).map(str::to_string)
+}
+
+fn change_row(
+    address: IpAddr,
+    port: Port,
+    old_state: &'static str,
+    now: Exposure,
+    names: Option<&ResolvedNames>,
+) -> ChangeRow {
     ChangeRow {
         ip: address,
         proto: proto_of(port),
@@ -39,11 +51,13 @@ fn change_row(address: IpAddr, port: Port, old_state: &'static str, now: Exposur
         old_state,
         new_state: now.state_name(),
         reason: now.reason().map(str::to_string),
+        hostname: hostname(names, address),
     }
 }
 
-/// The opens of `results` as the history writes them.
-pub(crate) fn open_rows(results: &ScanResults) -> Vec<OpenEndpoint> {
+/// The opens of `results` as the history writes them (`names`: the names of a named target's
+/// scan, for their `hostname`).
+pub(crate) fn open_rows(results: &ScanResults, names: Option<&ResolvedNames>) -> Vec<OpenEndpoint> {
     open_exposures(results)
         .into_iter()
         .map(|(address, port, exposure)| OpenEndpoint {
@@ -52,15 +66,16 @@ pub(crate) fn open_rows(results: &ScanResults) -> Vec<OpenEndpoint> {
             port: port.number,
             state: exposure.state_name(),
             reason: exposure.reason().map(str::to_string),
+            hostname: hostname(names, address),
         })
         .collect()
 }
 
 /// The changes of a scan whose results are `now`, against the previous results.
-pub(crate) fn change_rows(previous: &ScanResults, now: &ScanResults) -> Vec<ChangeRow> {
+pub(crate) fn change_rows(previous: &ScanResults, now: &ScanResults, names: Option<&ResolvedNames>) -> Vec<ChangeRow> {
     exposure_changes(previous, now)
         .into_iter()
-        .map(|(address, port, before, after)| change_row(address, port, before.state_name(), after))
+        .map(|(address, port, before, after)| change_row(address, port, before.state_name(), after, names))
         .collect()
 }
 
@@ -69,7 +84,11 @@ pub(crate) fn change_rows(previous: &ScanResults, now: &ScanResults) -> Vec<Chan
 /// else. An endpoint the results do not know (a port or address no longer scanned) keeps what
 /// the history holds; an open the history never held is a first sighting, written as an open
 /// (with [`open_rows`]) and not as a change.
-pub(crate) fn reconcile_rows(believed: &Believed, results: &ScanResults) -> Vec<ChangeRow> {
+pub(crate) fn reconcile_rows(
+    believed: &Believed,
+    results: &ScanResults,
+    names: Option<&ResolvedNames>,
+) -> Vec<ChangeRow> {
     let mut changes = Vec::new();
     let opens = open_exposures(results);
     let mut served_open = std::collections::HashSet::with_capacity(opens.len());
@@ -80,7 +99,7 @@ pub(crate) fn reconcile_rows(believed: &Believed, results: &ScanResults) -> Vec<
             && (state != exposure.state_name() || reason.as_deref() != exposure.reason())
             && let Some(old_state) = states::named(state)
         {
-            changes.push(change_row(address, port, old_state, exposure));
+            changes.push(change_row(address, port, old_state, exposure, names));
         }
     }
     let mut stale: Vec<_> =
@@ -92,7 +111,7 @@ pub(crate) fn reconcile_rows(believed: &Believed, results: &ScanResults) -> Vec<
             continue;
         };
         if let Some(old_state) = states::named(state) {
-            changes.push(change_row(address, port, old_state, now));
+            changes.push(change_row(address, port, old_state, now, names));
         }
     }
     changes
@@ -128,7 +147,7 @@ mod tests {
         // Probe 0 is 192.0.2.0:22, 1 is 192.0.2.0 udp/53, 2 is 192.0.2.1:22, 3 is .1 udp/53.
         let before = results(&space, &[(0, PortState::Open), (1, PortState::OpenFiltered), (3, PortState::Filtered)]);
         let after = results(&space, &[(1, PortState::Open), (2, PortState::Filtered), (3, PortState::OpenFiltered)]);
-        let rows = change_rows(&before, &after);
+        let rows = change_rows(&before, &after, None);
         let summary: Vec<(IpAddr, Proto, u16, &str, &str)> =
             rows.iter().map(|row| (row.ip, row.proto, row.port, row.old_state, row.new_state)).collect();
         assert_eq!(
@@ -142,16 +161,17 @@ mod tests {
         // The same opens, their host turned suspect: open to suspect, with the reason.
         let suspect = after.clone().with_suspects(vec![(ip("192.0.2.0"), Suspect::AllOpen)]);
         let tcp_open = results(&space, &[(0, PortState::Open)]);
-        let rows = change_rows(&tcp_open, &tcp_open.clone().with_suspects(vec![(ip("192.0.2.0"), Suspect::Synproxy)]));
+        let rows =
+            change_rows(&tcp_open, &tcp_open.clone().with_suspects(vec![(ip("192.0.2.0"), Suspect::Synproxy)]), None);
         assert_eq!(rows.len(), 1);
         assert_eq!(
             (rows[0].old_state, rows[0].new_state, rows[0].reason.as_deref()),
             ("open", "suspect", Some("synproxy"))
         );
         // A UDP answer stays the service's own when its host is suspect.
-        assert!(change_rows(&after, &suspect).is_empty());
-        assert_eq!(open_rows(&suspect).len(), 1);
-        assert_eq!(open_rows(&suspect)[0].state, "open");
+        assert!(change_rows(&after, &suspect, None).is_empty());
+        assert_eq!(open_rows(&suspect, None).len(), 1);
+        assert_eq!(open_rows(&suspect, None)[0].state, "open");
     }
 
     #[test]
@@ -167,7 +187,7 @@ mod tests {
         believed.insert((ip("192.0.2.1"), Proto::Tcp, 22), ("closed".into(), None));
         believed.insert((ip("192.0.2.1"), Proto::Tcp, 80), ("open".into(), None));
         believed.insert((ip("192.0.2.1"), Proto::Tcp, 443), ("open".into(), None));
-        let rows = reconcile_rows(&believed, &served);
+        let rows = reconcile_rows(&believed, &served, None);
         let summary: Vec<(IpAddr, u16, &str, &str)> =
             rows.iter().map(|row| (row.ip, row.port, row.old_state, row.new_state)).collect();
         assert_eq!(summary, vec![(ip("192.0.2.1"), 22, "closed", "open"), (ip("192.0.2.0"), 80, "open", "closed")],);
@@ -175,8 +195,8 @@ mod tests {
         let mut agreeing = Believed::new();
         agreeing.insert((ip("192.0.2.0"), Proto::Tcp, 22), ("open".into(), None));
         agreeing.insert((ip("192.0.2.1"), Proto::Tcp, 22), ("open".into(), None));
-        assert!(reconcile_rows(&agreeing, &served).is_empty());
-        assert!(reconcile_rows(&Believed::new(), &served).is_empty());
-        assert_eq!(open_rows(&served).len(), 2);
+        assert!(reconcile_rows(&agreeing, &served, None).is_empty());
+        assert!(reconcile_rows(&Believed::new(), &served, None).is_empty());
+        assert_eq!(open_rows(&served, None).len(), 2);
     }
 }

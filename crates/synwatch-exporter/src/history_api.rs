@@ -177,12 +177,13 @@ pub fn change_json(change: &Change) -> Value {
         "to": change.new_state,
         "change": change.kind().name(),
         "reason": change.reason,
+        "hostname": change.hostname,
         "scan": change.scan,
     })
 }
 
 /// The CSV header of changes.
-pub const CHANGES_CSV_HEADER: &str = "id,time,target,ip,proto,port,from,to,change,reason,scan";
+pub const CHANGES_CSV_HEADER: &str = "id,time,target,ip,proto,port,from,to,change,reason,scan,hostname";
 
 /// One change as a CSV line (no newline).
 pub fn change_csv_line(change: &Change) -> String {
@@ -198,6 +199,7 @@ pub fn change_csv_line(change: &Change) -> String {
         change.kind().name().to_string(),
         csv_field(change.reason.as_deref().unwrap_or("")),
         change.scan.to_string(),
+        csv_field(change.hostname.as_deref().unwrap_or("")),
     ]
     .join(",")
 }
@@ -216,6 +218,7 @@ pub fn endpoint_json(endpoint: &Endpoint) -> Value {
         "port": endpoint.port,
         "state": endpoint.state,
         "reason": endpoint.reason,
+        "hostname": endpoint.hostname,
         "first_seen": rfc3339(endpoint.first_seen),
         "last_seen_open": rfc3339(endpoint.last_seen_open),
         "last_change": rfc3339(endpoint.last_change),
@@ -226,7 +229,7 @@ pub fn endpoint_json(endpoint: &Endpoint) -> Value {
 
 /// The CSV header of endpoints.
 pub const ENDPOINTS_CSV_HEADER: &str =
-    "target,ip,proto,port,state,reason,first_seen,last_seen_open,last_change,open_since,times_opened";
+    "target,ip,proto,port,state,reason,first_seen,last_seen_open,last_change,open_since,times_opened,hostname";
 
 /// One endpoint as a CSV line (no newline).
 pub fn endpoint_csv_line(endpoint: &Endpoint) -> String {
@@ -242,6 +245,7 @@ pub fn endpoint_csv_line(endpoint: &Endpoint) -> String {
         rfc3339(endpoint.last_change),
         open_since(endpoint).map(rfc3339).unwrap_or_default(),
         endpoint.times_opened.to_string(),
+        csv_field(endpoint.hostname.as_deref().unwrap_or("")),
     ]
     .join(",")
 }

@@ -75,7 +75,7 @@ impl HistoryStore {
 
     fn changes_inner(&self, query: &ChangeQuery) -> rusqlite::Result<ChangesPage> {
         let mut sql = String::from(
-            "SELECT id, scan, time, target, ip, proto, port, old_state, new_state, reason FROM changes WHERE 1",
+            "SELECT id, scan, time, target, ip, proto, port, old_state, new_state, reason, hostname FROM changes WHERE 1",
         );
         let mut binder = Binder::default();
         if let Some(since) = query.since {
@@ -121,6 +121,7 @@ impl HistoryStore {
                     old_state: row.get(7)?,
                     new_state: row.get(8)?,
                     reason: row.get(9)?,
+                    hostname: row.get(10)?,
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -158,7 +159,7 @@ impl HistoryStore {
         // key order to skip the sort, which for a state no endpoint has reads them all.
         let index = if query.target.is_some() && query.state.is_some() { "INDEXED BY endpoints_by_state" } else { "" };
         let mut sql = format!(
-            "SELECT target, ip, proto, port, state, reason, first_seen, last_seen_open, last_change, times_opened
+            "SELECT target, ip, proto, port, state, reason, first_seen, last_seen_open, last_change, times_opened, hostname
              FROM endpoints {index} WHERE 1"
         );
         let mut binder = Binder::default();
@@ -199,6 +200,7 @@ impl HistoryStore {
                     last_seen_open: row.get(7)?,
                     last_change: row.get(8)?,
                     times_opened: row.get::<_, i64>(9)? as u64,
+                    hostname: row.get(10)?,
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;

@@ -115,6 +115,8 @@ pub struct ChangeRow {
     pub new_state: &'static str,
     /// Why the new state is suspect or unverified (the suspect reason, the verdict).
     pub reason: Option<String>,
+    /// The host name the address came from, for targets given by name.
+    pub hostname: Option<String>,
 }
 
 /// An endpoint open (trusted or not) at the end of a scan.
@@ -130,6 +132,8 @@ pub struct OpenEndpoint {
     pub state: &'static str,
     /// Why, for the last two.
     pub reason: Option<String>,
+    /// The host name the address came from, for targets given by name.
+    pub hostname: Option<String>,
 }
 
 /// A stored change.
@@ -155,6 +159,8 @@ pub struct Change {
     pub new_state: String,
     /// The suspect reason or verification verdict of the new state.
     pub reason: Option<String>,
+    /// The host name the address came from (targets given by name).
+    pub hostname: Option<String>,
 }
 
 impl Change {
@@ -221,6 +227,8 @@ pub struct Endpoint {
     pub last_change: f64,
     /// How many times it was seen opening (its first sighting included).
     pub times_opened: u64,
+    /// The host name the address came from when last written (targets given by name).
+    pub hostname: Option<String>,
 }
 
 impl Endpoint {

@@ -20,6 +20,8 @@
 //!   open have no row (65 M rows for a /16 × 1,000 ports, for nothing).
 //!
 //! Addresses are stored as 16 bytes (IPv4 as IPv4-mapped IPv6), so that they sort by number.
+//! A change and an endpoint of a target given by name carry the name its address came from
+//! (`hostname`, from version 3; none for addresses written as such).
 
 use rusqlite::{Connection, OptionalExtension};
 
@@ -75,6 +77,9 @@ pub const MIGRATIONS: &[&str] = &[
     // end with the primary key), for `state=` readings and their pages; without it a /16's
     // open inventory read every endpoint the target ever had.
     "CREATE INDEX endpoints_by_state ON endpoints (target, state);",
+    // 3: the host name an address came from (targets given by DNS name), beside the address.
+    "ALTER TABLE changes ADD COLUMN hostname TEXT;
+     ALTER TABLE endpoints ADD COLUMN hostname TEXT;",
 ];
 
 /// Why a database is not taken as it is.

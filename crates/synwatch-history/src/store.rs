@@ -200,17 +200,18 @@ impl HistoryStore {
                 )
                 .optional()?;
             let mut insert_change = transaction.prepare_cached(
-                "INSERT INTO changes (scan, time, target, ip, proto, port, old_state, new_state, reason)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO changes (scan, time, target, ip, proto, port, old_state, new_state, reason, hostname)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             // A change into an open creates the endpoint or updates it; a change out of one
             // updates it and records when it was last seen open (or, for a history newer than
             // the endpoint, records it from now).
             let mut upsert_endpoint = transaction.prepare_cached(
-                "INSERT INTO endpoints (target, ip, proto, port, state, reason, first_seen, last_seen_open, last_change, times_opened)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?9, ?7, ?8)
+                "INSERT INTO endpoints (target, ip, proto, port, state, reason, first_seen, last_seen_open, last_change, times_opened, hostname)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?9, ?7, ?8, ?11)
                  ON CONFLICT (target, ip, proto, port) DO UPDATE SET
                    state = excluded.state, reason = excluded.reason, last_change = excluded.last_change,
+                   hostname = excluded.hostname,
                    times_opened = times_opened + excluded.times_opened,
                    last_seen_open = CASE WHEN ?10 THEN last_seen_open ELSE excluded.last_seen_open END",
             )?;
@@ -225,7 +226,8 @@ impl HistoryStore {
                     change.port,
                     change.old_state,
                     change.new_state,
-                    change.reason
+                    change.reason,
+                    change.hostname
                 ])?;
                 let opened = i64::from(change.new_state == states::OPEN && !states::is_open(change.old_state));
                 let now_open = states::is_open(change.new_state);
@@ -240,7 +242,8 @@ impl HistoryStore {
                     scan.ended,
                     opened,
                     last_seen_open,
-                    now_open
+                    now_open,
+                    change.hostname
                 ])?;
             }
             // Every open at the end of the scan: first sightings are written (a first scan has
@@ -248,10 +251,11 @@ impl HistoryStore {
             // since an open endpoint's "last seen open" is its target's last scan (see
             // `query`), so a scan of a /16 with 40,000 opens and no change writes no row.
             let mut seen_open = transaction.prepare_cached(
-                "INSERT INTO endpoints (target, ip, proto, port, state, reason, first_seen, last_seen_open, last_change, times_opened)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8)
-                 ON CONFLICT (target, ip, proto, port) DO UPDATE SET state = excluded.state, reason = excluded.reason
-                 WHERE state IS NOT excluded.state OR reason IS NOT excluded.reason",
+                "INSERT INTO endpoints (target, ip, proto, port, state, reason, first_seen, last_seen_open, last_change, times_opened, hostname)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8, ?9)
+                 ON CONFLICT (target, ip, proto, port) DO UPDATE SET state = excluded.state, reason = excluded.reason,
+                   hostname = excluded.hostname
+                 WHERE state IS NOT excluded.state OR reason IS NOT excluded.reason OR hostname IS NOT excluded.hostname",
             )?;
             for endpoint in open_now {
                 seen_open.execute(params![
@@ -262,7 +266,8 @@ impl HistoryStore {
                     endpoint.state,
                     endpoint.reason,
                     scan.ended,
-                    i64::from(endpoint.state == states::OPEN)
+                    i64::from(endpoint.state == states::OPEN),
+                    endpoint.hostname
                 ])?;
             }
         }

@@ -50,15 +50,45 @@ fn scan(target: &str, ended: f64) -> ScanRow {
 }
 
 fn change(address: &str, proto: Proto, port: u16, old: &'static str, new: &'static str) -> ChangeRow {
-    ChangeRow { ip: ip(address), proto, port, old_state: old, new_state: new, reason: None }
+    ChangeRow { ip: ip(address), proto, port, old_state: old, new_state: new, reason: None, hostname: None }
 }
 
 fn open(address: &str, proto: Proto, port: u16) -> OpenEndpoint {
-    OpenEndpoint { ip: ip(address), proto, port, state: states::OPEN, reason: None }
+    OpenEndpoint { ip: ip(address), proto, port, state: states::OPEN, reason: None, hostname: None }
 }
 
 fn all_changes() -> ChangeQuery {
     ChangeQuery { limit: 1000, ..ChangeQuery::default() }
+}
+
+#[test]
+fn the_host_name_of_a_named_target_is_kept_with_its_changes_and_endpoints() {
+    let scratch = Scratch::new("hostname");
+    let mut store = HistoryStore::open(&scratch.database()).unwrap().store;
+    let named = |endpoint: OpenEndpoint| OpenEndpoint { hostname: Some("db.example.org".into()), ..endpoint };
+    store.record_scan(&scan("db", 100.0), &[], &[named(open("192.0.2.1", Proto::Tcp, 22))]).unwrap();
+    // The name moves to .5: .1 closes, .5 opens, each with the name it came from.
+    store
+        .record_scan(
+            &scan("db", 200.0),
+            &[
+                ChangeRow {
+                    hostname: Some("db.example.org".into()),
+                    ..change("192.0.2.5", Proto::Tcp, 22, states::CLOSED, states::OPEN)
+                },
+                change("192.0.2.1", Proto::Tcp, 22, states::OPEN, states::CLOSED),
+            ],
+            &[named(open("192.0.2.5", Proto::Tcp, 22))],
+        )
+        .unwrap();
+    let changes = store.changes(&all_changes()).unwrap().changes;
+    let names: Vec<(IpAddr, Option<&str>)> =
+        changes.iter().map(|change| (change.ip, change.hostname.as_deref())).collect();
+    assert_eq!(names, [(ip("192.0.2.1"), None), (ip("192.0.2.5"), Some("db.example.org"))]);
+    let endpoints = store.endpoints(&EndpointQuery { limit: 10, ..EndpointQuery::default() }).unwrap().endpoints;
+    let names: Vec<(IpAddr, Option<&str>)> =
+        endpoints.iter().map(|endpoint| (endpoint.ip, endpoint.hostname.as_deref())).collect();
+    assert_eq!(names, [(ip("192.0.2.1"), None), (ip("192.0.2.5"), Some("db.example.org"))]);
 }
 
 #[test]

@@ -99,20 +99,20 @@ impl Writer<'_> {
         let Some(store) = store else {
             // No database: the log lines alone, against the previous results.
             if let Some(previous) = written {
-                log_changes(target, ended, &change_rows(previous, results), false);
+                log_changes(target, ended, &change_rows(previous, results, record.names.as_ref()), false);
             }
             self.written.insert(target.to_string(), Arc::clone(record));
             return;
         };
         let changes = match written {
-            Some(written) => change_rows(written, results),
+            Some(written) => change_rows(written, results, record.names.as_ref()),
             None => match store.endpoints_of(target) {
-                Ok(believed) => reconcile_rows(&believed, results),
+                Ok(believed) => reconcile_rows(&believed, results, record.names.as_ref()),
                 Err(error) => return self.failed(target, &error),
             },
         };
         let row = scan_row(target, started, ended, ScanOutcome::Success, Some(results));
-        if self.write(store, target, &row, &changes, &open_rows(results), Some(record)) {
+        if self.write(store, target, &row, &changes, &open_rows(results, record.names.as_ref()), Some(record)) {
             log_changes(target, ended, &changes, false);
         }
     }
@@ -123,8 +123,8 @@ impl Writer<'_> {
             Ok(believed) => believed,
             Err(error) => return self.failed(target, &error),
         };
-        let changes = reconcile_rows(&believed, results);
-        let opens = open_rows(results);
+        let changes = reconcile_rows(&believed, results, record.names.as_ref());
+        let opens = open_rows(results, record.names.as_ref());
         let unknown_open = opens.iter().any(|open| !believed.contains_key(&(open.ip, open.proto, open.port)));
         if changes.is_empty() && !unknown_open {
             self.written.insert(target.to_string(), Arc::clone(record));

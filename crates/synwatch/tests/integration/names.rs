@@ -118,7 +118,12 @@ fn issue_24_named_targets_follow_a_real_name_server_and_file_sd_labels_reach_pro
         ),
     )
     .unwrap();
-    let serve = Serve::start_in_lab(&lab, &scratch, &["--config", config.to_str().unwrap()]);
+    let state = scratch.join("state");
+    let serve = Serve::start_in_lab(
+        &lab,
+        &scratch,
+        &["--config", config.to_str().unwrap(), "--state-dir", state.to_str().unwrap()],
+    );
     wait_until("the name's two addresses scanned", 30, || {
         (port_open(&serve, "2001:2::8:2", 8080) == Some(1.0)).then_some(())
     });
@@ -142,6 +147,14 @@ fn issue_24_named_targets_follow_a_real_name_server_and_file_sd_labels_reach_pro
     assert_eq!(sample(&metrics, "synwatch_target_address_changes_total{target=\"db\"}"), Some(1.0), "{metrics}");
     assert_eq!(sample(&metrics, "synwatch_port_state_changes_total{change=\"closed\",target=\"db\"}"), Some(0.0));
     assert!(serve.log_text().contains("a name's addresses changed"), "the move is logged");
+    // The exposure history keeps the name beside the address.
+    let endpoint = wait_until("the history's endpoint at the new address", 30, || {
+        let (status, _, body) = serve.request("GET", "/api/v1/endpoints?target=db&state=open", &[], "").ok()?;
+        let answer: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let found = answer["endpoints"].as_array()?.iter().find(|endpoint| endpoint["ip"] == "198.18.8.5")?.clone();
+        (status == 200).then_some(found)
+    });
+    assert_eq!(endpoint["hostname"], "db.synwatch.test", "{endpoint}");
 
     // NXDOMAIN: counted, the results stay, nothing closes.
     dns.set("198.18.8.6 other.synwatch.test\n");
