@@ -44,6 +44,8 @@ impl MetricsFixture {
         output.clear();
         let view = TargetView {
             name: "bench",
+            label_text: "bench",
+            names: None,
             results: Some(&self.results),
             last_attempt: None,
             detail_series: 100_000,

@@ -30,6 +30,10 @@ pub struct ScanArgs {
     /// Prometheus file_sd file (YAML or JSON; its host:port entries add their ports).
     #[arg(required = true, value_name = "TARGET")]
     targets: Vec<String>,
+    /// Name servers for the targets given by name (`address` or `address:port`, repeatable);
+    /// default: the system's, from /etc/resolv.conf. /etc/hosts is read first either way.
+    #[arg(long, value_name = "ADDRESS", value_parser = parse_nameserver)]
+    nameserver: Vec<std::net::SocketAddr>,
     /// Ports, for example 22,80,443,8000-8100.
     #[arg(short, long)]
     ports: String,
@@ -229,12 +233,24 @@ fn read_target_file(path: &str, what: &str, read: &mut TargetArguments) -> Resul
     Ok(())
 }
 
-/// Resolves the names of a scan once, with the system's resolver (and /etc/hosts).
-fn resolve(names: &[HostName]) -> Result<ResolvedNames> {
+/// `--nameserver`: an address, with an optional port (53 by default).
+fn parse_nameserver(text: &str) -> Result<std::net::SocketAddr, String> {
+    text.parse::<std::net::SocketAddr>()
+        .or_else(|_| text.parse::<IpAddr>().map(|address| std::net::SocketAddr::new(address, 53)))
+        .map_err(|_| format!("{text:?} is not a name server address such as 192.0.2.53 or [2001:db8::53]:5353"))
+}
+
+/// Resolves the names of a scan once, with /etc/hosts and the given or the system's name
+/// servers.
+fn resolve(names: &[HostName], nameservers: &[std::net::SocketAddr]) -> Result<ResolvedNames> {
     if names.is_empty() {
         return Ok(ResolvedNames::default());
     }
-    let resolver = crate::dns::HickoryResolver::new(&synwatch_exporter::config::DnsSection::default())
+    let dns = synwatch_exporter::config::DnsSection {
+        nameservers: nameservers.to_vec(),
+        ..synwatch_exporter::config::DnsSection::default()
+    };
+    let resolver = crate::dns::HickoryResolver::new(&dns)
         .map_err(|error| anyhow::anyhow!("cannot set up the DNS resolver: {error}"))?;
     match resolve_names(names, &resolver) {
         Resolution::Resolved(resolved) => {
@@ -298,7 +314,7 @@ fn build_job(args: &ScanArgs) -> Result<(Arc<TargetSpace>, JobSettings, Resolved
         all.extend(&targets.ports);
         PortSet::from_entries(all)
     };
-    let resolved = resolve(&targets.names)?;
+    let resolved = resolve(&targets.names, &args.nameserver)?;
     let mut includes = targets.ranges;
     includes.extend(resolved.addresses().into_iter().map(AddressRange::single));
     let policy = if args.allow_reserved { ExclusionPolicy::AllowReserved } else { ExclusionPolicy::Default };

@@ -98,13 +98,21 @@ pub fn history(arguments: &Arguments, total_changes: u64, per_scan: u64) -> Resu
             open[index as usize] = !was_open;
             let (old_state, new_state) =
                 if was_open { (states::OPEN, states::CLOSED) } else { (states::CLOSED, states::OPEN) };
-            changes.push(ChangeRow { ip: address, proto: Proto::Tcp, port, old_state, new_state, reason: None });
+            changes.push(ChangeRow {
+                ip: address,
+                proto: Proto::Tcp,
+                port,
+                old_state,
+                new_state,
+                reason: None,
+                hostname: None,
+            });
         }
         let opens: Vec<OpenEndpoint> = (0..ENDPOINTS)
             .filter(|index| open[*index as usize])
             .map(|index| {
                 let (address, port) = endpoint(index);
-                OpenEndpoint { ip: address, proto: Proto::Tcp, port, state: states::OPEN, reason: None }
+                OpenEndpoint { ip: address, proto: Proto::Tcp, port, state: states::OPEN, reason: None, hostname: None }
             })
             .collect();
         let time = 1_790_000_000.0 + scan as f64 * 60.0;
@@ -127,6 +135,7 @@ pub fn history(arguments: &Arguments, total_changes: u64, per_scan: u64) -> Resu
             old_state: if scan.is_multiple_of(2) { states::CLOSED } else { states::OPEN },
             new_state: if scan.is_multiple_of(2) { states::OPEN } else { states::CLOSED },
             reason: None,
+            hostname: None,
         };
         store.record_scan(&row("web"), &[sparse], &[])?;
         written += count;

@@ -49,7 +49,7 @@ impl Running {
 /// How a started scan ended.
 enum Ended {
     /// It completed, with its results (and the names it found).
-    Completed(ScanResults, Option<ResolvedNames>),
+    Completed(Box<ScanResults>, Option<ResolvedNames>),
     /// It was cut off, failed or could not start.
     Failed,
     /// A name of the target did not resolve.
@@ -327,7 +327,7 @@ impl SchedulerLoop {
                                     .inc_by(count);
                             }
                         }
-                        Ended::Completed(results.with_verdicts(verdicts), names.clone())
+                        Ended::Completed(Box::new(results.with_verdicts(verdicts)), names.clone())
                     } else {
                         tracing::warn!(target = %running.name, ?reason, "scan did not complete; the previous results stay");
                         Ended::Failed
@@ -348,7 +348,7 @@ impl SchedulerLoop {
         let metrics = &self.inner.metrics;
         let duration = started.elapsed();
         let (results, names, result_label) = match ended {
-            Ended::Completed(results, names) => (Some(results), names, "success"),
+            Ended::Completed(results, names) => (Some(*results), names, "success"),
             Ended::Failed | Ended::NothingHere => (None, None, "failure"),
             Ended::ResolveFailed => (None, None, "resolve_failed"),
         };

@@ -9,8 +9,12 @@ use std::process::{Child, Stdio};
 use ipnetwork::IpNetwork;
 use synwatch_lab::{Expected, LabConfig};
 
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
 use crate::helpers::{
-    DNSMASQ_ALONE, Prometheus, Scratch, Serve, assert_success, free_port, package_or_skip, sample, synwatch, wait_until,
+    DNSMASQ_ALONE, Prometheus, Scratch, Serve, assert_success, free_port, package_or_skip, parse_jsonl, sample,
+    scan_in_lab, synwatch, wait_until,
 };
 
 /// A dnsmasq in the lab's scanner namespace on 127.0.0.1:<port>, answering only from a hosts
@@ -136,6 +140,21 @@ fn issue_24_named_targets_follow_a_real_name_server_and_file_sd_labels_reach_pro
     }
     let db_series = metrics.lines().filter(|line| line.starts_with("synwatch_port_open{target=\"db\"")).count();
     assert_eq!(db_series, 4, "{metrics}");
+    // `synwatch scan` with the same name server: the same truth, each line named.
+    let nameserver = format!("127.0.0.1:{}", dns.port);
+    let output = scan_in_lab(&lab, &["db.synwatch.test", "-p", "8080,9090", "--nameserver", &nameserver]);
+    assert_success(&output);
+    let expected: BTreeSet<(IpAddr, u16, Expected)> =
+        [("198.18.8.2", 8080), ("198.18.8.2", 9090), ("2001:2::8:2", 8080), ("2001:2::8:2", 9090)]
+            .iter()
+            .map(|(ip, port)| (ip.parse().unwrap(), *port, lab.expected(ip.parse().unwrap(), *port)))
+            .collect();
+    assert_eq!(parse_jsonl(&output), expected);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.lines().all(|line| line.contains("\"name\":\"db.synwatch.test\"")), "{stdout}");
+    let output = scan_in_lab(&lab, &["gone.synwatch.test", "-p", "8080", "--nameserver", &nameserver]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("did not resolve (not_found)"), "{stderr}");
 
     // The A record moves to .5 (the AAAA record goes): the next scans are there.
     dns.set("198.18.8.5 db.synwatch.test\n");
