@@ -35,8 +35,8 @@ mod target_files;
 mod targets;
 use target_files::TopLevelItem;
 pub use target_files::{
-    MAX_FILE_BYTES, MAX_FILE_ENTRIES, TargetsFilesEntry, matching_files, parse_entry, read_target_file,
-    target_files_fingerprint,
+    MAX_FILE_BYTES, MAX_FILE_ENTRIES, TargetsFilesEntry, matching_files, parse_entry, parse_target_file,
+    read_target_file, target_files_fingerprint,
 };
 use targets::TargetFile;
 pub use targets::{ExpectHosts, Expectation, Target};

@@ -246,11 +246,21 @@ fn read_file(path: &Path, read: &mut FilesRead) -> Result<(), ConfigError> {
     }
     origin.hash(&mut read.hasher);
     text.hash(&mut read.hasher);
+    let stem = path.file_stem().and_then(|stem| stem.to_str()).unwrap_or("targets").to_string();
+    parse_file_text(&text, &origin, &stem, read)
+}
+
+/// Parses the text of one target file into `read` (its groups, and its entries counted
+/// against the bound over all files). Untrusted text never panics here (fuzzed by
+/// `fuzz/fuzz_targets/target_file.rs`).
+fn parse_file_text(text: &str, origin: &str, stem: &str, read: &mut FilesRead) -> Result<(), ConfigError> {
+    let at =
+        |line: usize, column: usize, message: String| ConfigError { origin: origin.to_string(), line, column, message };
     if text.trim().is_empty() {
         return Ok(());
     }
     let groups: Vec<GroupText> =
-        from_yaml(&text).map_err(|error| at(error.position.0, error.position.1, error.message))?;
+        from_yaml(text).map_err(|error| at(error.position.0, error.position.1, error.message))?;
     let entries: usize = groups.iter().map(|group| group.targets.len()).sum();
     if read.entries + entries > MAX_FILE_ENTRIES {
         return Err(at(
@@ -263,14 +273,13 @@ fn read_file(path: &Path, read: &mut FilesRead) -> Result<(), ConfigError> {
         ));
     }
     read.entries += entries;
-    let nodes = NodePositions::of(&text);
+    let nodes = NodePositions::of(text);
     let position = |path: &[Step]| nodes.as_ref().and_then(|nodes| nodes.value(path)).unwrap_or((1, 1));
-    let stem = path.file_stem().and_then(|stem| stem.to_str()).unwrap_or("targets").to_string();
     let groups_in_file = groups.len();
     for (index, group) in groups.into_iter().enumerate() {
         let mut checked = FileGroup {
-            origin: origin.clone(),
-            stem: stem.clone(),
+            origin: origin.to_string(),
+            stem: stem.to_string(),
             index,
             groups_in_file,
             position: position(&[Step::Item(index)]),
@@ -312,6 +321,17 @@ fn read_file(path: &Path, read: &mut FilesRead) -> Result<(), ConfigError> {
 pub fn read_target_file(path: &Path) -> Result<(Vec<TargetItem>, Vec<Port>), ConfigError> {
     let mut read = FilesRead::default();
     read_file(path, &mut read)?;
+    Ok(entries_of(read))
+}
+
+/// [`read_target_file`] for text in hand (`origin` names it in errors).
+pub fn parse_target_file(text: &str, origin: &str) -> Result<(Vec<TargetItem>, Vec<Port>), ConfigError> {
+    let mut read = FilesRead::default();
+    parse_file_text(text, origin, "targets", &mut read)?;
+    Ok(entries_of(read))
+}
+
+fn entries_of(read: FilesRead) -> (Vec<TargetItem>, Vec<Port>) {
     let mut items = Vec::new();
     let mut ports: Vec<Port> = Vec::new();
     for group in read.groups {
@@ -322,7 +342,7 @@ pub fn read_target_file(path: &Path) -> Result<(Vec<TargetItem>, Vec<Port>), Con
             }
         }
     }
-    Ok((items, ports))
+    (items, ports)
 }
 
 /// Parses one `file_sd` entry: an address, CIDR or name, `host:port`, or `[IPv6]:port`.
