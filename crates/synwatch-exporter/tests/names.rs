@@ -228,6 +228,76 @@ fn target_files_added_changed_broken_and_removed_are_applied_like_reloads() {
 }
 
 #[test]
+fn a_config_of_target_files_alone_starts_empty_and_takes_the_first_file_written() {
+    // As Prometheus's file_sd, an exporter may start before its inventory is deployed: an empty
+    // directory (or none yet) is no targets, not a config that would do nothing.
+    let directory = scratch("file-sd-empty");
+    let config = directory.join("synwatch.yaml");
+    std::fs::write(&config, "defaults: {interval: 50ms}\ntargets_files: [later/*.yml]\ntargets_files_refresh: 1h\n")
+        .unwrap();
+    let network = Arc::new(SimulatedNetwork::default());
+    network.set("192.0.2.9", 22, PortState::Open);
+    let exporter = start(&network, &config, None);
+    assert!(target_names(&exporter).is_empty());
+    assert_eq!(sample(&render(&exporter), "synwatch_config_last_reload_successful"), Some(1.0));
+    // The directory appears with a file in it. The periodic re-read is an hour away: the files
+    // thread tries again to watch the missing directory every turn, and reads the files once it
+    // watches it.
+    std::fs::create_dir_all(directory.join("later")).unwrap();
+    std::fs::write(directory.join("later/ssh.yml"), "- targets: [\"192.0.2.9:22\"]\n").unwrap();
+    let open = "synwatch_target_ports{target=\"ssh\",proto=\"tcp\",state=\"open\"}";
+    wait_for("the first file's target, scanned", || sample(&render(&exporter), open) == Some(1.0));
+    // Without targets_files the same config is still refused.
+    let error = synwatch_exporter::config::parse_in("defaults: {interval: 50ms}\n", "synwatch.yaml", &directory)
+        .map(|_| ())
+        .unwrap_err();
+    assert!(error.message.contains("would do nothing"), "{error}");
+    exporter.shutdown(Duration::from_secs(1));
+    std::fs::remove_dir_all(&directory).unwrap();
+}
+
+#[test]
+fn an_idle_exporter_does_not_read_its_target_files_again() {
+    // The files thread's own reading is an inotify event (an open, a close without writing):
+    // taken for a change, it read the files again every debounce, for ever.
+    use notify::Watcher;
+    let directory = scratch("file-sd-idle");
+    let config = directory.join("synwatch.yaml");
+    std::fs::create_dir_all(directory.join("targets")).unwrap();
+    std::fs::write(directory.join("targets/web.yml"), "- targets: [\"192.0.2.1:9100\"]\n").unwrap();
+    std::fs::write(&config, "defaults: {interval: 1h}\ntargets_files: [targets/*.yml]\ntargets_files_refresh: 1h\n")
+        .unwrap();
+    let network = Arc::new(SimulatedNetwork::default());
+    let exporter = start(&network, &config, None);
+    assert_eq!(target_names(&exporter), ["web"]);
+    // Past the start's one reading (the watch is set, the files read once, the debounce over).
+    std::thread::sleep(Duration::from_millis(800));
+    let opens = Arc::new(Mutex::new(0u64));
+    let counted = Arc::clone(&opens);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && matches!(event.kind, notify::EventKind::Access(notify::event::AccessKind::Open(_)))
+        {
+            *counted.lock() += 1;
+        }
+    })
+    .unwrap();
+    watcher.watch(&directory.join("targets"), notify::RecursiveMode::NonRecursive).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(*opens.lock(), 0, "the target file was opened while nothing changed");
+    // A change is still read (and opens the file).
+    std::fs::write(directory.join("targets/web.yml"), "- targets: [\"192.0.2.1:9100\"]\n  labels: {team: a}\n")
+        .unwrap();
+    wait_for("the changed file", || {
+        exporter.config().targets.iter().any(|target| target.labels.keys().any(|key| key == "team"))
+    });
+    assert!(*opens.lock() > 0);
+    drop(watcher);
+    exporter.shutdown(Duration::from_secs(1));
+    std::fs::remove_dir_all(&directory).unwrap();
+}
+
+#[test]
 fn bad_target_files_are_refused_with_their_place_and_bounds() {
     let directory = scratch("file-sd-bad");
     let files = directory.join("targets");

@@ -249,13 +249,29 @@ pub fn probe_latency(arguments: &Arguments, repetitions: usize, max_rate: Option
         listeners: ports.iter().map(|port| SocketAddr::from(([0, 0, 0, 0], *port))).collect(),
         ..LabConfig::default()
     })?;
+    // A name server in the scanner namespace for the rows by name: dnsmasq on its 127.0.0.1:53,
+    // answering only for synwatch.test; `ip netns exec` gives the programs started in the
+    // namespace /etc/netns/<namespace>/resolv.conf as their /etc/resolv.conf (blackbox_exporter
+    // reads it, as Go's resolver does).
+    let netns_etc = std::path::PathBuf::from(format!("/etc/netns/{}", lab.scanner_namespace()));
+    std::fs::create_dir_all(&netns_etc)?;
+    std::fs::write(netns_etc.join("resolv.conf"), "nameserver 127.0.0.1\n")?;
+    let mut dnsmasq = lab
+        .scanner_command("dnsmasq")
+        .args(["--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces"])
+        .args(["--listen-address=127.0.0.1", "--port=53", "--pid-file=", "--user=root", "--local=/synwatch.test/"])
+        .args(["--host-record=host.synwatch.test,198.18.0.1", "--local-ttl=0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("dnsmasq (apt-get install dnsmasq-base)")?;
     let config = scratch.join("synwatch.yaml");
     let engine = max_rate.map(|rate| format!("engine: {{max_rate: {rate}}}\n")).unwrap_or_default();
     std::fs::write(
         &config,
         format!(
-            "{engine}ondemand:\n  enabled: true\n  allow_targets: [198.18.0.0/24]\n  rate_limit: 100000\n  burst: 100000\n\
-             \x20 max_concurrent: 16\n"
+            "{engine}dns: {{nameservers: [\"127.0.0.1:53\"]}}\nondemand:\n  enabled: true\n  allow_targets: [198.18.0.0/24]\n  \
+             rate_limit: 100000\n  burst: 100000\n  max_concurrent: 16\n"
         ),
     )?;
     let mut serve = lab
@@ -292,6 +308,26 @@ pub fn probe_latency(arguments: &Arguments, repetitions: usize, max_rate: Option
             synwatch_times.push(fan_out(synwatch_address, &synwatch_one, 1, "probe_success")?.as_secs_f64());
         }
         rows.push(("1 host × 3 open ports".to_string(), median(blackbox_times), median(synwatch_times)));
+        // The same host by name: each blackbox request resolves it, synwatch's one request does
+        // once (neither caches: the record's TTL is 0).
+        let by_name: Vec<String> =
+            ports.iter().map(|port| format!("/probe?module=tcp_connect&target=host.synwatch.test:{port}")).collect();
+        let synwatch_name = ["/probe?target=host.synwatch.test&ports=22,80,443".to_string()];
+        let mut blackbox_times = Vec::new();
+        let mut synwatch_times = Vec::new();
+        for _ in 0..repetitions {
+            blackbox_times.push(fan_out(blackbox_address, &by_name, 3, "probe_success")?.as_secs_f64());
+            synwatch_times.push(fan_out(synwatch_address, &synwatch_name, 1, "probe_success")?.as_secs_f64());
+        }
+        let (_, body) = get(&http_client(), synwatch_address, &synwatch_name[0])?;
+        if sample_value(&body, "probe_ports_open") != Some(3.0) {
+            bail!("synwatch by name did not find the 3 open ports:\n{body}");
+        }
+        rows.push((
+            "1 host by name (dnsmasq) × 3 open ports".to_string(),
+            median(blackbox_times),
+            median(synwatch_times),
+        ));
         // A /24 × 3 ports: 768 blackbox requests, 16 in parallel; one synwatch request.
         let mut slash_24 = Vec::new();
         for host in 0..=255 {
@@ -319,6 +355,9 @@ pub fn probe_latency(arguments: &Arguments, repetitions: usize, max_rate: Option
     let _ = serve.wait();
     let _ = blackbox.kill();
     let _ = blackbox.wait();
+    let _ = dnsmasq.kill();
+    let _ = dnsmasq.wait();
+    let _ = std::fs::remove_dir_all(&netns_etc);
     let _ = std::fs::remove_dir_all(&scratch);
     let rows = result?;
     println!("| probe | blackbox_exporter (tcp) median | synwatch /probe median | synwatch / blackbox |");

@@ -9,9 +9,11 @@
 //! * `memory`: peak resident memory of `synwatch scan` over 65,536 hosts × 100 ports.
 //! * `probe-latency`: `/probe` of a probe-only `synwatch serve` (at the default `max_rate`, or
 //!   `--max-rate`) against prometheus-blackbox-exporter's tcp prober on the same lab ports
-//!   (1 host × 3 ports, and a /24 × 3 ports), both over keep-alive HTTP connections from inside
-//!   the scanner namespace.
+//!   (1 host × 3 ports, the same host by name through a dnsmasq in the namespace, and a /24 ×
+//!   3 ports), both over keep-alive HTTP connections from inside the scanner namespace.
 //!
+//! * `target-files`: `synwatch check-config` over file_sd target files of up to 100,000 entries,
+//!   and a running serve's reload after a file changes (issue 24; loopback only).
 //! * `listener-read`: one reading of the listeners collector (procfs) against `ss -ltunp`.
 //! * `growth`: how a scan's cost grows with the work: 1,024, 65,536 and 1,048,576 probes at one
 //!   fixed rate (wall time, CPU, peak RSS, open ports found), synwatch against masscan and zmap.
@@ -39,6 +41,7 @@ mod exporter;
 mod field;
 mod field_udp;
 mod history;
+mod target_files;
 mod timing;
 mod udp;
 
@@ -93,6 +96,10 @@ enum Bench {
         #[arg(long, default_value_t = 200)]
         renders: usize,
     },
+    /// Prometheus `file_sd` target files (issue 24): `synwatch check-config` over 1,000 to
+    /// 100,000 loopback entries, the bound's refusal, and a running serve's reload latency after
+    /// a file changes (no lab; loopback only).
+    TargetFiles,
     /// The exposure history (issue 23): writing scans of many changes, queries over millions
     /// of stored changes through the store and through `serve`, and serve's memory holding
     /// them (no lab, no packets).
@@ -347,6 +354,9 @@ fn main() -> Result<()> {
     if let Bench::ListenerRead { readings, sockets } = arguments.command {
         return listener_read(readings, sockets);
     }
+    if let Bench::TargetFiles = arguments.command {
+        return target_files::target_files(&arguments);
+    }
     if let Bench::History { changes, per_scan } = arguments.command {
         return history::history(&arguments, changes, per_scan);
     }
@@ -397,7 +407,7 @@ fn main() -> Result<()> {
             };
             field_udp::field_udp_table(&arguments, &table)
         }
-        Bench::MetricsRender { .. } | Bench::ListenerRead { .. } | Bench::History { .. } => {
+        Bench::MetricsRender { .. } | Bench::ListenerRead { .. } | Bench::History { .. } | Bench::TargetFiles => {
             unreachable!("handled above")
         }
     }

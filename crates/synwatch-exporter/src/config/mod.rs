@@ -494,14 +494,16 @@ pub fn parse_in(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigE
     }
     // A config without background targets is a probe-only exporter (blackbox_exporter style,
     // driven by `/probe`) or a listeners-only one (this host's own sockets); with neither it
-    // would do nothing at all, which is surely a mistake.
-    if targets.is_empty() && !ondemand.enabled && !file.listeners.enabled {
+    // would do nothing at all, which is surely a mistake. Target files whose patterns match
+    // nothing yet are not that: the watch applies the first file written, as Prometheus's file_sd
+    // starts with an empty directory.
+    if targets.is_empty() && patterns.is_empty() && !ondemand.enabled && !file.listeners.enabled {
         let (line, column) = key_at("targets");
         return Err(at(
             line,
             column,
-            "no targets, and neither ondemand.enabled nor listeners.enabled: this exporter would do nothing; \
-             add a target, or enable on-demand scanning (/probe) or the listeners collector"
+            "no targets, no targets_files, and neither ondemand.enabled nor listeners.enabled: this exporter \
+             would do nothing; add a target, or enable on-demand scanning (/probe) or the listeners collector"
                 .into(),
         ));
     }

@@ -24,11 +24,25 @@ use super::Inner;
 /// How long changes are gathered before the files are read.
 pub(super) const DEBOUNCE: Duration = Duration::from_millis(200);
 
+/// Whether an inotify event may have changed a file. `notify` also reports opens and reads
+/// (its inotify mask has `IN_OPEN` and `IN_CLOSE_NOWRITE`), and this thread's own reading of
+/// the files is such an event: taken for a change, it would read the files again and again.
+fn changes_files(event: &notify::Event) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 /// The loop of the `synwatch-files` thread.
 pub(super) fn files_loop(inner: &Inner) {
     let (events, received) = std::sync::mpsc::channel::<()>();
-    let mut watcher = match notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
-        let _ = events.send(());
+    let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.as_ref().map_or(true, changes_files) {
+            let _ = events.send(());
+        }
     }) {
         Ok(watcher) => Some(watcher),
         Err(error) => {
