@@ -351,6 +351,16 @@ impl JobCore {
         self.shard_size.saturating_sub(self.matcher.table().answered())
     }
 
+    /// Whether the job has work before the time its last [`JobCore::next_step`] said to wait
+    /// until: it is between rounds, every probe sent is answered, and only canaries never sent
+    /// are left (their first send waits for nothing). The scheduler asks this of waiting lanes,
+    /// so that the last answer, which the I/O layer wakes the sender for, sends them at once.
+    pub fn due_early(&self) -> bool {
+        matches!(self.phase, Phase::BetweenRounds { .. })
+            && self.outstanding() == 0
+            && !self.matcher.evidence().sent_unanswered()
+    }
+
     /// Why the job ended, if it has.
     pub fn finished(&self) -> Option<FinishReason> {
         match self.phase {

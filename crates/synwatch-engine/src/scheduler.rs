@@ -86,6 +86,10 @@ struct Lane<T> {
     /// Nothing to send before this time (between rounds, waiting for late replies, or out of
     /// the job's own tokens).
     wake_at: Duration,
+    /// Whether `wake_at` is the job's own wait (between rounds, or for late replies) rather
+    /// than the wait for a token of the lane's own bucket; only the job's wait can end early
+    /// ([`JobCore::due_early`]).
+    waits_on_job: bool,
     /// Probes handed out since the last progress report.
     unpublished_sent: u64,
     /// The job's own rate cap (its share of it, for a job split over several lanes), on top of
@@ -100,6 +104,14 @@ impl<T> Lane<T> {
     fn check_over(&mut self, now: Duration) -> Option<FinishReason> {
         let cancelled = self.core.finished() == Some(FinishReason::Cancelled);
         if self.carried.is_some() && !cancelled { None } else { self.core.check_finished(now) }
+    }
+
+    /// Whether the lane has something to do at `now`: its wait is over, or its job's gap
+    /// between rounds ended early because every probe sent was answered (the canaries of the
+    /// hosts that answered go out at once; the next re-evaluation of a learned gap would be
+    /// tens of milliseconds away).
+    fn is_due(&self, now: Duration) -> bool {
+        self.wake_at <= now || (self.waits_on_job && self.core.due_early())
     }
 
     fn take_progress(&mut self) -> LaneProgress {
@@ -156,6 +168,7 @@ impl<T> Scheduler<T> {
             priority,
             carried: None,
             wake_at: Duration::ZERO,
+            waits_on_job: false,
             unpublished_sent: 0,
             bucket,
         });
@@ -224,8 +237,7 @@ impl<T> Scheduler<T> {
         if earlier.unused > 0 {
             bucket.give_back(earlier.unused);
         }
-        let interactive_due =
-            self.lanes.iter().any(|lane| lane.priority == Priority::Interactive && lane.wake_at <= now);
+        let interactive_due = self.lanes.iter().any(|lane| lane.priority == Priority::Interactive && lane.is_due(now));
         let granted = if interactive_due { bucket.take_interactive(now, want) } else { bucket.take(now, want) };
         self.grant = Grant { granted, remaining: granted, interactive_only: interactive_due };
         granted
@@ -299,13 +311,13 @@ impl<T> Scheduler<T> {
     /// that ends because every probe was answered has no timeout: the I/O layer wakes the
     /// thread when the last answer arrives.
     pub fn poll_timeout(&self, now: Duration, time_until_token: impl FnOnce() -> Duration) -> Option<Duration> {
-        let earliest = self.lanes.iter().map(|lane| lane.wake_at).min()?;
+        let earliest = self.lanes.iter().map(|lane| if lane.is_due(now) { now } else { lane.wake_at }).min()?;
         if earliest > now { Some(earliest) } else { Some(now + time_until_token()) }
     }
 
     /// Whether any lane has a probe due at `now`.
     pub fn has_due(&self, now: Duration) -> bool {
-        self.lanes.iter().any(|lane| lane.wake_at <= now)
+        self.lanes.iter().any(|lane| lane.is_due(now))
     }
 
     fn next_due_probe(&mut self, now: Duration, only: Option<Priority>) -> Option<(LaneIndex, Probe)> {
@@ -314,7 +326,7 @@ impl<T> Scheduler<T> {
             let position = self.cursor % count;
             self.cursor = self.cursor.wrapping_add(1);
             let lane = &mut self.lanes[position];
-            if lane.wake_at > now || only.is_some_and(|priority| lane.priority != priority) {
+            if !lane.is_due(now) || only.is_some_and(|priority| lane.priority != priority) {
                 continue;
             }
             if let Some(probe) = lane.carried.take() {
@@ -324,11 +336,19 @@ impl<T> Scheduler<T> {
                 && bucket.take(now, 1) == 0
             {
                 lane.wake_at = now + bucket.time_until_token(now);
+                lane.waits_on_job = false;
                 continue;
             }
             match lane.core.next_step(now) {
-                NextStep::Send(probe) => return Some((position, probe)),
-                NextStep::WaitUntil(time) => lane.wake_at = time,
+                NextStep::Send(probe) => {
+                    // A lane due early (its wait not over) is sending now: it stays due.
+                    lane.wake_at = lane.wake_at.min(now);
+                    return Some((position, probe));
+                }
+                NextStep::WaitUntil(time) => {
+                    lane.wake_at = time;
+                    lane.waits_on_job = true;
+                }
                 NextStep::Done(_) => {}
             }
             if let Some(bucket) = &mut lane.bucket {

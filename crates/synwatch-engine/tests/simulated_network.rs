@@ -1105,6 +1105,15 @@ fn canaries_survive_loss_and_duplicates_and_an_answered_job_still_ends_at_once()
     assert_eq!(log.reasons[0], Some(FinishReason::AllAnswered));
     assert_eq!(log.matchers[0].evidence().counts().canaries_closed, 3);
     assert!(log.finished_at[0] < Duration::from_millis(100), "ended at {:?}", log.finished_at[0]);
+    // On a LAN (0.3 ms, no jitter) the canaries go out as soon as the last probe is answered,
+    // not when the lane's learned gap is next re-evaluated (half the minimum timeout, 50 ms: a
+    // one-host /probe took 51 ms instead of 1 ms that way).
+    let mut lan = middlebox_network(63, 0.0, 0.0);
+    lan.jitter = Duration::ZERO;
+    let log = run(vec![job(&small, JobSettings::default(), 63)], &mut lan, 50_000);
+    assert_eq!(log.reasons[0], Some(FinishReason::AllAnswered));
+    assert_eq!(log.matchers[0].evidence().counts().canaries_closed, 3);
+    assert!(log.finished_at[0] < Duration::from_millis(3), "ended at {:?}", log.finished_at[0]);
 }
 
 #[test]
