@@ -150,10 +150,10 @@ fn reload_latency(arguments: &Arguments, config: &Path, targets: &Path, runs: us
         let wait_for = |needle: &str, seconds: u64| -> Result<Duration> {
             let start = Instant::now();
             loop {
-                if let Ok((200, body)) = crate::exporter::get(&client, address, "/metrics") {
-                    if body.contains(needle) {
-                        return Ok(start.elapsed());
-                    }
+                if let Ok((200, body)) = crate::exporter::get(&client, address, "/metrics")
+                    && body.contains(needle)
+                {
+                    return Ok(start.elapsed());
                 }
                 if start.elapsed() > Duration::from_secs(seconds) {
                     bail!("{needle} not on /metrics after {seconds} s");
