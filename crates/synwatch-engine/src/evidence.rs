@@ -9,7 +9,10 @@
 //!   permutation of the high ports ([`canary_ports`]), so they are the same for every host of a
 //!   scan and stable for a seed. A real host almost never listens there; a host that answers
 //!   SYN-ACK there answers everywhere. The sender sends them in the job's retry rounds, at the
-//!   job's rate; they are counted but never reported as results.
+//!   job's rate, in two steps: the first canary alone, and the others only when it answered
+//!   SYN-ACK (a RST there already clears the host, so an ordinary host costs one canary, not
+//!   three). A host's canaries are *concluded* when one answered anything but SYN-ACK, or all
+//!   answered SYN-ACK. They are counted but never reported as results.
 //! * **Fingerprints** of each first SYN-ACK ([`SynAckFingerprint`]): SYN proxies answer with a
 //!   zero window or no TCP options at all, which no common operating system does.
 //!
@@ -206,10 +209,17 @@ pub struct EvidenceTable {
     open: HostBits,
     /// Hosts canaries were sent to.
     canaried: HostBits,
+    /// The (host, canary) pairs sent at least once: `host * canaries + slot`.
+    sent: HostBits,
+    /// Hosts whose canaries are concluded (see the module doc).
+    concluded: HostBits,
     proxied: HostBits,
     plain: HostBits,
     hosts_open: AtomicU64,
     hosts_canaried: AtomicU64,
+    hosts_concluded: AtomicU64,
+    /// Distinct (host, canary) pairs sent.
+    canaries_sent: AtomicU64,
     canary_probes_sent: AtomicU64,
 }
 
@@ -237,10 +247,14 @@ impl EvidenceTable {
             canary_ports: canary_ports.into_boxed_slice(),
             open: HostBits::new(hosts),
             canaried: HostBits::new(hosts),
+            sent: HostBits::new(hosts.saturating_mul(per_host)),
+            concluded: HostBits::new(hosts),
             proxied: HostBits::new(hosts),
             plain: HostBits::new(hosts),
             hosts_open: AtomicU64::new(0),
             hosts_canaried: AtomicU64::new(0),
+            hosts_concluded: AtomicU64::new(0),
+            canaries_sent: AtomicU64::new(0),
             canary_probes_sent: AtomicU64::new(0),
         }
     }
@@ -270,11 +284,30 @@ impl EvidenceTable {
         self.open.get(host)
     }
 
-    /// Counts a canary probe to `host` going out (the sender calls it per canary).
-    pub fn note_canary_sent(&self, host: u64) {
+    /// Whether `host`'s canaries are concluded: one answered anything but SYN-ACK, or every
+    /// one answered SYN-ACK. A concluded host is sent no more canaries.
+    pub fn concluded(&self, host: u64) -> bool {
+        self.concluded.get(host)
+    }
+
+    /// The canary slots of `host` to send now, in order: the first alone while it has no
+    /// answer, then every unanswered other one once it answered SYN-ACK; none once concluded.
+    pub fn slots_to_send(&self, host: u64) -> impl Iterator<Item = usize> + '_ {
+        let first_open = self.canary_state(host, 0) == PortState::Open;
+        let concluded = self.concluded(host);
+        (0..self.canary_ports.len()).filter(move |&slot| {
+            !concluded && (slot == 0 || first_open) && self.canary_state(host, slot) == PortState::Unknown
+        })
+    }
+
+    /// Counts canary `slot` of `host` going out (the sender calls it per canary probe).
+    pub fn note_canary_sent(&self, host: u64, slot: usize) {
         self.canary_probes_sent.fetch_add(1, Ordering::Relaxed);
         if self.canaried.set(host) {
             self.hosts_canaried.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.sent.set(host * self.canary_ports.len() as u64 + slot as u64) {
+            self.canaries_sent.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -295,8 +328,8 @@ impl EvidenceTable {
         };
     }
 
-    /// Records a validated answer to canary `slot` of `host`. An answer for a host that was
-    /// never sent canaries is refused (`None`): it cannot be evidence.
+    /// Records a validated answer to canary `slot` of `host`. An answer to a canary that was
+    /// never sent is refused (`None`): it cannot be evidence.
     pub fn record_canary(
         &self,
         host: u64,
@@ -304,28 +337,35 @@ impl EvidenceTable {
         state: PortState,
         fingerprint: Option<SynAckFingerprint>,
     ) -> Option<RecordOutcome> {
-        if slot >= self.canary_ports.len() || !self.canaried.get(host) {
+        let per_host = self.canary_ports.len() as u64;
+        if slot >= self.canary_ports.len() || !self.sent.get(host * per_host + slot as u64) {
             return None;
         }
-        let outcome = self.canaries.record(host * self.canary_ports.len() as u64 + slot as u64, state);
-        if outcome == RecordOutcome::First && state == PortState::Open {
-            self.note_fingerprint(host, fingerprint);
+        let outcome = self.canaries.record(host * per_host + slot as u64, state);
+        if outcome == RecordOutcome::First {
+            if state == PortState::Open {
+                self.note_fingerprint(host, fingerprint);
+            }
+            let all_open = (0..self.canary_ports.len()).all(|slot| self.canary_state(host, slot) == PortState::Open);
+            if (state != PortState::Open || all_open) && self.concluded.set(host) {
+                self.hosts_concluded.fetch_add(1, Ordering::Relaxed);
+            }
         }
         Some(outcome)
     }
 
-    /// Whether every host that answered SYN-ACK has been sent canaries and every canary sent
-    /// has an answer: then canaries do not keep an otherwise answered job going.
+    /// Whether every host that answered SYN-ACK has been sent canaries and each one's canaries
+    /// are concluded: then canaries do not keep an otherwise answered job going.
     pub fn settled(&self) -> bool {
         let canaried = self.hosts_canaried.load(Ordering::Relaxed);
         self.canary_ports.is_empty()
             || (self.hosts_open.load(Ordering::Relaxed) == canaried
-                && self.canaries.answered() == canaried * self.canary_ports.len() as u64)
+                && self.hosts_concluded.load(Ordering::Relaxed) == canaried)
     }
 
     /// Whether some canary that was sent has no answer yet.
     pub fn sent_unanswered(&self) -> bool {
-        self.canaries.answered() < self.hosts_canaried.load(Ordering::Relaxed) * self.canary_ports.len() as u64
+        self.canaries.answered() < self.canaries_sent.load(Ordering::Relaxed)
     }
 
     /// The canary part of `host`'s evidence, and its fingerprints (the caller adds the scanned
@@ -442,6 +482,34 @@ mod tests {
         assert_eq!(canary_ports(7, &scanned, 99).len(), MAX_CANARIES as usize);
         assert!(canary_ports(7, &PortSet::parse("1-65535").unwrap(), 3).is_empty());
         assert!(canary_ports(7, &scanned, 0).is_empty());
+    }
+
+    #[test]
+    fn the_first_canary_goes_alone_and_a_rst_concludes_the_host() {
+        let table = EvidenceTable::new(2, vec![41_000, 42_000, 43_000]);
+        // Nothing sent: nothing recorded, however valid the reply looks.
+        assert_eq!(table.record_canary(0, 0, PortState::Open, None), None);
+        assert_eq!(table.slots_to_send(0).collect::<Vec<_>>(), [0]);
+        table.note_canary_sent(0, 0);
+        assert!(table.sent_unanswered() && !table.settled());
+        // The first canary refused: host 0 is concluded, the other two are never sent.
+        assert_eq!(table.record_canary(0, 0, PortState::Closed, None), Some(RecordOutcome::First));
+        assert!(table.concluded(0) && table.slots_to_send(0).next().is_none());
+        assert!(!table.sent_unanswered());
+        // Host 1's first canary answers SYN-ACK: the other two go, and it is concluded once both
+        // answered SYN-ACK too; an answer to a slot never sent is refused.
+        table.note_canary_sent(1, 0);
+        assert_eq!(table.record_canary(1, 1, PortState::Open, None), None, "slot 1 was not sent");
+        table.record_canary(1, 0, PortState::Open, None);
+        assert_eq!(table.slots_to_send(1).collect::<Vec<_>>(), [1, 2]);
+        table.note_canary_sent(1, 1);
+        table.note_canary_sent(1, 2);
+        table.record_canary(1, 1, PortState::Open, None);
+        assert!(!table.concluded(1) && table.sent_unanswered());
+        table.record_canary(1, 2, PortState::Open, None);
+        assert!(table.concluded(1) && !table.sent_unanswered());
+        let counts = table.counts();
+        assert_eq!((counts.hosts_canaried, counts.canary_probes_sent, counts.canaries_open), (2, 4, 3));
     }
 
     #[test]

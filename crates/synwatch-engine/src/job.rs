@@ -11,10 +11,11 @@
 //!   deadline, or when cancelled.
 //! * Canaries (see [`crate::evidence`]): from round 1 on, when the walk passes the first open
 //!   port of a host (the lowest scanned port answered SYN-ACK), it sends that host's canaries
-//!   still unanswered, in rounds `1..=retries + 1`, and one round more than the probes' when
-//!   needed. A job is not "all answered" until every host that answered SYN-ACK was sent
-//!   its canaries and they all answered; when only canaries remain, the next round starts at
-//!   once, since a canary's first send waits for nothing.
+//!   still to send: the first one in rounds `1..=retries + 1`, the others, once it answered
+//!   SYN-ACK, up to round `retries + 2` (one round more than the probes' when needed). A job
+//!   is not "all answered" until every host that answered SYN-ACK was sent canaries and they
+//!   are concluded (one answered RST, or all SYN-ACK); when only canaries never sent remain,
+//!   the next round starts at once, since a canary's first send waits for nothing.
 //! * [`ReplyMatcher`] (in `matcher.rs`) is the half shared with the receiver thread.
 //!
 //! The time between rounds and the wait at the end are, by default ([`TimeSetting::Auto`]),
@@ -476,9 +477,16 @@ impl JobCore {
         self.settings.retries + self.settings.host_up_retries
     }
 
-    /// The last round that sends canaries.
+    /// The last round that sends canaries: the first canary has the rounds `1..=retries + 1`
+    /// ([`JobCore::first_canary_round_allows`]), the others (sent once the first answered
+    /// SYN-ACK, usually from round 2) one round more.
     fn last_canary_round(&self) -> u32 {
-        self.settings.retries + 1
+        self.settings.retries + 2
+    }
+
+    /// Whether round `round` may send a host's first canary.
+    fn first_canary_round_allows(&self, round: u32) -> bool {
+        round <= self.settings.retries + 1
     }
 
     /// Whether probe `index` is the first open port of its host: the one whose walk sends the
@@ -497,13 +505,14 @@ impl JobCore {
         (first..index).all(|lower| table.get(lower) != PortState::Open)
     }
 
-    /// Whether the host of probe `index` has a canary without an answer, and whether it was
-    /// sent canaries before.
-    fn canaries_unanswered(&self, index: u64) -> Option<bool> {
+    /// Whether the host of probe `index` has canaries for round `round` to send (it is not
+    /// concluded, and its first canary answered SYN-ACK or may still be sent), and whether it
+    /// was sent canaries before.
+    fn canaries_unanswered(&self, index: u64, round: u32) -> Option<bool> {
         let host = index / self.matcher.space().ports().len() as u64;
         let evidence = self.matcher.evidence();
-        (0..evidence.canary_ports().len())
-            .any(|slot| evidence.canary_state(host, slot) == PortState::Unknown)
+        let first_answered_open = evidence.canary_state(host, 0) == PortState::Open;
+        (!evidence.concluded(host) && (first_answered_open || self.first_canary_round_allows(round)))
             .then(|| evidence.canaried(host))
     }
 
@@ -585,7 +594,7 @@ impl JobCore {
         for position_in_lane in 0..self.lane_size {
             let index = self.permutation.at(self.lane.position(position_in_lane));
             if self.is_first_open_of_host(index)
-                && let Some(sent_before) = self.canaries_unanswered(index)
+                && let Some(sent_before) = self.canaries_unanswered(index, next_round)
             {
                 survey.next_round_has_canaries = true;
                 // Canaries sent and unanswered are waited for like the host's own probes.
@@ -686,15 +695,14 @@ impl JobCore {
     fn next_canary(&mut self, now: Duration) -> Option<Probe> {
         let (host, first_slot) = self.canary_cursor.take()?;
         let evidence = self.matcher.evidence();
-        for slot in first_slot..evidence.canary_ports().len() {
-            if evidence.canary_state(host, slot) != PortState::Unknown {
-                continue;
-            }
+        let first_allowed = self.first_canary_round_allows(self.round);
+        if let Some(slot) = evidence.slots_to_send(host).find(|&slot| slot >= first_slot && (slot > 0 || first_allowed))
+        {
             let port = Port::tcp(evidence.canary_ports()[slot]);
             let address = self.matcher.space().hosts().address_at(host)?;
             let source = self.matcher.source_for(address.is_ipv6())?;
             self.canary_cursor = Some((host, slot + 1));
-            evidence.note_canary_sent(host);
+            evidence.note_canary_sent(host, slot);
             let cookie = self.matcher.cookie_key().cookie(source, address, port).stamped(now);
             let index = self.matcher.canary_index(host, slot);
             return Some(Probe { index, address, port, source, cookie, round: self.round });

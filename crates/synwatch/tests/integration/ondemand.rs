@@ -137,8 +137,9 @@ fn issue_5_each_guard_gives_its_status_and_outcome_and_refused_targets_get_no_pa
     assert_eq!(sample(&body, "probe_ports_open"), Some(1.0), "{body}");
     assert_eq!(sample(&body, "probe_ports_closed"), Some(1.0), "{body}");
     assert_eq!(count(&serve, "ok"), before + 1.0);
-    // One SYN per port, and the three canaries of a host that answered SYN-ACK (issue 21).
-    assert_eq!(lab.syns_received().unwrap(), syns_before + 2 + 3, "the allowed probe sent one SYN per port");
+    // One SYN per port, and the first canary of a host that answered SYN-ACK (issue 21; it
+    // answered RST, so the other two were not needed).
+    assert_eq!(lab.syns_received().unwrap(), syns_before + 2 + 1, "the allowed probe sent one SYN per port");
     // Rate limit: client 192.0.2.15 has a burst of 2 at 1/s.
     let before = count(&serve, "rate_limited");
     for _ in 0..2 {
@@ -287,15 +288,15 @@ fn issue_20_a_probe_of_a_silent_host_ends_on_the_learned_timeout_not_the_deadlin
     // The default module retries once: a round, one 100 ms gap, a round, two 100 ms timeouts of
     // wait. The 9.5 s deadline, or the 1 s initial timeout, would show.
     assert!(elapsed < Duration::from_millis(900), "answered after {elapsed:?}");
-    // An answering host's probe is an interactive sample, and so are the answers to its three
-    // canaries (the host answered SYN-ACK; issue 21).
+    // An answering host's probe is an interactive sample, and so is the answer to its first
+    // canary (the host answered SYN-ACK; issue 21; the canary's RST makes the others needless).
     let canaries = "synwatch_replies_received_total{kind=\"canary\"}";
     let canaries_before = sample(&metrics, canaries).unwrap();
     let (status, _, body) = serve.request("GET", "/probe?target=198.18.2.1&ports=80", &[], "").unwrap();
     assert_eq!((status, sample(&body, "probe_ports_open")), (200, Some(1.0)), "{body}");
     let (_, _, metrics) = serve.request("GET", "/metrics", &[], "").unwrap();
-    assert_eq!(sample(&metrics, "synwatch_engine_rtt_seconds_count{kind=\"interactive\"}"), Some(4.0), "{metrics}");
-    assert_eq!(sample(&metrics, canaries), Some(canaries_before + 3.0), "{metrics}");
+    assert_eq!(sample(&metrics, "synwatch_engine_rtt_seconds_count{kind=\"interactive\"}"), Some(2.0), "{metrics}");
+    assert_eq!(sample(&metrics, canaries), Some(canaries_before + 1.0), "{metrics}");
     // A module with `verify: connect` (issue 21): the open is verified before the answer, with
     // one more SYN to it and none elsewhere.
     let syns = lab.syns_received().unwrap();
@@ -304,7 +305,7 @@ fn issue_20_a_probe_of_a_silent_host_ends_on_the_learned_timeout_not_the_deadlin
     assert_eq!(status, 200, "{body}");
     assert_eq!(sample(&body, "probe_ports_open"), Some(1.0), "{body}");
     assert_eq!(sample(&body, "probe_ports_unverified"), Some(0.0), "{body}");
-    assert_eq!(lab.syns_received().unwrap() - syns, 2 + 3 + 1, "two ports, three canaries, one handshake");
+    assert_eq!(lab.syns_received().unwrap() - syns, 2 + 1 + 1, "two ports, one canary, one handshake");
 }
 
 /// A keep-alive HTTP/1.1 client bound to one source address: (status, body) per request.
