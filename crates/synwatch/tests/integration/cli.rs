@@ -53,7 +53,9 @@ fn issue_17_cli_durations_take_bare_seconds() {
 #[test]
 fn target_files_report_the_bad_line() {
     let path = std::env::temp_dir().join(format!("synwatch-targets-{}.txt", std::process::id()));
-    std::fs::write(&path, "# loopback only\n127.0.0.1\n127.0.0.2/31\nnot-an-address\n").unwrap();
+    // The bad entry is neither an address nor a host name: a word that is a valid name would
+    // be looked up with the system's resolver, and tests send nothing beyond the lab.
+    std::fs::write(&path, "# loopback only\n127.0.0.1\n127.0.0.2/31\nnot..an.address\n").unwrap();
     let argument = format!("@{}", path.display());
     assert_usage_error(&[&argument, "-p", "22"], &format!("{}:4", path.display()));
     let _ = std::fs::remove_file(&path);
