@@ -4,50 +4,22 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
-use std::process::{Child, Stdio};
 
 use ipnetwork::IpNetwork;
 use synwatch_lab::{Expected, LabConfig};
 
-use crate::helpers::{Prometheus, Scratch, Serve, free_port, package_or_skip, sample, wait_until};
+use crate::helpers::{LabDnsmasq, Prometheus, Scratch, Serve, free_port, package_or_skip, sample, wait_until};
 
-/// A dnsmasq on 127.0.0.1:<port> of the lab's scanner namespace, serving only the given PTR
-/// records (no upstream, no /etc/hosts); killed on drop.
-struct Dnsmasq {
-    child: Child,
-    port: u16,
-}
-
-impl Dnsmasq {
-    fn start(lab: &synwatch_lab::Lab, scratch: &Scratch, records: &[(&str, &str)]) -> Dnsmasq {
-        let port = free_port();
-        let mut command = lab.scanner_command("dnsmasq");
-        command.args(crate::helpers::DNSMASQ_ALONE);
-        command.args(["--listen-address=127.0.0.1", "--pid-file=", "--user=root", "--log-queries", "--log-facility=-"]);
-        command.arg(format!("--port={port}"));
-        for (address, name) in records {
-            let address: std::net::Ipv4Addr = address.parse().unwrap();
-            let [a, b, c, d] = address.octets();
-            command.arg(format!("--ptr-record={d}.{c}.{b}.{a}.in-addr.arpa,{name}"));
-        }
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(scratch.join("dnsmasq.log")).unwrap())
-            .spawn()
-            .expect("starting dnsmasq");
-        // Ready once its TCP side accepts (it binds UDP and TCP together).
-        wait_until("dnsmasq to listen", 10, || {
-            lab.in_scanner(|| std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ()))
-        });
-        Dnsmasq { child, port }
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A dnsmasq serving only the given PTR records (address, name).
+fn ptr_server(lab: &synwatch_lab::Lab, scratch: &Scratch, records: &[(&str, &str)]) -> LabDnsmasq {
+    let records: Vec<String> = records
+        .iter()
+        .map(|(address, name)| {
+            let [a, b, c, d] = address.parse::<std::net::Ipv4Addr>().unwrap().octets();
+            format!("--ptr-record={d}.{c}.{b}.{a}.in-addr.arpa,{name}")
+        })
+        .collect();
+    LabDnsmasq::start(lab, scratch, &records)
 }
 
 fn sd(serve: &Serve, query: &str) -> (u16, Option<String>, serde_json::Value) {
@@ -82,7 +54,7 @@ fn issue_6_sd_serves_open_endpoints_named_by_real_ptr_records_and_prometheus_dis
     };
     let scratch = Scratch::new("issue6-sd");
     let dns =
-        Dnsmasq::start(&lab, &scratch, &[("198.18.4.2", "alpha.synwatch.test"), ("198.18.4.3", "beta.synwatch.test")]);
+        ptr_server(&lab, &scratch, &[("198.18.4.2", "alpha.synwatch.test"), ("198.18.4.3", "beta.synwatch.test")]);
     let config = scratch.join("synwatch.yaml");
     std::fs::write(
         &config,

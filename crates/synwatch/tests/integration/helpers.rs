@@ -148,6 +148,47 @@ pub fn scan_in_lab(lab: &Lab, arguments: &[&str]) -> Output {
 pub const DNSMASQ_ALONE: [&str; 6] =
     ["--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--no-poll", "--bind-interfaces"];
 
+/// A dnsmasq on 127.0.0.1:`port` of the lab's scanner namespace that serves only what
+/// `records` (its further arguments) say ([`DNSMASQ_ALONE`]: no upstream, no /etc/hosts),
+/// logging its queries to `dnsmasq.log` in the scratch directory. Ready once its TCP side
+/// accepts (it binds UDP and TCP together); killed on drop (continued first, if stopped).
+pub struct LabDnsmasq {
+    child: Child,
+    pub port: u16,
+}
+
+impl LabDnsmasq {
+    pub fn start(lab: &Lab, scratch: &Scratch, records: &[String]) -> LabDnsmasq {
+        let port = free_port();
+        let mut command = lab.scanner_command("dnsmasq");
+        command.args(DNSMASQ_ALONE);
+        command.args(["--listen-address=127.0.0.1", "--pid-file=", "--user=root", "--log-queries", "--log-facility=-"]);
+        command.arg(format!("--port={port}")).args(records);
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(scratch.join("dnsmasq.log")).unwrap())
+            .spawn()
+            .expect("starting dnsmasq");
+        wait_until("dnsmasq to listen", 10, || {
+            lab.in_scanner(|| std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ()))
+        });
+        LabDnsmasq { child, port }
+    }
+
+    /// Sends it `signal` (SIGHUP re-reads its hosts files; SIGSTOP makes it a silent server).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+}
+
+impl Drop for LabDnsmasq {
+    fn drop(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

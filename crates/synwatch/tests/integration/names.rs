@@ -4,8 +4,6 @@
 //! allowlist with zero packets at either address, and `synwatch scan` with names and file_sd
 //! files.
 
-use std::process::{Child, Stdio};
-
 use ipnetwork::IpNetwork;
 use synwatch_lab::{Expected, LabConfig};
 
@@ -13,45 +11,29 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use crate::helpers::{
-    DNSMASQ_ALONE, Prometheus, Scratch, Serve, assert_success, free_port, package_or_skip, parse_jsonl, sample,
+    LabDnsmasq, Prometheus, Scratch, Serve, assert_success, free_port, package_or_skip, parse_jsonl, sample,
     scan_in_lab, synwatch, wait_until,
 };
 
-/// A dnsmasq in the lab's scanner namespace on 127.0.0.1:<port>, answering only from a hosts
-/// file for `synwatch.test` (anything else there is NXDOMAIN); no upstream. Killed on drop.
+/// A dnsmasq answering only from a hosts file for `synwatch.test` (anything else there is
+/// NXDOMAIN; records with TTL 0); the test changes the records while it runs.
 struct NameServer {
-    child: Child,
+    server: LabDnsmasq,
     port: u16,
     hosts: std::path::PathBuf,
 }
 
 impl NameServer {
     fn start(lab: &synwatch_lab::Lab, scratch: &Scratch, records: &str) -> NameServer {
-        let port = free_port();
         let hosts = scratch.join("dns-hosts");
         std::fs::write(&hosts, records).unwrap();
-        let mut command = lab.scanner_command("dnsmasq");
-        command.args(DNSMASQ_ALONE);
-        command.args([
-            "--listen-address=127.0.0.1",
-            "--pid-file=",
-            "--user=root",
-            "--log-queries",
-            "--log-facility=-",
-            "--local=/synwatch.test/",
-            "--local-ttl=0",
-        ]);
-        command.arg(format!("--addn-hosts={}", hosts.display()));
-        command.arg(format!("--port={port}"));
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(scratch.join("dnsmasq.log")).unwrap())
-            .spawn()
-            .expect("starting dnsmasq");
-        wait_until("dnsmasq to listen", 10, || {
-            lab.in_scanner(|| std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ()))
-        });
-        NameServer { child, port, hosts }
+        let arguments = [
+            "--local=/synwatch.test/".to_string(),
+            "--local-ttl=0".into(),
+            format!("--addn-hosts={}", hosts.display()),
+        ];
+        let server = LabDnsmasq::start(lab, scratch, &arguments);
+        NameServer { port: server.port, server, hosts }
     }
 
     /// Replaces the records (dnsmasq reads its hosts files again on SIGHUP).
@@ -61,15 +43,7 @@ impl NameServer {
     }
 
     fn signal(&self, signal: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
-    }
-}
-
-impl Drop for NameServer {
-    fn drop(&mut self) {
-        self.signal(nix::sys::signal::Signal::SIGCONT);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.server.signal(signal);
     }
 }
 
