@@ -125,7 +125,7 @@ pub fn parse_reading(request: &HistoryRequest, now: f64) -> Result<ParsedReading
             }
             ("state", false) => {
                 let state = states::named(&value).ok_or_else(|| {
-                    format!("state={value:?}: expected open, suspect, unverified, closed, filtered or open|filtered")
+                    format!("state={value:?}: expected open, suspect, unverified, closed, filtered, open|filtered or not_scanned")
                 })?;
                 endpoints.state = Some(state.to_string());
             }

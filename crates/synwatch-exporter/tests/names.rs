@@ -17,6 +17,7 @@ use synwatch_engine::{HostName, PortState};
 use synwatch_exporter::Exporter;
 use synwatch_exporter::hostnames::{Resolver, ReverseLookup, ReverseResolver};
 use synwatch_exporter::names::{ForwardLookup, ForwardResolver};
+use synwatch_http::site::{Body, HistoryRequest, HistoryResource, Reply};
 
 /// A name server whose answers a test changes, counting the lookups.
 #[derive(Default)]
@@ -72,7 +73,7 @@ fn a_named_target_follows_its_name_to_new_addresses_without_false_changes() {
     network.set("192.0.2.5", 22, PortState::Open);
     let names = Arc::new(Names::default());
     names.answer("db.example.org", addresses(&["192.0.2.1"]));
-    let exporter = start(&network, &config, None);
+    let exporter = start(&network, &config, Some(&directory.join("state")));
     with_names(&exporter, &names);
     let old = "synwatch_port_open{target=\"db\",env=\"prod\",ip=\"192.0.2.1\",hostname=\"db.example.org\",port=\"22\",proto=\"tcp\"}";
     let new = "synwatch_port_open{target=\"db\",env=\"prod\",ip=\"192.0.2.5\",hostname=\"db.example.org\",port=\"22\",proto=\"tcp\"}";
@@ -104,8 +105,37 @@ fn a_named_target_follows_its_name_to_new_addresses_without_false_changes() {
     assert_eq!(sample(&text, "synwatch_target_address_changes_total{target=\"db\"}"), Some(1.0), "counted once");
     assert_eq!(sample(&text, "synwatch_port_state_changes_total{change=\"closed\",target=\"db\"}"), Some(0.0));
     assert_eq!(sample(&text, "synwatch_port_state_changes_total{change=\"opened\",target=\"db\"}"), Some(0.0));
+    // The history no longer lists the old address as open: it left the target's scans (a
+    // change of kind `other`, neither opened nor closed), with the name it came from.
+    let endpoint = |ip: &str| {
+        wait_for("the history's endpoints", || history_endpoints(&exporter).iter().any(|row| row["ip"] == ip));
+        history_endpoints(&exporter).into_iter().find(|row| row["ip"] == ip).unwrap()
+    };
+    wait_for("the old endpoint to leave the scans", || endpoint("192.0.2.1")["state"] == "not_scanned");
+    assert_eq!(endpoint("192.0.2.1")["hostname"], "db.example.org");
+    assert_eq!(endpoint("192.0.2.5")["state"], "open");
+    let changes = match exporter.history(&HistoryRequest {
+        resource: HistoryResource::Changes,
+        query: "change=other".into(),
+        accepts_csv: false,
+    }) {
+        (Reply::Done(Body::Json(value)), _) => value,
+        (other, _) => panic!("{other:?}"),
+    };
+    let left: Vec<_> = changes["changes"].as_array().unwrap().iter().filter(|row| row["ip"] == "192.0.2.1").collect();
+    assert_eq!(left.len(), 1, "{changes}");
+    assert_eq!((&left[0]["from"], &left[0]["to"]), (&"open".into(), &"not_scanned".into()));
     exporter.shutdown(Duration::from_secs(1));
     std::fs::remove_dir_all(&directory).unwrap();
+}
+
+/// The history's endpoints of every target.
+fn history_endpoints(exporter: &Exporter) -> Vec<serde_json::Value> {
+    let request = HistoryRequest { resource: HistoryResource::Endpoints, query: String::new(), accepts_csv: false };
+    match exporter.history(&request) {
+        (Reply::Done(Body::Json(value)), _) => value["endpoints"].as_array().cloned().unwrap_or_default(),
+        (other, _) => panic!("{other:?}"),
+    }
 }
 
 #[test]

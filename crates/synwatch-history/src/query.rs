@@ -262,9 +262,9 @@ impl HistoryStore {
 }
 
 /// The SQL of an `opened` change (as `/metrics` counts them).
-const OPENED: &str = "new_state = 'open' AND old_state NOT IN ('open', 'suspect', 'unverified')";
+const OPENED: &str = "new_state = 'open' AND old_state NOT IN ('open', 'suspect', 'unverified', 'not_scanned')";
 /// The SQL of a `closed` change.
-const CLOSED: &str = "old_state = 'open' AND new_state NOT IN ('open', 'suspect', 'unverified')";
+const CLOSED: &str = "old_state = 'open' AND new_state NOT IN ('open', 'suspect', 'unverified', 'not_scanned')";
 
 /// Values bound to a query's numbered parameters: every value is bound, none is written into
 /// the SQL text.

@@ -45,10 +45,16 @@ pub mod states {
     pub const FILTERED: &str = "filtered";
     /// UDP, no answer.
     pub const OPEN_FILTERED: &str = "open|filtered";
+    /// No longer scanned: the endpoint left its target (a name moved to other addresses, a
+    /// target file or the config dropped the address or port). Its change's old state is what
+    /// it last was; neither that change nor a later one back is an `opened` or `closed` one.
+    pub const NOT_SCANNED: &str = "not_scanned";
 
     /// The constant of a state name read back (none for a name that is not one).
     pub fn named(state: &str) -> Option<&'static str> {
-        [OPEN, SUSPECT, UNVERIFIED, CLOSED, FILTERED, OPEN_FILTERED].into_iter().find(|known| *known == state)
+        [OPEN, SUSPECT, UNVERIFIED, CLOSED, FILTERED, OPEN_FILTERED, NOT_SCANNED]
+            .into_iter()
+            .find(|known| *known == state)
     }
 
     /// Whether `state` is one of the opens (trusted or not).
@@ -185,6 +191,10 @@ pub enum ChangeKind {
 impl ChangeKind {
     /// The kind of a change from `old` to `new`.
     pub fn of(old: &str, new: &str) -> ChangeKind {
+        if old == states::NOT_SCANNED || new == states::NOT_SCANNED {
+            // Leaving the scans, or coming back into them: `/metrics` counts neither.
+            return ChangeKind::Other;
+        }
         match (old == states::OPEN, new == states::OPEN) {
             (false, true) if !states::is_open(old) => ChangeKind::Opened,
             (true, false) if !states::is_open(new) => ChangeKind::Closed,

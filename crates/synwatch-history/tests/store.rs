@@ -544,8 +544,15 @@ fn times_are_durations_ago_or_rfc3339_instants() {
 fn change_kinds_agree_between_the_query_filter_and_the_rows() {
     let scratch = Scratch::new("kinds");
     let mut store = HistoryStore::open(&scratch.database()).unwrap().store;
-    let all =
-        [states::OPEN, states::SUSPECT, states::UNVERIFIED, states::CLOSED, states::FILTERED, states::OPEN_FILTERED];
+    let all = [
+        states::OPEN,
+        states::SUSPECT,
+        states::UNVERIFIED,
+        states::CLOSED,
+        states::FILTERED,
+        states::OPEN_FILTERED,
+        states::NOT_SCANNED,
+    ];
     let mut rows = Vec::new();
     for (first, old) in all.iter().enumerate() {
         for (second, new) in all.iter().enumerate() {
@@ -567,4 +574,7 @@ fn change_kinds_agree_between_the_query_filter_and_the_rows() {
     assert_eq!(ChangeKind::of(states::SUSPECT, states::OPEN), ChangeKind::Other);
     assert_eq!(ChangeKind::of(states::OPEN, states::UNVERIFIED), ChangeKind::Other);
     assert_eq!(ChangeKind::of(states::OPEN, states::OPEN_FILTERED), ChangeKind::Closed);
+    // Leaving the target's scans, or coming back, is neither (as `/metrics` counts neither).
+    assert_eq!(ChangeKind::of(states::OPEN, states::NOT_SCANNED), ChangeKind::Other);
+    assert_eq!(ChangeKind::of(states::NOT_SCANNED, states::OPEN), ChangeKind::Other);
 }

@@ -111,7 +111,7 @@ pub fn run(args: HistoryArgs) -> Result<()> {
                 states::named(state)
                     .ok_or_else(|| {
                         usage(format!(
-                            "--state {state:?}: expected open, suspect, unverified, closed, filtered or open|filtered"
+                            "--state {state:?}: expected open, suspect, unverified, closed, filtered, open|filtered or not_scanned"
                         ))
                     })?
                     .to_string(),

@@ -95,7 +95,9 @@ impl Writer<'_> {
             }
             return;
         };
-        let written = self.written.get(target).and_then(|record| record.results.as_ref());
+        // The results last written, with the names they were found with.
+        let written =
+            self.written.get(target).and_then(|record| Some((record.results.as_ref()?, record.names.as_ref())));
         let Some(store) = store else {
             // No database: the log lines alone, against the previous results.
             if let Some(previous) = written {
