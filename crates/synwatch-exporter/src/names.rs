@@ -67,6 +67,10 @@ impl ResolveFailure {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ResolvedNames {
     entries: Vec<(HostName, Vec<IpAddr>)>,
+    /// Every address with the index of the first entry (in the target's order) that has it,
+    /// sorted by address: [`ResolvedNames::name_of`] runs for each series of a scrape, and a
+    /// target file may give one target 100,000 names.
+    first_entry_of: Vec<(IpAddr, usize)>,
 }
 
 impl ResolvedNames {
@@ -79,8 +83,16 @@ impl ResolvedNames {
                 addresses.dedup();
                 (name, addresses)
             })
+            .collect::<Vec<(HostName, Vec<IpAddr>)>>();
+        let mut first_entry_of: Vec<(IpAddr, usize)> = entries
+            .iter()
+            .enumerate()
+            .flat_map(|(index, (_, addresses))| addresses.iter().map(move |address| (*address, index)))
             .collect();
-        ResolvedNames { entries }
+        // Sorted by address, then entry: the first of each address is its first entry.
+        first_entry_of.sort_unstable();
+        first_entry_of.dedup_by_key(|(address, _)| *address);
+        ResolvedNames { entries, first_entry_of }
     }
 
     /// The names and their addresses.
@@ -90,28 +102,25 @@ impl ResolvedNames {
 
     /// Every address, sorted, without duplicates.
     pub fn addresses(&self) -> Vec<IpAddr> {
-        let mut all: Vec<IpAddr> = self.entries.iter().flat_map(|(_, addresses)| addresses.iter().copied()).collect();
-        all.sort_unstable();
-        all.dedup();
-        all
+        self.first_entry_of.iter().map(|(address, _)| *address).collect()
     }
 
     /// The first name (in the target's order) that resolved to `address`.
     pub fn name_of(&self, address: IpAddr) -> Option<&str> {
-        self.entries
-            .iter()
-            .find(|(_, addresses)| addresses.binary_search(&address).is_ok())
-            .map(|(name, _)| name.name())
+        let position = self.first_entry_of.binary_search_by_key(&address, |(address, _)| *address).ok()?;
+        Some(self.entries[self.first_entry_of[position].1].0.name())
     }
 
     /// The names whose addresses differ from those in `previous`: name, old addresses, new
     /// addresses (names new to `previous` are not changes).
     pub fn changes_from<'a>(&'a self, previous: &'a ResolvedNames) -> Vec<(&'a HostName, &'a [IpAddr], &'a [IpAddr])> {
+        let before: std::collections::HashMap<&str, &[IpAddr]> =
+            previous.entries.iter().map(|(name, addresses)| (name.name(), addresses.as_slice())).collect();
         self.entries
             .iter()
             .filter_map(|(name, now)| {
-                let (_, before) = previous.entries.iter().find(|(old, _)| old == name)?;
-                (before != now).then_some((name, before.as_slice(), now.as_slice()))
+                let before = *before.get(name.name())?;
+                (before != now.as_slice()).then_some((name, before, now.as_slice()))
             })
             .collect()
     }
@@ -224,6 +233,18 @@ mod tests {
         }
         let short = Table(vec![ForwardLookup::Found(addresses(&["192.0.2.1"]))]);
         assert!(matches!(resolve_names(&names, &short), Resolution::Failed { reason: ResolveFailure::Error, .. }));
+    }
+
+    #[test]
+    fn an_address_of_two_names_is_named_by_the_first_in_the_targets_order() {
+        let resolved = ResolvedNames::new(vec![
+            (name("z.example.org"), addresses(&["192.0.2.7", "192.0.2.1"])),
+            (name("a.example.org"), addresses(&["192.0.2.1", "192.0.2.3"])),
+        ]);
+        assert_eq!(resolved.name_of("192.0.2.1".parse().unwrap()), Some("z.example.org"));
+        assert_eq!(resolved.name_of("192.0.2.3".parse().unwrap()), Some("a.example.org"));
+        assert_eq!(resolved.name_of("192.0.2.2".parse().unwrap()), None);
+        assert_eq!(resolved.addresses(), addresses(&["192.0.2.1", "192.0.2.3", "192.0.2.7"]));
     }
 
     #[test]

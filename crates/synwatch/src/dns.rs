@@ -34,6 +34,9 @@ pub struct HickoryResolver {
     resolver: TokioResolver,
     runtime: tokio::runtime::Runtime,
     timeout: std::time::Duration,
+    /// Forward lookups in flight at once (`dns.concurrency`): a target file may name 100,000
+    /// hosts, and they must not reach the name server all at once.
+    concurrency: usize,
 }
 
 impl std::fmt::Debug for HickoryResolver {
@@ -69,7 +72,7 @@ impl HickoryResolver {
             let _entered = runtime.enter();
             builder.build()
         };
-        Ok(HickoryResolver { resolver, runtime, timeout: dns.timeout })
+        Ok(HickoryResolver { resolver, runtime, timeout: dns.timeout, concurrency: dns.concurrency.max(1) })
     }
 }
 
@@ -200,6 +203,7 @@ impl ForwardResolver for HickoryResolver {
         let hosts = Hosts::from_system().unwrap_or_default();
         self.runtime.block_on(async {
             let mut lookups = tokio::task::JoinSet::new();
+            let permits = Arc::new(tokio::sync::Semaphore::new(self.concurrency));
             let mut answers = vec![ForwardLookup::Failed("no answer".into()); names.len()];
             for (index, name) in names.iter().enumerate() {
                 if let Some(found) = from_hosts(&hosts, name) {
@@ -214,7 +218,12 @@ impl ForwardResolver for HickoryResolver {
                 let query =
                     if name.name().contains('.') { format!("{}.", name.name()) } else { name.name().to_string() };
                 let family = name.family();
+                let permits = Arc::clone(&permits);
                 lookups.spawn(async move {
+                    // The timeout runs from the lookup's start, not from its wait for a turn.
+                    let Ok(_permit) = permits.acquire_owned().await else {
+                        return (index, ForwardLookup::Failed("the lookups were stopped".into()));
+                    };
                     let v4 = async {
                         if family == AddressFamily::Ipv6 {
                             return None;
@@ -249,4 +258,69 @@ impl ForwardResolver for HickoryResolver {
 /// The exporter's resolver factory.
 pub fn factory() -> synwatch_exporter::hostnames::ResolverFactory {
     Box::new(|dns: &DnsSection| HickoryResolver::new(dns).map(|resolver| Arc::new(resolver) as Arc<dyn Resolver>))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{SocketAddr, UdpSocket};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    /// A name server on 127.0.0.1 that answers every query NXDOMAIN after `delay`, and counts the
+    /// most queries it held unanswered at once. (A few header bytes: nothing here needs a DNS
+    /// library, and the test must see the queries as they arrive.)
+    fn slow_nxdomain_server(delay: Duration) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicBool>) {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+        let address = socket.local_addr().unwrap();
+        let peak = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (peak_seen, stopping) = (Arc::clone(&peak), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut held: Vec<(Instant, Vec<u8>, SocketAddr)> = Vec::new();
+            let mut buffer = [0u8; 512];
+            while !stopping.load(Ordering::Relaxed) {
+                if let Ok((length, from)) = socket.recv_from(&mut buffer)
+                    && length >= 12
+                {
+                    held.push((Instant::now() + delay, buffer[..length].to_vec(), from));
+                    peak_seen.fetch_max(held.len(), Ordering::Relaxed);
+                }
+                let now = Instant::now();
+                held.retain_mut(|(due, query, from)| {
+                    if *due > now {
+                        return true;
+                    }
+                    // The query itself, as a response (QR, RD, RA) with RCODE 3: NXDOMAIN.
+                    query[2] = 0x81;
+                    query[3] = 0x83;
+                    let _ = socket.send_to(query, *from);
+                    false
+                });
+            }
+        });
+        (address, peak, stop)
+    }
+
+    #[test]
+    fn forward_lookups_are_bounded_by_dns_concurrency() {
+        let (server, peak, stop) = slow_nxdomain_server(Duration::from_millis(50));
+        let dns = DnsSection {
+            nameservers: vec![server],
+            timeout: Duration::from_secs(2),
+            concurrency: 3,
+            ..DnsSection::default()
+        };
+        let resolver = HickoryResolver::new(&dns).unwrap();
+        let names: Vec<HostName> = (0..12)
+            .map(|index| HostName::parse(&format!("host-{index}.synwatch.test"), AddressFamily::Ipv4).unwrap())
+            .collect();
+        let answers = resolver.forward(&names);
+        stop.store(true, Ordering::Relaxed);
+        assert!(answers.iter().all(|answer| *answer == ForwardLookup::NotFound), "{answers:?}");
+        // Three names at a time, one A query each (hickory may send a query over TCP too).
+        let peak = peak.load(Ordering::Relaxed);
+        assert!((1..=3).contains(&peak), "{peak} queries held at once");
+    }
 }
