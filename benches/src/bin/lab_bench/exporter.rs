@@ -301,33 +301,28 @@ pub fn probe_latency(arguments: &Arguments, repetitions: usize, max_rate: Option
         let one_host: Vec<String> =
             ports.iter().map(|port| format!("/probe?module=tcp_connect&target=198.18.0.1:{port}")).collect();
         let synwatch_one = ["/probe?target=198.18.0.1&ports=22,80,443".to_string()];
-        let mut blackbox_times = Vec::new();
-        let mut synwatch_times = Vec::new();
-        for _ in 0..repetitions {
-            blackbox_times.push(fan_out(blackbox_address, &one_host, 3, "probe_success")?.as_secs_f64());
-            synwatch_times.push(fan_out(synwatch_address, &synwatch_one, 1, "probe_success")?.as_secs_f64());
-        }
-        rows.push(("1 host × 3 open ports".to_string(), median(blackbox_times), median(synwatch_times)));
+        // Medians of the two, alternating request by request.
+        let alternate = |blackbox: &[String], synwatch: &[String]| -> Result<(f64, f64)> {
+            let (mut blackbox_times, mut synwatch_times) = (Vec::new(), Vec::new());
+            for _ in 0..repetitions {
+                blackbox_times.push(fan_out(blackbox_address, blackbox, 3, "probe_success")?.as_secs_f64());
+                synwatch_times.push(fan_out(synwatch_address, synwatch, 1, "probe_success")?.as_secs_f64());
+            }
+            Ok((median(blackbox_times), median(synwatch_times)))
+        };
+        let (blackbox_median, synwatch_median) = alternate(&one_host, &synwatch_one)?;
+        rows.push(("1 host × 3 open ports".to_string(), blackbox_median, synwatch_median));
         // The same host by name: each blackbox request resolves it, synwatch's one request does
         // once (neither caches: the record's TTL is 0).
         let by_name: Vec<String> =
             ports.iter().map(|port| format!("/probe?module=tcp_connect&target=host.synwatch.test:{port}")).collect();
         let synwatch_name = ["/probe?target=host.synwatch.test&ports=22,80,443".to_string()];
-        let mut blackbox_times = Vec::new();
-        let mut synwatch_times = Vec::new();
-        for _ in 0..repetitions {
-            blackbox_times.push(fan_out(blackbox_address, &by_name, 3, "probe_success")?.as_secs_f64());
-            synwatch_times.push(fan_out(synwatch_address, &synwatch_name, 1, "probe_success")?.as_secs_f64());
-        }
+        let (blackbox_median, synwatch_median) = alternate(&by_name, &synwatch_name)?;
         let (_, body) = get(&http_client(), synwatch_address, &synwatch_name[0])?;
         if sample_value(&body, "probe_ports_open") != Some(3.0) {
             bail!("synwatch by name did not find the 3 open ports:\n{body}");
         }
-        rows.push((
-            "1 host by name (dnsmasq) × 3 open ports".to_string(),
-            median(blackbox_times),
-            median(synwatch_times),
-        ));
+        rows.push(("1 host by name (dnsmasq) × 3 open ports".to_string(), blackbox_median, synwatch_median));
         // A /24 × 3 ports: 768 blackbox requests, 16 in parallel; one synwatch request.
         let mut slash_24 = Vec::new();
         for host in 0..=255 {
