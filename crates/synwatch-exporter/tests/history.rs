@@ -16,18 +16,6 @@ use serde_json::Value;
 use synwatch_engine::PortState;
 use synwatch_http::site::{Body, HistoryRequest, HistoryResource, Reply};
 
-fn read(exporter: &synwatch_exporter::Exporter, resource: HistoryResource, query: &str) -> (Reply, Option<String>) {
-    exporter.history(&HistoryRequest { resource, query: query.into(), accepts_csv: false })
-}
-
-/// A reading that must succeed, as JSON.
-fn json(exporter: &synwatch_exporter::Exporter, resource: HistoryResource, query: &str) -> Value {
-    match read(exporter, resource, query).0 {
-        Reply::Done(Body::Json(value)) => value,
-        other => panic!("{query}: {other:?}"),
-    }
-}
-
 fn changes(exporter: &synwatch_exporter::Exporter, query: &str) -> Vec<Value> {
     json(exporter, HistoryResource::Changes, query)["changes"].as_array().unwrap().clone()
 }

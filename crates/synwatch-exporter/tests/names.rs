@@ -17,7 +17,7 @@ use synwatch_engine::{HostName, PortState};
 use synwatch_exporter::Exporter;
 use synwatch_exporter::hostnames::{Resolver, ReverseLookup, ReverseResolver};
 use synwatch_exporter::names::{ForwardLookup, ForwardResolver};
-use synwatch_http::site::{Body, HistoryRequest, HistoryResource, Reply};
+use synwatch_http::site::HistoryResource;
 
 /// A name server whose answers a test changes, counting the lookups.
 #[derive(Default)]
@@ -114,14 +114,7 @@ fn a_named_target_follows_its_name_to_new_addresses_without_false_changes() {
     wait_for("the old endpoint to leave the scans", || endpoint("192.0.2.1")["state"] == "not_scanned");
     assert_eq!(endpoint("192.0.2.1")["hostname"], "db.example.org");
     assert_eq!(endpoint("192.0.2.5")["state"], "open");
-    let changes = match exporter.history(&HistoryRequest {
-        resource: HistoryResource::Changes,
-        query: "change=other".into(),
-        accepts_csv: false,
-    }) {
-        (Reply::Done(Body::Json(value)), _) => value,
-        (other, _) => panic!("{other:?}"),
-    };
+    let changes = json(&exporter, HistoryResource::Changes, "change=other");
     let left: Vec<_> = changes["changes"].as_array().unwrap().iter().filter(|row| row["ip"] == "192.0.2.1").collect();
     assert_eq!(left.len(), 1, "{changes}");
     assert_eq!((&left[0]["from"], &left[0]["to"]), (&"open".into(), &"not_scanned".into()));
@@ -131,11 +124,7 @@ fn a_named_target_follows_its_name_to_new_addresses_without_false_changes() {
 
 /// The history's endpoints of every target.
 fn history_endpoints(exporter: &Exporter) -> Vec<serde_json::Value> {
-    let request = HistoryRequest { resource: HistoryResource::Endpoints, query: String::new(), accepts_csv: false };
-    match exporter.history(&request) {
-        (Reply::Done(Body::Json(value)), _) => value["endpoints"].as_array().cloned().unwrap_or_default(),
-        (other, _) => panic!("{other:?}"),
-    }
+    json(exporter, HistoryResource::Endpoints, "")["endpoints"].as_array().cloned().unwrap_or_default()
 }
 
 #[test]

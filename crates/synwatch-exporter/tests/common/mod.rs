@@ -183,3 +183,21 @@ pub fn wait_for_scans(exporter: &Exporter, target: &str, more: f64) {
     let goal = successes(exporter, target) + more;
     wait_for(&format!("{more} more scans of {target}"), || successes(exporter, target) >= goal);
 }
+
+/// One reading of the exporter's history (`/api/v1/changes`, `/api/v1/endpoints`), as JSON
+/// unless the query asks for CSV.
+pub fn read(
+    exporter: &Exporter,
+    resource: synwatch_http::site::HistoryResource,
+    query: &str,
+) -> (synwatch_http::site::Reply, Option<String>) {
+    exporter.history(&synwatch_http::site::HistoryRequest { resource, query: query.into(), accepts_csv: false })
+}
+
+/// A reading of the history that must succeed, as JSON.
+pub fn json(exporter: &Exporter, resource: synwatch_http::site::HistoryResource, query: &str) -> serde_json::Value {
+    match read(exporter, resource, query).0 {
+        synwatch_http::site::Reply::Done(synwatch_http::site::Body::Json(value)) => value,
+        other => panic!("{query}: {other:?}"),
+    }
+}
