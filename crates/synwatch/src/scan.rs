@@ -170,14 +170,19 @@ pub(crate) struct TargetArguments {
     pub(crate) ranges: Vec<AddressRange>,
     pub(crate) names: Vec<HostName>,
     pub(crate) ports: Vec<Port>,
+    /// The names already in `names` (a file_sd file may hold 100,000 of them).
+    seen: std::collections::HashSet<HostName>,
 }
 
 impl TargetArguments {
     fn add(&mut self, item: TargetItem) {
         match item {
             TargetItem::Addresses(range) => self.ranges.push(range),
-            TargetItem::Name(name) if !self.names.contains(&name) => self.names.push(name),
-            TargetItem::Name(_) => {}
+            TargetItem::Name(name) => {
+                if self.seen.insert(name.clone()) {
+                    self.names.push(name);
+                }
+            }
         }
     }
 }

@@ -117,6 +117,22 @@ fn measure(arguments: &Arguments, directory: &Path) -> Result<()> {
     for stale in ["nodes.json", "nodes.yml"] {
         let _ = std::fs::remove_file(targets.join(stale));
     }
+    // The same bound in host names (one target of 100,000 names: parsed, checked and kept
+    // once each; check-config resolves none of them).
+    let mut text = String::from("- labels: {team: bench}\n  targets:\n");
+    for index in 0..100_000 {
+        text.push_str(&format!("    - \"host-{index}.synwatch.test:9100\"\n"));
+    }
+    let file = targets.join("nodes.yml");
+    std::fs::write(&file, &text)?;
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let (time, success, stderr) = check_config(arguments, &config)?;
+        ensure!(success, "100,000 names refused: {stderr}");
+        times.push(time);
+    }
+    println!("| 100000 host names | YAML | {} | {:.1} | accepted |", text.len(), median_ms(times));
+    std::fs::remove_file(&file)?;
     reload_latency(arguments, &config, &targets, runs)
 }
 

@@ -366,12 +366,14 @@ fn merge_group(
 fn build_target(parts: TargetParts) -> Result<Target, String> {
     let mut addresses = Vec::new();
     let mut names: Vec<HostName> = Vec::new();
+    // Kept once each, in the order written (a target file may hold 100,000 names).
+    let mut seen = std::collections::HashSet::new();
     for item in parts.items {
         match item {
             TargetItem::Addresses(range) => addresses.push(range),
             TargetItem::Name(name) => {
                 let name = if name.family() == AddressFamily::Any { name.with_family(parts.family) } else { name };
-                if !names.contains(&name) {
+                if seen.insert(name.clone()) {
                     names.push(name);
                 }
             }
